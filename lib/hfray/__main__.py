@@ -1,0 +1,3 @@
+from hfray.cli import main
+
+raise SystemExit(main())

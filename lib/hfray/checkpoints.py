@@ -1,0 +1,164 @@
+"""Checkpoints and artifacts: what each rank uploads, where runs live, the slim export.
+
+Layout under ``storage.path`` (a local dir or a URI such as ``s3://bucket/prefix``)::
+
+    <run_name>/checkpoint_<time>/     Ray Train checkpoints = HF Trainer checkpoint folders (resumable)
+    <run_name>/hfray_metrics.jsonl    every report of the run (rank 0's metrics), one JSON per line
+    <run_name>/artifact/              the best model: save_pretrained model + tokenizer + manifest
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from hfray.errors import ArtifactError
+
+ARTIFACT_DIR = "artifact"
+MANIFEST = "hfray_manifest.json"
+METRICS_LOG = "hfray_metrics.jsonl"
+_RNG_FILE = re.compile(r"^rng_state_(\d+)\.pth$")
+
+
+# ----------------------------------------------------------------------------- storage paths
+
+
+def normalize_storage(path: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(uri: str) -> str:
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def upload_dir(local: str, uri: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_dir(uri: str, local: str) -> str:
+    fs, path = _fs(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    os.makedirs(local, exist_ok=True)
+    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
+
+
+# ----------------------------------------------------------------------------- rank-aware staging
+
+
+def files_for_rank(checkpoint_dir: str, rank: int, world_size: int) -> list[str]:
+    """Relative paths that ``rank`` uploads from an HF checkpoint folder.
+
+    Ray merges the uploads of all ranks into one folder, last writer wins. Under DDP rank 0 owns the
+    model, optimizer and trainer state, and each rank owns its ``rng_state_<rank>.pth``; every file
+    has exactly one uploader, so no file is written twice or read while another rank writes it.
+    """
+    owned = []
+    for root, _, names in os.walk(checkpoint_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), checkpoint_dir)
+            match = _RNG_FILE.match(name)
+            owner = int(match.group(1)) if match else 0
+            if world_size == 1 or owner == rank:
+                owned.append(rel)
+    return sorted(owned)
+
+
+def stage_for_rank(checkpoint_dir: str, rank: int, world_size: int, staging_root: str) -> str:
+    """A folder holding (hard links to) the files this rank uploads."""
+    stage = tempfile.mkdtemp(prefix=f"rank{rank}-", dir=staging_root)
+    for rel in files_for_rank(checkpoint_dir, rank, world_size):
+        dest = os.path.join(stage, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        try:
+            os.link(os.path.join(checkpoint_dir, rel), dest)
+        except OSError:  # another filesystem: copy instead
+            shutil.copy2(os.path.join(checkpoint_dir, rel), dest)
+    return stage
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def artifact_uri(storage: str, run_name: str) -> str:
+    return join(storage, run_name, ARTIFACT_DIR)
+
+
+def write_manifest(local_dir: str, manifest: dict[str, Any]) -> None:
+    Path(local_dir, MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+
+def read_manifest(artifact: str) -> dict[str, Any]:
+    uri = join(artifact, MANIFEST)
+    if not exists(uri):
+        raise ArtifactError(f"{artifact}: not an hfray artifact (no {MANIFEST})")
+    return json.loads(read_text(uri))
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "hfray",
+        "ray",
+        "torch",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "accelerate",
+        "evaluate",
+        "peft",
+    ]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> Any:
+    """A ``transformers.pipeline`` over an artifact (a local dir or URI) for its task."""
+    from transformers import pipeline
+
+    manifest = read_manifest(artifact)
+    local = download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
+    return pipeline(manifest["task"], model=local, tokenizer=local, device=device)

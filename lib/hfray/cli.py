@@ -1,0 +1,136 @@
+"""The ``hfray`` command line: validate, train, predict, show-default.
+
+User mistakes (``HfrayError``) print one clear message and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from hfray.errors import HfrayError
+
+DEFAULT_JOB = "bbc_news_minilm.yaml"
+
+
+def default_job_path() -> Path:
+    return Path(str(resources.files("hfray") / "jobs" / DEFAULT_JOB))
+
+
+def _split_job_and_overrides(job: str | None, overrides: list[str]) -> tuple[Path, list[str]]:
+    """``hfray train key=value`` means the default job with an override, not a job file named so."""
+    if job is not None and "=" in job and not os.path.exists(job):
+        return default_job_path(), [job, *overrides]
+    return (Path(job) if job else default_job_path()), overrides
+
+
+def _load(args: argparse.Namespace):
+    from hfray.config import load_job
+
+    path, overrides = _split_job_and_overrides(args.job, args.overrides)
+    return path, load_job(path, overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    path, job = _load(args)
+    if args.print:
+        print(yaml.safe_dump(job.to_dict(), sort_keys=False), end="")
+    if args.check_data:
+        from hfray.train import preflight_driver
+
+        _, prepared = preflight_driver(job)
+        print(f"data: {prepared.sizes} rows, labels {prepared.labels}")
+    print(f"OK: {path} is a valid {job.task} job; run name {job.run_name}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hfray.train import run_training_driver
+
+    path, job = _load(args)
+    print(f"[hfray] job {path}", flush=True)
+    summary = run_training_driver(job, fresh=args.fresh)
+    status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
+    print(f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
+    print(f"  run dir:     {summary.run_dir}")
+    print(f"  checkpoints: {len(summary.checkpoints)} kept" + "".join(f"\n    {c}" for c in summary.checkpoints))
+    print(f"  metrics log: {summary.run_dir}/hfray_metrics.jsonl")
+    print(f"  artifact:    {summary.artifact}")
+    best = summary.manifest.get("best", {})
+    print(f"  best:        {best.get('metric')} = {best.get('value')} at step {best.get('step')}")
+    print(
+        "  final:       "
+        + "  ".join(
+            f"{k}={v:.4f}"
+            for k, v in sorted(summary.metrics.items())
+            if k.startswith(("eval_", "test_")) and "runtime" not in k and "per_second" not in k
+        )
+    )
+    print(f'  try it:      hfray predict {summary.artifact} "some text"')
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hfray.checkpoints import load_artifact_pipeline
+
+    pipe = load_artifact_pipeline(args.artifact)
+    outputs = pipe(args.texts, top_k=args.top_k)
+    for text, out in zip(args.texts, outputs, strict=True):
+        print(json.dumps({"text": text, "predictions": out}))
+    return 0
+
+
+def cmd_show_default(args: argparse.Namespace) -> int:
+    print(default_job_path().read_text(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job", nargs="?", help=f"job YAML (default: the embedded {DEFAULT_JOB})")
+        p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=20")
+        return p
+
+    p = job_command("validate", "check a job file; all problems at once")
+    p.add_argument("--print", action="store_true", help="print the resolved job")
+    p.add_argument("--check-data", action="store_true", help="also load the data and the model config")
+    p.set_defaults(func=cmd_validate)
+
+    p = job_command("train", "train a job on Ray Train (starts a local Ray cluster unless one is given)")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if this job ran before")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="classify texts with an exported artifact")
+    p.add_argument("artifact", help="artifact dir or URI (printed at the end of hfray train)")
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--top-k", type=int, default=1)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("show-default", help="print the embedded default job file")
+    p.set_defaults(func=cmd_show_default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HfrayError as exc:
+        print(f"hfray: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            "hfray: interrupted; checkpoints written so far are kept and the next run resumes",
+            file=sys.stderr,
+        )
+        return 130

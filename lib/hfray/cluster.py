@@ -1,0 +1,60 @@
+"""Connecting to Ray (or starting a local cluster) and checking that a job fits."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from hfray.config import ClusterConfig, ResourcesConfig
+from hfray.errors import HfrayError, ResourceError
+
+# Train V2 is Ray 2.60's default; setting it pins the behaviour and documents intent.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def connect_driver(cfg: ClusterConfig) -> str:
+    """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
+    if ray.is_initialized():
+        return "the Ray cluster this process is already connected to"
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
+        return f"Ray cluster at {address}"
+    ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **kwargs)  # with the dashboard (state API)
+    return "a local Ray cluster started by hfray"
+
+
+def required_resources(res: ResourcesConfig) -> dict[str, float]:
+    need = {"CPU": res.num_workers * res.cpus_per_worker}
+    if res.gpus_per_worker:
+        need["GPU"] = res.num_workers * res.gpus_per_worker
+    return need
+
+
+def check_fits_driver(res: ResourcesConfig, cfg: ClusterConfig) -> None:
+    """Fail before training when the cluster cannot host the workers (placement would wait forever)."""
+    if not cfg.check_resources:
+        return
+    total = ray.cluster_resources()
+    problems = []
+    for key, amount in required_resources(res).items():
+        have = total.get(key, 0.0)
+        if amount > have:
+            field = "resources.gpus_per_worker" if key == "GPU" else "resources.cpus_per_worker"
+            problems.append(
+                f"{res.num_workers} workers x {field} need {amount:g} {key} in all, the cluster has {have:g}"
+            )
+    per_node = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if res.gpus_per_worker > per_node and res.gpus_per_worker > 0:
+        problems.append(
+            f"resources.gpus_per_worker {res.gpus_per_worker:g} exceeds the largest node's {per_node:g} GPUs"
+        )
+    if problems:
+        hint = " (set resources.num_workers lower, or cluster.check_resources=false on an autoscaling cluster)"
+        raise ResourceError("resources: " + "; ".join(problems) + hint)

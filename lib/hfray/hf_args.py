@@ -1,0 +1,101 @@
+"""From a job's training section to ``transformers.TrainingArguments``.
+
+Shared by the driver (which builds them once, only to surface mistakes in ``training.extra_args``
+before any worker starts) and by each worker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from hfray.config import JobConfig
+from hfray.errors import ConfigError, Problem
+
+# Keys hfray derives from the job file; setting them in extra_args would silently fight hfray.
+MANAGED = {
+    "output_dir": "storage.path",
+    "eval_strategy": "training.eval_strategy",
+    "save_strategy": "training.eval_strategy",
+    "save_steps": "training.checkpoint_every_n_evals",
+    "load_best_model_at_end": "evaluation.load_best_model_at_end",
+    "metric_for_best_model": "evaluation.metric_for_best_model",
+    "greater_is_better": "evaluation.greater_is_better",
+    "save_total_limit": "storage.num_to_keep",
+    "use_cpu": "resources.gpus_per_worker",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "resume_from_checkpoint": "storage (hfray resumes from Ray's latest checkpoint)",
+}
+
+
+def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
+    if precision == "auto":
+        if not use_gpu:
+            return {}
+        import torch
+
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, Any]:
+    t, ev = job.training, job.evaluation
+    kwargs: dict[str, Any] = {
+        "output_dir": output_dir,
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "weight_decay": t.weight_decay,
+        "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "optim": t.optim,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "eval_strategy": t.eval_strategy,
+        "save_strategy": t.eval_strategy,
+        "logging_steps": t.logging_steps,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "dataloader_num_workers": t.dataloader_num_workers,
+        "load_best_model_at_end": ev.load_best_model_at_end,
+        "metric_for_best_model": ev.metric_for_best_model,
+        "greater_is_better": ev.best_mode == "max",
+        "save_total_limit": job.storage.num_to_keep,
+        "use_cpu": not use_gpu,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "ddp_find_unused_parameters": False,
+        **_precision_flags(t.precision, use_gpu),
+    }
+    if t.eval_strategy == "steps":
+        kwargs["eval_steps"] = t.eval_steps
+        kwargs["save_steps"] = t.eval_steps * t.checkpoint_every_n_evals  # type: ignore[operator]
+    kwargs.update(t.extra_args)
+    return kwargs
+
+
+def training_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**build_kwargs(job, output_dir, use_gpu))
+
+
+def check_training_arguments_driver(job: JobConfig) -> None:
+    """Cross-section checks, then TrainingArguments itself, before Ray starts anything."""
+    problems = []
+    if job.training.eval_strategy == "epoch" and job.training.checkpoint_every_n_evals != 1:
+        problems.append(
+            Problem("training.checkpoint_every_n_evals", "must be 1 when training.eval_strategy is 'epoch'")
+        )
+    if job.training.precision == "fp16" and job.resources.gpus_per_worker == 0:
+        problems.append(Problem("training.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0)"))
+    if problems:
+        raise ConfigError(problems, "job")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            training_arguments(job, tmp, use_gpu=False)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError([Problem("training", f"transformers.TrainingArguments rejected it: {exc}")]) from None

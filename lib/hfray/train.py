@@ -1,0 +1,326 @@
+"""Fine-tuning on Ray Train: the driver (checks, TorchTrainer, summary) and the per-worker function.
+
+The driver validates the job, the data, the model and the cluster's resources before any worker
+starts. Each worker runs the Hugging Face ``Trainer`` under DDP (gloo on CPU, NCCL on GPU), reports
+to Ray at every evaluation, checkpoints at saves, and resumes from Ray's latest checkpoint when Ray
+restarts the worker group after a failure. Rank 0 exports the best model as a slim artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs
+import ray
+import ray.train
+
+from hfray import checkpoints, cluster, data, modeling
+from hfray.config import JobConfig
+from hfray.errors import HfrayError
+from hfray.hf_args import check_training_arguments_driver, training_arguments
+from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
+
+# ----------------------------------------------------------------------------- per worker
+
+
+def _resume_dir_per_worker(local_root: str) -> tuple[str | None, int]:
+    """Ray's latest checkpoint as a local HF checkpoint folder, and its step (0 when fresh)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, 0
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        path = ckpt.path  # read in place: HF only reads a checkpoint it resumes from
+    else:
+        path = ckpt.to_directory(os.path.join(local_root, "resume"))
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        step = int(json.load(f)["global_step"])
+    print(f"[hfray] resuming from Ray checkpoint {ckpt.path} at step {step}", flush=True)
+    return path, step
+
+
+def _localize_best_per_worker(resume_dir: str, local_rank: int) -> None:
+    """HF keeps the best checkpoint as a local path; after a restart on another node it is gone.
+
+    Fetch it back from Ray storage (retention keeps the best by the same metric), so
+    ``load_best_model_at_end`` still loads the true best model.
+    """
+    import torch.distributed as dist
+
+    with open(os.path.join(resume_dir, "trainer_state.json")) as f:
+        best = json.load(f).get("best_model_checkpoint")
+    if local_rank == 0 and best and not os.path.isdir(best):
+        step = int(best.rsplit("-", 1)[-1])
+        for reported in ray.train.get_all_reported_checkpoints():
+            if int(reported.metrics.get("step", -1)) == step:
+                reported.checkpoint.to_directory(best)
+                break
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _weighted_loss(weights: list[float]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    def compute_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        w = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), weight=w, reduction="sum")
+        return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return compute_loss
+
+
+def _export_artifact_per_worker(trainer: Any, tokenizer: Any, dest: str, manifest: dict[str, Any], stage: str) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(stage)  # weights + config only: no optimizer, scheduler or RNG state
+    tokenizer.save_pretrained(stage)
+    checkpoints.write_manifest(stage, manifest)
+    checkpoints.upload_dir(stage, dest)
+    print(f"[hfray] artifact written to {dest}", flush=True)
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    from hfray.metrics import classification_metrics_fn
+
+    job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
+    ctx = ray.train.get_context()
+    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
+    prepared = data.prepare(job.data)
+    if prepared.fingerprint != loop_config["data_fingerprint"]:
+        raise HfrayError(
+            f"data on worker rank {rank} differs from what the driver checked (fingerprint "
+            f"{prepared.fingerprint} != {loop_config['data_fingerprint']}): every node must see the same files"
+        )
+    labels = loop_config["labels"]
+    tokenizer = modeling.load_tokenizer(job.model)
+    model = modeling.build_classifier(job.model, labels, tokenizer)
+    encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
+    local_root = loop_config["local_root"]
+    args = training_arguments(job, os.path.join(local_root, "hf"), use_gpu=job.resources.gpus_per_worker > 0)
+    resume_dir, resumed_step = _resume_dir_per_worker(local_root)
+    if resume_dir and job.evaluation.load_best_model_at_end:
+        _localize_best_per_worker(resume_dir, local_rank)
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    if job.training.early_stopping_patience:
+        callbacks.append(
+            EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
+        )
+    weights = loop_config.get("class_weights")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=classification_metrics_fn(job.evaluation.metrics),
+        compute_loss_func=_weighted_loss(weights) if weights else None,
+        callbacks=callbacks,
+    )
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume_dir)
+    final = trainer.evaluate(encoded["validation"], metric_key_prefix="eval")
+    if "test" in encoded:
+        final.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
+    if rank == 0:
+        state = trainer.state
+        manifest = {
+            "format": 1,
+            "task": job.task,
+            "name": job.name,
+            "run_name": loop_config["run_name"],
+            "labels": labels,
+            "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+            "best": {
+                "step": state.best_global_step,
+                "metric": args.metric_for_best_model,
+                "value": state.best_metric,
+            },
+            "global_step": state.global_step,
+            "resumed_from_step": resumed_step,
+            "train_seconds_this_attempt": round(time.time() - started, 2),
+            "data": {"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
+            "job": job.to_dict(),
+            "versions": checkpoints.library_versions(),
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        stage = os.path.join(local_root, "artifact")
+        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class RunSummary:
+    run_name: str
+    run_dir: str
+    artifact: str
+    manifest: dict[str, Any]
+    wall_seconds: float
+    cluster: str
+    reused: bool = False
+    checkpoints: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.manifest.get("metrics", {})
+
+
+def resolve_sources_driver(job: JobConfig) -> JobConfig:
+    """Absolute paths for data and models: Ray workers do not share the driver's working dir."""
+    raw = job.to_dict()
+    for split in ("train", "validation", "test"):
+        raw["data"][split] = data.absolute_source(raw["data"][split])
+    raw["model"]["name_or_path"] = modeling.absolute_model_source(raw["model"]["name_or_path"])
+    raw["model"]["tokenizer"] = modeling.absolute_model_source(raw["model"]["tokenizer"])
+    raw["storage"]["path"] = checkpoints.normalize_storage(raw["storage"]["path"])
+    return JobConfig.from_dict(raw)
+
+
+def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
+    """Everything that can be checked without Ray: config, data, tokenizer and model config."""
+    check_training_arguments_driver(job)
+    job = resolve_sources_driver(job)
+    prepared = data.prepare(job.data)
+    tokenizer = modeling.load_tokenizer(job.model)
+    modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
+    if isinstance(job.training.class_weights, list) and len(job.training.class_weights) != len(prepared.labels):
+        raise HfrayError(
+            f"training.class_weights: {len(job.training.class_weights)} weights for {len(prepared.labels)} "
+            f"labels {prepared.labels}"
+        )
+    return job, prepared
+
+
+def _local_root(storage: str, run_name: str) -> str:
+    key = hashlib.sha256(f"{storage}/{run_name}".encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), "hfray", f"{run_name}-{key}")
+
+
+def _class_weights(job: JobConfig, prepared: data.PreparedData) -> list[float] | None:
+    cw = job.training.class_weights
+    if cw == "none":
+        return None
+    if cw == "balanced":
+        return data.class_weights(prepared.splits["train"], job.data, prepared.labels)
+    return list(cw)
+
+
+def _scaling_config(job: JobConfig) -> ray.train.ScalingConfig:
+    res = job.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        per_worker["GPU"] = res.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=res.num_workers,
+        use_gpu=res.gpus_per_worker > 0,
+        resources_per_worker=per_worker,
+        placement_strategy=res.placement_strategy,
+        accelerator_type=res.accelerator_type,
+    )
+
+
+def _unwrap_failure(exc: Exception) -> Exception:
+    """Turn Ray's wrapper around a worker's HfrayError back into that error (no traceback for users)."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for err in failures.values():
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, HfrayError):
+                return cause
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+            if cause is err:
+                break
+    return exc
+
+
+def build_trainer_driver(job: JobConfig, prepared: data.PreparedData, run_name: str) -> Any:
+    from ray.train.torch import TorchTrainer
+
+    storage = job.storage.path
+    loop_config = {
+        "job": job.to_dict(),
+        "run_name": run_name,
+        "labels": prepared.labels,
+        "data_fingerprint": prepared.fingerprint,
+        "class_weights": _class_weights(job, prepared),
+        "local_root": _local_root(storage, run_name),
+        "artifact_uri": checkpoints.artifact_uri(storage, run_name),
+    }
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=_scaling_config(job),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=job.storage.num_to_keep,
+                checkpoint_score_attribute=job.evaluation.best_metric_key,
+                checkpoint_score_order=job.evaluation.best_mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
+            callbacks=[MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG))],
+        ),
+    )
+
+
+def _summary(job: JobConfig, run_name: str, started: float, where: str, reused: bool) -> RunSummary:
+    run_dir = checkpoints.join(job.storage.path, run_name)
+    artifact = checkpoints.artifact_uri(job.storage.path, run_name)
+    kept = sorted(
+        {
+            r["checkpoint_path"]
+            for r in read_metrics_log(checkpoints.join(run_dir, checkpoints.METRICS_LOG))
+            if r.get("checkpoint_path") and checkpoints.exists(r["checkpoint_path"])
+        }
+    )
+    return RunSummary(
+        run_name,
+        run_dir,
+        artifact,
+        checkpoints.read_manifest(artifact),
+        time.time() - started,
+        where,
+        reused,
+        kept,
+    )
+
+
+def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
+    """Train a job end to end; re-running a finished job returns its results without training."""
+    started = time.time()
+    run_name = job.run_name  # from the job as written: resolved paths differ between machines
+    job, prepared = preflight_driver(job)
+    if fresh:
+        run_name = f"{run_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if checkpoints.exists(checkpoints.join(checkpoints.artifact_uri(job.storage.path, run_name), checkpoints.MANIFEST)):
+        return _summary(job, run_name, started, "none (run already complete)", reused=True)
+    where = cluster.connect_driver(job.cluster)
+    cluster.check_fits_driver(job.resources, job.cluster)
+    print(
+        f"[hfray] run {run_name}: {prepared.sizes} rows, {len(prepared.labels)} labels, on {where}",
+        flush=True,
+    )
+    trainer = build_trainer_driver(job, prepared, run_name)
+    try:
+        trainer.fit()
+    except Exception as exc:
+        unwrapped = _unwrap_failure(exc)
+        if unwrapped is not exc:
+            raise unwrapped from None
+        raise
+    return _summary(job, run_name, started, where, reused=False)
