@@ -41,11 +41,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path, job = _load(args)
     if args.print:
         print(yaml.safe_dump(job.to_dict(), sort_keys=False), end="")
-    if args.check_data:
+    if not args.schema_only:
         from hfray.train import preflight_driver
 
         _, prepared = preflight_driver(job)
-        print(f"data: {prepared.sizes} rows, labels {prepared.labels}")
+        print(f"data: {prepared.sizes} rows, labels {prepared.labels}; model and tokenizer found")
     print(f"OK: {path} is a valid {job.task} job; run name {job.run_name}")
     return 0
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job_command("validate", "check a job file; all problems at once")
     p.add_argument("--print", action="store_true", help="print the resolved job")
-    p.add_argument("--check-data", action="store_true", help="also load the data and the model config")
+    p.add_argument("--schema-only", action="store_true", help="skip loading data, tokenizer and model config")
     p.set_defaults(func=cmd_validate)
 
     p = job_command("train", "train a job on Ray Train (starts a local Ray cluster unless one is given)")
