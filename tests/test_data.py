@@ -6,8 +6,8 @@ import json
 
 import datasets
 import pytest
-from conftest import synthetic_rows, write_csv
 
+from conftest import synthetic_rows, write_csv
 from hfray.config import DataConfig
 from hfray.data import class_weights, prepare
 from hfray.errors import DataError

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_rows, tiny_job
 
+from conftest import synthetic_rows, tiny_job
 from hfray import checkpoints
 from hfray.config import JobConfig
 from hfray.reporting import read_metrics_log

@@ -24,6 +24,8 @@ MANAGED = {
     "save_total_limit": "storage.num_to_keep",
     "use_cpu": "resources.gpus_per_worker",
     "bf16": "training.precision",
+    "activation_checkpointing": "training.gradient_checkpointing",
+    "gradient_checkpointing": "training.gradient_checkpointing",
     "fp16": "training.precision",
     "resume_from_checkpoint": "storage (hfray resumes from Ray's latest checkpoint)",
 }
@@ -58,7 +60,7 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, An
         "eval_strategy": t.eval_strategy,
         "save_strategy": t.eval_strategy,
         "logging_steps": t.logging_steps,
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing": t.gradient_checkpointing,  # the v5 name of gradient_checkpointing
         "dataloader_num_workers": t.dataloader_num_workers,
         "load_best_model_at_end": ev.load_best_model_at_end,
         "metric_for_best_model": ev.metric_for_best_model,

@@ -89,7 +89,7 @@ def _export_artifact_per_worker(trainer: Any, tokenizer: Any, dest: str, manifes
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer
 
     from hfray.metrics import classification_metrics_fn
 
@@ -129,6 +129,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         compute_loss_func=_weighted_loss(weights) if weights else None,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_dir)
     final = trainer.evaluate(encoded["validation"], metric_key_prefix="eval")
