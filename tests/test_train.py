@@ -84,20 +84,16 @@ def test_early_stopping_ends_a_run_that_does_not_improve(ray_cluster, tmp_path, 
 
 
 def _kill_a_worker_after_checkpoint(log_path: Path, min_step: int, killed: dict) -> None:
-    from ray.util.state import list_actors
-
+    """SIGKILL the rank-0 training process once a checkpoint at min_step or later is in Ray storage."""
     deadline = time.time() + 240
     while time.time() < deadline:
         records = read_metrics_log(str(log_path))
-        ckpt_steps = [r["step"] for r in records if r.get("checkpoint_path")]
-        if ckpt_steps and max(ckpt_steps) >= min_step:
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-            if workers:
-                killed["after_step"] = max(ckpt_steps)
-                killed["pid"] = workers[-1].pid
-                os.kill(workers[-1].pid, signal.SIGKILL)
-                return
-        time.sleep(0.1)
+        ckpts = [r for r in records if r.get("checkpoint_path") and r["step"] >= min_step]
+        if ckpts:
+            killed["after_step"], killed["pid"] = ckpts[-1]["step"], ckpts[-1]["worker_pid"]
+            os.kill(killed["pid"], signal.SIGKILL)
+            return
+        time.sleep(0.05)
 
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path, data_files):
@@ -124,6 +120,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path, dat
     # It resumed from a checkpoint reported before the kill, not from scratch...
     assert start >= 30 and start % 10 == 0
     assert start in {r["step"] for r in log if r.get("checkpoint_path") and r["hfray_resumed_from_step"] == 0}
+    assert start >= killed["after_step"]
+    assert {r["worker_pid"] for r in resumed}.isdisjoint({killed["pid"]})
     # ...continued counting from there, and finished the full step count.
     assert resumed[0]["step"] == start + 10
     assert summary.manifest["resumed_from_step"] == start

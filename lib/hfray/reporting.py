@@ -116,6 +116,7 @@ class RayReportCallbackPerWorker(TrainerCallback):
             "epoch": state.epoch or 0.0,
             "has_checkpoint": int(checkpoint is not None),
             "hfray_resumed_from_step": self.resumed_from_step,
+            "worker_pid": os.getpid(),  # rank 0's process: ties a report to its worker's logs
             "time": time.time(),
         }
         self.pending_eval = None

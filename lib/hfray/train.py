@@ -65,6 +65,20 @@ def _localize_best_per_worker(resume_dir: str, local_rank: int) -> None:
         dist.barrier()
 
 
+def _final_eval_metrics_per_worker(trainer: Any, validation: Any) -> dict[str, Any]:
+    """Validation metrics of the model being exported.
+
+    With load_best_model_at_end the exported weights are the best checkpoint's, whose evaluation is
+    already in the log history: reuse it instead of paying for one more pass over the validation set.
+    """
+    state = trainer.state
+    if trainer.args.load_best_model_at_end and state.best_global_step:
+        for entry in state.log_history:
+            if entry.get("step") == state.best_global_step and "eval_loss" in entry:
+                return dict(entry)
+    return trainer.evaluate(validation, metric_key_prefix="eval")
+
+
 def _weighted_loss(weights: list[float]) -> Any:
     import torch
     import torch.nn.functional as F
@@ -89,7 +103,7 @@ def _export_artifact_per_worker(trainer: Any, tokenizer: Any, dest: str, manifes
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
 
     from hfray.metrics import classification_metrics_fn
 
@@ -105,6 +119,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         )
     labels = loop_config["labels"]
     tokenizer = modeling.load_tokenizer(job.model)
+    set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
     model = modeling.build_classifier(job.model, labels, tokenizer)
     encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
     local_root = loop_config["local_root"]
@@ -132,7 +147,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_dir)
-    final = trainer.evaluate(encoded["validation"], metric_key_prefix="eval")
+    final = _final_eval_metrics_per_worker(trainer, encoded["validation"])
     if "test" in encoded:
         final.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
     if rank == 0:
