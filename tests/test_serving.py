@@ -347,3 +347,41 @@ def test_serve_cli_check(artifact_root: Path, capsys: pytest.CaptureFixture[str]
     assert '"default": "beta"' in capsys.readouterr().out
     with pytest.raises(ConfigError, match="max_batch_size"):
         serve_cli(parser.parse_args([str(artifact_root), "--check", "--max-batch-size", "0"]))
+
+
+# ----------------------------------------------------------------------------- promotion (last: it changes the app)
+
+
+def test_promotion_replaces_the_app_without_failed_requests(server: dict[str, Any]) -> None:
+    """Redeploying under the same app name (a new best model as default) is a rolling update: no errors."""
+    import threading
+
+    from hfray.serving import serve_artifacts_driver
+
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 90  # bounded even if the test body fails
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set() and time.monotonic() < deadline and len(seen) < 5000:
+                r = client.post(f"{server['url']}/v1/classify", json={"inputs": "ok"})
+                seen.append((r.status_code, r.json().get("model", "") if r.status_code == 200 else r.text))
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        while not seen:
+            time.sleep(0.1)
+        serve_artifacts_driver(serve_config_for(server["root"], server["port"], default_model="beta"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(m == "beta" for _, m in seen[-3:]):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join(timeout=70)
+    failures = [s for s in seen if s[0] != 200]
+    assert not failures, failures[:5]
+    models = [m for _, m in seen]
+    # Old and new replicas may overlap for a moment, so only the ends are certain.
+    assert models[0] == "alpha" and models[-1] == "beta"
