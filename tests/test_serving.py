@@ -213,7 +213,8 @@ BAD_BODIES = [
     ({"inputs": "x" * (MAX_TEXT_CHARS + 1)}, 413, "inputs[0]"),
     ({"inputs": ["ok"] * (MAX_INPUTS + 1)}, 413, "inputs"),
     ({"inputs": 5}, 422, "inputs"),
-    ({"inputs": ["ok", 3]}, 422, "inputs"),
+    ({"inputs": ["ok", 3]}, 422, "inputs[1]"),
+    ({"inputs": ["ok", None, "ok"]}, 422, "inputs[1]"),
     ({"inputs": {"text": "ok"}}, 422, "inputs"),
     ({"inputs": "ok", "top_k": 0}, 422, "top_k"),
     ({"inputs": "ok", "top_k": "2"}, 422, "top_k"),
@@ -244,6 +245,8 @@ def test_bad_input_is_4xx_naming_the_field(server: dict[str, Any], body: Any, st
 def test_malformed_and_oversized_bodies(server: dict[str, Any]) -> None:
     url = f"{server['url']}/v1/classify"
     r = httpx.post(url, content=b'{"inputs": ["unclosed', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"]["field"] == "body"
+    r = httpx.post(url, content=b"\xff\xfe not utf-8")
     assert r.status_code == 400 and r.json()["detail"]["field"] == "body"
     r = httpx.post(url, content=b"")
     assert r.status_code == 422 and r.json()["detail"]["field"] == "body"
@@ -313,6 +316,11 @@ def test_catalog_single_artifact_and_run_dirs(artifact_root: Path, tmp_path: Pat
     with pytest.raises(ModelIdError) as err:
         sweep.resolve("not-a-run")
     assert err.value.status == 404
+    # An explicit model list narrows what is served, even among valid artifacts.
+    narrowed = ArtifactCatalog(str(artifact_root), allowed=["beta"])
+    assert narrowed.ids() == ["beta"]
+    with pytest.raises(ModelIdError, match="unknown model id 'alpha'"):
+        narrowed.resolve("alpha")
 
 
 def test_serve_yaml_builds_an_app(artifact_root: Path) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from typing import Any
 
@@ -164,11 +166,35 @@ def serve_cli(args: argparse.Namespace) -> int:
     url = serve_artifacts_driver(cfg, ray_address=args.ray_address, num_cpus=args.ray_num_cpus)
     auth = " (bearer token required)" if cfg.auth_token else ""
     print(f"[hfray] serving {len(models)} model(s) at {url}{auth}; API docs at {url}/docs; Ctrl-C stops", flush=True)
+    # SIGTERM (docker stop, systemd, kill) shuts down as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # A second Ctrl-C (or a supervisor signalling the whole process group) must not cut shutdown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("[hfray] shutting down Serve", flush=True)
     finally:
         serve.shutdown()
     return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hfray.serving ...``: the same as ``hfray serve ...``."""
+    parser = argparse.ArgumentParser(prog="hfray serve", description="Serve hfray artifacts on Ray Serve")
+    add_serve_arguments(parser)
+    try:
+        return serve_cli(parser.parse_args(argv))
+    except HfrayError as exc:
+        print(f"hfray: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

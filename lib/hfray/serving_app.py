@@ -59,12 +59,14 @@ def bad_request(status: int, field: str, error: str) -> HTTPException:
 
 
 def first_problem(exc: ValidationError) -> HTTPException:
-    err = exc.errors()[0]
-    # Pydantic names union branches ("list[str]", "str") in the location; the user only knows their keys.
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
-    field = ".".join(loc) or "body"
-    if err["type"] == "json_invalid":
-        return bad_request(400, "body", f"body is not valid JSON: {err['msg']}")
+    """The most specific problem as a 4xx naming the field, e.g. ``inputs[1]`` for a number in the list."""
+
+    def where(err: Any) -> list[Any]:
+        # Pydantic names union branches ("list[str]", "str") in the location; users only know their keys.
+        return [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
+
+    err = max(exc.errors(), key=lambda e: len(where(e)))  # the branch that got furthest into the value
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where(err)).lstrip(".") or "body"
     message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     return bad_request(422, field, f"{field}: {message}")
 
@@ -85,11 +87,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_classify(raw: bytes, cfg: ServeConfig) -> tuple[list[str], int, str | None]:
     try:
-        if not isinstance(json.loads(raw or b"null"), dict):
-            raise bad_request(422, "body", "body: expected a JSON object with 'inputs'")
-        req = ClassifyRequest.model_validate_json(raw)
-    except json.JSONDecodeError as exc:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(400, "body", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request(422, "body", "body: expected a JSON object with 'inputs'")
+    try:
+        req = ClassifyRequest.model_validate(body)  # strict types: "2" is not a top_k, 3 is not a text
     except ValidationError as exc:
         raise first_problem(exc) from None
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
