@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from hfray.checkpoints import write_manifest
-from hfray.errors import ConfigError
+from hfray.errors import ArtifactError, ConfigError
 from hfray.serving_config import ArtifactCatalog, ModelIdError, ServeConfig
 
 LABELS = {"alpha": ["neg", "pos"], "beta": ["neg", "pos"], "gamma": ["cold", "warm", "hot"]}
@@ -355,6 +355,8 @@ def test_serve_cli_check(artifact_root: Path, capsys: pytest.CaptureFixture[str]
     assert '"default": "beta"' in capsys.readouterr().out
     with pytest.raises(ConfigError, match="max_batch_size"):
         serve_cli(parser.parse_args([str(artifact_root), "--check", "--max-batch-size", "0"]))
+    with pytest.raises(ArtifactError, match="default_model: .*'nope'"):
+        serve_cli(parser.parse_args([str(artifact_root), "--check", "--default-model", "nope"]))
 
 
 # ----------------------------------------------------------------------------- promotion (last: it changes the app)

@@ -188,7 +188,10 @@ class ArtifactCatalog:
 
     def default_id(self, configured: str | None) -> str:
         if configured:
-            return configured
+            try:
+                return self.resolve(configured).model_id
+            except ModelIdError as exc:
+                raise ArtifactError(f"default_model: {exc}; found {self.ids()}") from None
         ids = self.ids()
         if not ids:
             raise ArtifactError(f"artifact_root: no hfray artifacts ({MANIFEST}) in {self.root}")
