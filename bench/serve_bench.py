@@ -126,8 +126,11 @@ def wait_healthy(url: str, timeout_s: float = 180) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s} s")
 
 
-async def closed_loop(url: str, concurrency: int, total: int, max_seconds: float) -> dict[str, Any]:
-    """``concurrency`` clients, each sending its next request when the previous one returns."""
+async def closed_loop(url: str, concurrency: int, total: int, max_seconds: float) -> tuple[list[float], int, float]:
+    """``concurrency`` clients, each sending its next request when the previous one returns.
+
+    Returns the latencies of the successful requests, the error count and the wall time.
+    """
     latencies: list[float] = []
     errors = 0
     issued = 0
@@ -154,7 +157,29 @@ async def closed_loop(url: str, concurrency: int, total: int, max_seconds: float
         t0 = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return summarize(latencies, errors, wall, concurrency)
+    return latencies, errors, wall
+
+
+def _client_process(url: str, concurrency: int, total: int, max_seconds: float) -> tuple[list[float], int, float]:
+    return asyncio.run(closed_loop(url, concurrency, total, max_seconds))
+
+
+def measure(url: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One level, spread over ``--client-procs`` processes: one Python client tops out near 1-2k req/s."""
+    procs = max(1, min(args.client_procs, concurrency))
+    if procs == 1:
+        return summarize(*_client_process(url, concurrency, args.requests, args.max_seconds), concurrency)
+    import multiprocessing as mp
+
+    shares = [(concurrency + i) // procs for i in range(procs)]
+    totals = [(args.requests + i) // procs for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.starmap(
+            _client_process, [(url, c, n, args.max_seconds) for c, n in zip(shares, totals, strict=True)]
+        )
+    latencies = [x for lat, _, _ in parts for x in lat]
+    # The processes start within milliseconds of each other; the slowest one bounds the level.
+    return summarize(latencies, sum(e for _, e, _ in parts), max(w for _, _, w in parts), concurrency)
 
 
 def summarize(latencies: list[float], errors: int, wall: float, concurrency: int) -> dict[str, Any]:
@@ -176,10 +201,10 @@ def summarize(latencies: list[float], errors: int, wall: float, concurrency: int
 
 
 def run_levels(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    asyncio.run(closed_loop(url, 2, args.warmup, 60))  # load weights, JIT paths, connection pools
+    _client_process(url, 2, args.warmup, 60)  # load weights, JIT paths, connection pools
     rows = []
     for c in args.concurrency:
-        row = {"server": name, **asyncio.run(closed_loop(url, c, args.requests, args.max_seconds))}
+        row = {"server": name, **measure(url, c, args)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -242,6 +267,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200, help="per concurrency level")
     p.add_argument("--max-seconds", type=float, default=60, help="per concurrency level")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--client-procs", type=int, default=1, help="load-generator processes (use several on a GPU)")
     p.add_argument("--device", default="cpu", help="baseline pipeline device: cpu or cuda")
     p.add_argument("--num-cpus", type=float, default=1, help="per hfray replica; baseline gets as many threads")
     p.add_argument("--num-gpus", type=float, default=0, help="per hfray replica")
