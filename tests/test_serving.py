@@ -190,6 +190,7 @@ def test_concurrent_requests_are_batched(server: dict[str, Any], pipelines: dict
     sizes = stats["batch_sizes"][-new_batches:]
     assert sum(sizes) == len(responses)
     assert max(sizes) > 1, f"no batching: batch sizes {sizes}"
+    assert stats["torch_threads"] == 1  # a 0.5-CPU replica must not spawn a thread per core
 
 
 def test_multiplexing_three_artifacts(server: dict[str, Any], pipelines: dict[str, Any]) -> None:
@@ -347,7 +348,7 @@ def test_serve_yaml_builds_an_app(artifact_root: Path) -> None:
 def test_serve_cli_check(artifact_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from hfray.serving import add_serve_arguments, serve_cli
+    from hfray.serving import add_serve_arguments, config_from_args, serve_cli
 
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
@@ -355,6 +356,11 @@ def test_serve_cli_check(artifact_root: Path, capsys: pytest.CaptureFixture[str]
     assert '"default": "beta"' in capsys.readouterr().out
     with pytest.raises(ConfigError, match="max_batch_size"):
         serve_cli(parser.parse_args([str(artifact_root), "--check", "--max-batch-size", "0"]))
+    # The Serve YAML doubles as hfray serve's --config; flags and the target override it.
+    yaml_cfg = str(REPO / "serve" / "text_classifier.yaml")
+    args = parser.parse_args([str(artifact_root), "--check", "--config", yaml_cfg, "--max-batch-size", "4"])
+    cfg = config_from_args(args)
+    assert (cfg.artifact_root, cfg.max_batch_size, cfg.autoscaling.max_replicas) == (str(artifact_root), 4, 4)
     with pytest.raises(ArtifactError, match="default_model: .*'nope'"):
         serve_cli(parser.parse_args([str(artifact_root), "--check", "--default-model", "nope"]))
 

@@ -277,6 +277,8 @@ class HfrayClassifier:
         return out
 
     async def stats(self) -> dict[str, Any]:
+        import torch
+
         sizes = list(self.batch_sizes)
         return {
             "batches": self.batches,
@@ -285,5 +287,6 @@ class HfrayClassifier:
             "max_batch_size": self.cfg.max_batch_size,
             "models_loaded": list(self.recent),
             "device": self.device,
+            "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus
             "time": time.time(),
         }

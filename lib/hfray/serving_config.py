@@ -95,7 +95,11 @@ class ServeConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ServeConfig:
+        """ServeConfig fields at the top level, or a Serve config file whose first application has them as args."""
         raw = yaml.safe_load(Path(path).read_text()) or {}
+        if isinstance(raw, dict) and isinstance(raw.get("applications"), list) and raw["applications"]:
+            # A Serve config file (serve/*.yaml): its first application's builder args are our fields.
+            raw = raw["applications"][0].get("args") or {}
         if not isinstance(raw, dict):
             raise ConfigError([Problem("(top level)", "a serve config must be a YAML mapping")], str(path))
         return cls.from_dict({**raw, **(overrides or {})}, source=str(path))
