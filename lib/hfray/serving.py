@@ -19,10 +19,12 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfray.errors import HfrayError
-from hfray.serving_config import ArtifactCatalog, ServeConfig
+
+if TYPE_CHECKING:  # imported in the functions: `hfray --help` must not pay for pyarrow, pydantic and Ray
+    from hfray.serving_config import ServeConfig
 
 DEFAULT_APP_NAME = "hfray"
 TOKEN_ENV = "HFRAY_SERVE_TOKEN"
@@ -31,6 +33,7 @@ TOKEN_ENV = "HFRAY_SERVE_TOKEN"
 def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     """A Serve ``Application`` (ingress + classifier) for a ``ServeConfig`` or its dict form."""
     from hfray.serving_app import HfrayClassifier, HfrayIngress
+    from hfray.serving_config import ArtifactCatalog, ServeConfig
 
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(dict(args))
     # Fail here, in the driver, with a clear message, rather than as a replica crash loop.
@@ -85,6 +88,8 @@ def serve_artifacts_driver(
 
 
 def _resolve_config(config: ServeConfig | dict[str, Any] | str, overrides: dict[str, Any]) -> ServeConfig:
+    from hfray.serving_config import ServeConfig
+
     if isinstance(config, ServeConfig):
         raw = config.to_dict()
     elif isinstance(config, dict):
@@ -133,6 +138,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    from hfray.serving_config import ServeConfig
+
     raw: dict[str, Any] = ServeConfig.from_yaml(args.config).to_dict() if args.config else {}
     if args.target:
         raw["artifact_root"] = args.target
@@ -153,6 +160,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def serve_cli(args: argparse.Namespace) -> int:
     """``hfray serve``: deploy, print the URL and models, serve until Ctrl-C, then shut Serve down."""
+    from hfray.serving_config import ArtifactCatalog
+
     cfg = config_from_args(args)
     catalog = ArtifactCatalog(cfg.artifact_root, cfg.models)
     models = [e.describe() for e in catalog.entries()]
