@@ -401,3 +401,33 @@ def test_promotion_replaces_the_app_without_failed_requests(server: dict[str, An
     models = [m for _, m in seen]
     # Old and new replicas may overlap for a moment, so only the ends are certain.
     assert models[0] == "alpha" and models[-1] == "beta"
+
+
+# ----------------------------------------------------------------------------- device and precision (no Serve)
+
+
+def test_placement_follows_the_config() -> None:
+    import torch
+
+    from hfray.serving_app import torch_placement
+
+    cpu = serve_config_for(Path("."), 8000)
+    assert torch_placement(cpu) == ("cpu", torch.float32)
+    assert torch_placement(cpu.model_copy(update={"dtype": "bf16"})) == ("cpu", torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu_agrees_with_the_fp32_pipeline(artifact_root: Path, pipelines: dict[str, Any]) -> None:
+    import torch
+
+    from hfray.serving_app import LoadedModel, torch_placement
+
+    assert torch.cuda.is_available()
+    device, dtype = torch_placement(serve_config_for(artifact_root, 8000, num_gpus=1))
+    assert (device, dtype) == ("cuda", torch.bfloat16)
+    model = LoadedModel(str(artifact_root / "gamma"), device, dtype, max_length=128)
+    got = model.predict(TEXTS, [3] * len(TEXTS))
+    want = pipelines["gamma"](TEXTS, top_k=3)
+    for g, w in zip(got, want, strict=True):
+        # bf16 keeps about 3 significant digits; compare scores by label, not by rank order.
+        assert {p["label"]: p["score"] for p in g} == pytest.approx({p["label"]: p["score"] for p in w}, abs=2e-2)
