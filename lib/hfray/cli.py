@@ -1,4 +1,4 @@
-"""The ``hfray`` command line: validate, train, predict, show-default.
+"""The ``hfray`` command line: validate, train, predict, serve, show-default.
 
 User mistakes (``HfrayError``) print one clear message and exit with status 2; no traceback.
 """
@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+")
     p.add_argument("--top-k", type=int, default=1)
     p.set_defaults(func=cmd_predict)
+
+    from hfray.serving import add_serve_arguments, serve_cli  # import-light
+
+    p = sub.add_parser("serve", help="serve artifacts over HTTP on Ray Serve (batched, multiplexed)")
+    add_serve_arguments(p)
+    p.set_defaults(func=serve_cli)
 
     p = sub.add_parser("show-default", help="print the embedded default job file")
     p.set_defaults(func=cmd_show_default)
