@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from hfray.serving import free_port, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = [
@@ -106,24 +107,6 @@ def start_baseline(artifact: Path, port: int, args: argparse.Namespace) -> subpr
 
 
 # ----------------------------------------------------------------------------- load generation
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout_s} s")
 
 
 async def closed_loop(url: str, concurrency: int, total: int, max_seconds: float) -> tuple[list[float], int, float]:
@@ -217,7 +200,7 @@ def bench_baseline(artifact: Path, args: argparse.Namespace) -> list[dict[str, A
     port = free_port()
     proc = start_baseline(artifact, port, args)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{port}", timeout_s=180)
         return run_levels("transformers.pipeline + uvicorn", f"http://127.0.0.1:{port}/classify", args)
     finally:
         proc.terminate()
@@ -242,7 +225,7 @@ def bench_hfray(artifact: Path, args: argparse.Namespace) -> tuple[list[dict[str
             max_ongoing_requests=max(args.max_batch_size * 2, 8),
             autoscaling={"min_replicas": args.replicas, "max_replicas": args.replicas, "target_ongoing_requests": 4},
         )
-        wait_healthy(url)
+        wait_healthy(url, timeout_s=180)
         rows = run_levels("hfray (Ray Serve)", f"{url}/v1/classify", args)
         return rows, httpx.get(f"{url}/v1/stats").json()
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 
 from hfray.checkpoints import write_manifest
 from hfray.errors import ArtifactError, ConfigError
+from hfray.serving import free_port, wait_healthy
 from hfray.serving_config import ArtifactCatalog, ModelIdError, ServeConfig
 
 LABELS = {"alpha": ["neg", "pos"], "beta": ["neg", "pos"], "gamma": ["cold", "warm", "hot"]}
@@ -61,24 +61,6 @@ def make_artifact(path: Path, labels: list[str], seed: int) -> Path:
     }
     write_manifest(str(path), manifest)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")

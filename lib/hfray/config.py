@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import Self
 
 from hfray.errors import ConfigError, Problem
 
@@ -33,6 +34,18 @@ CLASSIFICATION_METRICS = (
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: what crosses Ray boundaries."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "job") -> Self:
+        """Validate a plain dict; every problem at once as a ConfigError naming ``source``."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(problems_from_validation(exc, raw), source) from None
 
 
 class ModelConfig(Section):
@@ -201,16 +214,6 @@ class JobConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "job") -> JobConfig:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(problems_from_validation(exc, raw), source) from None
 
     def fingerprint(self) -> str:
         """Hash of what determines the result; storage and cluster placement do not count."""

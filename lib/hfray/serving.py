@@ -55,6 +55,30 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     ).bind(classifier, cfg.to_dict())
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for local servers in tests and benchmarks)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float = 60) -> None:
+    """Poll ``<url>/healthz`` until it answers 200, or raise TimeoutError."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s} s")
+
+
 def base_url(cfg: ServeConfig) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

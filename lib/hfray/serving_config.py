@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hfray.checkpoints import ARTIFACT_DIR, MANIFEST, read_manifest
-from hfray.config import problems_from_validation
+from hfray.config import Section
 from hfray.errors import ArtifactError, ConfigError, Problem
 
 # Tune trial folders look like "train_fn_1a2b3_00001_1_lr=0.0003,seed=2_2026-11-23_10-00-00": allow those,
@@ -42,10 +42,8 @@ class AutoscalingSettings(BaseModel):
         return self
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Section):
     """Everything ``hfray serve`` and the Serve YAML builder accept; unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     artifact_root: str = Field(
         description="An artifact dir, or a dir whose sub-folders are artifacts (or runs holding 'artifact/')."
@@ -83,15 +81,9 @@ class ServeConfig(BaseModel):
                 raise ValueError(f"model id {mid!r} is not a plain folder name")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "serve config") -> ServeConfig:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(problems_from_validation(exc, raw), source) from None
+        return super().from_dict(raw, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ServeConfig:
