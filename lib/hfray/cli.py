@@ -15,6 +15,7 @@ from pathlib import Path
 from hfray.errors import HfrayError
 
 DEFAULT_JOB = "bbc_news_minilm.yaml"
+LM_TASKS = ("masked-lm", "causal-lm")  # hfray.lm_config.LM_TASKS, not imported: it loads pydantic
 
 
 def default_job_path() -> Path:
@@ -41,7 +42,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path, job = _load(args)
     if args.print:
         print(yaml.safe_dump(job.to_dict(), sort_keys=False), end="")
-    if not args.schema_only:
+    if not args.schema_only and job.task in LM_TASKS:
+        from hfray.pretrain import preflight_lm_driver
+
+        _, info = preflight_lm_driver(job, train_tokenizer=False)
+        print("data, tokenizer and model config checked: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    elif not args.schema_only:
         from hfray.train import preflight_driver
 
         _, prepared = preflight_driver(job)
@@ -55,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     path, job = _load(args)
     print(f"[hfray] job {path}", flush=True)
+    if job.task in LM_TASKS:  # pre-training (masked-lm, causal-lm) has its own driver
+        from hfray.pretrain import run_pretraining_driver as run_training_driver
     summary = run_training_driver(job, fresh=args.fresh)
     status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
     print(f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
@@ -83,6 +91,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = pipe(args.texts, top_k=args.top_k)
     for text, out in zip(args.texts, outputs, strict=True):
         print(json.dumps({"text": text, "predictions": out}))
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from hfray.tokenizer_training import train_tokenizer_driver
+
+    path, job = _load(args)
+    summary = train_tokenizer_driver(job, force=args.force)
+    done = "already trained with these settings (--force retrains)" if summary.reused else "trained"
+    print(
+        f"[hfray] tokenizer {done}: {job.tokenizer.algorithm}, {summary.vocab_size} tokens, "  # type: ignore[union-attr]
+        f"{summary.texts} texts, {summary.seconds:.1f} s\n  saved to:    {summary.path}\n"
+        f"  load it:     AutoTokenizer.from_pretrained({summary.path!r})"
+    )
     return 0
 
 
@@ -121,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve artifacts over HTTP on Ray Serve (batched, multiplexed)")
     add_serve_arguments(p)
     p.set_defaults(func=serve_cli)
+
+    p = job_command("tokenizer", "train the job's tokenizer section into model.tokenizer (WordPiece, BPE, Unigram)")
+    p.add_argument("--force", action="store_true", help="retrain even if a tokenizer is already there")
+    p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("show-default", help="print the embedded default job file")
     p.set_defaults(func=cmd_show_default)

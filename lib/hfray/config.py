@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from typing_extensions import Self
 
 from hfray.errors import ConfigError, Problem
+from hfray.lm_config import LM_TASKS, LMConfig, TokenizerTrainingConfig, lm_task_problems
 
-TASKS = ("text-classification",)
+TASKS = ("text-classification", *LM_TASKS)
 # Metric names hfray computes for classification (see hfray.metrics); "loss" is always reported.
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -206,7 +207,9 @@ class StorageConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal["text-classification", "masked-lm", "causal-lm"] = "text-classification"
+    tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
+    lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="builtin:all-MiniLM-L6-v2"))
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -226,6 +229,25 @@ class JobConfig(Section):
     @property
     def run_name(self) -> str:
         return self.storage.run_name or f"{self.name}-{self.fingerprint()}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_evaluation_defaults(cls, raw: Any) -> Any:
+        # Classification metrics are the evaluation defaults; a language model is judged by loss alone.
+        if isinstance(raw, dict) and raw.get("task") in LM_TASKS:
+            evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+            raw = {**raw, "evaluation": {"metrics": [], "metric_for_best_model": "loss", **evaluation}}
+        return raw
+
+    @model_validator(mode="after")
+    def _task_sections(self) -> JobConfig:
+        if self.task in LM_TASKS and self.lm is None:
+            self.lm = LMConfig()
+        problems = lm_task_problems(self)
+        if problems:
+            # A ConfigError (not a ValueError) passes through pydantic untouched: one Problem per key.
+            raise ConfigError([Problem(key, message) for key, message in problems], "job")
+        return self
 
 
 # ----------------------------------------------------------------------------- errors

@@ -115,3 +115,66 @@ def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any) -> Any
     # under DDP the loss and gradients come out world_size times too large. Opt out of that path.
     model.accepts_loss_kwargs = False
     return model
+
+
+# ----------------------------------------------------------------------------- language models (pre-training)
+
+# RoBERTa-family position ids start after the padding index, so blocks need that many extra positions.
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")
+
+
+def lm_overrides(tokenizer: Any, arch: dict[str, Any]) -> dict[str, Any]:
+    """Config values a language model takes from its tokenizer (vocab size unless the job sets it)."""
+    ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id", None) for role in ("pad", "bos", "eos")}
+    found = {key: value for key, value in ids.items() if value is not None and key not in arch}
+    if "vocab_size" not in arch:
+        found["vocab_size"] = len(tokenizer)
+    return found
+
+
+def language_model_config(cfg: ModelConfig, task: str, tokenizer: Any, block_size: int) -> Any:
+    """The model config of a pre-training job, checked against the tokenizer and the block size."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = load_config(cfg, **lm_overrides(tokenizer, cfg.architecture or {}))
+    supported = MODEL_FOR_MASKED_LM_MAPPING_NAMES if task == "masked-lm" else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    field = "model.architecture.model_type" if cfg.architecture is not None else "model.name_or_path"
+    if config.model_type not in supported:
+        raise ModelError(
+            f"{field}: {config.model_type!r} has no {task} head; e.g. bert, roberta (masked-lm), gpt2, llama"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise ModelError(
+            f"model.architecture.vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_MODELS else 0
+    if positions is not None and positions < block_size + offset:
+        raise ModelError(
+            f"model.architecture.max_position_embeddings {positions} is too small for lm.block_size {block_size}"
+            + (f" (+{offset}: {config.model_type} positions start after the padding index)" if offset else "")
+        )
+    return config
+
+
+def build_language_model(cfg: ModelConfig, task: str, tokenizer: Any, block_size: int) -> Any:
+    """A masked or causal LM: randomly initialised from ``model.architecture``, or pretrained weights."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = language_model_config(cfg, task, tokenizer, block_size)
+    auto = AutoModelForMaskedLM if task == "masked-lm" else AutoModelForCausalLM
+    if cfg.architecture is not None:
+        model = auto.from_config(config)
+    else:
+        model = auto.from_pretrained(
+            cfg.name_or_path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    # Some v5 LM heads (BERT's MLM) take **kwargs yet average their loss themselves, so the Trainer's
+    # num_items_in_batch path would scale it by the world size under DDP. Opt out for every LM: packed
+    # causal blocks have the same label count in every batch, so the per-batch mean averaged by DDP is
+    # the exact token average; MLM mask counts vary by a few percent between batches, as in BERT's training.
+    model.accepts_loss_kwargs = False
+    return model

@@ -1,0 +1,311 @@
+"""Pre-training from scratch on Ray Train: masked LM (BERT-style) and causal LM (GPT-2/Llama-style).
+
+Same spine as fine-tuning (``hfray.train``): the driver checks everything before Ray starts, each
+worker runs the Hugging Face ``Trainer`` under DDP, reports to Ray at every evaluation, checkpoints
+rank-aware, resumes from Ray's latest checkpoint, and rank 0 exports a slim artifact that loads with
+``pipeline("fill-mask")`` / ``pipeline("text-generation")``. What differs:
+
+* the model comes from ``model.architecture`` (randomly initialised) with a masked or causal LM head;
+* data: ``lm.pipeline: ray-data`` tokenizes and packs on Ray Data CPU tasks and streams a disjoint
+  shard to each worker (``hfray.ray_data``); ``datasets`` packs in memory on every worker;
+* evaluation: held-out loss and perplexity;
+* the job's ``tokenizer`` section, if any, is trained first when ``model.tokenizer`` does not exist yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from typing import Any
+
+import ray
+import ray.train
+
+from hfray import checkpoints, cluster, lm_data, modeling, ray_data
+from hfray.config import JobConfig
+from hfray.data import absolute_source
+from hfray.errors import ModelError, ResourceError
+from hfray.hf_args import build_kwargs, check_training_arguments_driver
+from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker
+from hfray.train import (
+    RunSummary,
+    _export_artifact_per_worker,
+    _final_eval_metrics_per_worker,
+    _local_root,
+    _localize_best_per_worker,
+    _scaling_config,
+    _summary,
+    _unwrap_failure,
+    resolve_sources_driver,
+)
+
+PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
+
+# ----------------------------------------------------------------------------- per worker
+
+
+def _resume_dir_per_worker(local_root: str) -> tuple[str | None, int]:
+    """Ray's latest checkpoint as a local HF checkpoint folder, and its step (0 when fresh)."""
+    import pyarrow.fs
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, 0
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        path = ckpt.path  # read in place: HF only reads a checkpoint it resumes from
+    else:
+        path = ckpt.to_directory(os.path.join(local_root, "resume"))
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        step = int(json.load(f)["global_step"])
+    print(f"[hfray] resuming from Ray checkpoint {ckpt.path} at step {step}", flush=True)
+    return path, step
+
+
+def _training_args_per_worker(job: JobConfig, output_dir: str) -> Any:
+    from transformers import TrainingArguments
+
+    kwargs = build_kwargs(job, output_dir, use_gpu=job.resources.gpus_per_worker > 0)
+    if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
+        # A resumed stream starts afresh (Ray Data's order is not replayable), so skipping the
+        # batches trained before the failure would only throw data away.
+        kwargs["ignore_data_skip"] = True
+    return TrainingArguments(**kwargs)
+
+
+def _in_memory_sets_per_worker(job: JobConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """``lm.pipeline: datasets``: every worker packs the whole corpus; HF's sampler shards it per rank."""
+    from hfray.data import load_source
+
+    cfg, lm = job.data, job.lm
+    assert lm is not None
+    train = load_source(cfg.train, cfg, "data.train")
+    if cfg.validation:
+        held = load_source(cfg.validation, cfg, "data.validation")
+    else:
+        mask = lm_data.in_validation(train[cfg.text_column], cfg.validation_fraction, cfg.split_seed)
+        held, train = train.select(mask.nonzero()[0]), train.select((~mask).nonzero()[0])
+    if cfg.max_train_samples:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    if cfg.max_eval_samples:
+        held = held.select(range(min(cfg.max_eval_samples, len(held))))
+    packed = lm_data.pack_dataset(train, tokenizer, job.task, lm.block_size, cfg.text_column, "train")
+    held_blocks = lm_data.pack_dataset(held, tokenizer, job.task, lm.block_size, cfg.text_column, "validation")
+    return packed, held_blocks[lm_data.IDS]
+
+
+def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -> tuple[Any, Any, Any]:
+    """(train dataset or None, Ray Data stream or None, fixed held-out set)."""
+    import numpy as np
+
+    lm = job.lm
+    assert lm is not None
+    if lm.pipeline == "ray-data":
+        stream = ray_data.shard_stream_per_worker(
+            job.training.per_device_train_batch_size,
+            lambda blocks: lm_data.collate_blocks(blocks, collator, tokenizer),
+            lm.local_shuffle_buffer_size,
+            job.training.seed + rank,
+            lm.record_shards,
+        )
+        train, held = None, ray_data.validation_blocks_per_worker()
+    else:
+        stream = None
+        train, held = _in_memory_sets_per_worker(job, tokenizer)
+    evaluation = lm_data.fixed_eval_set(np.asarray(held), tokenizer, job.task, lm.mlm_probability, job.training.seed)
+    return train, stream, evaluation
+
+
+def _manifest_per_worker(
+    job: JobConfig, loop_config: dict[str, Any], trainer: Any, final: dict[str, Any], resumed_step: int, seconds: float
+) -> dict[str, Any]:
+    state, t, lm = trainer.state, job.training, job.lm
+    assert lm is not None
+    trained_steps = state.global_step - resumed_step
+    tokens = trained_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+    tokens *= job.resources.num_workers * lm.block_size
+    return {
+        "format": 1,
+        "task": PIPELINE_TASKS[job.task],  # what transformers.pipeline calls it: hfray predict/serve use this
+        "hfray_task": job.task,
+        "name": job.name,
+        "run_name": loop_config["run_name"],
+        "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+        "best": {
+            "step": state.best_global_step,
+            "metric": trainer.args.metric_for_best_model,
+            "value": state.best_metric,
+        },
+        "global_step": state.global_step,
+        "resumed_from_step": resumed_step,
+        "train_seconds_this_attempt": round(seconds, 2),
+        "throughput": {"train_tokens_this_attempt": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)},
+        "data": {"pipeline": lm.pipeline, "block_size": lm.block_size, "eval_blocks": len(trainer.eval_dataset)},
+        "job": job.to_dict(),
+        "versions": checkpoints.library_versions(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    import torch
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+
+    from hfray.lm_trainer import LanguageModelTrainer
+
+    job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
+    ctx = ray.train.get_context()
+    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
+    tokenizer = modeling.load_tokenizer(job.model)
+    set_seed(job.training.seed)  # before the model exists: it is randomly initialised
+    lm = job.lm
+    assert lm is not None
+    model = modeling.build_language_model(job.model, job.task, tokenizer, lm.block_size)
+    # Seeded per rank: each worker masks its own blocks differently, reproducibly.
+    collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
+    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
+    local_root = loop_config["local_root"]
+    args = _training_args_per_worker(job, os.path.join(local_root, "hf"))
+    resume_dir, resumed_step = _resume_dir_per_worker(local_root)
+    if resume_dir and job.evaluation.load_best_model_at_end:
+        _localize_best_per_worker(resume_dir, local_rank)
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    if job.training.early_stopping_patience:
+        callbacks.append(
+            EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
+        )
+    trainer = LanguageModelTrainer(
+        model=model,
+        args=args,
+        train_dataset=stream if stream is not None else train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        data_collator=lm_data.BlockCollator(collator, tokenizer),
+        callbacks=callbacks,
+        train_stream=stream,
+    )
+    trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume_dir)
+    seconds = time.time() - started
+    final = _final_eval_metrics_per_worker(trainer, evaluation)
+    if stream is not None:
+        ray_data.write_shard_record_per_worker(stream, loop_config["run_dir"], rank)
+    if rank == 0:
+        manifest = _manifest_per_worker(job, loop_config, trainer, final, resumed_step, seconds)
+        stage = os.path.join(local_root, "artifact")
+        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _tokenizer_missing(job: JobConfig) -> bool:
+    return job.tokenizer is not None and not os.path.isdir(job.model.tokenizer_source)
+
+
+def preflight_lm_driver(job: JobConfig, train_tokenizer: bool = True) -> tuple[JobConfig, dict[str, Any]]:
+    """Config, data sources, tokenizer and model config, before Ray starts; trains the tokenizer if due.
+
+    With ``train_tokenizer=False`` (``hfray validate``) a tokenizer not trained yet is reported, not trained.
+    """
+    check_training_arguments_driver(job)
+    job = resolve_sources_driver(job)
+    if job.tokenizer is not None and job.tokenizer.source:
+        job.tokenizer.source = absolute_source(job.tokenizer.source)
+    info: dict[str, Any] = {}
+    sources = {"data.train": job.data.train, "data.validation": job.data.validation}
+    if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
+        info["formats"] = {k: ray_data.check_source_driver(v, job.data, k) for k, v in sources.items() if v}
+    if _tokenizer_missing(job):
+        if not train_tokenizer:
+            info["tokenizer"] = f"not trained yet: 'hfray tokenizer' (or 'hfray train') writes {job.model.tokenizer}"
+            return job, info
+        from hfray.tokenizer_training import train_tokenizer_driver
+
+        summary = train_tokenizer_driver(job)
+        print(f"[hfray] tokenizer trained: {summary.vocab_size} tokens from {summary.texts} texts -> {summary.path}")
+    tokenizer = modeling.load_tokenizer(job.model)
+    if job.task == "masked-lm" and tokenizer.mask_token is None:
+        raise ModelError(f"model.tokenizer: {job.model.tokenizer_source} has no mask token; masked-lm needs one")
+    config = modeling.language_model_config(job.model, job.task, tokenizer, job.lm.block_size)  # type: ignore[union-attr]
+    info.update(vocab_size=len(tokenizer), model_type=config.model_type)
+    return job, info
+
+
+def check_data_cpus_driver(job: JobConfig) -> None:
+    """Ray Data's tasks need CPUs the training workers do not hold, or the stream never starts."""
+    lm, res = job.lm, job.resources
+    if lm is None or lm.pipeline != "ray-data" or not job.cluster.check_resources:
+        return
+    free = ray.cluster_resources().get("CPU", 0.0) - res.num_workers * res.cpus_per_worker
+    if free < lm.tokenize_num_cpus:
+        raise ResourceError(
+            f"resources: Ray Data tokenize tasks need lm.tokenize_num_cpus={lm.tokenize_num_cpus:g} CPU beyond the "
+            f"{res.num_workers} workers x resources.cpus_per_worker={res.cpus_per_worker:g}, the cluster has "
+            f"{free:g} left (lower either, e.g. resources.cpus_per_worker=0.5, or add CPUs)"
+        )
+
+
+def build_pretrainer_driver(job: JobConfig, run_name: str) -> Any:
+    from ray.train.torch import TorchTrainer
+
+    storage = job.storage.path
+    loop_config = {
+        "job": job.to_dict(),
+        "run_name": run_name,
+        "run_dir": checkpoints.join(storage, run_name),
+        "local_root": _local_root(storage, run_name),
+        "artifact_uri": checkpoints.artifact_uri(storage, run_name),
+    }
+    extra: dict[str, Any] = {}
+    if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
+        # Only "train" is split across workers; each worker reads the whole (small) held-out set.
+        extra = {"datasets": ray_data.build_datasets_driver(job), "dataset_config": ray.train.DataConfig(["train"])}
+    return TorchTrainer(
+        pretrain_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=_scaling_config(job),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=job.storage.num_to_keep,
+                checkpoint_score_attribute=job.evaluation.best_metric_key,
+                checkpoint_score_order=job.evaluation.best_mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
+            callbacks=[MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG))],
+        ),
+        **extra,
+    )
+
+
+def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
+    """Pre-train a masked-lm or causal-lm job end to end; a finished job returns its results."""
+    started = time.time()
+    run_name = job.run_name  # from the job as written: resolved paths differ between machines
+    job, info = preflight_lm_driver(job)
+    if fresh:
+        run_name = f"{run_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if checkpoints.exists(checkpoints.join(checkpoints.artifact_uri(job.storage.path, run_name), checkpoints.MANIFEST)):
+        return _summary(job, run_name, started, "none (run already complete)", reused=True)
+    where = cluster.connect_driver(job.cluster)
+    cluster.check_fits_driver(job.resources, job.cluster)
+    check_data_cpus_driver(job)
+    print(
+        f"[hfray] run {run_name}: {job.task} {info['model_type']}, vocab {info['vocab_size']}, "
+        f"pipeline {job.lm.pipeline}, on {where}",
+        flush=True,
+    )  # type: ignore[union-attr]
+    trainer = build_pretrainer_driver(job, run_name)
+    try:
+        trainer.fit()
+    except Exception as exc:
+        unwrapped = _unwrap_failure(exc)
+        if unwrapped is not exc:
+            raise unwrapped from None
+        raise
+    return _summary(job, run_name, started, where, reused=False)

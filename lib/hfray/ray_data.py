@@ -1,0 +1,247 @@
+"""The Ray Data pipeline of pre-training jobs: corpus -> tokenized, packed blocks -> a stream per worker.
+
+On the driver, ``build_datasets_driver`` describes the pipeline lazily: read (``read_text``,
+``read_parquet``, ``read_csv``, ``read_json``; ``builtin:``/Hub corpora via ``from_huggingface``), split
+off held-out text by hash, tokenize and pack in ``map_batches`` tasks on CPU workers. Nothing runs
+until training starts, except the held-out set, which is small and materialized once so every
+worker evaluates on the same blocks.
+
+On each worker, ``ShardStream`` wraps ``ray.train.get_dataset_shard("train")``: Ray Train splits the
+stream across workers (``streaming_split``, equal shares), so each worker trains on its own disjoint
+part and the corpus never has to fit in one worker's memory. Tokenization runs on CPU tasks,
+scaled separately from the training workers.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hfray import checkpoints, lm_data
+from hfray.assets import PREFIX
+from hfray.config import DataConfig, JobConfig
+from hfray.data import _files_format, load_source, looks_local
+from hfray.errors import DataError
+from hfray.lm_data import IDS, TEXT
+
+# ----------------------------------------------------------------------------- reading (driver)
+
+
+def local_files(path: str, field: str) -> list[str]:
+    """The files a local source names: one file, a glob, or every visible file of a directory."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path))
+    elif os.path.isdir(path):
+        files = sorted(str(f) for f in Path(path).iterdir() if f.is_file() and not f.name.startswith("."))
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise DataError(f"{field}: file or directory not found: {path}")
+    if not files:
+        raise DataError(f"{field}: no file matches {path!r}")
+    return files
+
+
+def _check_column(names: list[str], cfg: DataConfig, field: str) -> None:
+    if cfg.text_column not in names:
+        raise DataError(f"{field}: no column data.text_column {cfg.text_column!r}; the data has columns {names}")
+
+
+def check_source_driver(spec: str, cfg: DataConfig, field: str) -> str:
+    """Cheap checks before Ray starts (files exist, format known, text column present); returns the format."""
+    if spec.startswith(PREFIX) or not looks_local(spec):
+        _check_column(load_source(spec, cfg, field).column_names, cfg, field)
+        return "memory"
+    files = local_files(spec, field)
+    fmt = _files_format(files, cfg.format, field)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        _check_column(pq.read_schema(files[0]).names, cfg, field)
+    elif fmt == "arrow":
+        raise DataError(f"{field}: Ray Data reads text, parquet, csv and json; use lm.pipeline 'datasets' for arrow")
+    return fmt
+
+
+def read_corpus_driver(spec: str, cfg: DataConfig, field: str, num_cpus: float) -> Any:
+    """A lazy Ray Dataset with one column, ``text``."""
+    import ray.data
+
+    fmt = check_source_driver(spec, cfg, field)
+    if fmt == "memory":  # builtin: and Hub corpora: hfray's loaders read them, Ray Data takes them over
+        ds = ray.data.from_huggingface(load_source(spec, cfg, field).select_columns([cfg.text_column]))
+    elif fmt == "text":
+        ds = ray.data.read_text(local_files(spec, field), num_cpus=num_cpus)  # one row per line, column "text"
+    else:
+        files = local_files(spec, field)
+        kwargs: dict[str, Any] = {"num_cpus": num_cpus}
+        if fmt == "parquet":
+            kwargs["columns"] = [cfg.text_column]
+        if fmt == "csv" and all(f.endswith((".tsv", ".tsv.gz")) for f in files):
+            import pyarrow.csv
+
+            kwargs["parse_options"] = pyarrow.csv.ParseOptions(delimiter="\t")
+        readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}
+        ds = readers[fmt](files, **kwargs).select_columns([cfg.text_column])
+    column = TEXT if fmt == "text" else cfg.text_column
+    return ds.rename_columns({column: TEXT}) if column != TEXT else ds
+
+
+# ----------------------------------------------------------------------------- map_batches (CPU tasks)
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer_in_task(path: str) -> Any:
+    """One tokenizer per Ray worker process: tasks reuse processes, loading is not free."""
+    if path not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    return _TOKENIZERS[path]
+
+
+def keep_split_batch(batch: Any, held_out: bool, fraction: float, seed: int) -> Any:
+    """pyarrow batch -> the rows of one side of the hash split."""
+    import pyarrow as pa
+
+    mask = lm_data.in_validation(batch.column(TEXT).to_pylist(), fraction, seed)
+    return batch.filter(pa.array(mask if held_out else ~mask))
+
+
+def pack_batch(batch: Any, tokenizer_path: str, task: str, block_size: int) -> dict[str, np.ndarray]:
+    """pyarrow batch of texts -> packed blocks (fewer rows; the batch's tail shorter than a block is dropped)."""
+    tokenizer = _tokenizer_in_task(tokenizer_path)
+    return {IDS: lm_data.pack_texts(batch.column(TEXT).to_pylist(), tokenizer, task, block_size)}
+
+
+def build_datasets_driver(job: JobConfig) -> dict[str, Any]:
+    """Lazy train blocks and materialized held-out blocks, as ``TorchTrainer(datasets=...)`` wants them."""
+    lm, cfg = job.lm, job.data
+    assert lm is not None
+    quiet_progress()
+    train = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
+    if cfg.validation:
+        held = read_corpus_driver(cfg.validation, cfg, "data.validation", lm.tokenize_num_cpus)
+    else:
+        split = {"fraction": cfg.validation_fraction, "seed": cfg.split_seed}
+        opts = {"batch_format": "pyarrow", "num_cpus": lm.tokenize_num_cpus}
+        held = train.map_batches(keep_split_batch, fn_kwargs={"held_out": True, **split}, **opts)
+        train = train.map_batches(keep_split_batch, fn_kwargs={"held_out": False, **split}, **opts)
+    if cfg.max_train_samples:
+        train = train.limit(cfg.max_train_samples)
+    if cfg.max_eval_samples:
+        held = held.limit(cfg.max_eval_samples)
+    pack = {
+        "fn_kwargs": {"tokenizer_path": job.model.tokenizer_source, "task": job.task, "block_size": lm.block_size},
+        "batch_size": lm.tokenize_batch_size,
+        "batch_format": "pyarrow",
+        "num_cpus": lm.tokenize_num_cpus,
+    }
+    validation = held.map_batches(pack_batch, **pack).materialize()
+    if validation.count() == 0:
+        raise DataError(
+            f"data.validation: the held-out text makes no complete block of lm.block_size {lm.block_size} tokens; "
+            "give more held-out text (data.validation_fraction, data.max_eval_samples) or a smaller block"
+        )
+    return {"train": train.map_batches(pack_batch, **pack), "validation": validation}
+
+
+# ----------------------------------------------------------------------------- per worker
+
+
+def quiet_progress() -> None:
+    """Ray Data's progress bars redraw through Ray's log forwarding: one line per refresh per worker."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
+class ShardStream:
+    """This worker's share of the training blocks as an endless stream of collated batches.
+
+    One Ray Data epoch follows another (``streaming_split`` starts each epoch on all workers
+    together), so HF sees a single unending epoch and ``training.max_steps`` ends the run. Built as
+    a torch ``IterableDataset`` by :func:`shard_stream_per_worker`.
+    """
+
+    def __init__(self, shard: Any, batch_size: int, collate: Any, shuffle_buffer: int, seed: int) -> None:
+        self.shard, self.batch_size, self.collate = shard, batch_size, collate
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.epoch = 0
+        self.blocks_seen: dict[int, list[str]] | None = None  # epoch -> block digests, when auditing
+
+    def collate_numpy(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        # Runs in Ray Data's prefetch thread: masking overlaps the training step.
+        if self.blocks_seen is not None:
+            self.blocks_seen.setdefault(self.epoch, []).extend(lm_data.block_digest(b) for b in batch[IDS])
+        return self.collate(batch[IDS])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            batches = self.shard.iter_torch_batches(
+                batch_size=self.batch_size,
+                collate_fn=_collate_class()(self),
+                drop_last=True,  # equal shares and equal batch shapes keep DDP ranks in step
+                local_shuffle_buffer_size=self.shuffle_buffer or None,
+                local_shuffle_seed=self.seed + self.epoch if self.shuffle_buffer else None,
+            )
+            produced = 0
+            for batch in batches:
+                produced += 1
+                yield batch
+            if produced == 0:
+                return  # an empty shard: HF stops with its "no sample in epoch_iterator" warning
+            self.epoch += 1
+
+
+def _collate_class() -> type:
+    """A ``NumpyBatchCollateFn`` (Ray >= 2.47 wants a class there, not a function) calling the stream."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class StreamCollate(NumpyBatchCollateFn):
+        def __init__(self, stream: ShardStream) -> None:
+            self.stream = stream
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+            return self.stream.collate_numpy(batch)
+
+    return StreamCollate
+
+
+def shard_stream_per_worker(batch_size: int, collate: Any, shuffle_buffer: int, seed: int, record: bool) -> Any:
+    """``ShardStream`` over ``get_dataset_shard("train")`` as a torch ``IterableDataset``."""
+    import ray.train
+    import torch.utils.data
+
+    class _Stream(ShardStream, torch.utils.data.IterableDataset):
+        pass
+
+    quiet_progress()
+    stream = _Stream(ray.train.get_dataset_shard("train"), batch_size, collate, shuffle_buffer, seed)
+    if record:
+        stream.blocks_seen = {}
+    return stream
+
+
+def validation_blocks_per_worker() -> np.ndarray:
+    """The whole (unsplit) held-out set, read into memory: it is small, and all ranks need the same blocks."""
+    import ray.train
+
+    rows = [b[IDS] for b in ray.train.get_dataset_shard("validation").iter_batches(batch_format="numpy")]
+    return np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.int32)
+
+
+def write_shard_record_per_worker(stream: ShardStream, run_dir: str, rank: int) -> None:
+    """``<run>/shards/rank-<r>.json``: the digest of every block this worker received, per Ray Data epoch."""
+    import json
+
+    if stream.blocks_seen is None:
+        return
+    record = {"rank": rank, "epochs": {str(e): d for e, d in sorted(stream.blocks_seen.items())}}
+    checkpoints.write_text(checkpoints.join(run_dir, "shards", f"rank-{rank}.json"), json.dumps(record))
