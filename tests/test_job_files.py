@@ -8,6 +8,7 @@ import pytest
 
 from hfray.cli import default_job_path
 from hfray.config import load_job
+from hfray.lm_config import LM_TASKS
 from hfray.train import preflight_driver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,12 @@ def test_header_gives_purpose_and_exact_command(path):
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
 def test_job_validates_and_its_data_and_model_resolve(path):
     job = load_job(path)
+    if job.task in LM_TASKS:  # pre-training: no labels; the tokenizer may not be trained yet
+        from hfray.pretrain import preflight_lm_driver
+
+        resolved, info = preflight_lm_driver(job, train_tokenizer=False)
+        assert info["formats"]["data.train"] and resolved.storage.path.startswith("/")
+        return
     resolved, prepared = preflight_driver(job)
     assert len(prepared.labels) >= 2 and prepared.sizes["train"] > prepared.sizes["validation"] > 0
     assert resolved.storage.path.startswith("/")
@@ -51,6 +58,14 @@ def test_job_trains_a_few_steps(ray_cluster, tmp_path, path):
         "data.max_eval_samples=32",
         f"storage.path={tmp_path}",
     ]
+    if load_job(path).task in LM_TASKS:
+        from hfray.pretrain import run_pretraining_driver as run_training_driver
+
+        overrides += [
+            f"model.tokenizer={tmp_path}/tokenizer",
+            "tokenizer.max_texts=200",
+            "resources.cpus_per_worker=0.5",
+        ]
     summary = run_training_driver(load_job(path, overrides))
     assert summary.manifest["global_step"] == 4
     assert Path(summary.artifact, "config.json").is_file()

