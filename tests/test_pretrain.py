@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hfray import checkpoints
 from hfray.config import JobConfig
@@ -214,3 +218,73 @@ def test_causal_lm_on_ray_data(ray_cluster, tmp_path, news):
     generate = pipeline("text-generation", model=summary.artifact)
     out = generate("The president said", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert out.startswith("The president said") and len(out) > len("The president said")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _hfray(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_ADDRESS": ""}
+    return subprocess.run([sys.executable, "-m", "hfray", *args], capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_cli_trains_the_tokenizer_and_validates_the_job(tmp_path, news):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(lm_job(tmp_path, "masked-lm", news["txt"], tokenizer={"max_texts": 50})))
+    before = _hfray("validate", str(path))
+    assert before.returncode == 0 and "not trained yet" in before.stdout, before.stderr
+
+    trained = _hfray("tokenizer", str(path))
+    assert trained.returncode == 0 and "tokenizer trained: wordpiece, 2000 tokens, 50 texts" in trained.stdout
+    assert "already trained" in _hfray("tokenizer", str(path)).stdout
+    after = _hfray("validate", str(path))
+    assert after.returncode == 0 and "vocab_size 2000" in after.stdout and "model_type bert" in after.stdout
+
+    # A clear error, no traceback: a block longer than the model's positions.
+    bad = _hfray("validate", str(path), "lm.block_size=128")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "max_position_embeddings 64 is too small for lm.block_size 128" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- slow: other paths
+
+
+@pytest.mark.slow
+def test_masked_lm_on_the_in_memory_datasets_path(ray_cluster, tmp_path, news):
+    from hfray.pretrain import run_pretraining_driver
+
+    raw = lm_job(tmp_path, "masked-lm", news["txt"], lm={"pipeline": "datasets", "record_shards": False})
+    summary = run_pretraining_driver(JobConfig.from_dict(raw))
+    _assert_learned(summary, "masked-lm")
+    assert summary.manifest["data"]["pipeline"] == "datasets"
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_a_ray_data_run(ray_cluster, tmp_path, news):
+    import threading
+
+    from hfray.pretrain import run_pretraining_driver
+    from test_train import _kill_a_worker_after_checkpoint
+
+    raw = lm_job(
+        tmp_path,
+        "causal-lm",
+        news["txt"],
+        training={"max_steps": 120, "extra_args": {}},
+        storage={"max_failures": 2, "num_to_keep": 2},
+    )
+    job = JobConfig.from_dict(raw)
+    log_path = tmp_path / "runs" / job.run_name / checkpoints.METRICS_LOG
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after_checkpoint, args=(log_path, 30, killed), daemon=True)
+    killer.start()
+    summary = run_pretraining_driver(job)
+    killer.join(timeout=5)
+    assert killed, "the test never found a worker to kill"
+
+    log = read_metrics_log(str(log_path))
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    assert resumed and resumed[0]["hfray_resumed_from_step"] >= 30
+    assert summary.manifest["global_step"] == 120 and max(r["step"] for r in log) == 120
+    evals = [r["eval_perplexity"] for r in log if "eval_perplexity" in r]
+    assert evals[-1] < evals[0]

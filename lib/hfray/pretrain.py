@@ -142,6 +142,7 @@ def _manifest_per_worker(
         "train_seconds_this_attempt": round(seconds, 2),
         "throughput": {"train_tokens_this_attempt": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)},
         "data": {"pipeline": lm.pipeline, "block_size": lm.block_size, "eval_blocks": len(trainer.eval_dataset)},
+        "model": {"parameters": sum(p.numel() for p in trainer.model.parameters())},
         "job": job.to_dict(),
         "versions": checkpoints.library_versions(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
