@@ -202,6 +202,12 @@ def test_masked_lm_on_ray_data(ray_cluster, tmp_path, news):
     head, embeddings = fill.model.cls.predictions.decoder.weight, fill.model.bert.embeddings.word_embeddings.weight
     assert head.data_ptr() == embeddings.data_ptr() or bool((head == embeddings).all())  # tied weights survived
 
+    # hfray predict pairs each text with its own top-k (a one-text fill-mask batch comes back unwrapped).
+    predicted = _hfray("predict", str(artifact), "the [MASK] said.", "a [MASK] vote", "--top-k", "2")
+    lines = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
+    assert predicted.returncode == 0 and [r["text"] for r in lines] == ["the [MASK] said.", "a [MASK] vote"]
+    assert all(len(r["predictions"]) == 2 for r in lines)
+
 
 def test_causal_lm_on_ray_data(ray_cluster, tmp_path, news):
     from transformers import pipeline

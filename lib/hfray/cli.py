@@ -88,7 +88,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hfray.checkpoints import load_artifact_pipeline
 
     pipe = load_artifact_pipeline(args.artifact)
-    outputs = pipe(args.texts, top_k=args.top_k)
+    if pipe.task in ("fill-mask", "text-generation"):  # pre-trained LMs; these unwrap a one-text batch: call per text
+        kwargs = {"top_k": args.top_k} if pipe.task == "fill-mask" else {"max_new_tokens": 32}
+        outputs = [pipe(text, **kwargs) for text in args.texts]
+    else:
+        outputs = pipe(args.texts, top_k=args.top_k)
     for text, out in zip(args.texts, outputs, strict=True):
         print(json.dumps({"text": text, "predictions": out}))
     return 0

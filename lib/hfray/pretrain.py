@@ -149,42 +149,45 @@ def _manifest_per_worker(
     }
 
 
+def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
+    t = job.training
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    return callbacks
+
+
 def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
-    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from hfray.lm_trainer import LanguageModelTrainer
 
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
+    lm, local_root = job.lm, loop_config["local_root"]
+    assert lm is not None
     ctx = ray.train.get_context()
-    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     tokenizer = modeling.load_tokenizer(job.model)
     set_seed(job.training.seed)  # before the model exists: it is randomly initialised
-    lm = job.lm
-    assert lm is not None
     model = modeling.build_language_model(job.model, job.task, tokenizer, lm.block_size)
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
     train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
-    local_root = loop_config["local_root"]
-    args = _training_args_per_worker(job, os.path.join(local_root, "hf"))
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
-        _localize_best_per_worker(resume_dir, local_rank)
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
-    if job.training.early_stopping_patience:
-        callbacks.append(
-            EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
-        )
+        _localize_best_per_worker(resume_dir, ctx.get_local_rank())
     trainer = LanguageModelTrainer(
         model=model,
-        args=args,
+        args=_training_args_per_worker(job, os.path.join(local_root, "hf")),
         train_dataset=stream if stream is not None else train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
         data_collator=lm_data.BlockCollator(collator, tokenizer),
-        callbacks=callbacks,
+        callbacks=_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}")),
         train_stream=stream,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
