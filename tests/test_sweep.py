@@ -80,6 +80,14 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert glob.glob(os.path.join(summary.sweep_dir, "trial_*", "events.out.tfevents*"))
     assert json.loads(Path(summary.sweep_dir, "hfray_sweep.json").read_text())["best_trial"] == summary.best["trial_id"]
 
+    # `hfray serve SWEEP_DIR` serves the best as 'best' (the default) and every trial that exported one.
+    from hfray.serving_config import ArtifactCatalog
+
+    catalog = ArtifactCatalog(summary.sweep_dir)
+    completed = sorted(t["trial_id"] for t in trials.values() if t["stop_reason"] == "completed")
+    assert catalog.ids() == ["best", *completed] and catalog.default_id(None) == "best"
+    assert catalog.resolve("best").manifest["sweep"]["trial_id"] == summary.best["trial_id"]
+
     # Re-running the finished sweep trains nothing.
     again = run_sweep_driver(job)
     assert again.reused and again.artifact == summary.artifact

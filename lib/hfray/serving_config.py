@@ -129,6 +129,9 @@ def _artifact_dir(candidate: Path) -> Path | None:
     return None
 
 
+SWEEP_SUMMARY, SWEEP_TRIALS, BEST_ID = "hfray_sweep.json", "trials", "best"  # hfray.sweep_results' layout
+
+
 class ArtifactCatalog:
     """Local artifact root -> model ids. Looked up per request so new sweep trials appear without a restart."""
 
@@ -137,13 +140,20 @@ class ArtifactCatalog:
         if not self.root.is_dir():
             raise ArtifactError(f"artifact_root: {self.root} is not a directory")
         self.allowed = set(allowed) if allowed else None
+        # A sweep folder serves its exported best as 'best' and every trial that exported one by trial id.
+        self.sweep = (self.root / SWEEP_SUMMARY).is_file()
         # A single artifact is served under its own folder name (or its run's name for '<run>/artifact').
-        self.single = _artifact_dir(self.root) is not None
+        self.single = not self.sweep and _artifact_dir(self.root) is not None
         self._manifests: dict[tuple[str, float], dict[str, Any]] = {}
 
     def ids(self) -> list[str]:
         if self.single:
             found = [self._single_id()]
+        elif self.sweep:
+            trials = self.root / SWEEP_TRIALS
+            runs = sorted(trials.iterdir()) if trials.is_dir() else []
+            found = [BEST_ID] if _artifact_dir(self.root) else []
+            found += [p.name for p in runs if MODEL_ID.match(p.name) and _artifact_dir(p)]
         else:
             found = sorted(p.name for p in self.root.iterdir() if MODEL_ID.match(p.name) and self._inside(p))
         return [m for m in found if self.allowed is None or m in self.allowed]
@@ -163,6 +173,8 @@ class ArtifactCatalog:
             raise ModelIdError(f"model: unknown model id {model_id!r}; see GET /v1/models", 404)
         if self.single:
             path = self.root if model_id == self._single_id() else None
+        elif self.sweep:
+            path = _artifact_dir(self.root if model_id == BEST_ID else self.root / SWEEP_TRIALS / model_id)
         else:
             path = _artifact_dir(self.root / model_id)
         if path is None:
@@ -189,6 +201,8 @@ class ArtifactCatalog:
             except ModelIdError as exc:
                 raise ArtifactError(f"default_model: {exc}; found {self.ids()}") from None
         ids = self.ids()
+        if BEST_ID in ids and self.sweep:
+            return BEST_ID
         if not ids:
             raise ArtifactError(f"artifact_root: no hfray artifacts ({MANIFEST}) in {self.root}")
         return ids[0]
