@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import tiny_job
+from conftest import TINY_BERT, tiny_job
 from hfray import checkpoints
 from hfray.config import JobConfig
 from hfray.schedulers import read_decisions
@@ -24,13 +24,12 @@ BAD_LR = 1e-7
 
 
 def sweep_job(tmp_path: Path, data_files: dict[str, Path], sweep: dict[str, Any], **sections: Any) -> JobConfig:
-    raw = tiny_job(
-        tmp_path,
-        data_files,
-        resources={"num_workers": 1, "cpus_per_worker": 0.9},
-        storage={"num_to_keep": 2, "max_failures": 0},
-        **{"training": {"per_device_train_batch_size": 32, "max_steps": 30}, **sections},
-    )
+    defaults: dict[str, Any] = {
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.9},
+        "storage": {"num_to_keep": 2, "max_failures": 0},
+        "training": {"per_device_train_batch_size": 32, "max_steps": 30},
+    }
+    raw = tiny_job(tmp_path, data_files, **{**defaults, **sections})
     raw["sweep"] = {"trial_driver_cpus": 0.1, "max_concurrent_trials": 2, "max_failures": 0, **sweep}
     return JobConfig.from_dict(raw)
 
@@ -213,3 +212,54 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     resumed = _metrics_log(str(trials_dir.parent), interrupted[0].name)
     assert max(r["hfray_resumed_from_step"] for r in resumed) > 0  # continued from its checkpoint
     assert checkpoints.read_manifest(summary.artifact)["sweep"]["name"] == sweep_name(job)
+
+
+def _word_tokenizer(path: Path) -> str:
+    """A tokenizer over the synthetic data's words, built here: the GPU machine has no pip-shipped models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import NEGATIVE, NEUTRAL, POSITIVE
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    specials = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", **specials).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.mark.gpu
+def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
+    """gpus_per_worker 0.5: two trials train at the same time on one GPU."""
+    import ray
+
+    from hfray.tune import run_sweep_driver
+
+    try:
+        job = sweep_job(
+            tmp_path,
+            data_files,
+            {
+                "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}},
+                "search": "grid",
+                "num_samples": 1,
+                "max_concurrent_trials": None,
+                "scheduler": {"type": "fifo"},
+            },
+            model={"architecture": dict(TINY_BERT), "tokenizer": _word_tokenizer(tmp_path / "tok")},
+            cluster={"num_cpus": 4, "num_gpus": 1},  # a local cluster with the GPU (started by hfray)
+            resources={"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.5},
+            training={"per_device_train_batch_size": 32, "max_steps": 60},
+        )
+        summary = run_sweep_driver(job)
+    finally:
+        ray.shutdown()
+    logs = [_metrics_log(summary.sweep_dir, t["runs"][0]) for t in summary.trials]
+    assert all(r["on_gpu"] == 1 for log in logs for r in log)
+    (a0, a1), (b0, b1) = [(log[0]["time"], log[-1]["time"]) for log in logs]
+    assert a0 < b1 and b0 < a1, "the two trials' reports should overlap in time"
+    assert summary.best is not None and summary.best["best_value"] >= 0.9
