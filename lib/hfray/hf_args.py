@@ -31,6 +31,16 @@ MANAGED = {
 }
 
 
+def _checkpointing_arg() -> str:
+    """transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x lack it."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
     if precision == "auto":
         if not use_gpu:
@@ -60,7 +70,7 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, An
         "eval_strategy": t.eval_strategy,
         "save_strategy": t.eval_strategy,
         "logging_steps": t.logging_steps,
-        "activation_checkpointing": t.gradient_checkpointing,  # the v5 name of gradient_checkpointing
+        _checkpointing_arg(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
         "load_best_model_at_end": ev.load_best_model_at_end,
         "metric_for_best_model": ev.metric_for_best_model,
