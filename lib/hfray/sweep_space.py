@@ -20,6 +20,8 @@ from hfray.config import CLASSIFICATION_METRICS, JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem
 from hfray.sweep_config import Param, SweepConfig
 
+TRIALS_DIR = "trials"  # the trials' Train runs, under the sweep's folder (hfray serve reads it too)
+
 # ----------------------------------------------------------------------------- space
 
 
@@ -191,7 +193,7 @@ def make_plan(job: JobConfig, prepared: data.PreparedData, name: str) -> SweepPl
     return SweepPlan(
         sweep_name=name,
         sweep_dir=sweep_dir,
-        trials_storage=checkpoints.join(sweep_dir, "trials"),
+        trials_storage=checkpoints.join(sweep_dir, TRIALS_DIR),
         base_job=job.to_dict(),
         prepared=prepared,
         metric=metric,

@@ -278,7 +278,7 @@ def _scaling_config(job: JobConfig) -> ray.train.ScalingConfig:
     )
 
 
-def _unwrap_failure(exc: Exception) -> Exception:
+def unwrap_user_error(exc: Exception) -> Exception:
     """Turn Ray's wrapper around a worker's HfrayError back into that error (no traceback for users)."""
     failures = getattr(exc, "worker_failures", None) or {}
     for err in failures.values():
@@ -375,7 +375,7 @@ def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     try:
         trainer.fit()
     except Exception as exc:
-        unwrapped = _unwrap_failure(exc)
+        unwrapped = unwrap_user_error(exc)
         if unwrapped is not exc:
             raise unwrapped from None
         raise

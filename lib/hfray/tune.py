@@ -29,8 +29,6 @@ from hfray.config import JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.schedulers import build_scheduler, build_search_alg
 
-TRIALS_DIR = "trials"  # Train runs of the trials, under the sweep's folder
-
 # ----------------------------------------------------------------------------- Train -> Tune bridge
 
 
@@ -45,12 +43,12 @@ class TuneBridgeDriver(ray.train.UserCallback):
 
 
 def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
-    from hfray.train import _unwrap_failure
+    from hfray.train import unwrap_user_error
 
     try:
         outcome["result"] = trainer.fit()
     except Exception as exc:  # re-raised in the trial's own thread
-        outcome["error"] = _unwrap_failure(exc)
+        outcome["error"] = unwrap_user_error(exc)
 
 
 def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str) -> None:
