@@ -35,7 +35,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import measure, run_level  # noqa: E402  (a sibling module, not a package)
+from serve_load import measure, run_level, server_accounting  # noqa: E402  (a sibling module, not a package)
 
 from hfray.serving import free_port, wait_healthy  # noqa: E402
 
@@ -180,6 +180,11 @@ def bench_hfray(artifact: Path, args: argparse.Namespace, report: Report) -> Non
 def run_levels(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     run_level(url, min(8, max(args.concurrency)), args.warmup, 30, 1)  # load weights, CUDA kernels, pools
     rows = []
+    if args.idle_seconds:  # the server's CPU with no traffic: background loops, not per-request work
+        idle: dict[str, Any] = {}
+        with server_accounting(idle):
+            time.sleep(args.idle_seconds)
+        print(json.dumps({"server": name, "idle": idle}), flush=True)
     for c in args.concurrency:
         row = {"server": name, **measure(url, c, args.requests, args.max_seconds, args.client_procs)}
         print(json.dumps(row), flush=True)
@@ -243,6 +248,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200, help="per concurrency level, at most")
     p.add_argument("--max-seconds", type=float, default=60, help="per concurrency level, at most")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--idle-seconds", type=float, default=0, help="first measure the server's CPU with no traffic")
     p.add_argument("--client-procs", type=int, default=1, help="load-generator processes (use several on a GPU)")
     p.add_argument("--device", default="cpu", help="baseline pipeline device: cpu or cuda")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both servers' precision")
