@@ -263,3 +263,28 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
     (a0, a1), (b0, b1) = [(log[0]["time"], log[-1]["time"]) for log in logs]
     assert a0 < b1 and b0 < a1, "the two trials' reports should overlap in time"
     assert summary.best is not None and summary.best["best_value"] >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize(
+    ("scheduler", "search"),
+    [("hyperband", "random"), ("median", "optuna"), ("pb2", "random")],
+)
+def test_other_schedulers_and_optuna_run_to_a_best_artifact(tmp_path, data_files, scheduler, search):
+    from hfray.tune import run_sweep_driver
+
+    job = sweep_job(
+        tmp_path,
+        data_files,
+        {
+            "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+            "search": search,
+            "num_samples": 3,
+            "scheduler": {"type": scheduler, "min_samples_required": 2, "perturbation_interval": 12},
+        },
+    )
+    summary = run_sweep_driver(job)
+    assert len(summary.trials) == 3
+    assert not [t for t in summary.trials if t["stop_reason"].startswith("error")], summary.trials
+    assert summary.artifact and checkpoints.read_manifest(summary.artifact)["sweep"]["trial_id"]
