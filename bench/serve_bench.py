@@ -1,25 +1,28 @@
 """Benchmark: hfray's Serve deployment vs a plain ``transformers.pipeline`` behind FastAPI/uvicorn.
 
-Same artifact, same machine, same run, one server at a time (so they never compete for cores). For each
-concurrency level a closed loop of ``concurrency`` clients sends single-text requests until ``--requests``
-are done or ``--max-seconds`` pass; we report requests/s, p50 and p99 latency and errors.
+Same artifact, same machine, same run, one server at a time (so they never compete for cores). Each
+concurrency level is a closed loop of ``concurrency`` clients over ``--client-procs`` processes sending
+single-text requests for ``--max-seconds`` (or ``--requests`` in all); we report requests/s, p50/p99
+latency, errors, the load generator's CPU, the server's CPU by process role and, on NVIDIA, GPU use.
 
     python bench/serve_bench.py --model builtin:all-MiniLM-L6-v2 --concurrency 1,4,16 --requests 200
-    python bench/serve_bench.py --model bert-base --device cuda --num-gpus 1 --concurrency 1,16,64,256 ...
+    python bench/serve_bench.py --model bert-base --device cuda --dtype bf16 --concurrency 1,64,256 \\
+        --client-procs 4 --variant "name=r1 replicas=1 num_gpus=1 max_batch_size=64" \\
+        --variant "name=r2 replicas=2 num_gpus=0.5 max_batch_size=64 ingress_replicas=2"
 
 ``--model`` is an hfray artifact dir, a pretrained dir / ``builtin:`` name (a classification head is added,
-randomly initialised: speed does not depend on its weights), or ``bert-base`` / ``tiny`` (built from a config).
-All traffic goes to 127.0.0.1; every loop is bounded in count and time. Not a test: pytest does not collect it.
+randomly initialised: speed does not depend on its weights), or ``bert-base`` / ``tiny`` (built from a config,
+with the all-MiniLM-L6-v2 tokenizer). Each ``--variant`` is one hfray deployment (ServeConfig fields, plus
+``replicas`` for a fixed replica count), measured in turn on one Ray cluster; without any, one variant is
+made from the flags. All traffic goes to 127.0.0.1; every loop is bounded. Not a test: pytest does not collect it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,25 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from hfray.serving import free_port, wait_healthy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import measure, run_level, server_accounting  # noqa: E402  (a sibling module, not a package)
+
+from hfray.serving import free_port, wait_healthy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SENTENCES = [
-    "a wonderful, moving film with a brilliant cast",
-    "the plot was dull and the actors clumsy",
-    "I would not watch this again",
-    "superb camera work and lovely music throughout the second half",
-    "boring",
-    "an average story, told well enough, with a few charming scenes and a weak ending",
-]
 ARCHS = {
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
-
-
-# ----------------------------------------------------------------------------- the artifact
+TARGET = {"req_per_s": 2000, "p99_ms": 50}
+BASELINE = "transformers.pipeline + uvicorn"
 
 
 def make_artifact(model: str, out: Path) -> Path:
@@ -77,13 +75,15 @@ def make_artifact(model: str, out: Path) -> Path:
 # ----------------------------------------------------------------------------- the baseline server
 
 
-def baseline_server(artifact: str, port: int, device: str) -> None:
+def baseline_server(artifact: str, port: int, device: str, dtype: str) -> None:
     """The plain way: one uvicorn process, one pipeline, model calls serialised by a lock."""
+    import torch
     import uvicorn
     from fastapi import FastAPI
     from transformers import pipeline
 
-    pipe = pipeline("text-classification", model=artifact, device=device)
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    pipe = pipeline("text-classification", model=artifact, device=device, dtype=torch_dtype)
     lock = threading.Lock()  # a pipeline is not meant to be called from several threads at once
     app = FastAPI()
 
@@ -99,164 +99,166 @@ def baseline_server(artifact: str, port: int, device: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_baseline(artifact: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def bench_baseline(artifact: Path, args: argparse.Namespace, report: Report) -> None:
+    port = free_port()
     # The same thread count as a Serve replica with num_cpus CPUs gets (Ray sets OMP_NUM_THREADS so).
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(args.num_cpus))), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, __file__, "--baseline-server", str(artifact), "--port", str(port), "--device", args.device]
-    return subprocess.Popen(cmd, env=env)
-
-
-# ----------------------------------------------------------------------------- load generation
-
-
-async def closed_loop(url: str, concurrency: int, total: int, max_seconds: float) -> tuple[list[float], int, float]:
-    """``concurrency`` clients, each sending its next request when the previous one returns.
-
-    Returns the latencies of the successful requests, the error count and the wall time.
-    """
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    deadline = time.monotonic() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal issued, errors
-        while issued < total and time.monotonic() < deadline:
-            text = SENTENCES[issued % len(SENTENCES)]
-            issued += 1
-            start = time.perf_counter()
-            try:
-                r = await http.post(url, json={"inputs": [text]})
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
-
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall
-
-
-def _client_process(url: str, concurrency: int, total: int, max_seconds: float) -> tuple[list[float], int, float]:
-    return asyncio.run(closed_loop(url, concurrency, total, max_seconds))
-
-
-def measure(url: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One level, spread over ``--client-procs`` processes: one Python client tops out near 1-2k req/s."""
-    procs = max(1, min(args.client_procs, concurrency))
-    if procs == 1:
-        return summarize(*_client_process(url, concurrency, args.requests, args.max_seconds), concurrency)
-    import multiprocessing as mp
-
-    shares = [(concurrency + i) // procs for i in range(procs)]
-    totals = [(args.requests + i) // procs for i in range(procs)]
-    with mp.get_context("spawn").Pool(procs) as pool:
-        parts = pool.starmap(
-            _client_process, [(url, c, n, args.max_seconds) for c, n in zip(shares, totals, strict=True)]
-        )
-    latencies = [x for lat, _, _ in parts for x in lat]
-    # The processes start within milliseconds of each other; the slowest one bounds the level.
-    return summarize(latencies, sum(e for _, e, _ in parts), max(w for _, _, w in parts), concurrency)
-
-
-def summarize(latencies: list[float], errors: int, wall: float, concurrency: int) -> dict[str, Any]:
-    ms = sorted(x * 1000 for x in latencies)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))] if ms else float("nan")
-
-    return {
-        "concurrency": concurrency,
-        "ok": len(ms),
-        "errors": errors,
-        "wall_s": round(wall, 3),
-        "req_per_s": round(len(ms) / wall, 1) if wall else 0.0,
-        "p50_ms": round(pct(50), 1),
-        "p99_ms": round(pct(99), 1),
-        "mean_ms": round(statistics.fmean(ms), 1) if ms else float("nan"),
-    }
-
-
-def run_levels(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    _client_process(url, 2, args.warmup, 60)  # load weights, JIT paths, connection pools
-    rows = []
-    for c in args.concurrency:
-        row = {"server": name, **measure(url, c, args)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------- the two servers
-
-
-def bench_baseline(artifact: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    port = free_port()
-    proc = start_baseline(artifact, port, args)
+    cmd = [sys.executable, __file__, "--baseline-server", str(artifact), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--device", args.device, "--dtype", args.dtype], env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout_s=180)
-        return run_levels("transformers.pipeline + uvicorn", f"http://127.0.0.1:{port}/classify", args)
+        report.rows += run_levels(BASELINE, f"http://127.0.0.1:{port}/classify", args)
+        report.save()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def bench_hfray(artifact: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+# ----------------------------------------------------------------------------- hfray variants
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"name=r2 replicas=2 num_gpus=0.5 max_batch_size=64"`` -> a dict (values parsed as YAML scalars)."""
+    variant: dict[str, Any] = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"variant item {item!r} is not key=value")
+        variant[key] = yaml.safe_load(value)
+    variant.setdefault("name", text.replace(" ", ","))
+    return variant
+
+
+def serve_settings(variant: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """ServeConfig overrides for one variant: the flags' values, then the variant's own keys."""
+    settings: dict[str, Any] = {
+        "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus,
+        "dtype": args.dtype,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+    }
+    settings |= {k: v for k, v in variant.items() if k not in ("name", "replicas")}
+    replicas = int(variant.get("replicas", args.replicas))
+    settings.setdefault("max_ongoing_requests", max(2 * settings["max_batch_size"], 8))
+    target = min(settings["max_batch_size"], settings["max_ongoing_requests"])
+    settings["autoscaling"] = {"min_replicas": replicas, "max_replicas": replicas, "target_ongoing_requests": target}
+    return settings
+
+
+def bench_hfray(artifact: Path, args: argparse.Namespace, report: Report) -> None:
+    """Every variant in turn on one Ray cluster; the report is saved after each."""
     import ray
     from ray import serve
 
     from hfray.serving import serve_artifacts_driver
 
-    ray.init(num_cpus=args.ray_num_cpus, num_gpus=1 if args.num_gpus else None, configure_logging=False)
+    for item in args.serve_env:  # Serve reads its flags when its processes start: set them before Ray does
+        key, _, value = item.partition("=")
+        os.environ[key] = value
+    gpus = 1 if args.device.startswith("cuda") else None
+    ray.init(num_cpus=args.ray_num_cpus, num_gpus=gpus, configure_logging=False, log_to_driver=False)
     try:
-        url = serve_artifacts_driver(
-            str(artifact),
-            port=free_port(),
-            num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus,
-            max_batch_size=args.max_batch_size,
-            batch_wait_timeout_s=args.batch_wait_timeout_s,
-            max_ongoing_requests=max(args.max_batch_size * 2, 8),
-            autoscaling={"min_replicas": args.replicas, "max_replicas": args.replicas, "target_ongoing_requests": 4},
-        )
-        wait_healthy(url, timeout_s=180)
-        rows = run_levels("hfray (Ray Serve)", f"{url}/v1/classify", args)
-        return rows, httpx.get(f"{url}/v1/stats").json()
+        port = free_port()
+        for variant in args.variant or [{"name": "flags"}]:
+            settings = serve_settings(variant, args)
+            name = f"hfray (Ray Serve) [{variant['name']}]"
+            url = serve_artifacts_driver({"artifact_root": str(artifact), "port": port, **settings}, app_name="bench")
+            try:
+                wait_healthy(url, timeout_s=300)
+                report.rows += run_levels(name, f"{url}/v1/classify", args)
+                replica = httpx.get(f"{url}/v1/stats").json()
+                report.variants[variant["name"]] = {"settings": settings, "one_replica_stats": replica}
+                report.save()
+            finally:
+                serve.delete("bench")
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
+def run_levels(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    run_level(url, min(8, max(args.concurrency)), args.warmup, 30, 1)  # load weights, CUDA kernels, pools
+    rows = []
+    if args.idle_seconds:  # the server's CPU with no traffic: background loops, not per-request work
+        idle: dict[str, Any] = {}
+        with server_accounting(idle):
+            time.sleep(args.idle_seconds)
+        print(json.dumps({"server": name, "idle": idle}), flush=True)
+    for c in args.concurrency:
+        row = {"server": name, **measure(url, c, args.requests, args.max_seconds, args.client_procs)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| server | concurrency | ok | errors | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|"
-    lines = [
-        f"| {r['server']} | {r['concurrency']} | {r['ok']} | {r['errors']} | {r['req_per_s']} | "
-        f"{r['p50_ms']} | {r['p99_ms']} |"
-        for r in rows
-    ]
+    """The table; 'x baseline' is req/s over the baseline's at the same concurrency in this run."""
+    head = (
+        "| server | concurrency | ok | errors | req/s | x baseline | p50 ms | p99 ms | client cores "
+        "| server cores by role | GPU % |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    )
+    base = {r["concurrency"]: r["req_per_s"] for r in rows if r["server"] == BASELINE}
+    lines = []
+    for r in rows:
+        roles = ", ".join(f"{k} {v}" for k, v in r.get("server_cpu_cores", {}).items() if v >= 0.05)
+        ratio = f"{r['req_per_s'] / base[r['concurrency']]:.2f}" if base.get(r["concurrency"]) else ""
+        lines.append(
+            f"| {r['server']} | {r['concurrency']} | {r['ok']} | {r['errors']} | {r['req_per_s']} | {ratio} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r.get('client_cpu_cores', '')} | {roles} | {r.get('gpu_util_pct', '')} |"
+        )
     return "\n".join([head, *lines])
+
+
+def target_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server, the best req/s among levels with no errors and p99 within the target's latency."""
+    best: dict[str, Any] = {}
+    for r in rows:
+        if (
+            r["errors"] == 0
+            and r["p99_ms"] <= TARGET["p99_ms"]
+            and r["req_per_s"] > best.get(r["server"], {}).get("req_per_s", -1)
+        ):
+            best[r["server"]] = {k: r[k] for k in ("concurrency", "req_per_s", "p50_ms", "p99_ms")}
+    met = {s: b["req_per_s"] >= TARGET["req_per_s"] for s, b in best.items()}
+    return {"target": TARGET, "best_within_p99": best, "met": met}
+
+
+def versions() -> dict[str, Any]:
+    import ray
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+    info |= {"transformers": transformers.__version__, "ray": ray.__version__, "platform": platform.platform()}
+    info["cpus"] = os.cpu_count()
+    if torch.cuda.is_available():
+        info |= {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    return info
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin:all-MiniLM-L6-v2")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=200, help="per concurrency level")
-    p.add_argument("--max-seconds", type=float, default=60, help="per concurrency level")
+    p.add_argument("--requests", type=int, default=200, help="per concurrency level, at most")
+    p.add_argument("--max-seconds", type=float, default=60, help="per concurrency level, at most")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--idle-seconds", type=float, default=0, help="first measure the server's CPU with no traffic")
     p.add_argument("--client-procs", type=int, default=1, help="load-generator processes (use several on a GPU)")
     p.add_argument("--device", default="cpu", help="baseline pipeline device: cpu or cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both servers' precision")
     p.add_argument("--num-cpus", type=float, default=1, help="per hfray replica; baseline gets as many threads")
     p.add_argument("--num-gpus", type=float, default=0, help="per hfray replica")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--variant", type=parse_variant, action="append", default=[], help="an hfray deployment to run")
+    p.add_argument("--serve-env", action="append", default=[], help="KEY=VALUE set before Ray starts (Serve flags)")
     p.add_argument("--ray-num-cpus", type=int, default=2)
     p.add_argument("--only", choices=["baseline", "hfray"], default=None)
     p.add_argument("--out", default=str(HERE / "results" / "serve_bench.json"))
@@ -265,29 +267,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Report:
+    """Rows and settings, written to ``--out`` (JSON) and ``<out>.table.md`` after every server measured."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.out = Path(args.out)
+        self.rows: list[dict[str, Any]] = []
+        self.variants: dict[str, Any] = {}
+        skip = ("baseline_server", "port", "variant")
+        self.head = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": versions(),
+            "args": {k: v for k, v in vars(args).items() if k not in skip},
+        }
+
+    def save(self) -> None:
+        body = self.head | {"rows": self.rows, "target_check": target_check(self.rows), "hfray_variants": self.variants}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(body, indent=2))
+        self.out.with_suffix(".table.md").write_text(markdown(self.rows) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.baseline_server:
-        baseline_server(args.baseline_server, args.port, args.device)
+        baseline_server(args.baseline_server, args.port, args.device, args.dtype)
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    report = Report(args)
     with tempfile.TemporaryDirectory(prefix="hfray-bench-") as tmp:
         artifact = make_artifact(args.model, Path(tmp) / "model")
-        rows: list[dict[str, Any]] = []
-        stats: dict[str, Any] = {}
         if args.only in (None, "baseline"):
-            rows += bench_baseline(artifact, args)
+            bench_baseline(artifact, args, report)
         if args.only in (None, "hfray"):
-            hf_rows, stats = bench_hfray(artifact, args)
-            rows += hf_rows
-    table = markdown(rows)
-    print("\n" + table)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    report = {"args": {k: v for k, v in vars(args).items() if k not in ("baseline_server", "port")}, "rows": rows}
-    report |= {"machine": machine, "hfray_batch_stats": {k: stats.get(k) for k in ("batches", "max_batch_size_seen")}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
+            bench_hfray(artifact, args, report)
+    report.save()
+    print("\n" + markdown(report.rows) + "\n\n" + json.dumps(target_check(report.rows), indent=2))
+    print(f"\nwrote {report.out}")
     return 0
 
 

@@ -55,7 +55,9 @@ def ray_cluster():
     """One real local Ray cluster (2 CPUs) for the whole session: starting Ray costs ~10 s."""
     import ray
 
-    ray.init(num_cpus=2, configure_logging=False)
+    from hfray.cluster import start_local_cluster
+
+    start_local_cluster(2, None, configure_logging=False)
     yield ray
     ray.shutdown()
 

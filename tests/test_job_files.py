@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_header_gives_purpose_and_exact_command(path):
             break
         header.append(line)
     assert len(header) >= 2, "a job file starts with comments: its purpose, then how to run it"
-    assert any("hfray train" in line for line in header)
+    assert any(re.search(r"\bhfray (train|sweep|tokenizer) jobs/|\bhfray train\b", line) for line in header)
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
@@ -42,6 +43,11 @@ def test_job_validates_and_its_data_and_model_resolve(path):
     resolved, prepared = preflight_driver(job)
     assert len(prepared.labels) >= 2 and prepared.sizes["train"] > prepared.sizes["validation"] > 0
     assert resolved.storage.path.startswith("/")
+    if job.sweep is not None:
+        from hfray.sweep_space import check_space_driver, sweep_metric
+
+        check_space_driver(job)
+        sweep_metric(job)
 
 
 @pytest.mark.slow

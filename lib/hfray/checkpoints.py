@@ -162,3 +162,30 @@ def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> An
     manifest = read_manifest(artifact)
     local = download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
     return pipeline(manifest["task"], model=local, tokenizer=local, device=device)
+
+
+# Trainer state that a served model does not need: optimizer, scheduler, RNG, loop state, DeepSpeed shards.
+_TRAINING_ONLY = re.compile(
+    r"^(optimizer|scheduler|scaler)\.pt$|^rng_state(_\d+)?\.pth$|^trainer_state\.json$"
+    r"|^training_args\.bin$|^global_step\d+$|^latest$|^zero_to_fp32\.py$"
+)
+
+
+def export_slim_from_checkpoint(checkpoint: str, dest: str, manifest: dict[str, Any]) -> None:
+    """An artifact from an HF checkpoint folder: its model and tokenizer files, nothing to resume training.
+
+    Copies files instead of loading the model, so it works for any task and model size.
+    """
+    fs, path = _fs(checkpoint)
+    selector = pafs.FileSelector(path, recursive=False)
+    with tempfile.TemporaryDirectory(prefix="hfray-export-") as stage:
+        for info in fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and not _TRAINING_ONLY.match(info.base_name):
+                pafs.copy_files(
+                    info.path,
+                    os.path.join(stage, info.base_name),
+                    source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                )
+        write_manifest(stage, manifest)
+        upload_dir(stage, dest)

@@ -1,4 +1,4 @@
-"""The ``hfray`` command line: validate, train, predict, serve, show-default.
+"""The ``hfray`` command line: validate, train, sweep, predict, serve, show-default.
 
 User mistakes (``HfrayError``) print one clear message and exit with status 2; no traceback.
 """
@@ -42,6 +42,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path, job = _load(args)
     if args.print:
         print(yaml.safe_dump(job.to_dict(), sort_keys=False), end="")
+    if job.sweep is not None:
+        from hfray.sweep_space import check_space_driver, sweep_metric
+
+        check_space_driver(job)
+        metric, mode = sweep_metric(job)
+        print(f"sweep: {len(job.sweep.parameters)} parameters, {job.sweep.search} search, metric {metric} ({mode})")
     if not args.schema_only and job.task in LM_TASKS:
         from hfray.pretrain import preflight_lm_driver
 
@@ -81,6 +87,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     )
     print(f'  try it:      hfray predict {summary.artifact} "some text"')
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hfray.tune import run_sweep_driver
+
+    path, job = _load(args)
+    print(f"[hfray] sweep of job {path}", flush=True)
+    summary = run_sweep_driver(job, resume=args.resume, fresh=args.fresh)
+    status = "was already complete (use --fresh to sweep again)" if summary.reused else "finished"
+    print(f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
+    print(f"  sweep dir:   {summary.sweep_dir}  (tensorboard --logdir {summary.sweep_dir})")
+    print(f"  report:      {summary.sweep_dir}/sweep_report.md  (.csv, learning_curves.png)")
+    for trial in summary.trials:
+        value = trial["best_value"]
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
+        print(f"    {trial['trial_id']}  {shown}  {params}  [{trial['stop_reason']}]")
+    if summary.best is None or summary.artifact is None:
+        print("  no trial left a checkpoint to export")
+        return 1
+    best = summary.best
+    print(f"  best trial:  {best['trial_id']}: {best['best_value']:.4f} at step {best['best_step']}")
+    print(f"  artifact:    {summary.artifact}")
+    print(f'  try it:      hfray predict {summary.artifact} "some text"   or   hfray serve {summary.artifact}')
     return 0
 
 
@@ -135,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_command("train", "train a job on Ray Train (starts a local Ray cluster unless one is given)")
     p.add_argument("--fresh", action="store_true", help="start a new run even if this job ran before")
     p.set_defaults(func=cmd_train)
+
+    p = job_command("sweep", "tune a job's hyperparameters on Ray Tune (its sweep: section); exports the best")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--fresh", action="store_true", help="start a new sweep even if this one ran before")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("predict", help="classify texts with an exported artifact")
     p.add_argument("artifact", help="artifact dir or URI (printed at the end of hfray train)")

@@ -26,8 +26,29 @@ def connect_driver(cfg: ClusterConfig) -> str:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
-    ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **kwargs)  # with the dashboard (state API)
+    start_local_cluster(cfg.num_cpus, cfg.num_gpus, **kwargs)
     return "a local Ray cluster started by hfray"
+
+
+def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> str:
+    """Start a local cluster (with the dashboard: Train V2 uses the state API) whose processes know its address.
+
+    Train V2's placement-group cleaner looks the cluster up by address auto-detection, which fails when the
+    host runs another Ray cluster; then trials that Tune stops leak their workers' placement groups and later
+    trials wait forever. Choosing the GCS port up front lets every worker get ``RAY_ADDRESS``.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **kwargs)
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return address
 
 
 def required_resources(res: ResourcesConfig) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,6 +218,7 @@ class JobConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    sweep: SweepConfig | None = Field(None, description="Search space and scheduler for 'hfray sweep'.")
 
     def fingerprint(self) -> str:
         """Hash of what determines the result; storage and cluster placement do not count."""
@@ -275,9 +277,10 @@ def _section_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        members = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not members:  # Optional[Section] counts as the section
             return []
-        model = ann
+        model = members[0]
     return list(model.model_fields)
 
 
@@ -286,6 +289,8 @@ def problems_from_validation(exc: ValidationError, raw: dict[str, Any]) -> list[
     for err in exc.errors():
         # Union members and validator names clutter the location; keep the user's keys only.
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        if loc[:2] == ("sweep", "parameters") and len(loc) > 3:
+            loc = loc[:3] + loc[4:]  # drop the distribution tag pydantic inserts ('uniform', ...)
         where = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _section_keys(loc)
@@ -361,3 +366,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     raw = apply_overrides(read_yaml(path), overrides or [])
     return JobConfig.from_dict(raw, source=str(path))
+
+
+# The sweep section lives in its own module (it builds on Section); resolve the forward reference.
+from hfray.sweep_config import SweepConfig  # noqa: E402
+
+JobConfig.model_rebuild()

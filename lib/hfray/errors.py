@@ -57,3 +57,9 @@ class ResourceError(HfrayError):
 
 class ArtifactError(HfrayError):
     """An exported artifact is missing or unreadable."""
+
+
+class SweepInterrupted(HfrayError):
+    """A sweep stopped (Ctrl-C, SIGINT, job stop) before every trial ended; its state is saved."""
+
+    exit_code = 130

@@ -31,6 +31,16 @@ MANAGED = {
 }
 
 
+def _checkpointing_arg() -> str:
+    """transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x lack it."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
     if precision == "auto":
         if not use_gpu:
@@ -60,7 +70,7 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, An
         "eval_strategy": t.eval_strategy,
         "save_strategy": t.eval_strategy,
         "logging_steps": t.logging_steps,
-        "activation_checkpointing": t.gradient_checkpointing,  # the v5 name of gradient_checkpointing
+        _checkpointing_arg(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
         "load_best_model_at_end": ev.load_best_model_at_end,
         "metric_for_best_model": ev.metric_for_best_model,
@@ -101,3 +111,36 @@ def check_training_arguments_driver(job: JobConfig) -> None:
             training_arguments(job, tmp, use_gpu=False)
         except (ValueError, TypeError) as exc:
             raise ConfigError([Problem("training", f"transformers.TrainingArguments rejected it: {exc}")]) from None
+
+
+def job_hyperparams_callback() -> Any:
+    """A Trainer callback that makes the job's learning rate and weight decay win over a checkpoint's.
+
+    ``Trainer.train(resume_from_checkpoint=...)`` loads the optimizer and scheduler state *after*
+    building them from the arguments, so a resumed run silently keeps the learning rate (and weight
+    decay) of the run that saved the checkpoint. That undoes a PBT exploit, which resumes the donor's
+    checkpoint with mutated hyperparameters. HF's schedules are a base rate times a factor of the
+    step, so rescaling base and current rates by new/old keeps the schedule's shape.
+    """
+    from transformers import TrainerCallback
+
+    class JobHyperparamsCallbackPerWorker(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw: Any) -> None:
+            sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps both
+            opt = getattr(optimizer, "optimizer", optimizer)
+            if opt is None or sched is None or not getattr(sched, "base_lrs", None):
+                return
+            ratios = [args.learning_rate / base for base in sched.base_lrs]
+            if any(abs(r - 1.0) > 1e-9 for r in ratios):
+                for group, ratio in zip(opt.param_groups, ratios, strict=False):
+                    group["lr"] *= ratio
+                    group["initial_lr"] = args.learning_rate
+                sched.base_lrs = [args.learning_rate] * len(sched.base_lrs)
+                sched._last_lr = [group["lr"] for group in opt.param_groups]
+                if state.is_world_process_zero:
+                    print(f"[hfray] learning rate of the resumed checkpoint rescaled to {args.learning_rate:g}")
+            # HF's default AdamW groups: [decay, no-decay]; only the first carries weight decay.
+            if len(opt.param_groups) == 2 and opt.param_groups[1].get("weight_decay") == 0.0:
+                opt.param_groups[0]["weight_decay"] = args.weight_decay
+
+    return JobHyperparamsCallbackPerWorker()

@@ -37,8 +37,8 @@ from hfray.train import (
     _localize_best_per_worker,
     _scaling_config,
     _summary,
-    _unwrap_failure,
     resolve_sources_driver,
+    unwrap_user_error,
 )
 
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
@@ -308,7 +308,7 @@ def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     try:
         trainer.fit()
     except Exception as exc:
-        unwrapped = _unwrap_failure(exc)
+        unwrapped = unwrap_user_error(exc)
         if unwrapped is not exc:
             raise unwrapped from None
         raise

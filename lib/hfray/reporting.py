@@ -52,11 +52,13 @@ class RayReportCallbackPerWorker(TrainerCallback):
         self.pending_eval: dict[str, Any] | None = None
         self.in_training = False
         self.reports = 0
+        self.device = "cpu"
 
     # --------------------------------------------------------------- HF events (all ranks)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self.in_training = True
+        self.device = args.device.type  # reported: shows where a trial really trained (cuda/cpu)
         os.makedirs(self.staging_root, exist_ok=True)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw: Any):
@@ -116,6 +118,7 @@ class RayReportCallbackPerWorker(TrainerCallback):
             "epoch": state.epoch or 0.0,
             "has_checkpoint": int(checkpoint is not None),
             "hfray_resumed_from_step": self.resumed_from_step,
+            "on_gpu": int(self.device == "cuda"),
             "worker_pid": os.getpid(),  # rank 0's process: ties a report to its worker's logs
             "time": time.time(),
         }

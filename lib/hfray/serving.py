@@ -38,17 +38,15 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(dict(args))
     # Fail here, in the driver, with a clear message, rather than as a replica crash loop.
     ArtifactCatalog(cfg.artifact_root, cfg.models).default_id(cfg.default_model)
-    scaling = cfg.autoscaling
+    logging_config = {"enable_access_log": cfg.access_log}
     classifier = HfrayClassifier.options(
+        logging_config=logging_config,
         max_ongoing_requests=cfg.max_ongoing_requests,
-        autoscaling_config={
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-        },
+        autoscaling_config=cfg.autoscaling.model_dump(),
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg.to_dict())
     return HfrayIngress.options(
+        logging_config=logging_config,
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
@@ -106,7 +104,8 @@ def serve_artifacts_driver(
 
     cfg = _resolve_config(config, overrides)
     connect_driver(ClusterConfig(address=ray_address, num_cpus=num_cpus))
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # Cluster-wide (the proxy's access log too); a Serve instance already running keeps its settings.
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"enable_access_log": cfg.access_log})
     serve.run(build_app(cfg), name=app_name, route_prefix=cfg.route_prefix, blocking=False)
     return base_url(cfg)
 

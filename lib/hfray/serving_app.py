@@ -118,9 +118,11 @@ class HfrayIngress:
 
     def __init__(self, classifier: DeploymentHandle, config: dict[str, Any]) -> None:
         self.cfg = ServeConfig.from_dict(config)
-        self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models)
+        # A one-second cache: new sweep trials and rewritten manifests still show up within a second.
+        self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models, ttl_s=1.0)
         self.default_model = self.catalog.default_id(self.cfg.default_model)
         self.classifier = classifier
+        self.handles: dict[str, DeploymentHandle] = {}
         # The JSON of max_inputs maximal texts, plus room for escapes and the other keys.
         self.body_limit = 6 * self.cfg.max_inputs * self.cfg.max_text_chars + 4096
 
@@ -135,6 +137,15 @@ class HfrayIngress:
                 detail={"field": "Authorization", "error": "Authorization: a valid bearer token is required"},
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    def _classify_handle(self, model_id: str) -> DeploymentHandle:
+        """The handle routing to replicas holding ``model_id``; kept, since making one costs per request."""
+        handle = self.handles.get(model_id)
+        if handle is None:
+            if len(self.handles) > 1024:
+                self.handles.clear()
+            handle = self.handles[model_id] = self.classifier.options(multiplexed_model_id=model_id).classify
+        return handle
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -171,8 +182,7 @@ class HfrayIngress:
             raise bad_request(exc.status, "model", str(exc)) from None
         if entry.manifest.get("task", "text-classification") != "text-classification":
             raise bad_request(422, "model", f"model: {model_id!r} is a {entry.manifest['task']} model")
-        handle = self.classifier.options(multiplexed_model_id=model_id)
-        results = await handle.classify.remote(texts, top_k)
+        results = await self._classify_handle(model_id).remote(texts, top_k)
         return {"model": model_id, "results": results}
 
 
@@ -206,19 +216,27 @@ class LoadedModel:
         self.sigmoid = cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1
 
     def predict(self, texts: list[str], top_ks: list[int]) -> list[list[dict[str, Any]]]:
+        return self.predict_timed(texts, top_ks)[0]
+
+    def predict_timed(self, texts: list[str], top_ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
+        """Predictions and the seconds each step took: where a replica's time goes (see /v1/stats)."""
         import torch
 
+        t0 = time.perf_counter()
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        t1 = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(**enc.to(self.device)).logits.float()
-        scores = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
-        k_max = min(max(top_ks), len(self.labels))
-        values, indices = scores.topk(k_max, dim=-1)
-        values, indices = values.cpu().tolist(), indices.cpu().tolist()
-        return [
+            scores = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
+            k_max = min(max(top_ks), len(self.labels))
+            values, indices = scores.topk(k_max, dim=-1)
+            values, indices = values.cpu().tolist(), indices.cpu().tolist()  # waits for the GPU
+        t2 = time.perf_counter()
+        out = [
             [{"label": self.labels[j], "score": s} for s, j in zip(vs[:k], ix[:k], strict=True)]
             for vs, ix, k in zip(values, indices, top_ks, strict=True)
         ]
+        return out, {"tokenize": t1 - t0, "forward": t2 - t1, "postprocess": time.perf_counter() - t2}
 
 
 @serve.deployment(name="HfrayClassifier")
@@ -231,6 +249,7 @@ class HfrayClassifier:
         self.device, self.dtype = torch_placement(self.cfg)
         self.batch_sizes: deque[int] = deque(maxlen=2000)  # bounded: a long-lived replica must not grow
         self.batches = 0
+        self.requests = 0
         self.recent: list[str] = []  # ids only, most recent last: holding models would defeat Serve's eviction
 
         # Decorated here, not on the class, because the cache size comes from the config (Ray detects
@@ -239,8 +258,17 @@ class HfrayClassifier:
             return await self._load(model_id)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(load)
-        self._batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+
+        # The same for batching, whose max_concurrent_batches has no setter.
+        async def run_batch(requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
+            return await self._run_batch(requests)
+
+        self._batch = serve.batch(
+            max_batch_size=self.cfg.max_batch_size,
+            batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.max_concurrent_batches,
+        )(run_batch)
+        self.step_seconds = {"tokenize": 0.0, "forward": 0.0, "postprocess": 0.0}  # summed over batches
 
     async def _load(self, model_id: str) -> LoadedModel:
         # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
@@ -255,10 +283,10 @@ class HfrayClassifier:
     async def classify(self, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
         return await self._batch((serve.get_multiplexed_model_id(), texts, top_k))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batch(self, requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
+    async def _run_batch(self, requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
         """One forward pass per model for all texts of all requests in the batch."""
         self.batches += 1
+        self.requests += len(requests)
         self.batch_sizes.append(len(requests))
         out: list[list[list[dict[str, Any]]]] = [[] for _ in requests]
         # Serve 2.60 already splits batches by model id; grouping again keeps this correct if that changes.
@@ -269,7 +297,9 @@ class HfrayClassifier:
             texts = [t for i in members for t in requests[i][1]]
             top_ks = [requests[i][2] for i in members for _ in requests[i][1]]
             # In a thread: the event loop keeps queueing the next batch while this one computes.
-            flat = await asyncio.to_thread(model.predict, texts, top_ks)
+            flat, seconds = await asyncio.to_thread(model.predict_timed, texts, top_ks)
+            for step, spent in seconds.items():
+                self.step_seconds[step] += spent
             start = 0
             for i in members:
                 n = len(requests[i][1])
@@ -285,6 +315,9 @@ class HfrayClassifier:
             "batch_sizes": sizes[-200:],
             "max_batch_size_seen": max(sizes, default=0),
             "max_batch_size": self.cfg.max_batch_size,
+            "requests": self.requests,
+            # Totals since the replica started; divide by batches for the time per batch.
+            "step_seconds": {step: round(spent, 4) for step, spent in self.step_seconds.items()},
             "models_loaded": list(self.recent),
             "device": self.device,
             "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,12 @@ class AutoscalingSettings(BaseModel):
     target_ongoing_requests: float = Field(
         8.0, gt=0, description="Per replica; with batching, about half of max_batch_size keeps batches full."
     )
+    # Serve's own defaults; short delays make scaling react in seconds (tests, bursty traffic).
+    upscale_delay_s: float = Field(30.0, ge=0, description="Load must stay above target this long to add replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Load must stay below target this long to remove.")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Averaging window; keep it > 10 s (Serve warns otherwise)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
@@ -55,6 +62,9 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535)
     max_batch_size: int = Field(16, ge=1, le=1024, description="Requests per forward pass (@serve.batch).")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    max_concurrent_batches: int = Field(
+        1, ge=1, le=8, description="Batches in flight per replica: >1 overlaps tokenizing one with the GPU's work."
+    )
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     max_ongoing_requests: int = Field(32, ge=1, description="Per model replica; also bounds one batch queue.")
     num_cpus: float = Field(1, ge=0, description="CPUs per model replica.")
@@ -62,6 +72,7 @@ class ServeConfig(Section):
     ingress_num_cpus: float = Field(0, ge=0, description="The HTTP ingress mostly waits; 0 lets it share.")
     ingress_replicas: int = Field(1, ge=1, description="More than one when JSON handling limits throughput.")
     ingress_max_ongoing_requests: int = Field(256, ge=1)
+    access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_models_per_replica: int = Field(3, ge=1, description="Multiplexing: LRU-cached models per replica.")
     max_length: int = Field(256, ge=8, le=32768, description="Tokens per input; longer inputs are truncated.")
@@ -74,8 +85,10 @@ class ServeConfig(Section):
     def _targets(self) -> ServeConfig:
         if self.autoscaling.target_ongoing_requests > self.max_ongoing_requests:
             raise ValueError("autoscaling.target_ongoing_requests must be <= max_ongoing_requests")
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError("max_ongoing_requests must be >= max_batch_size, or batches can never fill")
+        if self.max_ongoing_requests < self.max_batch_size * self.max_concurrent_batches:
+            raise ValueError(
+                "max_ongoing_requests must be >= max_batch_size * max_concurrent_batches, or batches can never fill"
+            )
         for mid in [self.default_model, *(self.models or [])]:
             if mid is not None and not MODEL_ID.match(mid):
                 raise ValueError(f"model id {mid!r} is not a plain folder name")
@@ -129,21 +142,34 @@ def _artifact_dir(candidate: Path) -> Path | None:
     return None
 
 
+SWEEP_SUMMARY, SWEEP_TRIALS, BEST_ID = "hfray_sweep.json", "trials", "best"  # hfray.sweep_results' layout
+
+
 class ArtifactCatalog:
     """Local artifact root -> model ids. Looked up per request so new sweep trials appear without a restart."""
 
-    def __init__(self, root: str, allowed: list[str] | None = None) -> None:
+    def __init__(self, root: str, allowed: list[str] | None = None, ttl_s: float = 0.0) -> None:
+        """``ttl_s`` > 0 reuses a successful lookup for that long (the ingress: ~0.3 ms of syscalls a request)."""
         self.root = Path(os.path.abspath(os.path.expanduser(root)))
         if not self.root.is_dir():
             raise ArtifactError(f"artifact_root: {self.root} is not a directory")
         self.allowed = set(allowed) if allowed else None
+        # A sweep folder serves its exported best as 'best' and every trial that exported one by trial id.
+        self.sweep = (self.root / SWEEP_SUMMARY).is_file()
         # A single artifact is served under its own folder name (or its run's name for '<run>/artifact').
-        self.single = _artifact_dir(self.root) is not None
+        self.single = not self.sweep and _artifact_dir(self.root) is not None
         self._manifests: dict[tuple[str, float], dict[str, Any]] = {}
+        self.ttl_s = ttl_s
+        self._recent: dict[str, tuple[float, ModelEntry]] = {}
 
     def ids(self) -> list[str]:
         if self.single:
             found = [self._single_id()]
+        elif self.sweep:
+            trials = self.root / SWEEP_TRIALS
+            runs = sorted(trials.iterdir()) if trials.is_dir() else []
+            found = [BEST_ID] if _artifact_dir(self.root) else []
+            found += [p.name for p in runs if MODEL_ID.match(p.name) and _artifact_dir(p)]
         else:
             found = sorted(p.name for p in self.root.iterdir() if MODEL_ID.match(p.name) and self._inside(p))
         return [m for m in found if self.allowed is None or m in self.allowed]
@@ -161,8 +187,22 @@ class ArtifactCatalog:
             raise ModelIdError(f"model: {model_id!r} is not a valid model id (a folder name, no '/' or '..')", 400)
         if self.allowed is not None and model_id not in self.allowed:
             raise ModelIdError(f"model: unknown model id {model_id!r}; see GET /v1/models", 404)
+        now = time.monotonic()
+        hit = self._recent.get(model_id)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        entry = self._lookup(model_id)
+        if self.ttl_s > 0:
+            if len(self._recent) > 4096:  # bounded: ids come from clients (though only existing ones get here)
+                self._recent.clear()
+            self._recent[model_id] = (now, entry)
+        return entry
+
+    def _lookup(self, model_id: str) -> ModelEntry:
         if self.single:
             path = self.root if model_id == self._single_id() else None
+        elif self.sweep:
+            path = _artifact_dir(self.root if model_id == BEST_ID else self.root / SWEEP_TRIALS / model_id)
         else:
             path = _artifact_dir(self.root / model_id)
         if path is None:
@@ -189,6 +229,8 @@ class ArtifactCatalog:
             except ModelIdError as exc:
                 raise ArtifactError(f"default_model: {exc}; found {self.ids()}") from None
         ids = self.ids()
+        if BEST_ID in ids and self.sweep:
+            return BEST_ID
         if not ids:
             raise ArtifactError(f"artifact_root: no hfray artifacts ({MANIFEST}) in {self.root}")
         return ids[0]

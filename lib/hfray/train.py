@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,24 +25,50 @@ import ray.train
 from hfray import checkpoints, cluster, data, modeling
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
-from hfray.hf_args import check_training_arguments_driver, training_arguments
+from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
 from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
 
 # ----------------------------------------------------------------------------- per worker
 
 
-def _resume_dir_per_worker(local_root: str) -> tuple[str | None, int]:
-    """Ray's latest checkpoint as a local HF checkpoint folder, and its step (0 when fresh)."""
+def _foreign_checkpoint_per_worker(checkpoint: ray.train.Checkpoint, local: str) -> str:
+    """A local copy of another run's HF checkpoint (a PBT donor's), without that run's best-model record.
+
+    HF would otherwise compare this run's evaluations with the donor's best and might load the
+    donor's best checkpoint (a path on the donor's node) at the end.
+    """
+    shutil.rmtree(local, ignore_errors=True)
+    checkpoint.to_directory(local)
+    state_file = os.path.join(local, "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    state.update(best_model_checkpoint=None, best_metric=None, best_global_step=None)
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    return local
+
+
+def _resume_dir_per_worker(
+    local_root: str, init_checkpoint: ray.train.Checkpoint | None, rank: int
+) -> tuple[str | None, int]:
+    """The HF checkpoint folder to resume from, and its step (0 when fresh).
+
+    The run's own latest Ray checkpoint wins; without one, ``init_checkpoint`` (another run's
+    checkpoint, e.g. the one a PBT exploit hands over) is the starting point.
+    """
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None, 0
-    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
-        path = ckpt.path  # read in place: HF only reads a checkpoint it resumes from
+    if ckpt is not None and isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        path, source = ckpt.path, ckpt.path  # read in place: HF only reads a checkpoint it resumes from
+    elif ckpt is not None:
+        path, source = ckpt.to_directory(os.path.join(local_root, "resume")), ckpt.path
+    elif init_checkpoint:
+        path = _foreign_checkpoint_per_worker(init_checkpoint, os.path.join(local_root, f"init-rank{rank}"))
+        source = init_checkpoint.path
     else:
-        path = ckpt.to_directory(os.path.join(local_root, "resume"))
+        return None, 0
     with open(os.path.join(path, "trainer_state.json")) as f:
         step = int(json.load(f)["global_step"])
-    print(f"[hfray] resuming from Ray checkpoint {ckpt.path} at step {step}", flush=True)
+    print(f"[hfray] resuming from checkpoint {source} at step {step}", flush=True)
     return path, step
 
 
@@ -124,10 +151,12 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
     local_root = loop_config["local_root"]
     args = training_arguments(job, os.path.join(local_root, "hf"), use_gpu=job.resources.gpus_per_worker > 0)
-    resume_dir, resumed_step = _resume_dir_per_worker(local_root)
+    resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, local_rank)
     callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    if resume_dir:
+        callbacks.append(job_hyperparams_callback())
     if job.training.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
@@ -249,7 +278,7 @@ def _scaling_config(job: JobConfig) -> ray.train.ScalingConfig:
     )
 
 
-def _unwrap_failure(exc: Exception) -> Exception:
+def unwrap_user_error(exc: Exception) -> Exception:
     """Turn Ray's wrapper around a worker's HfrayError back into that error (no traceback for users)."""
     failures = getattr(exc, "worker_failures", None) or {}
     for err in failures.values():
@@ -263,7 +292,14 @@ def _unwrap_failure(exc: Exception) -> Exception:
     return exc
 
 
-def build_trainer_driver(job: JobConfig, prepared: data.PreparedData, run_name: str) -> Any:
+def build_trainer_driver(
+    job: JobConfig,
+    prepared: data.PreparedData,
+    run_name: str,
+    callbacks: list[Any] | None = None,
+    init_checkpoint: ray.train.Checkpoint | None = None,
+) -> Any:
+    """The TorchTrainer of a run; ``init_checkpoint``: start from another run's checkpoint (PBT)."""
     from ray.train.torch import TorchTrainer
 
     storage = job.storage.path
@@ -275,6 +311,7 @@ def build_trainer_driver(job: JobConfig, prepared: data.PreparedData, run_name: 
         "class_weights": _class_weights(job, prepared),
         "local_root": _local_root(storage, run_name),
         "artifact_uri": checkpoints.artifact_uri(storage, run_name),
+        "init_checkpoint": init_checkpoint,
     }
     return TorchTrainer(
         train_fn_per_worker,
@@ -289,7 +326,10 @@ def build_trainer_driver(job: JobConfig, prepared: data.PreparedData, run_name: 
                 checkpoint_score_order=job.evaluation.best_mode,
             ),
             failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
-            callbacks=[MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG))],
+            callbacks=[
+                MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG)),
+                *(callbacks or []),
+            ],
         ),
     )
 
@@ -335,7 +375,7 @@ def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     try:
         trainer.fit()
     except Exception as exc:
-        unwrapped = _unwrap_failure(exc)
+        unwrapped = unwrap_user_error(exc)
         if unwrapped is not exc:
             raise unwrapped from None
         raise

