@@ -28,7 +28,7 @@ from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
-from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker
+from hfray.reporting import RayReportCallbackPerWorker
 from hfray.train import (
     RunSummary,
     _export_artifact_per_worker,
@@ -38,6 +38,7 @@ from hfray.train import (
     _scaling_config,
     _summary,
     resolve_sources_driver,
+    run_config_driver,
     unwrap_user_error,
 )
 
@@ -272,17 +273,7 @@ def build_pretrainer_driver(job: JobConfig, run_name: str) -> Any:
         pretrain_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=job.storage.num_to_keep,
-                checkpoint_score_attribute=job.evaluation.best_metric_key,
-                checkpoint_score_order=job.evaluation.best_mode,
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
-            callbacks=[MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG))],
-        ),
+        run_config=run_config_driver(job, run_name),
         **extra,
     )
 

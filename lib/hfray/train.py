@@ -317,20 +317,23 @@ def build_trainer_driver(
         train_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=job.storage.num_to_keep,
-                checkpoint_score_attribute=job.evaluation.best_metric_key,
-                checkpoint_score_order=job.evaluation.best_mode,
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
-            callbacks=[
-                MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG)),
-                *(callbacks or []),
-            ],
+        run_config=run_config_driver(job, run_name, callbacks),
+    )
+
+
+def run_config_driver(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> ray.train.RunConfig:
+    """Storage, retention by the best metric, failure restarts and the metrics log: shared by every task."""
+    storage = job.storage.path
+    return ray.train.RunConfig(
+        name=run_name,
+        storage_path=storage,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=job.storage.num_to_keep,
+            checkpoint_score_attribute=job.evaluation.best_metric_key,
+            checkpoint_score_order=job.evaluation.best_mode,
         ),
+        failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
+        callbacks=[MetricsLogDriver(checkpoints.join(storage, run_name, checkpoints.METRICS_LOG)), *(callbacks or [])],
     )
 
 
