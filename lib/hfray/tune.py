@@ -236,14 +236,14 @@ def expected_trials(sweep: Any) -> int:
     return sweep.num_samples * math.prod(grid)
 
 
-def _interrupted(grid: Any, expected: int, budget_hit: bool) -> bool:
-    """Tune returns normally after SIGINT; tell an interrupted sweep from a finished one.
-
-    A trial that ended on its own or was stopped by the scheduler has ``done`` in its last result;
-    one cut off by the interruption has not (its status may still read TERMINATED).
+def _interrupted(rows: list[Any], expected: int, budget_hit: bool) -> bool:
+    """Tune returns normally after SIGINT and may mark cut-off trials TERMINATED (its ``done`` flag is not
+    reliable either): a trial ended only if it completed (exported its artifact), a scheduler stopped it (the
+    decision log), or it failed. Anything else, or trials never created, means the sweep was interrupted.
     """
-    cut_off = any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
-    return (cut_off and not budget_hit) or (len(grid) < expected and not budget_hit)
+    if budget_hit:
+        return False
+    return any(r.stop_reason.startswith("not finished") for r in rows) or len(rows) < expected
 
 
 def _finished_summary(plan: sweep_space.SweepPlan, started: float) -> SweepSummary:
@@ -293,12 +293,12 @@ def run_sweep_driver(job: JobConfig, resume: bool = False, fresh: bool = False) 
     fit_started = time.time()
     grid = fit_driver(build_tuner_driver(job, plan, resume))
     budget_hit = bool(sweep.time_budget_s and time.time() - fit_started >= 0.98 * sweep.time_budget_s)
-    if _interrupted(grid, expected_trials(sweep), budget_hit):
+    rows = sweep_results.trial_rows(grid, plan, budget_hit)
+    if _interrupted(rows, expected_trials(sweep), budget_hit):
         raise SweepInterrupted(
             f"sweep {plan.sweep_name} interrupted; finished trials and checkpoints are kept. "
             f"Continue it with: hfray sweep <job> --resume   (state: {plan.sweep_dir})"
         )
-    rows = sweep_results.trial_rows(grid, plan, budget_hit)
     best = sweep_results.best_row(rows, plan.mode)
     artifact = sweep_results.export_best(best, plan, plan.prepared.labels) if best else None
     extra = {
