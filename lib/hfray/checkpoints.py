@@ -24,6 +24,9 @@ from hfray.errors import ArtifactError
 ARTIFACT_DIR = "artifact"
 MANIFEST = "hfray_manifest.json"
 METRICS_LOG = "hfray_metrics.jsonl"
+# A sweep folder: its summary (written last, so it marks a finished sweep) and its trials' Train runs.
+SWEEP_SUMMARY = "hfray_sweep.json"
+TRIALS_DIR = "trials"
 _RNG_FILE = re.compile(r"^rng_state_(\d+)\.pth$")
 
 

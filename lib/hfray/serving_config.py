@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hfray.checkpoints import ARTIFACT_DIR, MANIFEST, read_manifest
+from hfray.checkpoints import ARTIFACT_DIR, MANIFEST, SWEEP_SUMMARY, TRIALS_DIR, read_manifest
 from hfray.config import Section
 from hfray.errors import ArtifactError, ConfigError, Problem
 
@@ -142,7 +142,7 @@ def _artifact_dir(candidate: Path) -> Path | None:
     return None
 
 
-SWEEP_SUMMARY, SWEEP_TRIALS, BEST_ID = "hfray_sweep.json", "trials", "best"  # hfray.sweep_results' layout
+BEST_ID = "best"  # a sweep's exported best model
 
 
 class ArtifactCatalog:
@@ -166,7 +166,7 @@ class ArtifactCatalog:
         if self.single:
             found = [self._single_id()]
         elif self.sweep:
-            trials = self.root / SWEEP_TRIALS
+            trials = self.root / TRIALS_DIR
             runs = sorted(trials.iterdir()) if trials.is_dir() else []
             found = [BEST_ID] if _artifact_dir(self.root) else []
             found += [p.name for p in runs if MODEL_ID.match(p.name) and _artifact_dir(p)]
@@ -202,7 +202,7 @@ class ArtifactCatalog:
         if self.single:
             path = self.root if model_id == self._single_id() else None
         elif self.sweep:
-            path = _artifact_dir(self.root if model_id == BEST_ID else self.root / SWEEP_TRIALS / model_id)
+            path = _artifact_dir(self.root if model_id == BEST_ID else self.root / TRIALS_DIR / model_id)
         else:
             path = _artifact_dir(self.root / model_id)
         if path is None:

@@ -126,5 +126,6 @@ class SweepConfig(Section):
         return self
 
     @property
-    def is_population_based(self) -> bool:
-        return self.scheduler.type in ("pbt", "pb2")
+    def restores_checkpoints(self) -> bool:
+        """PBT/PB2 copy checkpoints between trials; synchronous HyperBand pauses and resumes trials."""
+        return self.scheduler.type in ("pbt", "pb2", "hyperband")

@@ -20,12 +20,8 @@ from hfray import checkpoints
 from hfray.schedulers import TIME_ATTR, read_decisions
 from hfray.sweep_space import SweepPlan
 
-REPORT_CSV, REPORT_MD, CURVES_PNG, SUMMARY = (
-    "sweep_report.csv",
-    "sweep_report.md",
-    "learning_curves.png",
-    "hfray_sweep.json",
-)
+REPORT_CSV, REPORT_MD, CURVES_PNG = "sweep_report.csv", "sweep_report.md", "learning_curves.png"
+SUMMARY = checkpoints.SWEEP_SUMMARY
 
 
 @dataclass

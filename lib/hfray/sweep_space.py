@@ -20,8 +20,6 @@ from hfray.config import CLASSIFICATION_METRICS, JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem
 from hfray.sweep_config import Param, SweepConfig
 
-TRIALS_DIR = "trials"  # the trials' Train runs, under the sweep's folder (hfray serve reads it too)
-
 # ----------------------------------------------------------------------------- space
 
 
@@ -170,15 +168,10 @@ class SweepPlan:
     mode: str
     eval_interval: int
     max_steps: int
+    needs_tune_checkpoints: bool = False
     max_concurrent: int = 1
     scheduler_log: str = ""
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def needs_tune_checkpoints(self) -> bool:
-        """PBT/PB2 copy checkpoints between trials; synchronous HyperBand pauses and resumes trials."""
-        sweep = SweepConfig.model_validate(self.base_job["sweep"])
-        return sweep.is_population_based or sweep.scheduler.type == "hyperband"
 
 
 def sweep_name(job: JobConfig) -> str:
@@ -193,12 +186,13 @@ def make_plan(job: JobConfig, prepared: data.PreparedData, name: str) -> SweepPl
     return SweepPlan(
         sweep_name=name,
         sweep_dir=sweep_dir,
-        trials_storage=checkpoints.join(sweep_dir, TRIALS_DIR),
+        trials_storage=checkpoints.join(sweep_dir, checkpoints.TRIALS_DIR),
         base_job=job.to_dict(),
         prepared=prepared,
         metric=metric,
         mode=mode,
         eval_interval=eval_interval_steps(job, n_train),
         max_steps=longest_trial_steps(job, n_train),
+        needs_tune_checkpoints=job.sweep.restores_checkpoints,  # type: ignore[union-attr]
         scheduler_log=checkpoints.join(sweep_dir, "hfray_scheduler_decisions.jsonl"),
     )

@@ -217,9 +217,7 @@ def prepare_sweep_driver(job: JobConfig, fresh: bool = False) -> tuple[JobConfig
     if fresh:
         name = f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     notes = []
-    if (job.sweep.is_population_based or job.sweep.scheduler.type == "hyperband") and (
-        job.training.checkpoint_every_n_evals != 1
-    ):
+    if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:
         raw = job.to_dict()
         raw["training"]["checkpoint_every_n_evals"] = 1
         job = JobConfig.from_dict(raw)
