@@ -73,18 +73,20 @@ def trial_job_dict(base: dict[str, Any], values: dict[str, Any], trials_storage:
     return raw
 
 
-def check_space_driver(job: JobConfig) -> None:
-    """Validate the job each edge value of each parameter produces; all problems at once."""
+def check_space_driver(job: JobConfig) -> list[JobConfig]:
+    """Validate the job each edge value of each parameter produces; all problems at once. Returns those jobs."""
     from hfray.hf_args import check_training_arguments_driver
 
     assert job.sweep is not None
     base = job.to_dict()
     problems: list[Problem] = []
+    edges: list[JobConfig] = []
     for key, param in job.sweep.parameters.items():
         for value in edge_values(param):
             try:
                 trial = JobConfig.from_dict(trial_job_dict(base, {key: value}, base["storage"]["path"]))
                 check_training_arguments_driver(trial)
+                edges.append(trial)
             except ConfigError as exc:
                 problems += [
                     Problem(
@@ -96,6 +98,7 @@ def check_space_driver(job: JobConfig) -> None:
                 problems.append(Problem(f"sweep.parameters.{key}", str(exc)))
     if problems:
         raise ConfigError(problems, "job")
+    return edges
 
 
 # ----------------------------------------------------------------------------- metric and steps
@@ -142,16 +145,9 @@ def eval_interval_steps(job: JobConfig, n_train: int) -> int:
     return steps_per_epoch(job, n_train)
 
 
-def longest_trial_steps(job: JobConfig, n_train: int) -> int:
-    """Steps of the longest trial the space allows (ASHA stops any trial that reaches max_t)."""
-    assert job.sweep is not None
-    base = job.to_dict()
-    longest = total_steps(job, n_train)
-    for key, param in job.sweep.parameters.items():
-        for value in edge_values(param):
-            trial = JobConfig.from_dict(trial_job_dict(base, {key: value}, base["storage"]["path"]))
-            longest = max(longest, total_steps(trial, n_train))
-    return longest
+def longest_trial_steps(job: JobConfig, edges: list[JobConfig], n_train: int) -> int:
+    """Steps of the longest trial the space allows (``edges``: the jobs of ``check_space_driver``)."""
+    return max(total_steps(j, n_train) for j in [job, *edges])
 
 
 # ----------------------------------------------------------------------------- plan
@@ -179,7 +175,7 @@ def sweep_name(job: JobConfig) -> str:
     return f"{job.run_name}-sweep"
 
 
-def make_plan(job: JobConfig, prepared: data.PreparedData, name: str) -> SweepPlan:
+def make_plan(job: JobConfig, prepared: data.PreparedData, name: str, edges: list[JobConfig]) -> SweepPlan:
     metric, mode = sweep_metric(job)
     sweep_dir = checkpoints.join(job.storage.path, name)
     n_train = prepared.sizes["train"]
@@ -192,7 +188,7 @@ def make_plan(job: JobConfig, prepared: data.PreparedData, name: str) -> SweepPl
         metric=metric,
         mode=mode,
         eval_interval=eval_interval_steps(job, n_train),
-        max_steps=longest_trial_steps(job, n_train),
+        max_steps=longest_trial_steps(job, edges, n_train),
         needs_tune_checkpoints=job.sweep.restores_checkpoints,  # type: ignore[union-attr]
         scheduler_log=checkpoints.join(sweep_dir, "hfray_scheduler_decisions.jsonl"),
     )

@@ -222,9 +222,9 @@ def prepare_sweep_driver(job: JobConfig, fresh: bool = False) -> tuple[JobConfig
         raw["training"]["checkpoint_every_n_evals"] = 1
         job = JobConfig.from_dict(raw)
         notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
-    sweep_space.check_space_driver(job)
+    edges = sweep_space.check_space_driver(job)
     job, prepared = preflight_driver(job)
-    plan = sweep_space.make_plan(job, prepared, name)
+    plan = sweep_space.make_plan(job, prepared, name, edges)
     plan.notes = notes
     return job, plan
 
