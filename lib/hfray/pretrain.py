@@ -37,9 +37,11 @@ from hfray.train import (
     _localize_best_per_worker,
     _scaling_config,
     _summary,
+    fit_trainer_driver,
+    fresh_run_name,
     resolve_sources_driver,
     run_config_driver,
-    unwrap_user_error,
+    run_is_complete,
 )
 
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
@@ -284,8 +286,8 @@ def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
     job, info = preflight_lm_driver(job)
     if fresh:
-        run_name = f"{run_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if checkpoints.exists(checkpoints.join(checkpoints.artifact_uri(job.storage.path, run_name), checkpoints.MANIFEST)):
+        run_name = fresh_run_name(run_name)
+    if run_is_complete(job, run_name):
         return _summary(job, run_name, started, "none (run already complete)", reused=True)
     where = cluster.connect_driver(job.cluster)
     cluster.check_fits_driver(job.resources, job.cluster)
@@ -295,12 +297,5 @@ def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
         f"pipeline {job.lm.pipeline}, on {where}",
         flush=True,
     )  # type: ignore[union-attr]
-    trainer = build_pretrainer_driver(job, run_name)
-    try:
-        trainer.fit()
-    except Exception as exc:
-        unwrapped = unwrap_user_error(exc)
-        if unwrapped is not exc:
-            raise unwrapped from None
-        raise
+    fit_trainer_driver(build_pretrainer_driver(job, run_name))
     return _summary(job, run_name, started, where, reused=False)

@@ -359,14 +359,36 @@ def _summary(job: JobConfig, run_name: str, started: float, where: str, reused: 
     )
 
 
+def fresh_run_name(name: str) -> str:
+    """``--fresh``: the stable name plus the start time, so nothing of an earlier run is reused."""
+    return f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_is_complete(job: JobConfig, run_name: str) -> bool:
+    """A run is complete once its artifact's manifest (written last) exists."""
+    artifact = checkpoints.artifact_uri(job.storage.path, run_name)
+    return checkpoints.exists(checkpoints.join(artifact, checkpoints.MANIFEST))
+
+
+def fit_trainer_driver(trainer: Any) -> Any:
+    """``trainer.fit()``; a worker's user error (HfrayError) is raised as itself, without Ray's wrapping."""
+    try:
+        return trainer.fit()
+    except Exception as exc:
+        unwrapped = unwrap_user_error(exc)
+        if unwrapped is not exc:
+            raise unwrapped from None
+        raise
+
+
 def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     """Train a job end to end; re-running a finished job returns its results without training."""
     started = time.time()
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
     job, prepared = preflight_driver(job)
     if fresh:
-        run_name = f"{run_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if checkpoints.exists(checkpoints.join(checkpoints.artifact_uri(job.storage.path, run_name), checkpoints.MANIFEST)):
+        run_name = fresh_run_name(run_name)
+    if run_is_complete(job, run_name):
         return _summary(job, run_name, started, "none (run already complete)", reused=True)
     where = cluster.connect_driver(job.cluster)
     cluster.check_fits_driver(job.resources, job.cluster)
@@ -374,12 +396,5 @@ def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
         f"[hfray] run {run_name}: {prepared.sizes} rows, {len(prepared.labels)} labels, on {where}",
         flush=True,
     )
-    trainer = build_trainer_driver(job, prepared, run_name)
-    try:
-        trainer.fit()
-    except Exception as exc:
-        unwrapped = unwrap_user_error(exc)
-        if unwrapped is not exc:
-            raise unwrapped from None
-        raise
+    fit_trainer_driver(build_trainer_driver(job, prepared, run_name))
     return _summary(job, run_name, started, where, reused=False)

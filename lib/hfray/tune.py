@@ -11,7 +11,6 @@ resume, failure) gets ``ray.tune.get_checkpoint()`` and starts a new Train run f
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import math
@@ -43,12 +42,12 @@ class TuneBridgeDriver(ray.train.UserCallback):
 
 
 def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
-    from hfray.train import unwrap_user_error
+    from hfray.train import fit_trainer_driver
 
     try:
-        outcome["result"] = trainer.fit()
+        outcome["result"] = fit_trainer_driver(trainer)
     except Exception as exc:  # re-raised in the trial's own thread
-        outcome["error"] = unwrap_user_error(exc)
+        outcome["error"] = exc
 
 
 def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str) -> None:
@@ -209,13 +208,13 @@ class SweepSummary:
 
 def prepare_sweep_driver(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, sweep_space.SweepPlan]:
     """Every check that needs no trial: the space, the metric, data, tokenizer and model config."""
-    from hfray.train import preflight_driver
+    from hfray.train import fresh_run_name, preflight_driver
 
     if job.sweep is None:
         raise ConfigError([Problem("sweep", "hfray sweep needs a sweep: section (parameters, search, scheduler)")])
     name = sweep_space.sweep_name(job)  # from the job as written, before paths are resolved
     if fresh:
-        name = f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        name = fresh_run_name(name)
     notes = []
     if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:
         raw = job.to_dict()
