@@ -34,6 +34,12 @@ def sweep_job(tmp_path: Path, data_files: dict[str, Path], sweep: dict[str, Any]
     return JobConfig.from_dict(raw)
 
 
+def two_trial_grid(**sweep: Any) -> dict[str, Any]:
+    """Two learning rates that both learn, every trial run to the end (no early stopping)."""
+    grid = {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}}
+    return {"parameters": grid, "search": "grid", "num_samples": 1, "scheduler": {"type": "fifo"}, **sweep}
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_files):
     from hfray.checkpoints import load_artifact_pipeline
@@ -175,13 +181,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     job = sweep_job(
         tmp_path,
         data_files,
-        {
-            "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}},
-            "search": "grid",
-            "num_samples": 1,
-            "max_concurrent_trials": 1,
-            "scheduler": {"type": "fifo"},
-        },
+        two_trial_grid(max_concurrent_trials=1),
         training={"per_device_train_batch_size": 32, "max_steps": 30},
     )
     job_file = tmp_path / "sweep.yaml"
@@ -243,13 +243,7 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
         job = sweep_job(
             tmp_path,
             data_files,
-            {
-                "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}},
-                "search": "grid",
-                "num_samples": 1,
-                "max_concurrent_trials": None,
-                "scheduler": {"type": "fifo"},
-            },
+            two_trial_grid(max_concurrent_trials=None),
             model={"architecture": dict(TINY_BERT), "tokenizer": _word_tokenizer(tmp_path / "tok")},
             cluster={"num_cpus": 4, "num_gpus": 1},  # a local cluster with the GPU (started by hfray)
             resources={"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.5},
