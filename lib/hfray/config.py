@@ -126,13 +126,9 @@ class TrainingConfig(Section):
     @field_validator("extra_args")
     @classmethod
     def _extra_args_known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import dataclasses
+        from hfray.hf_args import MANAGED, training_argument_names
 
-        from transformers import TrainingArguments
-
-        from hfray.hf_args import MANAGED
-
-        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        known = training_argument_names()
         managed = [f"{k} (set {MANAGED[k]})" for k in value if k in MANAGED]
         unknown = [k for k in value if k not in known and k not in MANAGED]
         problems = []

@@ -6,6 +6,7 @@ before any worker starts) and by each worker.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from typing import Any
 
@@ -31,14 +32,20 @@ MANAGED = {
 }
 
 
-def _checkpointing_arg() -> str:
-    """transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x lack it."""
+@functools.cache
+def training_argument_names() -> frozenset[str]:
+    """Fields of the installed ``transformers.TrainingArguments`` (they change between releases)."""
     import dataclasses
 
     from transformers import TrainingArguments
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x lack it."""
+    new_name = "activation_checkpointing"
+    return new_name if new_name in training_argument_names() else "gradient_checkpointing"
 
 
 def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
