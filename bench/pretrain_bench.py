@@ -82,6 +82,8 @@ def run_case(raw: dict[str, Any]) -> dict[str, Any]:
         "job_wall_seconds": round(time.time() - started, 1),
         "eval_perplexity": round(m["metrics"]["eval_perplexity"], 1),
         "parameters": m["model"]["parameters"],
+        # hfray's own steady-state measurement (hfray.throughput): training steps only, MFU by its FLOP formula
+        "steady_state": {k: v for k, v in m["throughput"].get("steady_state", {}).items() if not k.endswith("_at")},
     }
 
 

@@ -92,3 +92,34 @@ def test_run_name_is_stable_and_ignores_storage():
 def test_round_trip_through_plain_dict():
     job = JobConfig.from_dict(MINIMAL)
     assert JobConfig.from_dict(job.to_dict()) == job
+
+
+def test_gpu_jobs_get_data_loading_defaults_that_the_job_file_can_override():
+    gpu = JobConfig.from_dict({"name": "g", "data": {"train": "x.csv"}, "resources": {"gpus_per_worker": 1}})
+    assert gpu.resources.cpus_per_worker == 4 and gpu.training.dataloader_num_workers == 2
+    assert gpu.training.group_by_length and gpu.training.optim == "adamw_torch_fused"
+    mine = JobConfig.from_dict(
+        {
+            "name": "g",
+            "data": {"train": "x.csv"},
+            "resources": {"gpus_per_worker": 1, "cpus_per_worker": 1},
+            "training": {"dataloader_num_workers": 0, "group_by_length": False},
+        }
+    )
+    assert mine.resources.cpus_per_worker == 1 and mine.training.dataloader_num_workers == 0
+    assert not mine.training.group_by_length
+    cpu = JobConfig.from_dict({"name": "c", "data": {"train": "x.csv"}})
+    assert cpu.resources.cpus_per_worker == 1 and cpu.training.dataloader_num_workers == 0
+    assert not cpu.training.group_by_length
+    lm = JobConfig.from_dict(
+        {
+            "name": "m",
+            "task": "masked-lm",
+            "model": {"architecture": {"model_type": "bert"}, "tokenizer": "./tok"},
+            "data": {"train": "x.txt"},
+            "training": {"max_steps": 10, "eval_strategy": "steps", "eval_steps": 5},
+            "resources": {"gpus_per_worker": 1},
+        }
+    )
+    assert not lm.training.group_by_length  # packed blocks all have one length
+    assert lm.lm.mlm_loss_on_masked_only

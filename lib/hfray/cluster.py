@@ -21,8 +21,11 @@ def connect_driver(cfg: ClusterConfig) -> str:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if address:
+        # Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it,
+        # which fails on a host running more than one Ray cluster.
+        env = {} if address == "auto" else {"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
         try:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **env, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"

@@ -106,7 +106,7 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: float = Field(0.0, ge=0, description="Steps, or a fraction of all steps if < 1.")
     lr_scheduler_type: str = "linear"
-    optim: str = "adamw_torch"
+    optim: str = Field("adamw_torch_fused", description="transformers optimizer name; fused AdamW by default.")
     max_grad_norm: float = Field(1.0, ge=0)
     seed: int = 42
     eval_strategy: Literal["steps", "epoch"] = "epoch"
@@ -118,7 +118,11 @@ class TrainingConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1, description="Evaluations without improvement.")
     early_stopping_threshold: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
-    dataloader_num_workers: int = Field(0, ge=0)
+    dataloader_num_workers: int = Field(0, ge=0, description="Default 2 on GPU jobs, 0 on CPU.")
+    group_by_length: bool = Field(
+        False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
+    )
+    torch_compile: bool = Field(False, description="torch.compile the model (HF Trainer's integration).")
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More transformers.TrainingArguments, passed through verbatim."
     )
@@ -183,7 +187,7 @@ class EvaluationConfig(Section):
 class ResourcesConfig(Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each, DDP).")
     gpus_per_worker: float = Field(0, ge=0, description="0 trains on CPU (DDP over gloo).")
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0, description="Default 4 on GPU jobs (data loading, tokenizing), 1 on CPU.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     accelerator_type: str | None = None
 
@@ -230,6 +234,28 @@ class JobConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _gpu_defaults(cls, raw: Any) -> Any:
+        """Defaults that pay off on GPUs, applied only where the job file leaves the key unset.
+
+        Ray reserves one CPU per worker unless told otherwise, which starves a GPU worker's data loading.
+        """
+        if not isinstance(raw, dict) or not isinstance(raw.get("resources"), dict):
+            return raw
+        resources = raw["resources"]
+        if not _positive(resources.get("gpus_per_worker")):
+            return raw
+        training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+        defaults = {"dataloader_num_workers": 2}
+        if raw.get("task", "text-classification") == "text-classification":
+            defaults["group_by_length"] = True
+        return {
+            **raw,
+            "resources": {"cpus_per_worker": 4, **resources},
+            "training": {**defaults, **training},
+        }
+
+    @model_validator(mode="before")
+    @classmethod
     def _lm_evaluation_defaults(cls, raw: Any) -> Any:
         # Classification metrics are the evaluation defaults; a language model is judged by loss alone.
         if isinstance(raw, dict) and raw.get("task") in LM_TASKS:
@@ -246,6 +272,13 @@ class JobConfig(Section):
             # A ConfigError (not a ValueError) passes through pydantic untouched: one Problem per key.
             raise ConfigError([Problem(key, message) for key, message in problems], "job")
         return self
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False  # the field's own validation reports it
 
 
 # ----------------------------------------------------------------------------- errors

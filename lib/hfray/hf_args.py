@@ -29,6 +29,9 @@ MANAGED = {
     "gradient_checkpointing": "training.gradient_checkpointing",
     "fp16": "training.precision",
     "resume_from_checkpoint": "storage (hfray resumes from Ray's latest checkpoint)",
+    "torch_compile": "training.torch_compile",
+    "group_by_length": "training.group_by_length",
+    "train_sampling_strategy": "training.group_by_length",
 }
 
 
@@ -46,6 +49,13 @@ def _checkpointing_arg() -> str:
     """transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x lack it."""
     new_name = "activation_checkpointing"
     return new_name if new_name in training_argument_names() else "gradient_checkpointing"
+
+
+def _length_grouping(on: bool) -> dict[str, Any]:
+    """transformers 5.2x replaced ``group_by_length`` with ``train_sampling_strategy``; older 5.x lack it."""
+    if "train_sampling_strategy" in training_argument_names():
+        return {"train_sampling_strategy": "group_by_length"} if on else {}
+    return {"group_by_length": on}
 
 
 def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
@@ -79,6 +89,8 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, An
         "logging_steps": t.logging_steps,
         _checkpointing_arg(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
+        "torch_compile": t.torch_compile,
+        **_length_grouping(t.group_by_length),
         "load_best_model_at_end": ev.load_best_model_at_end,
         "metric_for_best_model": ev.metric_for_best_model,
         "greater_is_better": ev.best_mode == "max",

@@ -178,3 +178,35 @@ def build_language_model(cfg: ModelConfig, task: str, tokenizer: Any, block_size
     # the exact token average; MLM mask counts vary by a few percent between batches, as in BERT's training.
     model.accepts_loss_kwargs = False
     return model
+
+
+def mlm_loss_on_masked_only(model: Any) -> bool:
+    """Make a masked LM run its output head on masked positions only; False if its layout is not supported.
+
+    The stock forward projects every position onto the vocabulary (batch x block x vocab logits) and then
+    ignores the ~85% that carry no label. Here the encoder runs in full, the head (BERT's ``cls``,
+    RoBERTa's ``lm_head``: the one child module that holds the output embeddings) sees only labelled
+    positions, and the loss is the same mean cross-entropy. The forward is replaced on the instance, so
+    DDP and ``torch.compile`` wrap it as usual and ``save_pretrained`` is unaffected.
+    """
+    import torch.nn.functional as F
+    from transformers.modeling_outputs import MaskedLMOutput
+
+    base, output = model.base_model, model.get_output_embeddings()
+    children = [child for child in model.children() if child is not base]
+    if output is None or len(children) != 1 or not any(m is output for m in children[0].modules()):
+        return False
+    head = children[0]
+
+    def forward(input_ids: Any = None, attention_mask: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        kwargs.pop("num_items_in_batch", None)
+        kwargs["return_dict"] = True
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if labels is None:
+            return MaskedLMOutput(logits=head(hidden))
+        keep = labels != -100
+        logits = head(hidden[keep])
+        return MaskedLMOutput(loss=F.cross_entropy(logits.float(), labels[keep]), logits=logits)
+
+    model.forward = forward
+    return True

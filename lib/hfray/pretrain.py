@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, lm_data, modeling, ray_data
+from hfray import checkpoints, cluster, lm_data, modeling, ray_data, throughput
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
@@ -177,6 +177,13 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     tokenizer = modeling.load_tokenizer(job.model)
     set_seed(job.training.seed)  # before the model exists: it is randomly initialised
     model = modeling.build_language_model(job.model, job.task, tokenizer, lm.block_size)
+    masked = job.task == "masked-lm"
+    # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
+    speed = throughput.callback_for_model_per_worker(
+        model, lm.block_size, lm.block_size, lm.mlm_probability if masked else 1.0
+    )
+    if masked and lm.mlm_loss_on_masked_only and not modeling.mlm_loss_on_masked_only(model) and rank == 0:
+        print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
     train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
@@ -190,7 +197,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         data_collator=lm_data.BlockCollator(collator, tokenizer),
-        callbacks=_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}")),
+        callbacks=[*_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}")), speed],
         train_stream=stream,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
@@ -202,6 +209,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         ray_data.write_shard_record_per_worker(stream, loop_config["run_dir"], rank)
     if rank == 0:
         manifest = _manifest_per_worker(job, loop_config, trainer, final, resumed_step, seconds)
+        manifest["throughput"]["steady_state"] = throughput.manifest_entry(speed)
         stage = os.path.join(local_root, "artifact")
         _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
 

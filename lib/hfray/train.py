@@ -22,7 +22,7 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, data, modeling
+from hfray import checkpoints, cluster, data, modeling, throughput
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
@@ -162,6 +162,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
         )
     weights = loop_config.get("class_weights")
+    lengths = [len(ids) for ids in encoded["train"]["input_ids"]]
+    mean_len = sum(lengths) / max(1, len(lengths))
+    speed = throughput.callback_for_model_per_worker(model, mean_len, round(mean_len))
+    callbacks.append(speed)
     trainer = Trainer(
         model=model,
         args=args,
@@ -196,6 +200,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             "global_step": state.global_step,
             "resumed_from_step": resumed_step,
             "train_seconds_this_attempt": round(time.time() - started, 2),
+            "throughput": throughput.manifest_entry(speed),
             "data": {"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
             "job": job.to_dict(),
             "versions": checkpoints.library_versions(),

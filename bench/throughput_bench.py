@@ -1,0 +1,377 @@
+"""Benchmark: hfray's training throughput against the plain HF Trainer and torchrun, same work, one run.
+
+Workloads (``--workloads``): ``mlm`` BERT-base masked-LM pre-training, ``clm`` GPT-2-small causal-LM
+pre-training, ``cls`` BERT-base sequence-classification fine-tuning; all from configs (random weights), sequence
+``--seq`` tokens, ``--batch`` samples per GPU, bf16 on GPU. Runners per workload and GPU count N (``--gpus``):
+
+* ``plain``: ``bench/throughput_plain.py`` in one process (N = 1) or under ``torchrun --nproc_per_node N``;
+* ``hfray``: ``hfray train JOB cluster.address=...`` (a subprocess, as a user submits it) on a Ray cluster
+  that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
+  (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers) and
+  ``compile`` (``training.torch_compile=true``).
+
+Measured the same way everywhere (``hfray.throughput.ThroughputCallbackPerWorker``): steady-state samples/s and
+tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
+module; the MLM head counted at masked positions only, for every runner), peak CUDA memory per GPU, scaling efficiency
+(N-GPU throughput / N x 1-GPU throughput of the same runner), and overhead: submit -> first step, and wall
+minus steady-state training time. Writes ``throughput.json`` and ``throughput.md`` under ``--out``.
+
+    python bench/throughput_bench.py --out bench/results/throughput_gpu            # GPU machine, ~8 min
+    python bench/throughput_bench.py --smoke --out /tmp/tp                          # CPU smoke (the test's mode)
+
+Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
+own tokenizer training (WordPiece for BERT, byte-level BPE for GPT-2), so it runs offline. The models keep
+BERT-base's / GPT-2's vocabulary sizes (30,522 / 50,257) whatever the synthetic tokenizers reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BASE = {
+    "mlm": {
+        "model_type": "bert",
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "vocab_size": 30522,
+    },
+    "clm": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
+}
+BASE["cls"] = BASE["mlm"]
+TINY = {
+    "mlm": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    },
+    "clm": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
+}
+TINY["cls"] = TINY["mlm"]
+TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "cls": "text-classification"}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _lexicon(n: int, rng: random.Random) -> list[str]:
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))))
+    return sorted(words)
+
+
+def write_corpus(work: Path, docs: int, seed: int = 0) -> dict[str, str]:
+    """Train/validation text (one document per line) and a 2-class CSV whose label is a keyword group."""
+    rng = random.Random(seed)
+    lexicon = _lexicon(20000, rng)
+    weights = [1.0 / (rank + 1) for rank in range(len(lexicon))]  # Zipf, as natural text
+
+    def doc(n_words: int) -> list[str]:
+        return rng.choices(lexicon, weights, k=n_words)
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"train": work / "train.txt", "validation": work / "valid.txt"}
+    for split, n in (("train", docs), ("validation", max(8, docs // 50))):
+        paths[split].write_text("\n".join(" ".join(doc(rng.randint(80, 400))) for _ in range(n)) + "\n")
+    groups = {"pos": lexicon[-40:-20], "neg": lexicon[-20:]}
+    for split, n in (("train_csv", docs), ("validation_csv", max(16, docs // 20))):
+        rows = []
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            words = doc(140) + rng.sample(groups[label], 3)
+            rng.shuffle(words)
+            rows.append(f"{' '.join(words)},{label}")
+        paths[split] = work / f"{split}.csv"
+        paths[split].write_text("text,label\n" + "\n".join(rows) + "\n")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str, str]:
+    """hfray's own tokenizer training: WordPiece for BERT workloads, byte-level BPE for GPT-2."""
+    from hfray.config import JobConfig
+    from hfray.tokenizer_training import train_tokenizer_driver
+
+    out = {}
+    for kind, task, algorithm, vocab in (
+        ("bert", "masked-lm", "wordpiece", 30522),
+        ("gpt2", "causal-lm", "bpe", 50257),
+    ):
+        path = work / f"tokenizer-{kind}"
+        job = JobConfig.from_dict(
+            {
+                "name": f"tok-{kind}",
+                "task": task,
+                "tokenizer": {"algorithm": algorithm, "vocab_size": 2000 if smoke else vocab, "min_frequency": 1},
+                "model": {"architecture": {"model_type": kind}, "tokenizer": str(path)},
+                "data": {"train": data["train"]},
+                "lm": {"pipeline": "datasets"},
+            }
+        )
+        train_tokenizer_driver(job)
+        out[kind] = str(path)
+    return out
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def spec_for(workload: str, args: argparse.Namespace, data: dict[str, str], tokenizers: dict[str, str]) -> dict:
+    arch = (TINY if args.smoke else BASE)[workload]
+    return {
+        "workload": workload,
+        "architecture": arch,
+        "data": data,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seq": args.seq,
+        "tokenizer": tokenizers["gpt2" if workload == "clm" else "bert"],
+    }
+
+
+def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: str) -> dict[str, Any]:
+    workload, steps = spec["workload"], spec["steps"]
+    job: dict[str, Any] = {
+        "name": f"bench-{workload}-{n}-{variant}",
+        "task": TASKS[workload],
+        "model": {"architecture": spec["architecture"], "tokenizer": spec["tokenizer"]},
+        "training": {
+            "max_steps": steps,
+            "per_device_train_batch_size": spec["batch"],
+            "learning_rate": 1e-4,
+            "eval_strategy": "steps",
+            "eval_steps": steps,
+            "logging_steps": 50,
+        },
+        "resources": {"num_workers": n, **({"gpus_per_worker": 1} if gpu else {"cpus_per_worker": 0.5})},
+        "storage": {"path": str(storage), "num_to_keep": 1, "max_failures": 0},
+    }
+    if workload == "cls":
+        job["data"] = {
+            "train": spec["data"]["train_csv"],
+            "validation": spec["data"]["validation_csv"],
+            "max_length": spec["seq"],
+        }
+        job["evaluation"] = {"metrics": ["accuracy"], "metric_for_best_model": "accuracy"}
+    else:
+        job["data"] = {"train": spec["data"]["train"], "validation": spec["data"]["validation"], "max_eval_samples": 16}
+        job["lm"] = {"block_size": spec["seq"], "tokenize_num_cpus": 1 if gpu else 0.25}
+    if variant == "hf":  # the plain script's settings: what is left is Ray Train's own cost
+        job["training"].update(dataloader_num_workers=0, group_by_length=False)
+        if workload != "cls":
+            job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
+    if variant == "compile":
+        job["training"]["torch_compile"] = True
+    return job
+
+
+def run_plain(spec: dict[str, Any], n: int, out: Path) -> dict[str, Any]:
+    spec_file, result_file = out / "spec.json", out / "result.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(HERE / "throughput_plain.py")]
+    if n > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", cmd[1]]
+    return _timed(cmd + ["--spec", str(spec_file), "--out", str(result_file)], out, lambda: result_file)
+
+
+def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
+    job = hfray_job(spec, n, gpu, out / "runs", variant)
+    job_file = out / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    cmd = [sys.executable, "-m", "hfray", "train", str(job_file), f"cluster.address={address}", "--fresh"]
+
+    def manifest() -> Path:
+        return next((out / "runs").glob("*/artifact/hfray_manifest.json"))
+
+    result = _timed(cmd, out, manifest)
+    return result
+
+
+def _timed(cmd: list[str], out: Path, result_path: Any) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")])}
+    submitted = time.time()
+    with (out / "log.txt").open("w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
+    ended = time.time()
+    if proc.returncode != 0:
+        tail = (out / "log.txt").read_text()[-3000:]
+        return {"error": f"exit {proc.returncode}", "log_tail": tail}
+    raw = json.loads(Path(result_path()).read_text())
+    tp = raw.get("throughput")  # an hfray manifest; the plain script's result is the summary itself
+    t = raw if tp is None else tp.get("steady_state", tp)
+    return _row(t, raw, submitted, ended)
+
+
+def _row(t: dict[str, Any], raw: dict[str, Any], submitted: float, ended: float) -> dict[str, Any]:
+    steady = (t.get("steady_step_seconds") or 0) * (raw.get("global_step") or t.get("steps") or 0)
+    peaks = t.get("peak_memory_bytes_per_rank") or []
+    return {
+        "samples_per_second": t.get("samples_per_second"),
+        "tokens_per_second": t.get("tokens_per_second"),
+        "mfu": t.get("mfu"),
+        "peak_memory_gib_per_gpu": round(max(peaks) / 2**30, 2) if peaks else None,
+        "submit_to_first_step_s": round(t["first_step_at"] - submitted, 1) if t.get("first_step_at") else None,
+        "wall_s": round(ended - submitted, 1),
+        "overhead_s": round(ended - submitted - steady, 1),
+        "steady_steps": t.get("steady_steps"),
+        "device": t.get("device"),
+        "parameters": raw.get("parameters") or (raw.get("model") or {}).get("parameters"),
+        "flops_per_token": t.get("flops_per_token"),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import ray
+    import torch
+    import transformers
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "gpus": gpus,
+    }
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """vs the plain 1-GPU run of the workload, and scaling efficiency within a runner."""
+
+    def key(r: dict[str, Any]) -> tuple[str, str, int]:
+        return r["workload"], r["runner"], r["gpus"]
+
+    index = {key(r): r for r in rows}
+    for r in rows:
+        base = index.get((r["workload"], "plain", 1), {}).get("samples_per_second")
+        one = index.get((r["workload"], r["runner"], 1), {}).get("samples_per_second")
+        sps = r.get("samples_per_second")
+        r["vs_plain_1gpu"] = round(sps / base, 3) if sps and base else None
+        r["scaling_efficiency"] = round(sps / (r["gpus"] * one), 3) if sps and one and r["gpus"] > 1 else None
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cols = [
+        ("workload", "workload"),
+        ("runner", "runner"),
+        ("gpus", "GPUs"),
+        ("samples_per_second", "samples/s"),
+        ("tokens_per_second", "tokens/s"),
+        ("mfu", "MFU"),
+        ("peak_memory_gib_per_gpu", "peak GiB/GPU"),
+        ("vs_plain_1gpu", "vs plain 1 GPU"),
+        ("scaling_efficiency", "scaling eff."),
+        ("submit_to_first_step_s", "submit->1st step s"),
+        ("overhead_s", "wall - steady s"),
+    ]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k, r.get("error") if k == "samples_per_second" else None)
+            cells.append(f"{v:,.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    m = result["machine"]
+    head = (
+        f"Machine: {', '.join(m['gpus']) or 'CPU only'}, {m['cpus']} CPUs; torch {m['torch']} (CUDA {m['cuda']}), "
+        f"transformers {m['transformers']}, Ray {m['ray']}, Python {m['python']}; {m['date']}.\n"
+        f"Settings: {json.dumps(result['settings'])}\n"
+    )
+    return head + "\n" + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the bench still runs")
+    parser.add_argument("--workloads", default="mlm,clm,cls")
+    parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
+    parser.add_argument("--runners", default="plain,hfray")
+    parser.add_argument("--hfray-variants", default="", help="extra hfray runs at 1 GPU: hf,compile")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--docs", type=int, default=None, help="documents in the synthetic corpus")
+    parser.add_argument("--address", default=None, help="a running Ray cluster; default: start one")
+    args = parser.parse_args()
+    args.steps = args.steps or (12 if args.smoke else 300)
+    args.batch = args.batch or (4 if args.smoke else 64)
+    args.seq = min(args.seq, 32) if args.smoke else args.seq
+    run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    gpu = torch.cuda.is_available() and not args.smoke
+    counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or args.smoke else "1")).split(",")]
+    work = args.out / "work"
+    data = write_corpus(work, args.docs or (60 if args.smoke else 4000))
+    tokenizers = train_tokenizers(work, data, args.smoke)
+    address = args.address or _start_cluster(gpu)
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "rows": [],
+    }
+    result["settings"]["out"] = str(args.out)
+    for workload in args.workloads.split(","):
+        spec = spec_for(workload, args, data, tokenizers)
+        for n in counts:
+            cases = [("plain", "default")] if "plain" in args.runners else []
+            if "hfray" in args.runners:
+                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if n == 1 else [])
+                cases += [("hfray", v) for v in variants]
+            for runner, variant in cases:
+                out = args.out / "cases" / f"{workload}-{runner}-{variant}-{n}"
+                out.mkdir(parents=True, exist_ok=True)
+                plain = runner == "plain"
+                row = run_plain(spec, n, out) if plain else run_hfray(spec, n, gpu, address, out, variant)
+                name = runner if variant == "default" else f"{runner}-{variant}"
+                result["rows"].append({"workload": workload, "runner": name, "gpus": n, **row})
+                print(json.dumps(result["rows"][-1]), flush=True)
+                add_ratios(result["rows"])
+                _write(result, args.out)
+    return result
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
+    (out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "throughput.md").write_text(markdown(result))
+
+
+def _start_cluster(gpu: bool) -> str:
+    from hfray.cluster import start_local_cluster
+
+    return start_local_cluster(None, None, configure_logging=False, log_to_driver=False)
+
+
+if __name__ == "__main__":
+    main()
