@@ -21,8 +21,10 @@ def connect_driver(cfg: ClusterConfig) -> str:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if address:
-        try:
-            ray.init(address=address, **kwargs)
+        from hfray.storage import runtime_env_driver
+
+        try:  # the job's Ray processes share this process's storage endpoint (never its credentials)
+            ray.init(address=address, runtime_env=runtime_env_driver() or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
@@ -45,7 +47,10 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **kwargs)
+        from hfray.storage import runtime_env_driver
+
+        env = runtime_env_driver({"RAY_ADDRESS": address})
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return address
