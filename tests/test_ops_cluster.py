@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import tiny_job
 
+from conftest import tiny_job
 from hfray.local_cluster import LocalRayCluster, client_env, free_port, start_local_ray_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,9 @@ def two_nodes() -> Iterator[LocalRayCluster]:
 
 
 def _driver_env(cluster: LocalRayCluster, **extra: str) -> dict[str, str]:
-    env = {**os.environ, **S3_ENV, **client_env(), "RAY_ADDRESS": cluster.address, **extra}
+    env = {**os.environ, **S3_ENV, **client_env(), "RAY_ADDRESS": cluster.address}
     env.pop("AWS_ENDPOINT_URL_S3", None)  # the job's storage.endpoint_url must be what points hfray at moto
+    env.update(extra)
     env["PYTHONPATH"] = str(REPO / "lib")
     return env
 
@@ -85,8 +86,13 @@ def _train_worker_nodes(cluster: LocalRayCluster) -> set[str]:
     """Node ids of every Ray Train worker actor the cluster ran (the state API keeps dead actors)."""
     resp = httpx.get(
         f"{cluster.dashboard_url}/api/v0/actors",
-        params={"filter_keys": "class_name", "filter_predicates": "=", "filter_values": "RayTrainWorker",
-                "detail": "1", "limit": "100"},
+        params={
+            "filter_keys": "class_name",
+            "filter_predicates": "=",
+            "filter_values": "RayTrainWorker",
+            "detail": "1",
+            "limit": "100",
+        },
         timeout=30,
     )
     return {a["node_id"] for a in resp.json()["data"]["result"]["result"]}
@@ -105,7 +111,10 @@ def test_two_node_training_on_s3_storage_then_serving(two_nodes, s3_endpoint, tm
     path = _write_job(tmp_path / "job.yaml", job)
     proc = subprocess.run(
         [sys.executable, "-m", "hfray", "train", str(path)],
-        env=_driver_env(two_nodes), capture_output=True, text=True, timeout=600,
+        env=_driver_env(two_nodes),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_name = next(line.split()[2].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("[hfray] run "))
@@ -122,13 +131,11 @@ def test_two_node_training_on_s3_storage_then_serving(two_nodes, s3_endpoint, tm
     assert any(k.startswith(f"runs/{run_name}/tensorboard/events.out.tfevents") for k in keys)
     assert len(_train_worker_nodes(two_nodes)) == 2  # one worker per node: checkpoints crossed nodes via S3
 
-    manifest = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", "import sys,json; from hfray.checkpoints import read_manifest; "
-             "print(json.dumps(read_manifest(sys.argv[1])))", f"s3://{BUCKET}/runs/{run_name}/artifact"],
-            env=_driver_env(two_nodes, AWS_ENDPOINT_URL_S3=s3_endpoint), capture_output=True, text=True, check=True,
-        ).stdout
-    )
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds())
+    body = s3.get_object(Bucket=BUCKET, Key=f"runs/{run_name}/artifact/hfray_manifest.json")["Body"].read()
+    manifest = json.loads(body)
     assert manifest["metrics"]["eval_accuracy"] >= 0.8
     assert not (tmp_path / "runs").exists()  # nothing went to local storage
     _serve_and_classify(two_nodes, s3_endpoint, run_name, tmp_path)
@@ -146,16 +153,31 @@ def _serve_and_classify(cluster: LocalRayCluster, endpoint: str, run_name: str, 
         os.environ.pop("AWS_ENDPOINT_URL_S3")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "hfray", "serve", local, "--port", str(port), "--num-cpus", "0.5",
-         "--ray-address", cluster.address],
-        env=_driver_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hfray",
+            "serve",
+            local,
+            "--port",
+            str(port),
+            "--num-cpus",
+            "0.5",
+            "--ray-address",
+            cluster.address,
+        ],
+        env=_driver_env(cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         from hfray.serving import wait_healthy
 
         wait_healthy(f"http://127.0.0.1:{port}", timeout_s=180)
         resp = httpx.post(
-            f"http://127.0.0.1:{port}/v1/classify", json={"inputs": ["wonderful superb film", "awful dull plot"]},
+            f"http://127.0.0.1:{port}/v1/classify",
+            json={"inputs": ["wonderful superb film", "awful dull plot"]},
             timeout=30,
         )
         assert resp.status_code == 200, resp.text
@@ -197,7 +219,9 @@ def test_job_submit_stop_mid_run_then_resubmit_resumes(two_nodes, tmp_path, data
     for key, value in client_env().items():
         monkeypatch.setenv(key, value)
     job = tiny_job(
-        tmp_path, data_files, name="submitted",
+        tmp_path,
+        data_files,
+        name="submitted",
         training={"max_steps": 240, "eval_steps": 8, "logging_steps": 4},
         resources={"num_workers": 1, "cpus_per_worker": 1},
         tracking={"mlflow": False},

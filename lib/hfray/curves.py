@@ -44,14 +44,20 @@ def diagnose(records: list[dict[str, Any]], tolerance: float = 0.05) -> dict[str
     third = evals[-max(2, len(evals) // 3) :]
     if last > best * (1 + tolerance) and (train_fell or not train):
         rise = 100 * (last - best) / best
-        verdict, msg = "overfitting", (
-            f"validation loss rose {rise:.0f}% since its minimum at step {best_step} while training loss kept "
-            f"falling: the model memorises; keep the checkpoint of step {best_step}, add data or regularisation"
+        verdict, msg = (
+            "overfitting",
+            (
+                f"validation loss rose {rise:.0f}% since its minimum at step {best_step} while training loss kept "
+                f"falling: the model memorises; keep the checkpoint of step {best_step}, add data or regularisation"
+            ),
         )
     elif third[0][1] > third[-1][1] * (1 + tolerance):
-        verdict, msg = "still improving", (
-            f"validation loss still fell {100 * (third[0][1] - third[-1][1]) / third[0][1]:.0f}% over the last "
-            f"{len(third)} evaluations: more steps would likely help"
+        verdict, msg = (
+            "still improving",
+            (
+                f"validation loss still fell {100 * (third[0][1] - third[-1][1]) / third[0][1]:.0f}% over the last "
+                f"{len(third)} evaluations: more steps would likely help"
+            ),
         )
     else:
         verdict, msg = "converged", f"validation loss flat (within {tolerance:.0%}) around its best at step {best_step}"
@@ -75,7 +81,9 @@ def plot(records: list[dict[str, Any]], metric_key: str, title: str, diagnosis: 
     metrics = _series(records, metric_key) if metric_key != "eval_loss" else []
     if metrics:
         metric_ax.plot(*zip(*metrics, strict=True), "-o", color="tab:green", markersize=3)
-    metric_ax.set(xlabel="optimizer step", ylabel=metric_key, title=metric_key if metrics else "(no metric besides loss)")
+    metric_ax.set(
+        xlabel="optimizer step", ylabel=metric_key, title=metric_key if metrics else "(no metric besides loss)"
+    )
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)

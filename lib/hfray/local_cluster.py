@@ -12,6 +12,7 @@ processes: never ``ray stop``, which stops every Ray cluster of the machine (oth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -90,10 +91,8 @@ def _is_our_node(pid: int, temp_dir: str) -> bool:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # started with start_new_session: the group id is the node's pid
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -212,8 +211,10 @@ def cluster_cli(args: argparse.Namespace) -> int:
     alive = cluster.alive_pids()
     if args.action == "status":
         nodes = _alive_nodes(cluster.dashboard_url) if alive else 0
-        print(f"{cluster.address}: {nodes} nodes alive ({len(alive)}/{len(cluster.pids)} node processes), "
-              f"dashboard {cluster.dashboard_url}")
+        print(
+            f"{cluster.address}: {nodes} nodes alive ({len(alive)}/{len(cluster.pids)} node processes), "
+            f"dashboard {cluster.dashboard_url}"
+        )
         return 0 if alive else 1
     cluster.stop()
     args.state.unlink(missing_ok=True)

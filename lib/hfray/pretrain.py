@@ -155,7 +155,8 @@ def _manifest_per_worker(
 def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging), *tracking.callbacks_per_worker(job, job.name)]
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
+    callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))

@@ -56,8 +56,17 @@ def run_row(name: str, uri: str) -> RunRow | None:
         best = manifest.get("best", {})
         key = best.get("metric")
         metric = key if key is None or key.startswith("eval_") else f"eval_{key}"
-        row = RunRow(name, "run", "complete", manifest.get("global_step", steps), metric, best.get("value"),
-                     best.get("step"), curve.get("verdict"), uri)
+        row = RunRow(
+            name,
+            "run",
+            "complete",
+            manifest.get("global_step", steps),
+            metric,
+            best.get("value"),
+            best.get("step"),
+            curve.get("verdict"),
+            uri,
+        )
     else:
         metric, value, step = _best_from_log(records)
         row = RunRow(name, "run", "incomplete (resumable)", steps, metric, value, step, curve.get("verdict"), uri)
@@ -72,8 +81,17 @@ def sweep_row(name: str, uri: str) -> RunRow | None:
         return None
     best = next((t for t in summary["trials"] if t["trial_id"] == summary.get("best_trial")), None) or {}
     status = f"complete, {len(summary['trials'])} trials, best {summary.get('best_trial')}"
-    return RunRow(name, "sweep", status, best.get("steps_run"), summary.get("metric"), best.get("best_value"),
-                  best.get("best_step"), None, uri)
+    return RunRow(
+        name,
+        "sweep",
+        status,
+        best.get("steps_run"),
+        summary.get("metric"),
+        best.get("best_value"),
+        best.get("best_step"),
+        None,
+        uri,
+    )
 
 
 def list_runs(root: str) -> list[RunRow]:
@@ -103,8 +121,10 @@ def _fmt(value: Any) -> str:
 
 def render(rows: list[RunRow]) -> str:
     header = ["name", "kind", "status", "steps", "metric", "best", "at step", "diagnosis"]
-    body = [[r.name, r.kind, r.status, _fmt(r.steps), _fmt(r.metric), _fmt(r.best), _fmt(r.best_step),
-             _fmt(r.diagnosis)] for r in rows]
+    body = [
+        [r.name, r.kind, r.status, _fmt(r.steps), _fmt(r.metric), _fmt(r.best), _fmt(r.best_step), _fmt(r.diagnosis)]
+        for r in rows
+    ]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in [header, *body]]
     return "\n".join(lines)

@@ -125,7 +125,11 @@ class TrackingDriver(ray.train.UserCallback):
             self._tb_local = tempfile.mkdtemp(prefix="hfray-tb-") if remote else checkpoints.join(self.run_dir, TB_DIR)
             self._writer = SummaryWriter(self._tb_local)
         for key, value in values.items():  # HF's names: train/loss, eval/accuracy, ...
-            tag = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key.removeprefix('train_')}"
+            tag = (
+                f"eval/{key.removeprefix('eval_')}"
+                if key.startswith("eval_")
+                else f"train/{key.removeprefix('train_')}"
+            )
             self._writer.add_scalar(tag, value, step)
         self._writer.flush()
         if remote:
@@ -152,7 +156,10 @@ def tracked_run_driver(job: JobConfig, run_name: str) -> Iterator[list[Any]]:
         diagnosis = curves.write_learning_curve(run_dir, job.evaluation.best_metric_key, f"{job.name}: {run_name}")
     if mlflow_run is not None:
         _finish_mlflow_run(mlflow_run, run_dir, diagnosis)
-        print(f"[hfray] MLflow: run {mlflow_run.run_id} in experiment {mlflow_run.experiment!r} at {mlflow_run.tracking_uri}")
+        print(
+            f"[hfray] MLflow: run {mlflow_run.run_id} in experiment {mlflow_run.experiment!r} "
+            f"at {mlflow_run.tracking_uri}"
+        )
 
 
 def _finish_mlflow_run(run: MlflowRun, run_dir: str, diagnosis: dict[str, Any] | None) -> None:
