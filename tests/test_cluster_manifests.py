@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
