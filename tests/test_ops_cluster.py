@@ -24,6 +24,8 @@ import yaml
 from conftest import tiny_job
 from hfray.local_cluster import LocalRayCluster, client_env, free_port, start_local_ray_cluster
 
+# Minutes on 2 shared cores (cluster start ~30-55 s, each test 2-4.5 min): behind -m slow, not the default suite.
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "hfray-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
