@@ -92,6 +92,8 @@ def tiny_job(tmp_path: Path, data_files: dict[str, Path], **sections: Any) -> di
         "evaluation": {"metrics": ["accuracy", "f1_macro"], "metric_for_best_model": "accuracy"},
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
         "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 2, "max_failures": 0},
+        # A new MLflow SQLite store costs ~5 s of schema migrations; tests of tracking turn it on.
+        "tracking": {"mlflow": False, "progress_bar": False},
     }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(job.get(section), dict):

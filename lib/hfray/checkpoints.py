@@ -61,6 +61,12 @@ def read_text(uri: str) -> str:
         return stream.read().decode()
 
 
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
 def write_text(uri: str, text: str) -> None:
     fs, path = _fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a tokenizer is already there")
     p.set_defaults(func=cmd_tokenizer)
 
+    from hfray.local_cluster import add_cluster_parser
+    from hfray.runs import add_runs_parser
+
+    add_runs_parser(sub)
+    add_cluster_parser(sub)
+
     p = sub.add_parser("show-default", help="print the embedded default job file")
     p.set_defaults(func=cmd_show_default)
     return parser

@@ -21,11 +21,14 @@ def connect_driver(cfg: ClusterConfig) -> str:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if address:
+        from hfray.storage import runtime_env_driver
+
         # Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it,
-        # which fails on a host running more than one Ray cluster.
-        env = {} if address == "auto" else {"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
+        # which fails on a host running more than one Ray cluster. They also share this process's storage
+        # endpoint (never its credentials).
+        extra = {} if address == "auto" else {"RAY_ADDRESS": address}
         try:
-            ray.init(address=address, **env, **kwargs)
+            ray.init(address=address, runtime_env=runtime_env_driver(extra) or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
@@ -48,7 +51,10 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **kwargs)
+        from hfray.storage import runtime_env_driver
+
+        env = runtime_env_driver({"RAY_ADDRESS": address})
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return address

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from typing_extensions import Self
 
 from hfray.errors import ConfigError, Problem
@@ -204,6 +204,19 @@ class StorageConfig(Section):
     run_name: str | None = Field(None, description="Default: '<name>-<hash of the job>', stable across retries.")
     num_to_keep: int = Field(2, ge=1, description="Ray checkpoints kept (best by the chosen metric + latest).")
     max_failures: int = Field(2, ge=-1, description="Worker-group restarts before giving up (-1: forever).")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible server for s3:// paths (MinIO, Ceph); credentials come from the env."
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_fits_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from hfray.storage import endpoint_problem
+
+        problem = endpoint_problem(info.data.get("path", ""), value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class JobConfig(Section):
@@ -219,11 +232,12 @@ class JobConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sweep: SweepConfig | None = Field(None, description="Search space and scheduler for 'hfray sweep'.")
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
 
     def fingerprint(self) -> str:
         """Hash of what determines the result; storage and cluster placement do not count."""
         relevant = self.to_dict()
-        for key in ("storage", "cluster"):
+        for key in ("storage", "cluster", "tracking"):
             relevant.pop(key)
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
@@ -399,5 +413,6 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
 
 # The sweep section lives in its own module (it builds on Section); resolve the forward reference.
 from hfray.sweep_config import SweepConfig  # noqa: E402
+from hfray.tracking_config import TrackingConfig  # noqa: E402
 
 JobConfig.model_rebuild()

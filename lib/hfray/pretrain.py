@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, lm_data, modeling, ray_data, throughput
+from hfray import checkpoints, cluster, lm_data, modeling, ray_data, throughput, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
@@ -156,6 +156,7 @@ def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> li
     from transformers import EarlyStoppingCallback
 
     callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
+    callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
@@ -264,7 +265,7 @@ def check_data_cpus_driver(job: JobConfig) -> None:
         )
 
 
-def build_pretrainer_driver(job: JobConfig, run_name: str) -> Any:
+def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> Any:
     from ray.train.torch import TorchTrainer
 
     storage = job.storage.path
@@ -283,7 +284,7 @@ def build_pretrainer_driver(job: JobConfig, run_name: str) -> Any:
         pretrain_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
-        run_config=run_config_driver(job, run_name),
+        run_config=run_config_driver(job, run_name, callbacks),
         **extra,
     )
 
@@ -305,5 +306,6 @@ def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
         f"pipeline {job.lm.pipeline}, on {where}",
         flush=True,
     )  # type: ignore[union-attr]
-    fit_trainer_driver(build_pretrainer_driver(job, run_name))
+    with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
+        fit_trainer_driver(build_pretrainer_driver(job, run_name, callbacks))
     return _summary(job, run_name, started, where, reused=False)

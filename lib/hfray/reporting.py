@@ -28,6 +28,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfray import checkpoints
+from hfray.storage import uri_of
 
 _TRAIN_LOG_KEYS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
@@ -143,7 +144,8 @@ class MetricsLogDriver(ray.train.UserCallback):
         if self.lines is None:  # a restarted driver continues the same log
             self.lines = checkpoints.read_text(self.uri).splitlines() if checkpoints.exists(self.uri) else []
         record = dict(metrics[0]) if metrics else {}
-        record["checkpoint_path"] = checkpoint.path if checkpoint is not None else None
+        # A URI (s3://...), not Ray's scheme-less path, so hfray's helpers can open it again.
+        record["checkpoint_path"] = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
         self.lines.append(json.dumps(record, sort_keys=True))
         checkpoints.write_text(self.uri, "\n".join(self.lines) + "\n")
 

@@ -22,7 +22,7 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, data, modeling, throughput
+from hfray import checkpoints, cluster, data, modeling, storage, throughput, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
@@ -155,6 +155,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, local_rank)
     callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     if resume_dir:
         callbacks.append(job_hyperparams_callback())
     if job.training.early_stopping_patience:
@@ -237,6 +238,8 @@ def resolve_sources_driver(job: JobConfig) -> JobConfig:
     raw["model"]["name_or_path"] = modeling.absolute_model_source(raw["model"]["name_or_path"])
     raw["model"]["tokenizer"] = modeling.absolute_model_source(raw["model"]["tokenizer"])
     raw["storage"]["path"] = checkpoints.normalize_storage(raw["storage"]["path"])
+    storage.activate_driver(job.storage.path, job.storage.endpoint_url)
+    storage.check_reachable_driver(raw["storage"]["path"])
     return JobConfig.from_dict(raw)
 
 
@@ -401,5 +404,6 @@ def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
         f"[hfray] run {run_name}: {prepared.sizes} rows, {len(prepared.labels)} labels, on {where}",
         flush=True,
     )
-    fit_trainer_driver(build_trainer_driver(job, prepared, run_name))
+    with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
+        fit_trainer_driver(build_trainer_driver(job, prepared, run_name, callbacks))
     return _summary(job, run_name, started, where, reused=False)

@@ -23,7 +23,7 @@ import ray
 import ray.train
 import ray.tune
 
-from hfray import checkpoints, cluster, data, sweep_results, sweep_space
+from hfray import checkpoints, cluster, data, sweep_results, sweep_space, tracking
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.schedulers import build_scheduler, build_search_alg
@@ -167,6 +167,7 @@ def build_tuner_driver(job: JobConfig, plan: sweep_space.SweepPlan, resume: bool
             failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
             # PBT copies a donor's latest checkpoint while the donor trains on: keep a few so it is still there.
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=4 if plan.needs_tune_checkpoints else None),
+            callbacks=tracking.tune_callbacks_driver(job, plan.sweep_name),  # MLflow, one run per trial
             verbose=1,
         ),
     )
@@ -305,6 +306,7 @@ def run_sweep_driver(job: JobConfig, resume: bool = False, fresh: bool = False) 
         "wall_seconds": round(time.time() - started, 1),
     }
     sweep_results.write_report(rows, plan, best, extra)
+    tracking.sweep_curves_driver(job, plan.trials_storage, [run for r in rows for run in r.runs])
     trials = [sweep_results.row_dict(r) for r in rows]
     best_dict = sweep_results.row_dict(best) if best else None
     return SweepSummary(

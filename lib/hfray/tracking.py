@@ -1,0 +1,232 @@
+"""Dashboards and tracking of runs: TensorBoard, MLflow, learning curves, a progress bar.
+
+Where it runs, and why: Hugging Face's ``MLflowCallback``/``TensorBoardCallback`` log from rank 0, a
+worker on any node, so a local MLflow store or event folder there is lost with the node. hfray logs
+from the Ray Train controller instead (``TrackingDriver``, a Train ``UserCallback``), which Ray pins
+to the driver's node and which sees rank 0's metrics at every evaluation: a driver-local MLflow store
+(SQLite, the embedded default) works on any cluster, and TensorBoard files go to the run folder on the
+job's storage (uploaded when that is a URI such as ``s3://``). One MLflow run per hfray run: a resumed
+or resubmitted job continues the MLflow run tagged with its run name. Sweeps use Ray Tune's own
+``MLflowLoggerCallback`` (and Tune's TensorBoard files per trial), in the sweep's driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+from transformers import TrainerCallback
+
+from hfray import checkpoints, curves, storage
+from hfray.config import JobConfig
+from hfray.tracking_config import default_mlflow_uri
+
+RUN_TAG = "hfray.run_name"
+TB_DIR = "tensorboard"
+# Report keys that are bookkeeping, not metrics.
+_NOT_METRICS = {"step", "has_checkpoint", "hfray_resumed_from_step", "on_gpu", "worker_pid", "time"}
+
+
+@dataclass(frozen=True)
+class MlflowRun:
+    tracking_uri: str
+    experiment: str
+    run_id: str
+
+
+def mlflow_uri(job: JobConfig) -> str:
+    return job.tracking.mlflow_tracking_uri or default_mlflow_uri(job.storage.path)
+
+
+def _client(uri: str) -> Any:
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    # A local store keeps artifacts beside the database, not in whatever directory the driver runs in.
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = os.path.join(os.path.dirname(uri.removeprefix("sqlite:///")), "artifacts")
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _flat(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = str(value)[:500]
+    return out
+
+
+def start_mlflow_run_driver(job: JobConfig, run_name: str) -> MlflowRun:
+    """The MLflow run of ``run_name`` (created with the job's params, or found again on resume)."""
+    from mlflow.entities import Param, RunTag
+
+    uri = mlflow_uri(job)
+    client = _client(uri)
+    experiment = job.tracking.mlflow_experiment or job.name
+    exp_id = _experiment_id(client, experiment, uri)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{run_name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return MlflowRun(uri, experiment, run_id)
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_TAG: run_name, "hfray.task": job.task})
+    # What the run name hashes: storage, cluster and tracking settings may differ between resubmissions.
+    relevant = {k: v for k, v in job.to_dict().items() if k not in ("storage", "cluster", "tracking")}
+    params = [Param(k, v) for k, v in _flat("", relevant, {}).items()]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=params[i : i + 100], tags=[RunTag("hfray.storage", job.storage.path)])
+    return MlflowRun(uri, experiment, run.info.run_id)
+
+
+class TrackingDriver(ray.train.UserCallback):
+    """In the Train controller (the driver's node): every report to TensorBoard and MLflow."""
+
+    def __init__(self, run_dir: str, tensorboard: bool, mlflow_run: MlflowRun | None) -> None:
+        self.run_dir = run_dir
+        self.tensorboard = tensorboard
+        self.mlflow_run = mlflow_run
+        self._writer: Any = None
+        self._tb_local = ""
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        record = dict(metrics[0]) if metrics else {}
+        step = int(record.get("step", 0))
+        values = {k: float(v) for k, v in record.items() if k not in _NOT_METRICS and isinstance(v, (int, float))}
+        if self.tensorboard:
+            self._log_tensorboard(values, step)
+        if self.mlflow_run is not None and values:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, v, now, step) for k, v in sorted(values.items())]
+            _client(self.mlflow_run.tracking_uri).log_batch(self.mlflow_run.run_id, metrics=batch)
+
+    def _log_tensorboard(self, values: dict[str, float], step: int) -> None:
+        from tensorboardX import SummaryWriter
+
+        remote = storage.is_uri(self.run_dir)
+        if self._writer is None:
+            self._tb_local = tempfile.mkdtemp(prefix="hfray-tb-") if remote else checkpoints.join(self.run_dir, TB_DIR)
+            self._writer = SummaryWriter(self._tb_local)
+        for key, value in values.items():  # HF's names: train/loss, eval/accuracy, ...
+            tag = (
+                f"eval/{key.removeprefix('eval_')}"
+                if key.startswith("eval_")
+                else f"train/{key.removeprefix('train_')}"
+            )
+            self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+        if remote:
+            checkpoints.upload_dir(self._tb_local, checkpoints.join(self.run_dir, TB_DIR))
+
+
+@contextlib.contextmanager
+def tracked_run_driver(job: JobConfig, run_name: str) -> Iterator[list[Any]]:
+    """Around a run's ``fit``: yields the Train callbacks; afterwards the learning curve and MLflow artifacts."""
+    cfg = job.tracking
+    run_dir = checkpoints.join(job.storage.path, run_name)
+    mlflow_run = start_mlflow_run_driver(job, run_name) if cfg.mlflow else None
+    callbacks: list[Any] = []
+    if cfg.tensorboard or mlflow_run is not None:
+        callbacks.append(TrackingDriver(run_dir, cfg.tensorboard, mlflow_run))
+    try:
+        yield callbacks
+    except BaseException:
+        if mlflow_run is not None:  # a resubmission continues this MLflow run
+            _client(mlflow_run.tracking_uri).set_terminated(mlflow_run.run_id, status="KILLED")
+        raise
+    diagnosis = None
+    if cfg.learning_curve:
+        diagnosis = curves.write_learning_curve(run_dir, job.evaluation.best_metric_key, f"{job.name}: {run_name}")
+    if mlflow_run is not None:
+        _finish_mlflow_run(mlflow_run, run_dir, diagnosis)
+        print(
+            f"[hfray] MLflow: run {mlflow_run.run_id} in experiment {mlflow_run.experiment!r} "
+            f"at {mlflow_run.tracking_uri}"
+        )
+
+
+def _finish_mlflow_run(run: MlflowRun, run_dir: str, diagnosis: dict[str, Any] | None) -> None:
+    client = _client(run.tracking_uri)
+    names = [checkpoints.METRICS_LOG, curves.CURVE_PNG, curves.CURVE_JSON]
+    with tempfile.TemporaryDirectory(prefix="hfray-mlflow-") as stage:
+        for name in names:
+            uri = checkpoints.join(run_dir, name)
+            if checkpoints.exists(uri):
+                with open(os.path.join(stage, name), "wb") as f:
+                    f.write(checkpoints.read_bytes(uri))
+        manifest = checkpoints.join(run_dir, checkpoints.ARTIFACT_DIR, checkpoints.MANIFEST)
+        if checkpoints.exists(manifest):
+            with open(os.path.join(stage, checkpoints.MANIFEST), "w") as f:
+                f.write(checkpoints.read_text(manifest))
+        client.log_artifacts(run.run_id, stage)
+    if diagnosis:
+        client.set_tag(run.run_id, "hfray.diagnosis", diagnosis["verdict"])
+    client.set_tag(run.run_id, "hfray.run_dir", run_dir)
+    client.set_terminated(run.run_id, status="FINISHED")
+
+
+def tune_callbacks_driver(job: JobConfig, sweep_name: str) -> list[Any]:
+    """Ray Tune's MLflow logger: one MLflow run per trial (params = the trial's values, every report)."""
+    if not job.tracking.mlflow:
+        return []
+    from ray.tune.logger.mlflow import MLflowLoggerCallback
+
+    uri = mlflow_uri(job)
+    client = _client(uri)
+    experiment = job.tracking.mlflow_experiment or job.name
+    _experiment_id(client, experiment, uri)
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, tags={"hfray.sweep": sweep_name})]
+
+
+def sweep_curves_driver(job: JobConfig, trials_storage: str, runs: list[str]) -> None:
+    """A learning curve (and diagnosis) in each trial's Train run folder."""
+    if job.tracking.learning_curve:
+        for run in runs:
+            curves.write_learning_curve(checkpoints.join(trials_storage, run), job.evaluation.best_metric_key, run)
+
+
+class ProgressBarPerWorker(TrainerCallback):
+    """Rank 0's optimizer steps as a progress bar on the driver's console (Ray's ``tqdm_ray``: one bar per
+    run, drawn by the driver, instead of tqdm's carriage returns mangled in forwarded worker logs)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero and state.max_steps:
+            from ray.experimental.tqdm_ray import tqdm
+
+            self.bar = tqdm(desc=self.description, total=state.max_steps, unit="step")
+            self.bar.update(state.global_step)  # a resumed run starts where its checkpoint left off
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def callbacks_per_worker(job: JobConfig, run_name: str) -> list[Any]:
+    """The HF Trainer callbacks of tracking (every rank adds them; they act on rank 0)."""
+    return [ProgressBarPerWorker(run_name)] if job.tracking.progress_bar else []
