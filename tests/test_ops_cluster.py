@@ -106,6 +106,8 @@ def test_two_node_training_on_s3_storage_then_serving(two_nodes, s3_endpoint, tm
         tmp_path,
         data_files,
         name="multinode",
+        # As test_train's learning test: the default 2e-3 for 24 steps can stay at chance level.
+        training={"learning_rate": 1e-2, "max_steps": 48, "eval_steps": 8, "checkpoint_every_n_evals": 2},
         resources={"num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "STRICT_SPREAD"},
         storage={"path": f"s3://{BUCKET}/runs", "endpoint_url": s3_endpoint, "num_to_keep": 2, "max_failures": 0},
         tracking={"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow/mlflow.db"},

@@ -28,7 +28,13 @@ def tracked(ray_cluster, tmp_path_factory) -> dict[str, Any]:
     }
     uri = f"sqlite:///{tmp}/mlflow/mlflow.db"
     job = JobConfig.from_dict(
-        tiny_job(tmp, data, name="tracked", tracking={"mlflow": True, "mlflow_tracking_uri": uri, "progress_bar": True})
+        tiny_job(
+            tmp,
+            data,
+            name="tracked",
+            training={"learning_rate": 1e-2},  # the default 2e-3 can sit at chance for 24 steps
+            tracking={"mlflow": True, "mlflow_tracking_uri": uri, "progress_bar": True},
+        )
     )
     summary = run_training_driver(job)
     return {"summary": summary, "run_dir": Path(summary.run_dir), "uri": uri, "root": tmp / "runs"}
@@ -74,7 +80,7 @@ def test_mlflow_query_finds_params_metrics_and_artifacts(tracked):
     assert sorted(m.step for m in history) == STEPS
     assert run.data.metrics["eval_accuracy"] == next(m.value for m in history if m.step == STEPS[-1])
     assert max(m.value for m in history) >= 0.8  # the metrics are the run's real evaluations
-    assert run.data.params["training.learning_rate"] == "0.002"
+    assert run.data.params["training.learning_rate"] == "0.01"
     assert run.data.params["model.architecture.hidden_size"] == "32"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curve.png", "hfray_manifest.json", "hfray_metrics.jsonl"} <= artifacts

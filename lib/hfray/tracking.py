@@ -101,7 +101,7 @@ class TrackingDriver(ray.train.UserCallback):
         self.run_dir = run_dir
         self.tensorboard = tensorboard
         self.mlflow_run = mlflow_run
-        self._writer: Any = None
+        self._reports = 0
         self._tb_local = ""
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -121,17 +121,20 @@ class TrackingDriver(ray.train.UserCallback):
         from tensorboardX import SummaryWriter
 
         remote = storage.is_uri(self.run_dir)
-        if self._writer is None:
+        if not self._tb_local:
             self._tb_local = tempfile.mkdtemp(prefix="hfray-tb-") if remote else checkpoints.join(self.run_dir, TB_DIR)
-            self._writer = SummaryWriter(self._tb_local)
+        # One event file per report, closed at once: tensorboardX queues events for a writer thread and its
+        # flush() does not drain that queue, so the last report's events were lost when the controller ended.
+        writer = SummaryWriter(self._tb_local, filename_suffix=f".step{step:08d}.{self._reports}")
+        self._reports += 1
         for key, value in values.items():  # HF's names: train/loss, eval/accuracy, ...
             tag = (
                 f"eval/{key.removeprefix('eval_')}"
                 if key.startswith("eval_")
                 else f"train/{key.removeprefix('train_')}"
             )
-            self._writer.add_scalar(tag, value, step)
-        self._writer.flush()
+            writer.add_scalar(tag, value, step)
+        writer.close()
         if remote:
             checkpoints.upload_dir(self._tb_local, checkpoints.join(self.run_dir, TB_DIR))
 
