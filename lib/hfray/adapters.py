@@ -52,8 +52,10 @@ def default_target_modules(method: str, model_type: str) -> list[str] | None:
         TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
     )
 
-    mapping = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING if method == "ia3" else (
-        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    mapping = (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+        if method == "ia3"
+        else (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
     )
     found = mapping.get(model_type)
     return list(found) if found else None
