@@ -59,7 +59,8 @@ class PeftSection(BaseModel):
         misplaced = [
             f"peft.{name} (only for {'/'.join(methods)})"
             for name, methods in _METHOD_FIELDS.items()
-            if name in self.model_fields_set and self.method not in methods
+            # Differs from its default (not "was given"): a job round-tripped through to_dict() sets every key.
+            if getattr(self, name) != type(self).model_fields[name].default and self.method not in methods
         ]
         if misplaced:
             raise ValueError(f"not used by peft.method {self.method!r}: {', '.join(misplaced)}")
