@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_BERT, tiny_job
 
+from conftest import TINY_BERT, tiny_job
 from hfray import adapters
 from hfray.assets import resolve_model
 from hfray.config import JobConfig
@@ -65,8 +65,16 @@ def test_peft_fields_must_fit_the_method(tmp_path, data_files):
     with pytest.raises(ConfigError, match="peft.rank: unknown key Allowed here: method, r, alpha"):
         _job(tmp_path, data_files, peft={"rank": 4})
     with pytest.raises(ConfigError, match="pre-trains every weight"):
-        JobConfig.from_dict({"name": "x", "task": "causal-lm", "data": {"train": "t.txt"}, "peft": {},
-                             "model": {"architecture": TINY_LLAMA, "tokenizer": "t"}, "lm": {"pipeline": "datasets"}})
+        JobConfig.from_dict(
+            {
+                "name": "x",
+                "task": "causal-lm",
+                "data": {"train": "t.txt"},
+                "peft": {},
+                "model": {"architecture": TINY_LLAMA, "tokenizer": "t"},
+                "lm": {"pipeline": "datasets"},
+            }
+        )
 
 
 def test_sweep_over_peft_rank_validates_edges(tmp_path, data_files):
@@ -105,7 +113,8 @@ def test_sweep_over_peft_rank_validates_edges(tmp_path, data_files):
 def test_each_method_wraps_and_trains_only_its_parameters(tmp_path, data_files, arch, peft, expect_targets):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    job = _job(tmp_path, data_files, peft=peft, model={"architecture": dict(arch), "tokenizer": "builtin:all-MiniLM-L6-v2"})
+    model_section = {"architecture": dict(arch), "tokenizer": "builtin:all-MiniLM-L6-v2"}
+    job = _job(tmp_path, data_files, peft=peft, model=model_section)
     config = AutoConfig.for_model(**arch, vocab_size=64, num_labels=2)
     auto = AutoModelForCausalLM if arch is TINY_LLAMA else AutoModelForSequenceClassification
     model, info = adapters.apply_peft_per_worker(auto.from_config(config), job)
