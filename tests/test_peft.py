@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +178,7 @@ def test_lora_on_ray_trains_only_adapter_and_head_and_reloads(ray_cluster, tmp_p
     assert any(".query.weight" in k for k in changed) and "classifier.weight" in changed
 
     # The adapter reloads (base + adapter) and predicts exactly as the merged model and the trained one did.
-    texts = [json.dumps(r) for r in ("great superb film", "awful dull plot", "the movie scene")]
+    texts = ["great superb film", "awful dull plot", "the movie scene"]
     adapter_pipe = load_artifact_pipeline(str(artifact))
     merged_pipe = pipeline("text-classification", model=str(artifact / "merged"))
     a, m = adapter_pipe(texts, top_k=None), merged_pipe(texts, top_k=None)
