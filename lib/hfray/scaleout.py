@@ -126,7 +126,9 @@ def strategy_problems(strategy: str, gpus_per_worker: float, num_workers: int) -
             )
     if strategy == "fsdp" and gpus_per_worker <= 0:
         # accelerate applies its FSDP plugin on accelerators only: on CPU the run would silently be DDP.
-        problems.append(Problem("training.strategy", "'fsdp' needs GPUs (resources.gpus_per_worker > 0); use 'ddp' on CPU"))
+        problems.append(
+            Problem("training.strategy", "'fsdp' needs GPUs (resources.gpus_per_worker > 0); use 'ddp' on CPU")
+        )
     if strategy != "ddp" and num_workers < 2:
         print(f"[hfray] note: training.strategy {strategy!r} with one worker shards nothing", flush=True)
     return problems
