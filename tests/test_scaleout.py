@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_job
 
+from conftest import tiny_job
 from hfray.checkpoints import files_for_rank
 from hfray.config import JobConfig
 from hfray.errors import ConfigError

@@ -161,3 +161,33 @@ def test_sft_missing_columns_and_chat_template_fail_before_ray(tmp_path, chat_to
     raw = trl_job(tmp_path, "builtin:all-MiniLM-L6-v2", "sft", train, train, trl={"messages_column": "conversation"})
     with pytest.raises(HfrayError, match="trl.chat_template: the data is chat turns but the tokenizer"):
         preflight_trl_driver(JobConfig.from_dict(raw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job_file", ["jobs/smollm2_sft_lora.yaml", "jobs/smollm2_dpo_lora.yaml"])
+def test_shipped_smollm2_job_trains_and_its_adapter_generates(ray_cluster, tmp_path, job_file):
+    """The real SmolLM2-135M-Instruct (converted from the pip-shipped GGUF) under LoRA SFT / DPO on 2 workers."""
+    from hfray.checkpoints import load_artifact_pipeline
+    from hfray.config import load_job
+    from hfray.trl_train import run_trl_driver
+
+    root = Path(__file__).resolve().parents[1]
+    summary = run_trl_driver(load_job(root / job_file, [f"storage.path={tmp_path}"]))
+    evals = _losses(summary.run_dir, "eval_loss")
+    assert len(evals) == 2 and evals[1] < evals[0]
+    info = summary.manifest["peft"]
+    assert info["target_modules"] == ["q_proj", "v_proj"] and info["trainable_params"] < 0.02 * info["all_params"]
+    pipe = load_artifact_pipeline(summary.artifact)
+    prompt = pipe.tokenizer.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": "Is this movie review fresh (positive) or rotten (negative)? Answer with one "
+                "word.\n\nA triumph: moving, funny and beautifully acted.",
+            }
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    answer = pipe(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"][len(prompt) :]
+    assert answer.strip()

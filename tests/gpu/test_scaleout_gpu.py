@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
 from hfray.config import JobConfig
+from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.gpu
 
@@ -49,7 +49,7 @@ def gpu_cluster():
 
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3", "zero3-offload", "fsdp"])
-def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, chat_tokenizer, strategy):
+def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, chat_tokenizer, strategy):  # noqa: F811
     from hfray.checkpoints import load_artifact_pipeline
     from hfray.trl_train import run_trl_driver
 
