@@ -185,6 +185,13 @@ def test_lora_on_ray_trains_only_adapter_and_head_and_reloads(ray_cluster, tmp_p
     for ra, rm in zip(a, m, strict=True):
         sa, sm = {d["label"]: d["score"] for d in ra}, {d["label"]: d["score"] for d in rm}
         assert sa.keys() == {"neg", "pos"} and all(abs(sa[k] - sm[k]) < 1e-5 for k in sa)
+    # hfray serve's replica loads the adapter artifact the same way (base + adapter, merged) and scores alike.
+    from hfray.serving_app import LoadedModel
+
+    served = LoadedModel(str(artifact), "cpu", torch.float32, max_length=16).predict(texts, [2] * len(texts))
+    for rs, ra in zip(served, a, strict=True):
+        sa = {d["label"]: d["score"] for d in ra}
+        assert all(abs(d["score"] - sa[d["label"]]) < 1e-5 for d in rs)
     import csv
 
     with open(data_files["validation"]) as f:
