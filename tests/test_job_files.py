@@ -11,6 +11,7 @@ from hfray.cli import default_job_path
 from hfray.config import load_job
 from hfray.lm_config import LM_TASKS
 from hfray.train import preflight_driver
+from hfray.trl_config import TRL_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted([*ROOT.glob("jobs/*.yaml"), default_job_path()])
@@ -39,6 +40,12 @@ def test_job_validates_and_its_data_and_model_resolve(path):
 
         resolved, info = preflight_lm_driver(job, train_tokenizer=False)
         assert info["formats"]["data.train"] and resolved.storage.path.startswith("/")
+        return
+    if job.task in TRL_TASKS:  # data columns only: the SmolLM2 conversion (~1 min) is the slow tests' business
+        from hfray.trl_train import load_trl_splits
+
+        splits = load_trl_splits(job)
+        assert len(splits["train"]) > len(splits["validation"]) > 0
         return
     resolved, prepared = preflight_driver(job)
     assert len(prepared.labels) >= 2 and prepared.sizes["train"] > prepared.sizes["validation"] > 0

@@ -27,7 +27,13 @@ METRICS_LOG = "hfray_metrics.jsonl"
 # A sweep folder: its summary (written last, so it marks a finished sweep) and its trials' Train runs.
 SWEEP_SUMMARY = "hfray_sweep.json"
 TRIALS_DIR = "trials"
-_RNG_FILE = re.compile(r"^rng_state_(\d+)\.pth$")
+# Files one rank writes into a shared HF checkpoint folder: its RNG state and, under DeepSpeed ZeRO or
+# FSDP sharded checkpoints, its shards (group 1 = the writing rank). Everything else is rank 0's.
+_RANK_FILES = (
+    re.compile(r"^rng_state_(\d+)\.pth$"),
+    re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:model|optim)_states\.pt$"),
+    re.compile(r"^__(\d+)_\d+\.distcp$"),
+)
 
 
 # ----------------------------------------------------------------------------- storage paths
@@ -96,18 +102,27 @@ def files_for_rank(checkpoint_dir: str, rank: int, world_size: int) -> list[str]
     """Relative paths that ``rank`` uploads from an HF checkpoint folder.
 
     Ray merges the uploads of all ranks into one folder, last writer wins. Under DDP rank 0 owns the
-    model, optimizer and trainer state, and each rank owns its ``rng_state_<rank>.pth``; every file
-    has exactly one uploader, so no file is written twice or read while another rank writes it.
+    model, optimizer and trainer state, and each rank owns its ``rng_state_<rank>.pth``; under ZeRO and
+    FSDP each rank also owns its shards (which live on its own node). Every file has exactly one
+    uploader, so no file is written twice or read while another rank writes it.
     """
     owned = []
     for root, _, names in os.walk(checkpoint_dir):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), checkpoint_dir)
-            match = _RNG_FILE.match(name)
-            owner = int(match.group(1)) if match else 0
+            owner = file_owner(name)
             if world_size == 1 or owner == rank:
                 owned.append(rel)
     return sorted(owned)
+
+
+def file_owner(name: str) -> int:
+    """The rank that writes (and so uploads) a checkpoint file of this name."""
+    for pattern in _RANK_FILES:
+        match = pattern.match(name)
+        if match:
+            return int(match.group(1))
+    return 0
 
 
 def stage_for_rank(checkpoint_dir: str, rank: int, world_size: int, staging_root: str) -> str:
@@ -168,9 +183,13 @@ def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> An
     """A ``transformers.pipeline`` over an artifact (a local dir or URI) for its task."""
     from transformers import pipeline
 
+    from hfray.adapters import is_adapter, load_model
+
     manifest = read_manifest(artifact)
     local = download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
-    return pipeline(manifest["task"], model=local, tokenizer=local, device=device)
+    # A PEFT adapter artifact: its base plus the adapter (merged in where it can be), else the folder itself.
+    model = load_model(local, manifest, merge=True) if is_adapter(local) else local
+    return pipeline(manifest["task"], model=model, tokenizer=local, device=device)
 
 
 # Trainer state that a served model does not need: optimizer, scheduler, RNG, loop state, DeepSpeed shards.

@@ -16,6 +16,7 @@ from hfray.errors import HfrayError
 
 DEFAULT_JOB = "bbc_news_minilm.yaml"
 LM_TASKS = ("masked-lm", "causal-lm")  # hfray.lm_config.LM_TASKS, not imported: it loads pydantic
+TRL_TASKS = ("sft", "dpo")  # hfray.trl_config.TRL_TASKS
 
 
 def default_job_path() -> Path:
@@ -48,7 +49,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         check_space_driver(job)
         metric, mode = sweep_metric(job)
         print(f"sweep: {len(job.sweep.parameters)} parameters, {job.sweep.search} search, metric {metric} ({mode})")
-    if not args.schema_only and job.task in LM_TASKS:
+    if not args.schema_only and job.task in TRL_TASKS:
+        from hfray.trl_train import preflight_trl_driver
+
+        _, info = preflight_trl_driver(job)
+        print("data, tokenizer and model config checked: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    elif not args.schema_only and job.task in LM_TASKS:
         from hfray.pretrain import preflight_lm_driver
 
         _, info = preflight_lm_driver(job, train_tokenizer=False)
@@ -69,6 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"[hfray] job {path}", flush=True)
     if job.task in LM_TASKS:  # pre-training (masked-lm, causal-lm) has its own driver
         from hfray.pretrain import run_pretraining_driver as run_training_driver
+    elif job.task in TRL_TASKS:  # TRL's SFT and DPO trainers, on the same Ray Train spine
+        from hfray.trl_train import run_trl_driver as run_training_driver
     summary = run_training_driver(job, fresh=args.fresh)
     status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
     print(f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")

@@ -21,8 +21,12 @@ from typing_extensions import Self
 
 from hfray.errors import ConfigError, Problem
 from hfray.lm_config import LM_TASKS, LMConfig, TokenizerTrainingConfig, lm_task_problems
+from hfray.peft_config import PeftSection, peft_job_problems
+from hfray.trl_config import TRL_TASKS, TrlSection, trl_task_problems
 
-TASKS = ("text-classification", *LM_TASKS)
+TASKS = ("text-classification", *LM_TASKS, *TRL_TASKS)
+# Tasks judged by loss alone (no classification metrics by default).
+LOSS_ONLY_TASKS = (*LM_TASKS, *TRL_TASKS)
 # Metric names hfray computes for classification (see hfray.metrics); "loss" is always reported.
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -115,6 +119,11 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU.")
     gradient_checkpointing: bool = False
+    strategy: Literal["ddp", "zero2", "zero3", "zero3-offload", "fsdp"] = Field(
+        "ddp",
+        description="How workers share the model: ddp (replicas), zero2/zero3/zero3-offload (DeepSpeed, GPU), "
+        "fsdp (PyTorch FSDP); through the HF Trainer's own integrations (hfray.scaleout).",
+    )
     early_stopping_patience: int | None = Field(None, ge=1, description="Evaluations without improvement.")
     early_stopping_threshold: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
@@ -221,9 +230,11 @@ class StorageConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: Literal["text-classification", "masked-lm", "causal-lm"] = "text-classification"
+    task: Literal["text-classification", "masked-lm", "causal-lm", "sft", "dpo"] = "text-classification"
     tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
     lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
+    peft: PeftSection | None = Field(None, description="Train a PEFT adapter (LoRA, QLoRA, IA3, prefix, prompt).")
+    trl: TrlSection | None = Field(None, description="TRL data and trainer settings (sft, dpo); defaults there.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="builtin:all-MiniLM-L6-v2"))
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -272,7 +283,7 @@ class JobConfig(Section):
     @classmethod
     def _lm_evaluation_defaults(cls, raw: Any) -> Any:
         # Classification metrics are the evaluation defaults; a language model is judged by loss alone.
-        if isinstance(raw, dict) and raw.get("task") in LM_TASKS:
+        if isinstance(raw, dict) and raw.get("task") in LOSS_ONLY_TASKS:
             evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
             raw = {**raw, "evaluation": {"metrics": [], "metric_for_best_model": "loss", **evaluation}}
         return raw
@@ -281,7 +292,9 @@ class JobConfig(Section):
     def _task_sections(self) -> JobConfig:
         if self.task in LM_TASKS and self.lm is None:
             self.lm = LMConfig()
-        problems = lm_task_problems(self)
+        if self.task in TRL_TASKS and self.trl is None:
+            self.trl = TrlSection()
+        problems = lm_task_problems(self) + peft_job_problems(self) + trl_task_problems(self)
         if problems:
             # A ConfigError (not a ValueError) passes through pydantic untouched: one Problem per key.
             raise ConfigError([Problem(key, message) for key, message in problems], "job")

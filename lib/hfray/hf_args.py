@@ -12,6 +12,7 @@ from typing import Any
 
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, Problem
+from hfray.scaleout import strategy_arguments, strategy_problems
 
 # Keys hfray derives from the job file; setting them in extra_args would silently fight hfray.
 MANAGED = {
@@ -32,6 +33,9 @@ MANAGED = {
     "torch_compile": "training.torch_compile",
     "group_by_length": "training.group_by_length",
     "train_sampling_strategy": "training.group_by_length",
+    "deepspeed": "training.strategy",
+    "fsdp": "training.strategy",
+    "fsdp_config": "training.strategy",
 }
 
 
@@ -68,7 +72,9 @@ def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, Any]:
+def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool = True) -> dict[str, Any]:
+    """TrainingArguments of a job; ``scale_out=False`` leaves out DeepSpeed/FSDP (driver-side checks:
+    those integrations import DeepSpeed and set accelerate's environment variables in the process)."""
     t, ev = job.training, job.evaluation
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
@@ -104,14 +110,16 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool) -> dict[str, An
     if t.eval_strategy == "steps":
         kwargs["eval_steps"] = t.eval_steps
         kwargs["save_steps"] = t.eval_steps * t.checkpoint_every_n_evals  # type: ignore[operator]
+    if scale_out:
+        kwargs.update(strategy_arguments(t.strategy))
     kwargs.update(t.extra_args)
     return kwargs
 
 
-def training_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
+def training_arguments(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool = True) -> Any:
     from transformers import TrainingArguments
 
-    return TrainingArguments(**build_kwargs(job, output_dir, use_gpu))
+    return TrainingArguments(**build_kwargs(job, output_dir, use_gpu, scale_out))
 
 
 def check_training_arguments_driver(job: JobConfig) -> None:
@@ -123,11 +131,13 @@ def check_training_arguments_driver(job: JobConfig) -> None:
         )
     if job.training.precision == "fp16" and job.resources.gpus_per_worker == 0:
         problems.append(Problem("training.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0)"))
+    res = job.resources
+    problems += strategy_problems(job.training.strategy, res.gpus_per_worker, res.num_workers)
     if problems:
         raise ConfigError(problems, "job")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            training_arguments(job, tmp, use_gpu=False)
+            training_arguments(job, tmp, use_gpu=False, scale_out=False)
         except (ValueError, TypeError) as exc:
             raise ConfigError([Problem("training", f"transformers.TrainingArguments rejected it: {exc}")]) from None
 

@@ -90,8 +90,10 @@ def classification_overrides(labels: list[str], tokenizer: Any) -> dict[str, Any
     }
 
 
-def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any) -> Any:
-    """A sequence classifier with the job's labels; a pretrained body gets a fresh head."""
+def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any, **load_kwargs: Any) -> Any:
+    """A sequence classifier with the job's labels; a pretrained body gets a fresh head.
+
+    ``load_kwargs`` go to ``from_pretrained`` (e.g. a QLoRA base's quantization config)."""
     from transformers import AutoModelForSequenceClassification
 
     config = load_config(cfg, **classification_overrides(labels, tokenizer))
@@ -109,6 +111,7 @@ def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any) -> Any
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
             ignore_mismatched_sizes=True,  # a fine-tuned checkpoint may come with another label count
+            **load_kwargs,
         )
     # v5 classifiers take **kwargs, so the Trainer passes num_items_in_batch and multiplies the loss by
     # the world size (for token-averaged LM losses), but their loss is a plain mean that ignores it:

@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, lm_data, modeling, ray_data, throughput, tracking
+from hfray import checkpoints, cluster, export, lm_data, modeling, ray_data, throughput, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
@@ -31,7 +31,6 @@ from hfray.hf_args import build_kwargs, check_training_arguments_driver
 from hfray.reporting import RayReportCallbackPerWorker
 from hfray.train import (
     RunSummary,
-    _export_artifact_per_worker,
     _final_eval_metrics_per_worker,
     _local_root,
     _localize_best_per_worker,
@@ -208,11 +207,11 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     final = _final_eval_metrics_per_worker(trainer, evaluation)
     if stream is not None:
         ray_data.write_shard_record_per_worker(stream, loop_config["run_dir"], rank)
-    if rank == 0:
-        manifest = _manifest_per_worker(job, loop_config, trainer, final, resumed_step, seconds)
-        manifest["throughput"]["steady_state"] = throughput.manifest_entry(speed)
-        stage = os.path.join(local_root, "artifact")
-        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
+    manifest = _manifest_per_worker(job, loop_config, trainer, final, resumed_step, seconds)
+    manifest["throughput"]["steady_state"] = throughput.manifest_entry(speed)
+    stage = os.path.join(local_root, "artifact")
+    # Every rank: under ZeRO-3/FSDP (training.strategy) the weights are gathered from all of them.
+    export.export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage, rank)
 
 
 # ----------------------------------------------------------------------------- driver

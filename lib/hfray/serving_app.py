@@ -202,10 +202,13 @@ class LoadedModel:
     """Tokenizer + model of one artifact; scores exactly as ``transformers.pipeline`` would."""
 
     def __init__(self, path: str, device: str, dtype: Any, max_length: int) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from hfray.adapters import load_model
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
+        # A plain artifact, or a PEFT adapter on its base (LoRA/IA3 merged in for speed).
+        self.model = load_model(path, merge=True, dtype=dtype).to(device).eval()
         self.device = device
         cfg = self.model.config
         # Tokenizers often claim 512 tokens for models built with fewer positions; the smallest limit wins.

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from hfray.config import Section
 
 # Sections a search space may touch: what changes training, not where it runs or is stored.
-SEARCHABLE_SECTIONS = ("model", "data", "training", "evaluation")
+SEARCHABLE_SECTIONS = ("model", "data", "training", "evaluation", "peft")
 
 
 class _Range(Section):

@@ -22,7 +22,7 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, data, modeling, storage, throughput, tracking
+from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, throughput, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
@@ -147,9 +147,11 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     labels = loop_config["labels"]
     tokenizer = modeling.load_tokenizer(job.model)
     set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
-    model = modeling.build_classifier(job.model, labels, tokenizer)
-    encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
+    model = modeling.build_classifier(job.model, labels, tokenizer, **adapters.quantized_load_kwargs(job))
     local_root = loop_config["local_root"]
+    base_copy = os.path.join(local_root, "peft-base") if rank == 0 else None
+    model, peft_info = adapters.apply_peft_per_worker(model, job, base_copy)
+    encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
     args = training_arguments(job, os.path.join(local_root, "hf"), use_gpu=job.resources.gpus_per_worker > 0)
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
@@ -184,31 +186,32 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     final = _final_eval_metrics_per_worker(trainer, encoded["validation"])
     if "test" in encoded:
         final.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
-    if rank == 0:
-        state = trainer.state
-        manifest = {
-            "format": 1,
-            "task": job.task,
-            "name": job.name,
-            "run_name": loop_config["run_name"],
-            "labels": labels,
-            "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-            "best": {
-                "step": state.best_global_step,
-                "metric": args.metric_for_best_model,
-                "value": state.best_metric,
-            },
-            "global_step": state.global_step,
-            "resumed_from_step": resumed_step,
-            "train_seconds_this_attempt": round(time.time() - started, 2),
-            "throughput": throughput.manifest_entry(speed),
-            "data": {"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
-            "job": job.to_dict(),
-            "versions": checkpoints.library_versions(),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        }
-        stage = os.path.join(local_root, "artifact")
-        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
+    state = trainer.state
+    manifest = {
+        "format": 1,
+        "task": job.task,
+        "name": job.name,
+        "run_name": loop_config["run_name"],
+        "labels": labels,
+        "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+        "best": {
+            "step": state.best_global_step,
+            "metric": args.metric_for_best_model,
+            "value": state.best_metric,
+        },
+        "global_step": state.global_step,
+        "resumed_from_step": resumed_step,
+        "peft": peft_info,  # method, trainable/all parameter counts; None without a peft section
+        "train_seconds_this_attempt": round(time.time() - started, 2),
+        "throughput": throughput.manifest_entry(speed),
+        "data": {"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
+        "job": job.to_dict(),
+        "versions": checkpoints.library_versions(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    stage = os.path.join(local_root, "artifact")
+    # Every rank: under ZeRO-3/FSDP the weights are gathered from all of them.
+    export.export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage, rank, base_copy)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -249,7 +252,8 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
     job = resolve_sources_driver(job)
     prepared = data.prepare(job.data)
     tokenizer = modeling.load_tokenizer(job.model)
-    modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
+    config = modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
+    adapters.check_peft_driver(job, config.model_type)
     if isinstance(job.training.class_weights, list) and len(job.training.class_weights) != len(prepared.labels):
         raise HfrayError(
             f"training.class_weights: {len(job.training.class_weights)} weights for {len(prepared.labels)} "
