@@ -59,6 +59,9 @@ def model_section(tokenizer_dir: str | None) -> tuple[dict[str, Any], str]:
         return {"architecture": SMOLLM2_ARCH, "tokenizer": tokenizer_dir}, "smollm2-architecture-random-init"
 
 
+WORKERS = 2  # --workers: one per GPU
+
+
 def job(name: str, task: str, model: dict[str, Any], storage: str, **sections: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": name,
@@ -81,7 +84,7 @@ def job(name: str, task: str, model: dict[str, Any], storage: str, **sections: A
             "logging_steps": 5,
             "precision": "bf16",
         },
-        "resources": {"num_workers": 2, "gpus_per_worker": 1, "cpus_per_worker": 4},
+        "resources": {"num_workers": WORKERS, "gpus_per_worker": 1, "cpus_per_worker": 4},
         "storage": {"path": storage, "num_to_keep": 2, "max_failures": 1},
     }
     for section, values in sections.items():
@@ -151,7 +154,10 @@ def main() -> int:
     parser.add_argument("--storage", default="/tmp/hfray_peft_bench")
     parser.add_argument("--tokenizer-dir", default=".devassets/smollm2_tokenizer")
     parser.add_argument("--only", default="sft,dpo,zero3", help="comma list of runs")
+    parser.add_argument("--workers", type=int, default=2, help="training workers, one GPU each")
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch
