@@ -121,6 +121,7 @@ def test_sft_chat_packing_on_ray_lowers_loss_and_generates(ray_cluster, tmp_path
     assert out.startswith(prompt) and len(out) > len(prompt)
 
 
+@pytest.mark.slow  # ~1-2 min on 2 cores: the default suite keeps the SFT and LoRA runs on Ray (CI budget)
 def test_dpo_lora_on_ray_lowers_loss_and_exports_adapter(ray_cluster, tmp_path, chat_tokenizer):
     from hfray.checkpoints import load_artifact_pipeline
     from hfray.trl_train import run_trl_driver
