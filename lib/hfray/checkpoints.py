@@ -163,8 +163,13 @@ def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> An
     from transformers import pipeline
 
     manifest = read_manifest(artifact)
+    if manifest["task"].startswith("hfray-"):
+        import hfray.tasks.pipelines  # noqa: F401  registers hfray's QA and seq2seq pipelines
+
     local = download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
-    return pipeline(manifest["task"], model=local, tokenizer=local, device=device)
+    # Task settings the job chose (token aggregation, QA windows, seq2seq source prefix).
+    kwargs = manifest.get("pipeline_kwargs", {})
+    return pipeline(manifest["task"], model=local, tokenizer=local, device=device, **kwargs)
 
 
 # Trainer state that a served model does not need: optimizer, scheduler, RNG, loop state, DeepSpeed shards.

@@ -21,8 +21,17 @@ from typing_extensions import Self
 
 from hfray.errors import ConfigError, Problem
 from hfray.lm_config import LM_TASKS, LMConfig, TokenizerTrainingConfig, lm_task_problems
+from hfray.task_config import (
+    FINETUNE_TASKS,
+    QuestionAnsweringConfig,
+    Seq2SeqConfig,
+    TokenClassificationConfig,
+    evaluation_defaults,
+    metric_problems,
+    task_problems,
+)
 
-TASKS = ("text-classification", *LM_TASKS)
+TASKS = ("text-classification", *LM_TASKS, *FINETUNE_TASKS)
 # Metric names hfray computes for classification (see hfray.metrics); "loss" is always reported.
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -157,9 +166,7 @@ class EvaluationConfig(Section):
 
     @model_validator(mode="after")
     def _metric_names(self) -> EvaluationConfig:
-        unknown = [m for m in self.metrics if m not in CLASSIFICATION_METRICS]
-        if unknown:
-            raise ValueError(f"evaluation.metrics: unknown {unknown}; expected any of {list(CLASSIFICATION_METRICS)}")
+        # Which names are known depends on the task: JobConfig checks them (metric_problems).
         if self.metric_for_best_model != "loss" and self.metric_for_best_model not in self.metrics:
             raise ValueError(
                 f"evaluation.metric_for_best_model {self.metric_for_best_model!r} must be 'loss' "
@@ -204,9 +211,14 @@ class StorageConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: Literal["text-classification", "masked-lm", "causal-lm"] = "text-classification"
+    task: Literal[
+        "text-classification", "masked-lm", "causal-lm", "token-classification", "question-answering", "seq2seq"
+    ] = "text-classification"
     tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
     lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
+    token_classification: TokenClassificationConfig | None = Field(None, description="Columns and settings.")
+    question_answering: QuestionAnsweringConfig | None = Field(None, description="Columns and settings.")
+    seq2seq: Seq2SeqConfig | None = Field(None, description="Columns, prefix and generation settings.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="builtin:all-MiniLM-L6-v2"))
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -235,13 +247,15 @@ class JobConfig(Section):
         if isinstance(raw, dict) and raw.get("task") in LM_TASKS:
             evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
             raw = {**raw, "evaluation": {"metrics": [], "metric_for_best_model": "loss", **evaluation}}
-        return raw
+        return evaluation_defaults(raw)  # token-classification, question-answering, seq2seq: their metrics
 
     @model_validator(mode="after")
     def _task_sections(self) -> JobConfig:
         if self.task in LM_TASKS and self.lm is None:
             self.lm = LMConfig()
-        problems = lm_task_problems(self)
+        problems = lm_task_problems(self) + task_problems(self)
+        if self.task == "text-classification":
+            problems += metric_problems(self.task, self.evaluation.metrics, CLASSIFICATION_METRICS)
         if problems:
             # A ConfigError (not a ValueError) passes through pydantic untouched: one Problem per key.
             raise ConfigError([Problem(key, message) for key, message in problems], "job")

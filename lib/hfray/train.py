@@ -27,6 +27,7 @@ from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
 from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
+from hfray.task_config import FINETUNE_TASKS
 
 # ----------------------------------------------------------------------------- per worker
 
@@ -239,6 +240,10 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
     """Everything that can be checked without Ray: config, data, tokenizer and model config."""
     check_training_arguments_driver(job)
     job = resolve_sources_driver(job)
+    if job.task in FINETUNE_TASKS:  # token-classification, question-answering, seq2seq: hfray.tasks
+        from hfray.tasks.runner import preflight_task_driver
+
+        return job, preflight_task_driver(job)
     prepared = data.prepare(job.data)
     tokenizer = modeling.load_tokenizer(job.model)
     modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
@@ -313,8 +318,11 @@ def build_trainer_driver(
         "artifact_uri": checkpoints.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
     }
+    train_fn = train_fn_per_worker
+    if job.task in FINETUNE_TASKS:  # token-classification, question-answering, seq2seq: hfray.tasks
+        from hfray.tasks.runner import task_train_fn_per_worker as train_fn
     return TorchTrainer(
-        train_fn_per_worker,
+        train_fn,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
         run_config=run_config_driver(job, run_name, callbacks),
