@@ -105,7 +105,9 @@ class Seq2SeqGenerationPipeline(Pipeline):
         return pre, generate_kwargs, {}
 
     def preprocess(self, text: str, source_prefix: str = "", max_length: int = 512) -> dict[str, Any]:
-        return dict(self.tokenizer(source_prefix + text, truncation=True, max_length=max_length, return_tensors="pt"))
+        enc = self.tokenizer(source_prefix + text, truncation=True, max_length=max_length, return_tensors="pt")
+        enc.pop("token_type_ids", None)  # BERT tokenizers make them; encoder-decoders do not take them
+        return dict(enc)
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs: Any) -> Any:
         names = self.tokenizer.model_input_names

@@ -151,6 +151,7 @@ class Seq2SeqTask(TaskSpec):
             out = tokenizer(sources, truncation=True, max_length=job.data.max_length)
             targets = tokenizer(text_target=batch[s.target_column], truncation=True, max_length=s.max_target_length)
             out["labels"] = targets["input_ids"]
+            out.pop("token_type_ids", None)  # BERT tokenizers make them; encoder-decoders do not take them
             return out
 
         key = tokenizer_key(tokenizer, job, s)
