@@ -15,6 +15,8 @@ import pytest
 
 from conftest import TINY_BERT
 from hfray import checkpoints
+from hfray.checkpoints import load_artifact_pipeline
+from hfray.cli import main
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, DataError
 from hfray.reporting import read_metrics_log
@@ -32,6 +34,7 @@ TINY_BART = {
     "encoder_ffn_dim": 64,
     "decoder_ffn_dim": 64,
     "max_position_embeddings": 64,
+    "dropout": 0.0,  # a model this small learns the mapping several times faster without it
 }
 
 
@@ -82,7 +85,7 @@ def _manifest(summary: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training runs
 
 
-def test_token_classification_learns_entities_and_pipeline_tags_them(ray_cluster, tmp_path):
+def test_token_classification_learns_entities_and_pipeline_tags_them(ray_cluster, tmp_path, capsys):
     files = _files(tmp_path, ner_rows, 320, 48)
     summary = run_training_driver(JobConfig.from_dict(task_job(tmp_path, "token-classification", files)))
     evals = _evals(summary)
@@ -99,9 +102,14 @@ def test_token_classification_learns_entities_and_pipeline_tags_them(ray_cluster
     entities = pipe("then alice smith was seen near tokyo today")
     found = {(e["entity_group"], e["word"]) for e in entities}
     assert ("PER", "alice smith") in found and ("LOC", "tokyo") in found
+    # hfray predict: the same pipeline with the job's aggregation, one JSON line per text.
+    capsys.readouterr()
+    assert main(["predict", summary.artifact, "robert was seen near cairo"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(e["entity_group"], e["word"]) for e in line["predictions"]} == {("PER", "robert"), ("LOC", "cairo")}
 
 
-def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path):
+def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path, capsys):
     files = _files(tmp_path, qa_rows, 384, 48)
     raw = task_job(
         tmp_path,
@@ -132,6 +140,10 @@ def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path):
         for r in held_out
     )
     assert right >= 14
+    capsys.readouterr()
+    assert main(["predict", summary.artifact, "--context", long_context, "which city is named ?"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]["answer"] == "madrid"
+    assert main(["predict", summary.artifact, "which city is named ?"]) == 2  # no --context: a clear error
 
 
 def test_seq2seq_translation_learns_and_generates(ray_cluster, tmp_path):
@@ -158,8 +170,6 @@ def test_seq2seq_translation_learns_and_generates(ray_cluster, tmp_path):
     assert evals[-1]["eval_loss"] < 0.4 * evals[0]["eval_loss"]
     assert summary.manifest["task"] == "hfray-seq2seq"
     assert summary.manifest["best"]["metric"] == "bleu"
-
-    from hfray.checkpoints import load_artifact_pipeline
 
     pipe = load_artifact_pipeline(summary.artifact)
     out = pipe(["the red cat eats", "big dog"])
@@ -275,3 +285,29 @@ def test_models_without_the_task_head_fail_before_ray(tmp_path):
     raw["model"] = {"name_or_path": TOKENIZER}
     _, prepared = preflight_driver(JobConfig.from_dict(raw))
     assert prepared.sizes == {"train": 8, "validation": 8}
+
+
+@pytest.mark.slow
+def test_seq2seq_translation_bleu_rises_with_longer_training(ray_cluster, tmp_path):
+    """A few hundred steps: the tiny encoder-decoder learns the word mapping and BLEU follows (~3-5 min)."""
+    files = _files(tmp_path, translation_rows, 512, 32)
+    raw = task_job(
+        tmp_path,
+        "seq2seq",
+        files,
+        model={
+            "architecture": {**TINY_BART, "d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
+            "tokenizer": TOKENIZER,
+        },
+        seq2seq={
+            "source_column": "en",
+            "target_column": "es",
+            "max_target_length": 16,
+            "generation": {"max_new_tokens": 12},
+        },
+        training={"learning_rate": 3e-3, "lr_scheduler_type": "constant", "max_steps": 320, "eval_steps": 160},
+    )
+    summary = run_training_driver(JobConfig.from_dict(raw))
+    evals = _evals(summary)
+    assert evals[0]["eval_bleu"] < 5 and evals[-1]["eval_bleu"] >= 50
+    assert load_artifact_pipeline(summary.artifact)("the red cat")["generated_text"] == "el rojo gato"
