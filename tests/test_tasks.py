@@ -311,3 +311,19 @@ def test_seq2seq_translation_bleu_rises_with_longer_training(ray_cluster, tmp_pa
     evals = _evals(summary)
     assert evals[0]["eval_bleu"] < 5 and evals[-1]["eval_bleu"] >= 50
     assert load_artifact_pipeline(summary.artifact)("the red cat")["generated_text"] == "el rojo gato"
+
+
+def test_sweeps_take_a_task_metric(tmp_path):
+    from hfray.sweep_space import check_space_driver, sweep_metric
+
+    files = _files(tmp_path, ner_rows, 16, 8)
+    sweep = {
+        "parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "num_samples": 2,
+    }
+    job = JobConfig.from_dict(task_job(tmp_path, "token-classification", files, sweep=sweep))
+    check_space_driver(job)
+    assert sweep_metric(job) == ("eval_f1", "max")
+    bad = JobConfig.from_dict(task_job(tmp_path, "token-classification", files, sweep={**sweep, "metric": "eval_bleu"}))
+    with pytest.raises(ConfigError, match="token-classification jobs report"):
+        sweep_metric(bad)

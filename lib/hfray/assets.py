@@ -126,20 +126,30 @@ def _verse_pairs() -> dict[str, list[str]]:
     return rows
 
 
+def bible_missing() -> str | None:
+    """Why ``builtin:bible_en_es`` cannot load here (an optional asset: Debian packages), or None."""
+    if importlib.util.find_spec("pysword") is None:
+        return f"builtin:bible_en_es needs the pysword package and two Debian packages ({_SWORD_HINT})"
+    if not all((SWORD_DIR / "mods.d" / f"{name}.conf").exists() for name in _SWORD_MODULES.values()):
+        return f"builtin:bible_en_es: SWORD modules {list(_SWORD_MODULES.values())} not in {SWORD_DIR} ({_SWORD_HINT})"
+    return None
+
+
 def _bible_en_es() -> datasets.Dataset:
     """Verse-aligned English (World English Bible) / Spanish (Reina-Valera 1909) pairs, public domain.
 
     From Debian's sword-text-web and sword-text-sparv packages, read with pip's pysword: about 31,000
     pairs, columns ref, en, es. Reading the modules takes minutes, so the pairs are cached as Parquet.
     """
-    if importlib.util.find_spec("pysword") is None:
-        raise DataError(f"builtin:bible_en_es needs the pysword package and two Debian packages ({_SWORD_HINT})")
     cache = Path(os.environ.get("HFRAY_CACHE", Path.home() / ".cache" / "hfray")) / "bible_en_es.v1.parquet"
     if not cache.exists():
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         cache.parent.mkdir(parents=True, exist_ok=True)
+        missing = bible_missing()
+        if missing:
+            raise DataError(missing)
         partial = cache.with_suffix(f".{os.getpid()}.tmp")
         pq.write_table(pa.table(_verse_pairs()), partial)
         partial.replace(cache)  # atomic: workers on this node may be waiting for the same file

@@ -255,6 +255,16 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
     return job, prepared
 
 
+def prepare_job_data(job: JobConfig) -> data.PreparedData:
+    """The job's data, loaded and checked the way its task needs (text-classification or hfray.tasks)."""
+    if job.task in FINETUNE_TASKS:
+        from hfray.tasks import get_task
+        from hfray.tasks.data import prepare_task_data
+
+        return prepare_task_data(job, get_task(job.task))
+    return data.prepare(job.data)
+
+
 def _local_root(storage: str, run_name: str) -> str:
     key = hashlib.sha256(f"{storage}/{run_name}".encode()).hexdigest()[:8]
     return os.path.join(tempfile.gettempdir(), "hfray", f"{run_name}-{key}")
