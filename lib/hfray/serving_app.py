@@ -7,6 +7,7 @@ HTTP API (OpenAPI at ``<route_prefix>/docs``)::
     POST /v1/classify     {"inputs": str | [str, ...], "top_k": 1, "model": optional id}
                           -> {"model": id, "results": [[{"label", "score"}, ... top_k], ... one per input]}
     GET  /v1/stats        batch sizes the answering model replica ran, and the models it holds
+    POST /v1/predict      token-classification, QA and seq2seq models: see hfray.serving_tasks
 
 Every client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``; the
 ingress validates before anything reaches a model replica, so a bad request never costs a forward pass.
