@@ -289,7 +289,7 @@ def test_models_without_the_task_head_fail_before_ray(tmp_path):
 
 @pytest.mark.slow
 def test_seq2seq_translation_bleu_rises_with_longer_training(ray_cluster, tmp_path):
-    """A few hundred steps: the tiny encoder-decoder learns the word mapping and BLEU follows (6 min on 2 busy cores)."""
+    """A few hundred steps: the tiny encoder-decoder learns the word mapping, BLEU follows (6 min, 2 busy cores)."""
     files = _files(tmp_path, translation_rows, 512, 32)
     raw = task_job(
         tmp_path,
