@@ -95,10 +95,10 @@ def check_inputs(inputs: Any, task: str, cfg: ServeConfig) -> list[Any]:
 
 
 def _run_pipeline(pipe: Any, inputs: list[Any]) -> list[Any]:
-    from hfray.tasks.predict import _plain
+    from hfray.tasks.predict import plain_json
 
     outputs = [pipe(x) for x in inputs] if pipe.task == QA_PIPELINE else pipe(inputs)
-    return [_plain(out) for out in outputs]
+    return [plain_json(out) for out in outputs]
 
 
 @serve.deployment(name="HfrayTaskModels")

@@ -10,12 +10,12 @@ from hfray.errors import HfrayError
 TASK_PIPELINES = ("token-classification", "hfray-question-answering", "hfray-seq2seq")
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """numpy scalars (token-classification scores) -> Python numbers, so results print as JSON."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     return value.item() if hasattr(value, "item") else value
 
 
@@ -27,4 +27,4 @@ def predict_per_text(pipe: Any, texts: list[str], context: str | None) -> list[A
         outputs = [pipe({"question": text, "context": context}) for text in texts]
     else:
         outputs = pipe(texts)
-    return [_plain(out) for out in outputs]
+    return [plain_json(out) for out in outputs]
