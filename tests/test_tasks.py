@@ -111,12 +111,13 @@ def test_token_classification_learns_entities_and_pipeline_tags_them(ray_cluster
 
 def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path, capsys):
     files = _files(tmp_path, qa_rows, 384, 48)
+    test_file = write_jsonl(tmp_path / "test.jsonl", qa_rows(32, seed=3, min_words=30, max_words=60))
     raw = task_job(
         tmp_path,
         "question-answering",
         files,
         question_answering={"doc_stride": 8},
-        data={"max_length": 40},
+        data={"max_length": 40, "test": str(test_file)},
         training={"max_steps": 24, "eval_steps": 8},
     )
     summary = run_training_driver(JobConfig.from_dict(raw))
@@ -125,6 +126,8 @@ def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path, cap
     assert evals[0]["eval_exact_match"] < 20 and evals[-1]["eval_exact_match"] >= 70
     assert evals[-1]["eval_f1"] >= evals[-1]["eval_exact_match"]
     assert summary.manifest["task"] == "hfray-question-answering"
+    # The test split (longer contexts: more windows than validation) is scored against its own windows.
+    assert summary.metrics["test_exact_match"] >= 70 and summary.manifest["data"]["sizes"]["test"] == 32
 
     from transformers import pipeline
 

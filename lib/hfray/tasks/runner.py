@@ -116,22 +116,28 @@ def _check_fingerprint_per_worker(prepared: data.PreparedData, expected: str, ra
         )
 
 
+def _model_and_features_per_worker(job: JobConfig, spec: Any, loop_config: dict[str, Any], rank: int) -> tuple:
+    """(data, tokenizer, model, features): the same data the driver checked, or a loud failure."""
+    from transformers import set_seed
+
+    prepared = prepare_task_data(job, spec)
+    _check_fingerprint_per_worker(prepared, loop_config["data_fingerprint"], rank)
+    tokenizer = modeling.load_tokenizer(job.model)
+    set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
+    model = spec.build_model(job, tokenizer, loop_config["labels"])
+    return prepared, tokenizer, model, spec.encode(prepared.splits, tokenizer, job, loop_config["labels"])
+
+
 def task_train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
-    from transformers import PrinterCallback, set_seed
+    from transformers import PrinterCallback
 
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
     spec, local_root = get_task(job.task), loop_config["local_root"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
-    prepared = prepare_task_data(job, spec)
-    _check_fingerprint_per_worker(prepared, loop_config["data_fingerprint"], rank)
-    labels = loop_config["labels"]
-    tokenizer = modeling.load_tokenizer(job.model)
-    set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
-    model = spec.build_model(job, tokenizer, labels)
-    encoded = spec.encode(prepared.splits, tokenizer, job, labels)
+    prepared, tokenizer, model, encoded = _model_and_features_per_worker(job, spec, loop_config, rank)
     use_gpu = job.resources.gpus_per_worker > 0
     args = spec.training_args(build_kwargs(job, os.path.join(local_root, "hf"), use_gpu), job)
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
@@ -161,5 +167,4 @@ def task_train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         }
         spec.prepare_export(trainer.accelerator.unwrap_model(trainer.model), job)
         manifest = _manifest_per_worker(job, spec, loop_config, trainer, final, extra)
-        stage = os.path.join(local_root, "artifact")
-        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, stage)
+        _export_artifact_per_worker(trainer, tokenizer, loop_config["artifact_uri"], manifest, f"{local_root}/artifact")
