@@ -171,7 +171,77 @@ def _rotten_tomatoes_dpo() -> datasets.Dataset:
     )
 
 
+SWORD_DIR = Path("/usr/share/sword")  # where Debian's sword-text-* packages put their modules
+_SWORD_MODULES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}
+_SWORD_HINT = "apt-get install sword-text-web sword-text-sparv && pip install pysword==0.2.8"
+
+
+def _osis_text(raw: str) -> str:
+    """Plain text of an OSIS verse: footnotes dropped (with a space: they sit between words), tags stripped."""
+    import re
+
+    text = re.sub(r"<[^>]+>", "", re.sub(r"<note\b.*?</note>", " ", raw, flags=re.S))
+    return " ".join(text.split())
+
+
+def _verse_pairs() -> dict[str, list[str]]:
+    from pysword.modules import SwordModules
+
+    modules = SwordModules(str(SWORD_DIR))
+    found = modules.parse_modules()
+    missing = [name for name in _SWORD_MODULES.values() if name not in found]
+    if missing:
+        raise DataError(f"builtin:bible_en_es: SWORD modules {missing} not in {SWORD_DIR} ({_SWORD_HINT})")
+    en, es = (modules.get_bible_from_module(_SWORD_MODULES[lang]) for lang in ("en", "es"))
+    rows: dict[str, list[str]] = {"ref": [], "en": [], "es": []}
+    for books in es.get_structure().get_books().values():  # KJV versification: the Spanish module's
+        for book in books:
+            for chapter in range(1, book.num_chapters + 1):
+                pair = [list(b.get_iter(books=[book.name], chapters=[chapter], clean=False)) for b in (en, es)]
+                if len(pair[0]) != len(pair[1]):  # the two versifications split this chapter differently
+                    continue
+                for verse, (e, s) in enumerate(zip(*pair, strict=True), 1):
+                    e, s = _osis_text(e), _osis_text(s)
+                    # Empty verses, and the WEB glossary appended to Revelation 22:21, are not pairs.
+                    if e and s and max(len(e), len(s)) <= 3 * min(len(e), len(s)):
+                        rows["ref"].append(f"{book.name} {chapter}:{verse}")
+                        rows["en"].append(e)
+                        rows["es"].append(s)
+    return rows
+
+
+def bible_missing() -> str | None:
+    """Why ``builtin:bible_en_es`` cannot load here (an optional asset: Debian packages), or None."""
+    if importlib.util.find_spec("pysword") is None:
+        return f"builtin:bible_en_es needs the pysword package and two Debian packages ({_SWORD_HINT})"
+    if not all((SWORD_DIR / "mods.d" / f"{name}.conf").exists() for name in _SWORD_MODULES.values()):
+        return f"builtin:bible_en_es: SWORD modules {list(_SWORD_MODULES.values())} not in {SWORD_DIR} ({_SWORD_HINT})"
+    return None
+
+
+def _bible_en_es() -> datasets.Dataset:
+    """Verse-aligned English (World English Bible) / Spanish (Reina-Valera 1909) pairs, public domain.
+
+    From Debian's sword-text-web and sword-text-sparv packages, read with pip's pysword: about 31,000
+    pairs, columns ref, en, es. Reading the modules takes minutes, so the pairs are cached as Parquet.
+    """
+    cache = Path(os.environ.get("HFRAY_CACHE", Path.home() / ".cache" / "hfray")) / "bible_en_es.v1.parquet"
+    if not cache.exists():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        missing = bible_missing()
+        if missing:
+            raise DataError(missing)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        pq.write_table(pa.table(_verse_pairs()), partial)
+        partial.replace(cache)  # atomic: workers on this node may be waiting for the same file
+    return datasets.Dataset.from_parquet(str(cache))
+
+
 BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
+    "bible_en_es": _bible_en_es,
     "bbc_news": _bbc_news,
     "rotten_tomatoes": _rotten_tomatoes,
     "rotten_tomatoes_sft": _rotten_tomatoes_sft,

@@ -186,10 +186,15 @@ def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> An
     from hfray.adapters import is_adapter, load_model
 
     manifest = read_manifest(artifact)
+    if manifest["task"].startswith("hfray-"):
+        import hfray.tasks.pipelines  # noqa: F401  registers hfray's QA and seq2seq pipelines
+
     local = download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
     # A PEFT adapter artifact: its base plus the adapter (merged in where it can be), else the folder itself.
     model = load_model(local, manifest, merge=True) if is_adapter(local) else local
-    return pipeline(manifest["task"], model=model, tokenizer=local, device=device)
+    # Task settings the job chose (token aggregation, QA windows, seq2seq source prefix).
+    kwargs = manifest.get("pipeline_kwargs", {})
+    return pipeline(manifest["task"], model=model, tokenizer=local, device=device, **kwargs)
 
 
 # Trainer state that a served model does not need: optimizer, scheduler, RNG, loop state, DeepSpeed shards.

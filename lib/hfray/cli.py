@@ -125,9 +125,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from hfray.checkpoints import load_artifact_pipeline
+    from hfray.tasks.predict import TASK_PIPELINES, predict_per_text
 
     pipe = load_artifact_pipeline(args.artifact)
-    if pipe.task in ("fill-mask", "text-generation"):  # pre-trained LMs; these unwrap a one-text batch: call per text
+    if pipe.task in TASK_PIPELINES:  # token-classification, question-answering, seq2seq
+        outputs = predict_per_text(pipe, args.texts, args.context)
+    elif pipe.task in ("fill-mask", "text-generation"):  # pre-trained LMs; these unwrap a one-text batch: call per text
         kwargs = {"top_k": args.top_k} if pipe.task == "fill-mask" else {"max_new_tokens": 32}
         outputs = [pipe(text, **kwargs) for text in args.texts]
     else:
@@ -180,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start a new sweep even if this one ran before")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("predict", help="classify texts with an exported artifact")
+    p = sub.add_parser("predict", help="predict with an exported artifact (classify, tag, answer, generate)")
     p.add_argument("artifact", help="artifact dir or URI (printed at the end of hfray train)")
     p.add_argument("texts", nargs="+")
     p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--context", help="question-answering artifacts: the text the questions are answered from")
     p.set_defaults(func=cmd_predict)
 
     from hfray.serving import add_serve_arguments, serve_cli  # import-light

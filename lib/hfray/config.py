@@ -22,9 +22,18 @@ from typing_extensions import Self
 from hfray.errors import ConfigError, Problem
 from hfray.lm_config import LM_TASKS, LMConfig, TokenizerTrainingConfig, lm_task_problems
 from hfray.peft_config import PeftSection, peft_job_problems
+from hfray.task_config import (
+    FINETUNE_TASKS,
+    QuestionAnsweringConfig,
+    Seq2SeqConfig,
+    TokenClassificationConfig,
+    evaluation_defaults,
+    metric_problems,
+    task_problems,
+)
 from hfray.trl_config import TRL_TASKS, TrlSection, trl_task_problems
 
-TASKS = ("text-classification", *LM_TASKS, *TRL_TASKS)
+TASKS = ("text-classification", *LM_TASKS, *TRL_TASKS, *FINETUNE_TASKS)
 # Tasks judged by loss alone (no classification metrics by default).
 LOSS_ONLY_TASKS = (*LM_TASKS, *TRL_TASKS)
 # Metric names hfray computes for classification (see hfray.metrics); "loss" is always reported.
@@ -170,9 +179,7 @@ class EvaluationConfig(Section):
 
     @model_validator(mode="after")
     def _metric_names(self) -> EvaluationConfig:
-        unknown = [m for m in self.metrics if m not in CLASSIFICATION_METRICS]
-        if unknown:
-            raise ValueError(f"evaluation.metrics: unknown {unknown}; expected any of {list(CLASSIFICATION_METRICS)}")
+        # Which names are known depends on the task: JobConfig checks them (metric_problems).
         if self.metric_for_best_model != "loss" and self.metric_for_best_model not in self.metrics:
             raise ValueError(
                 f"evaluation.metric_for_best_model {self.metric_for_best_model!r} must be 'loss' "
@@ -230,11 +237,23 @@ class StorageConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: Literal["text-classification", "masked-lm", "causal-lm", "sft", "dpo"] = "text-classification"
+    task: Literal[
+        "text-classification",
+        "masked-lm",
+        "causal-lm",
+        "sft",
+        "dpo",
+        "token-classification",
+        "question-answering",
+        "seq2seq",
+    ] = "text-classification"
     tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
     lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
     peft: PeftSection | None = Field(None, description="Train a PEFT adapter (LoRA, QLoRA, IA3, prefix, prompt).")
     trl: TrlSection | None = Field(None, description="TRL data and trainer settings (sft, dpo); defaults there.")
+    token_classification: TokenClassificationConfig | None = Field(None, description="Columns and settings.")
+    question_answering: QuestionAnsweringConfig | None = Field(None, description="Columns and settings.")
+    seq2seq: Seq2SeqConfig | None = Field(None, description="Columns, prefix and generation settings.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="builtin:all-MiniLM-L6-v2"))
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -286,7 +305,7 @@ class JobConfig(Section):
         if isinstance(raw, dict) and raw.get("task") in LOSS_ONLY_TASKS:
             evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
             raw = {**raw, "evaluation": {"metrics": [], "metric_for_best_model": "loss", **evaluation}}
-        return raw
+        return evaluation_defaults(raw)  # token-classification, question-answering, seq2seq: their metrics
 
     @model_validator(mode="after")
     def _task_sections(self) -> JobConfig:
@@ -294,7 +313,9 @@ class JobConfig(Section):
             self.lm = LMConfig()
         if self.task in TRL_TASKS and self.trl is None:
             self.trl = TrlSection()
-        problems = lm_task_problems(self) + peft_job_problems(self) + trl_task_problems(self)
+        problems = lm_task_problems(self) + peft_job_problems(self) + trl_task_problems(self) + task_problems(self)
+        if self.task == "text-classification":
+            problems += metric_problems(self.task, self.evaluation.metrics, CLASSIFICATION_METRICS)
         if problems:
             # A ConfigError (not a ValueError) passes through pydantic untouched: one Problem per key.
             raise ConfigError([Problem(key, message) for key, message in problems], "job")

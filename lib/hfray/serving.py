@@ -34,6 +34,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     """A Serve ``Application`` (ingress + classifier) for a ``ServeConfig`` or its dict form."""
     from hfray.serving_app import HfrayClassifier, HfrayIngress
     from hfray.serving_config import ArtifactCatalog, ServeConfig
+    from hfray.serving_tasks import HfrayTaskModels, serves_tasks
 
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(dict(args))
     # Fail here, in the driver, with a clear message, rather than as a replica crash loop.
@@ -45,12 +46,19 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
         autoscaling_config=cfg.autoscaling.model_dump(),
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     ).bind(cfg.to_dict())
+    tasks = None
+    if serves_tasks(cfg):  # token-classification, QA, seq2seq artifacts: POST /v1/predict (hfray.serving_tasks)
+        tasks = HfrayTaskModels.options(
+            logging_config=logging_config,
+            max_ongoing_requests=cfg.max_ongoing_requests,
+            ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        ).bind(cfg.to_dict())
     return HfrayIngress.options(
         logging_config=logging_config,
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
-    ).bind(classifier, cfg.to_dict())
+    ).bind(classifier, cfg.to_dict(), tasks)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ HTTP API (OpenAPI at ``<route_prefix>/docs``)::
     POST /v1/classify     {"inputs": str | [str, ...], "top_k": 1, "model": optional id}
                           -> {"model": id, "results": [[{"label", "score"}, ... top_k], ... one per input]}
     GET  /v1/stats        batch sizes the answering model replica ran, and the models it holds
+    POST /v1/predict      token-classification, QA and seq2seq models: see hfray.serving_tasks
 
 Every client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``; the
 ingress validates before anything reaches a model replica, so a bad request never costs a forward pass.
@@ -116,8 +117,11 @@ def parse_classify(raw: bytes, cfg: ServeConfig) -> tuple[list[str], int, str | 
 class HfrayIngress:
     """Checks auth and input, picks the model id, and routes to the replica that has that model loaded."""
 
-    def __init__(self, classifier: DeploymentHandle, config: dict[str, Any]) -> None:
+    def __init__(
+        self, classifier: DeploymentHandle, config: dict[str, Any], tasks: DeploymentHandle | None = None
+    ) -> None:
         self.cfg = ServeConfig.from_dict(config)
+        self.tasks = tasks  # HfrayTaskModels (hfray.serving_tasks): only when the root holds such artifacts
         # A one-second cache: new sweep trials and rewritten manifests still show up within a second.
         self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models, ttl_s=1.0)
         self.default_model = self.catalog.default_id(self.cfg.default_model)
@@ -184,6 +188,26 @@ class HfrayIngress:
             raise bad_request(422, "model", f"model: {model_id!r} is a {entry.manifest['task']} model")
         results = await self._classify_handle(model_id).remote(texts, top_k)
         return {"model": model_id, "results": results}
+
+    @app.post("/v1/predict")
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """Token classification, extractive QA and seq2seq models (see hfray.serving_tasks)."""
+        from hfray.serving_tasks import check_inputs, parse_predict_body
+        from hfray.tasks.predict import TASK_PIPELINES
+
+        self._auth(request)
+        req = parse_predict_body(await read_body(request, self.body_limit))
+        model_id = req.model or self.default_model
+        try:
+            entry = self.catalog.resolve(model_id)
+        except ModelIdError as exc:
+            raise bad_request(exc.status, "model", str(exc)) from None
+        task = entry.manifest.get("task", "text-classification")
+        if task not in TASK_PIPELINES or self.tasks is None:
+            raise bad_request(422, "model", f"model: {model_id!r} is a {task} model (use /v1/classify)")
+        inputs = check_inputs(req.inputs, task, self.cfg)
+        results = await self.tasks.options(multiplexed_model_id=model_id).predict.remote(inputs)
+        return {"model": model_id, "task": task, "results": results}
 
 
 # ----------------------------------------------------------------------------- the model replica

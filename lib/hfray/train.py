@@ -27,6 +27,7 @@ from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
 from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
+from hfray.task_config import FINETUNE_TASKS
 
 # ----------------------------------------------------------------------------- per worker
 
@@ -117,15 +118,6 @@ def _weighted_loss(weights: list[float]) -> Any:
         return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
 
     return compute_loss
-
-
-def _export_artifact_per_worker(trainer: Any, tokenizer: Any, dest: str, manifest: dict[str, Any], stage: str) -> None:
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.save_pretrained(stage)  # weights + config only: no optimizer, scheduler or RNG state
-    tokenizer.save_pretrained(stage)
-    checkpoints.write_manifest(stage, manifest)
-    checkpoints.upload_dir(stage, dest)
-    print(f"[hfray] artifact written to {dest}", flush=True)
 
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
@@ -250,6 +242,10 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
     """Everything that can be checked without Ray: config, data, tokenizer and model config."""
     check_training_arguments_driver(job)
     job = resolve_sources_driver(job)
+    if job.task in FINETUNE_TASKS:  # token-classification, question-answering, seq2seq: hfray.tasks
+        from hfray.tasks.runner import preflight_task_driver
+
+        return job, preflight_task_driver(job)
     prepared = data.prepare(job.data)
     tokenizer = modeling.load_tokenizer(job.model)
     config = modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
@@ -260,6 +256,16 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
             f"labels {prepared.labels}"
         )
     return job, prepared
+
+
+def prepare_job_data(job: JobConfig) -> data.PreparedData:
+    """The job's data, loaded and checked the way its task needs (text-classification or hfray.tasks)."""
+    if job.task in FINETUNE_TASKS:
+        from hfray.tasks import get_task
+        from hfray.tasks.data import prepare_task_data
+
+        return prepare_task_data(job, get_task(job.task))
+    return data.prepare(job.data)
 
 
 def _local_root(storage: str, run_name: str) -> str:
@@ -325,8 +331,11 @@ def build_trainer_driver(
         "artifact_uri": checkpoints.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
     }
+    train_fn = train_fn_per_worker
+    if job.task in FINETUNE_TASKS:  # token-classification, question-answering, seq2seq: hfray.tasks
+        from hfray.tasks.runner import task_train_fn_per_worker as train_fn
     return TorchTrainer(
-        train_fn_per_worker,
+        train_fn,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
         run_config=run_config_driver(job, run_name, callbacks),

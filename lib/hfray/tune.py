@@ -23,7 +23,7 @@ import ray
 import ray.train
 import ray.tune
 
-from hfray import checkpoints, cluster, data, sweep_results, sweep_space, tracking
+from hfray import checkpoints, cluster, sweep_results, sweep_space, tracking
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.schedulers import build_scheduler, build_search_alg
@@ -71,14 +71,14 @@ def sweep_trial_driver(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
     from ray.util.queue import Queue
 
-    from hfray.train import build_trainer_driver
+    from hfray.train import build_trainer_driver, prepare_job_data
 
     trial_id = ray.tune.get_context().get_trial_id()
     raw = sweep_space.trial_job_dict(context["job"], config, context["trials_storage"])
     job = JobConfig.from_dict(raw, source=f"job of trial {trial_id}")
     prepared = context["prepared"]
     if raw["data"] != context["job"]["data"]:  # the space touches data keys: this trial's own data
-        prepared = data.prepare(job.data)
+        prepared = prepare_job_data(job)
     restored = ray.tune.get_checkpoint()  # a PBT donor's checkpoint, or this trial's own after a pause
     run = trial_id
     if restored is not None:

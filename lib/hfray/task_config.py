@@ -1,0 +1,126 @@
+"""Job-file sections of the fine-tuning tasks beyond text classification.
+
+``token_classification``, ``question_answering`` and ``seq2seq`` each name their data columns and the
+task's own settings. They live apart from :mod:`hfray.config` so that module stays small;
+``JobConfig`` embeds them, fills each task's evaluation defaults (:func:`evaluation_defaults`) and
+calls :func:`task_problems` for the rules that tie a task to its section. Like
+:mod:`hfray.lm_config`, the base class repeats ``hfray.config.Section``'s settings to avoid a
+circular import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FINETUNE_TASKS = ("token-classification", "question-answering", "seq2seq")
+# The metrics each task reports at every evaluation (as eval_<name>); evaluation.metrics picks among them.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "token-classification": ("f1", "precision", "recall", "accuracy"),  # seqeval: entity-level, token accuracy
+    "question-answering": ("exact_match", "f1"),  # SQuAD v1.1: percentages, as the official script
+    "seq2seq": ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum"),  # sacreBLEU 0-100, ROUGE 0-1
+}
+_DEFAULT_EVALUATION = {
+    "token-classification": {"metrics": ["f1", "precision", "recall", "accuracy"], "metric_for_best_model": "f1"},
+    "question-answering": {"metrics": ["exact_match", "f1"], "metric_for_best_model": "f1"},
+    "seq2seq": {"metrics": ["bleu", "rougeL"], "metric_for_best_model": "bleu"},
+}
+# The job-file key of each task's section.
+SECTION_OF = {
+    "token-classification": "token_classification",
+    "question-answering": "question_answering",
+    "seq2seq": "seq2seq",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TokenClassificationConfig(_Section):
+    """Rows of words with one tag each (NER-style, e.g. B-PER I-PER O)."""
+
+    tokens_column: str = Field("tokens", description="Column holding a list of words per row.")
+    tags_column: str = Field(
+        "tags", description="Column holding one tag per word: strings, or ints with data.labels (or ClassLabel names)."
+    )
+    label_all_subwords: bool = Field(
+        False, description="False: only a word's first sub-token carries its tag (the rest are ignored by the loss)."
+    )
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
+        "simple", description="How hfray predict / serve group sub-tokens into entities (transformers.pipeline)."
+    )
+
+
+class QuestionAnsweringConfig(_Section):
+    """Extractive QA, SQuAD-style: answers is {'text': [...], 'answer_start': [...]} (character offsets)."""
+
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
+    doc_stride: int = Field(32, ge=0, description="Tokens shared by consecutive windows of a long context.")
+    max_answer_length: int = Field(30, ge=1, description="Longest answer span, in tokens, at prediction.")
+    n_best_size: int = Field(20, ge=1, description="Start and end candidates tried per window.")
+
+
+class GenerationSettings(_Section):
+    """Saved on the model's generation config: evaluation (predict_with_generate), predict and serve use it."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    num_beams: int = Field(1, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    early_stopping: bool = False
+
+
+class Seq2SeqConfig(_Section):
+    """Source text to target text (translation, summarization) with an encoder-decoder model."""
+
+    source_column: str = "source"
+    target_column: str = "target"
+    source_prefix: str = Field("", description="Prepended to every source, e.g. 'translate English to Spanish: '.")
+    max_target_length: int = Field(128, ge=2, le=32768, description="Target tokens kept for training labels.")
+    pipeline: Literal["translation", "summarization", "text2text-generation"] = Field(
+        "translation", description="The transformers.pipeline the artifact is served with."
+    )
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+
+def evaluation_defaults(raw: Any) -> Any:
+    """A raw job dict with its task's evaluation defaults under what the job sets itself."""
+    if not isinstance(raw, dict) or raw.get("task") not in _DEFAULT_EVALUATION:
+        return raw
+    evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+    return {**raw, "evaluation": {**_DEFAULT_EVALUATION[raw["task"]], **evaluation}}
+
+
+def metric_problems(task: str, metrics: list[str], allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+    unknown = [m for m in metrics if m not in allowed]
+    if unknown:
+        return [("evaluation.metrics", f"unknown {unknown}; {task} jobs report any of {list(allowed)}")]
+    return []
+
+
+def task_problems(raw: Any) -> list[tuple[str, str]]:
+    """(key, message) for each rule that ties a fine-tuning task to its section; fills a missing section.
+
+    ``raw`` is the validated ``JobConfig``; kept loosely typed to avoid a circular import.
+    """
+    problems: list[tuple[str, str]] = []
+    for task, key in SECTION_OF.items():
+        if getattr(raw, key) is not None and raw.task != task:
+            problems.append((key, f"only for task {task!r}; this job's task is {raw.task!r}"))
+    if raw.task not in FINETUNE_TASKS:
+        return problems
+    key = SECTION_OF[raw.task]
+    if getattr(raw, key) is None:
+        section = {"token_classification": TokenClassificationConfig, "question_answering": QuestionAnsweringConfig}
+        setattr(raw, key, section.get(key, Seq2SeqConfig)())
+    problems += metric_problems(raw.task, raw.evaluation.metrics, TASK_METRICS[raw.task])
+    if raw.training.class_weights != "none":
+        problems.append(("training.class_weights", f"only for text-classification, not {raw.task}"))
+    if raw.data.text_pair_column:
+        problems.append(("data.text_pair_column", f"not used by {raw.task}: its columns are set in {key}"))
+    return problems
