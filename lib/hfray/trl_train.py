@@ -24,7 +24,7 @@ from typing import Any
 
 import ray.train
 
-from hfray import adapters, checkpoints, cluster, export, modeling
+from hfray import adapters, checkpoints, cluster, export, modeling, tracking
 from hfray.config import JobConfig
 from hfray.errors import DataError, ModelError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
@@ -231,6 +231,7 @@ def trl_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, ctx.get_local_rank())
     callbacks = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     trainer = _trainer_per_worker(job, model, tokenizer, args, splits, callbacks)
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
     started = time.time()
@@ -294,7 +295,7 @@ def preflight_trl_driver(job: JobConfig) -> tuple[JobConfig, dict[str, Any]]:
     return job, info
 
 
-def build_trl_trainer_driver(job: JobConfig, run_name: str) -> Any:
+def build_trl_trainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> Any:
     from ray.train.torch import TorchTrainer
 
     storage = job.storage.path
@@ -308,7 +309,7 @@ def build_trl_trainer_driver(job: JobConfig, run_name: str) -> Any:
         trl_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
-        run_config=run_config_driver(job, run_name),
+        run_config=run_config_driver(job, run_name, callbacks),
     )
 
 
@@ -324,5 +325,6 @@ def run_trl_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     where = cluster.connect_driver(job.cluster)
     cluster.check_fits_driver(job.resources, job.cluster)
     print(f"[hfray] run {run_name}: {job.task} {info['model_type']}, rows {info['rows']}, on {where}", flush=True)
-    fit_trainer_driver(build_trl_trainer_driver(job, run_name))
+    with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
+        fit_trainer_driver(build_trl_trainer_driver(job, run_name, callbacks))
     return _summary(job, run_name, started, where, reused=False)
