@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, cluster, export, lm_data, modeling, ray_data, throughput, tracking
+from hfray import checkpoints, export, lm_data, modeling, ray_data, throughput, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
@@ -35,12 +35,9 @@ from hfray.train import (
     _local_root,
     _localize_best_per_worker,
     _scaling_config,
-    _summary,
-    fit_trainer_driver,
-    fresh_run_name,
     resolve_sources_driver,
     run_config_driver,
-    run_is_complete,
+    run_job_driver,
 )
 
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
@@ -290,21 +287,11 @@ def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] 
 
 def run_pretraining_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     """Pre-train a masked-lm or causal-lm job end to end; a finished job returns its results."""
-    started = time.time()
-    run_name = job.run_name  # from the job as written: resolved paths differ between machines
-    job, info = preflight_lm_driver(job)
-    if fresh:
-        run_name = fresh_run_name(run_name)
-    if run_is_complete(job, run_name):
-        return _summary(job, run_name, started, "none (run already complete)", reused=True)
-    where = cluster.connect_driver(job.cluster)
-    cluster.check_fits_driver(job.resources, job.cluster)
-    check_data_cpus_driver(job)
-    print(
-        f"[hfray] run {run_name}: {job.task} {info['model_type']}, vocab {info['vocab_size']}, "
-        f"pipeline {job.lm.pipeline}, on {where}",
-        flush=True,
-    )  # type: ignore[union-attr]
-    with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
-        fit_trainer_driver(build_pretrainer_driver(job, run_name, callbacks))
-    return _summary(job, run_name, started, where, reused=False)
+    return run_job_driver(
+        job,
+        fresh,
+        preflight_lm_driver,
+        lambda job, info: f"{job.task} {info['model_type']}, vocab {info['vocab_size']}, pipeline {job.lm.pipeline}",
+        lambda job, info, run_name, callbacks: build_pretrainer_driver(job, run_name, callbacks),
+        checks=check_data_cpus_driver,
+    )

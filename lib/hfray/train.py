@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -402,21 +403,43 @@ def fit_trainer_driver(trainer: Any) -> Any:
         raise
 
 
-def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
-    """Train a job end to end; re-running a finished job returns its results without training."""
+def run_job_driver(
+    job: JobConfig,
+    fresh: bool,
+    preflight: Callable[[JobConfig], tuple[JobConfig, Any]],
+    describe: Callable[[JobConfig, Any], str],
+    build: Callable[[JobConfig, Any, str, list[Any]], Any],
+    checks: Callable[[JobConfig], None] | None = None,
+) -> RunSummary:
+    """The skeleton every task's run shares: checks, reuse of a finished run, Ray, tracking, fit, summary.
+
+    ``preflight`` checks and resolves the job before Ray starts and returns what ``describe`` (one line for
+    the log) and ``build`` (the ``TorchTrainer``, given the run name and tracking's Train callbacks) need;
+    ``checks`` run once connected (resources beyond the workers').
+    """
     started = time.time()
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
-    job, prepared = preflight_driver(job)
+    job, info = preflight(job)
     if fresh:
         run_name = fresh_run_name(run_name)
     if run_is_complete(job, run_name):
         return _summary(job, run_name, started, "none (run already complete)", reused=True)
     where = cluster.connect_driver(job.cluster)
     cluster.check_fits_driver(job.resources, job.cluster)
-    print(
-        f"[hfray] run {run_name}: {prepared.sizes} rows, {len(prepared.labels)} labels, on {where}",
-        flush=True,
-    )
+    if checks is not None:
+        checks(job)
+    print(f"[hfray] run {run_name}: {describe(job, info)}, on {where}", flush=True)
     with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
-        fit_trainer_driver(build_trainer_driver(job, prepared, run_name, callbacks))
+        fit_trainer_driver(build(job, info, run_name, callbacks))
     return _summary(job, run_name, started, where, reused=False)
+
+
+def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
+    """Train a job end to end; re-running a finished job returns its results without training."""
+    return run_job_driver(
+        job,
+        fresh,
+        preflight_driver,
+        lambda job, prepared: f"{prepared.sizes} rows, {len(prepared.labels)} labels",
+        lambda job, prepared, run_name, callbacks: build_trainer_driver(job, prepared, run_name, callbacks),
+    )

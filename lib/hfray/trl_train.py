@@ -24,7 +24,7 @@ from typing import Any
 
 import ray.train
 
-from hfray import adapters, checkpoints, cluster, export, modeling, tracking
+from hfray import adapters, checkpoints, export, modeling, tracking
 from hfray.config import JobConfig
 from hfray.errors import DataError, ModelError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
@@ -35,12 +35,9 @@ from hfray.train import (
     _localize_best_per_worker,
     _resume_dir_per_worker,
     _scaling_config,
-    _summary,
-    fit_trainer_driver,
-    fresh_run_name,
     resolve_sources_driver,
     run_config_driver,
-    run_is_complete,
+    run_job_driver,
 )
 from hfray.trl_config import PIPELINE_TASK, TrlSection
 
@@ -315,16 +312,10 @@ def build_trl_trainer_driver(job: JobConfig, run_name: str, callbacks: list[Any]
 
 def run_trl_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     """Train an sft or dpo job end to end; a finished job returns its results without training."""
-    started = time.time()
-    run_name = job.run_name  # from the job as written: resolved paths differ between machines
-    job, info = preflight_trl_driver(job)
-    if fresh:
-        run_name = fresh_run_name(run_name)
-    if run_is_complete(job, run_name):
-        return _summary(job, run_name, started, "none (run already complete)", reused=True)
-    where = cluster.connect_driver(job.cluster)
-    cluster.check_fits_driver(job.resources, job.cluster)
-    print(f"[hfray] run {run_name}: {job.task} {info['model_type']}, rows {info['rows']}, on {where}", flush=True)
-    with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
-        fit_trainer_driver(build_trl_trainer_driver(job, run_name, callbacks))
-    return _summary(job, run_name, started, where, reused=False)
+    return run_job_driver(
+        job,
+        fresh,
+        preflight_trl_driver,
+        lambda job, info: f"{job.task} {info['model_type']}, rows {info['rows']}",
+        lambda job, info, run_name, callbacks: build_trl_trainer_driver(job, run_name, callbacks),
+    )
