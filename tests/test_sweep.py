@@ -104,6 +104,7 @@ def _metrics_log(sweep_dir: str, run: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # CI budget: ~2.5 min on 2 cores (ASHA and resume keep Train-in-Tune in the default suite)
 @pytest.mark.usefixtures("ray_cluster")
 def test_pbt_exploit_copies_the_winner_and_applies_the_mutated_learning_rate(tmp_path, data_files):
     from hfray.tune import run_sweep_driver

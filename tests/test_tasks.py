@@ -109,6 +109,7 @@ def test_token_classification_learns_entities_and_pipeline_tags_them(ray_cluster
     assert {(e["entity_group"], e["word"]) for e in line["predictions"]} == {("PER", "robert"), ("LOC", "cairo")}
 
 
+@pytest.mark.slow  # CI budget (~1.5 min on 2 cores); token classification keeps the runner in the default suite
 def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path, capsys):
     files = _files(tmp_path, qa_rows, 384, 48)
     test_file = write_jsonl(tmp_path / "test.jsonl", qa_rows(32, seed=3, min_words=30, max_words=60))
@@ -149,6 +150,7 @@ def test_question_answering_over_windows_learns_spans(ray_cluster, tmp_path, cap
     assert main(["predict", summary.artifact, "which city is named ?"]) == 2  # no --context: a clear error
 
 
+@pytest.mark.slow  # CI budget (~1.5 min on 2 cores); token classification keeps the runner in the default suite
 def test_seq2seq_translation_learns_and_generates(ray_cluster, tmp_path):
     files = _files(tmp_path, translation_rows, 512, 32)
     raw = task_job(
