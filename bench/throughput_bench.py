@@ -202,8 +202,7 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     def manifest() -> Path:
         return next((out / "runs").glob("*/artifact/hfray_manifest.json"))
 
-    result = _timed(cmd, out, manifest)
-    return result
+    return _timed(cmd, out, manifest)
 
 
 def _timed(cmd: list[str], out: Path, result_path: Any) -> dict[str, Any]:
@@ -335,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = args.out / "work"
     data = write_corpus(work, args.docs or (60 if args.smoke else 4000))
     tokenizers = train_tokenizers(work, data, args.smoke)
-    address = args.address or _start_cluster(gpu)
+    address = args.address or _start_cluster()
     result: dict[str, Any] = {
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -367,7 +366,7 @@ def _write(result: dict[str, Any], out: Path) -> None:
     (out / "throughput.md").write_text(markdown(result))
 
 
-def _start_cluster(gpu: bool) -> str:
+def _start_cluster() -> str:
     from hfray.cluster import start_local_cluster
 
     return start_local_cluster(None, None, configure_logging=False, log_to_driver=False)

@@ -97,25 +97,37 @@ def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any, **load
     from transformers import AutoModelForSequenceClassification
 
     config = load_config(cfg, **classification_overrides(labels, tokenizer))
+    if cfg.architecture is not None and len(tokenizer) > config.vocab_size:
+        raise ModelError(
+            f"model.architecture.vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens"
+        )
+    # A fine-tuned checkpoint may come with another label count: its head is replaced.
+    return model_from_config_or_pretrained(
+        cfg, AutoModelForSequenceClassification, config, ignore_mismatched_sizes=True, **load_kwargs
+    )
+
+
+def model_from_config_or_pretrained(
+    cfg: ModelConfig, auto_cls: Any, config: Any, ignore_mismatched_sizes: bool = False, **load_kwargs: Any
+) -> Any:
+    """``auto_cls`` randomly initialised from ``model.architecture``, or from pretrained weights.
+
+    v5 task heads take **kwargs, so the Trainer passes them num_items_in_batch and multiplies the loss by
+    the world size (right for token-averaged LM losses), but these heads average their loss per batch
+    themselves: under DDP the loss and gradients would come out world_size times too large. Every model
+    hfray trains opts out of that path.
+    """
     if cfg.architecture is not None:
-        if len(tokenizer) > config.vocab_size:
-            raise ModelError(
-                f"model.architecture.vocab_size {config.vocab_size} is smaller than the tokenizer's "
-                f"{len(tokenizer)} tokens"
-            )
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_cls.from_config(config)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_cls.from_pretrained(
             cfg.name_or_path,
             config=config,
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
-            ignore_mismatched_sizes=True,  # a fine-tuned checkpoint may come with another label count
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
             **load_kwargs,
         )
-    # v5 classifiers take **kwargs, so the Trainer passes num_items_in_batch and multiplies the loss by
-    # the world size (for token-averaged LM losses), but their loss is a plain mean that ignores it:
-    # under DDP the loss and gradients come out world_size times too large. Opt out of that path.
     model.accepts_loss_kwargs = False
     return model
 
@@ -169,18 +181,10 @@ def build_language_model(cfg: ModelConfig, task: str, tokenizer: Any, block_size
 
     config = language_model_config(cfg, task, tokenizer, block_size)
     auto = AutoModelForMaskedLM if task == "masked-lm" else AutoModelForCausalLM
-    if cfg.architecture is not None:
-        model = auto.from_config(config)
-    else:
-        model = auto.from_pretrained(
-            cfg.name_or_path, config=config, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
-    # Some v5 LM heads (BERT's MLM) take **kwargs yet average their loss themselves, so the Trainer's
-    # num_items_in_batch path would scale it by the world size under DDP. Opt out for every LM: packed
-    # causal blocks have the same label count in every batch, so the per-batch mean averaged by DDP is
-    # the exact token average; MLM mask counts vary by a few percent between batches, as in BERT's training.
-    model.accepts_loss_kwargs = False
-    return model
+    # BERT's MLM head has the loss shape of model_from_config_or_pretrained's note; packed causal blocks have the
+    # same label count in every batch, so the per-batch mean averaged by DDP is the exact token average; MLM
+    # mask counts vary by a few percent between batches, as in BERT's training.
+    return model_from_config_or_pretrained(cfg, auto, config)
 
 
 def mlm_loss_on_masked_only(model: Any) -> bool:

@@ -119,20 +119,8 @@ def check_fast_tokenizer(tokenizer: Any, task: str, why: str) -> None:
 
 def build_from(cfg: ModelConfig, auto_cls: Any, config: Any) -> Any:
     """A model with the task's head: from ``model.architecture`` (random) or pretrained weights (new head)."""
-    if cfg.architecture is not None:
-        model = auto_cls.from_config(config)
-    else:
-        model = auto_cls.from_pretrained(
-            cfg.name_or_path,
-            config=config,
-            revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
-            ignore_mismatched_sizes=True,  # a fine-tuned checkpoint may come with another label count
-        )
-    # As in hfray.modeling: v5 heads take **kwargs, so the Trainer would hand them num_items_in_batch and
-    # scale the loss by the world size, while these heads average their loss per batch themselves.
-    model.accepts_loss_kwargs = False
-    return model
+    # A fine-tuned checkpoint may come with another label count.
+    return modeling.model_from_config_or_pretrained(cfg, auto_cls, config, ignore_mismatched_sizes=True)
 
 
 def map_split(ds: datasets.Dataset, fn: Callable[..., dict[str, Any]], key: str, desc: str) -> datasets.Dataset:
