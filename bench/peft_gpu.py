@@ -62,6 +62,12 @@ def model_section(tokenizer_dir: str | None) -> tuple[dict[str, Any], str]:
 WORKERS = 2  # --workers: one per GPU
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def job(name: str, task: str, model: dict[str, Any], storage: str, **sections: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": name,
@@ -86,6 +92,8 @@ def job(name: str, task: str, model: dict[str, Any], storage: str, **sections: A
         },
         "resources": {"num_workers": WORKERS, "gpus_per_worker": 1, "cpus_per_worker": 4},
         "storage": {"path": storage, "num_to_keep": 2, "max_failures": 1},
+        # The device bundle carries no MLflow/matplotlib; TensorBoard stays on (tensorboardX is in it).
+        "tracking": {"mlflow": _installed("mlflow"), "learning_curve": _installed("matplotlib")},
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)

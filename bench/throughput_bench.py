@@ -164,6 +164,9 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         },
         "resources": {"num_workers": n, **({"gpus_per_worker": 1} if gpu else {"cpus_per_worker": 0.5})},
         "storage": {"path": str(storage), "num_to_keep": 1, "max_failures": 0},
+        # hfray's tracking defaults where their packages are installed (the GPU machine's bundle has no MLflow
+        # and no matplotlib: there only TensorBoard logs, which the plain runner does not do at all).
+        "tracking": {"mlflow": _installed("mlflow"), "learning_curve": _installed("matplotlib")},
     }
     if workload == "cls":
         job["data"] = {
@@ -184,13 +187,22 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     return job
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def run_plain(spec: dict[str, Any], n: int, out: Path) -> dict[str, Any]:
     spec_file, result_file = out / "spec.json", out / "result.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [sys.executable, str(HERE / "throughput_plain.py")]
     if n > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", cmd[1]]
-    return _timed(cmd + ["--spec", str(spec_file), "--out", str(result_file)], out, lambda: result_file)
+    # One process that sees several GPUs makes the HF Trainer wrap the model in nn.DataParallel over all of
+    # them (the first 2-GPU run measured that by mistake: 335 samples/s). N GPUs means exactly N visible.
+    gpus = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(n))}
+    return _timed(cmd + ["--spec", str(spec_file), "--out", str(result_file)], out, lambda: result_file, gpus)
 
 
 def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
@@ -205,8 +217,9 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     return _timed(cmd, out, manifest)
 
 
-def _timed(cmd: list[str], out: Path, result_path: Any) -> dict[str, Any]:
+def _timed(cmd: list[str], out: Path, result_path: Any, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")])}
+    env.update(extra_env or {})
     submitted = time.time()
     with (out / "log.txt").open("w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)

@@ -69,10 +69,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    path, job = _load(args)  # first: a mistake in the job file is reported in a second, before heavy imports
+    print(f"[hfray] job {path}", flush=True)
     from hfray.train import run_training_driver
 
-    path, job = _load(args)
-    print(f"[hfray] job {path}", flush=True)
     if job.task in LM_TASKS:  # pre-training (masked-lm, causal-lm) has its own driver
         from hfray.pretrain import run_pretraining_driver as run_training_driver
     elif job.task in TRL_TASKS:  # TRL's SFT and DPO trainers, on the same Ray Train spine
@@ -99,10 +99,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from hfray.tune import run_sweep_driver
-
     path, job = _load(args)
     print(f"[hfray] sweep of job {path}", flush=True)
+    from hfray.tune import run_sweep_driver
+
     summary = run_sweep_driver(job, resume=args.resume, fresh=args.fresh)
     status = "was already complete (use --fresh to sweep again)" if summary.reused else "finished"
     print(f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")

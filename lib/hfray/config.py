@@ -148,6 +148,8 @@ class TrainingConfig(Section):
     @field_validator("extra_args")
     @classmethod
     def _extra_args_known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:  # the usual case: no need to import transformers (seconds) to validate a job file
+            return value
         from hfray.hf_args import MANAGED, training_argument_names
 
         known = training_argument_names()

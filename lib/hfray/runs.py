@@ -16,7 +16,6 @@ import pyarrow.fs as pafs
 
 from hfray import checkpoints, storage
 from hfray.errors import HfrayError
-from hfray.reporting import read_metrics_log
 
 
 @dataclass
@@ -46,6 +45,8 @@ def _best_from_log(records: list[dict[str, Any]]) -> tuple[str | None, float | N
 
 
 def run_row(name: str, uri: str) -> RunRow | None:
+    from hfray.reporting import read_metrics_log  # here: it imports Ray Train and transformers (seconds)
+
     records = read_metrics_log(checkpoints.join(uri, checkpoints.METRICS_LOG))
     manifest = _maybe_json(checkpoints.join(uri, checkpoints.ARTIFACT_DIR, checkpoints.MANIFEST))
     if not records and manifest is None:
