@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import measure, run_level, server_accounting  # noqa: E402  (a sibling module, not a package)
 
-from hfray.serving import free_port, wait_healthy  # noqa: E402
+from hfray.serving import PROXIES, free_port, proxy_env, wait_healthy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ARCHS = {
@@ -153,7 +153,9 @@ def bench_hfray(artifact: Path, args: argparse.Namespace, report: Report) -> Non
 
     from hfray.serving import serve_artifacts_driver
 
-    for item in args.serve_env:  # Serve reads its flags when its processes start: set them before Ray does
+    # Serve reads its flags when its processes start: set them before Ray does.
+    os.environ.update(proxy_env(args.proxy))
+    for item in args.serve_env:
         key, _, value = item.partition("=")
         os.environ[key] = value
     gpus = 1 if args.device.startswith("cuda") else None
@@ -260,6 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", type=parse_variant, action="append", default=[], help="an hfray deployment to run")
     p.add_argument("--serve-env", action="append", default=[], help="KEY=VALUE set before Ray starts (Serve flags)")
     p.add_argument("--ray-num-cpus", type=int, default=2)
+    p.add_argument("--proxy", choices=PROXIES, default="auto", help="HTTP proxy of the bench's Ray cluster")
     p.add_argument("--only", choices=["baseline", "hfray"], default=None)
     p.add_argument("--out", default=str(HERE / "results" / "serve_bench.json"))
     p.add_argument("--baseline-server", metavar="ARTIFACT", help=argparse.SUPPRESS)

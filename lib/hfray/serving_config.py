@@ -65,12 +65,21 @@ class ServeConfig(Section):
     max_concurrent_batches: int = Field(
         1, ge=1, le=8, description="Batches in flight per replica: >1 overlaps tokenizing one with the GPU's work."
     )
+    topology: Literal["fused", "split"] = Field(
+        "fused",
+        description="fused: the HTTP ingress replicas hold the models (one hop per request; any replica loads any "
+        "model, LRU). split: a separate ingress routes each request to a model replica that has its model "
+        "loaded (Serve model multiplexing) - for many models over many replicas.",
+    )
+    cuda_graphs: bool = Field(
+        True, description="On GPU: pad inputs to shape buckets and replay captured CUDA graphs (eager on failure)."
+    )
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     max_ongoing_requests: int = Field(32, ge=1, description="Per model replica; also bounds one batch queue.")
     num_cpus: float = Field(1, ge=0, description="CPUs per model replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs per model replica; >0 puts the model on CUDA.")
-    ingress_num_cpus: float = Field(0, ge=0, description="The HTTP ingress mostly waits; 0 lets it share.")
-    ingress_replicas: int = Field(1, ge=1, description="More than one when JSON handling limits throughput.")
+    ingress_num_cpus: float = Field(0, ge=0, description="split topology: the ingress mostly waits; 0 lets it share.")
+    ingress_replicas: int = Field(1, ge=1, description="split topology: more when JSON handling limits throughput.")
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")

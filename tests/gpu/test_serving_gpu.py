@@ -47,6 +47,24 @@ def test_bf16_on_gpu_agrees_with_the_fp32_pipeline(gamma: Path) -> None:
     assert_close_to(model.predict(TEXTS, [3] * len(TEXTS)), want)
 
 
+def test_cuda_graph_buckets_agree_with_the_eager_forward(gamma: Path) -> None:
+    """Every (rows, tokens) bucket is captured; replays of padded inputs give the eager forward's scores."""
+    import torch
+
+    from hfray.serving_model import LoadedModel
+
+    graphed = LoadedModel(str(gamma), "cuda", torch.bfloat16, max_length=128, graph_rows=8)
+    eager = LoadedModel(str(gamma), "cuda", torch.bfloat16, max_length=128)
+    assert eager.forward is None
+    info = graphed.forward.describe()
+    assert "capture_error" not in info, info
+    assert info["cuda_graphs"] == len(info["row_buckets"]) * len(info["token_buckets"]) == 4 * 4  # 1-8 x 16-128
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 5) for i in range(11)]  # 11 rows: chunks of 8 + 3 (padded to 4)
+    for batch in (texts, texts[:1], texts[:5]):
+        got = graphed.predict(batch, [3] * len(batch))
+        assert_close_to(got, eager.predict(batch, [3] * len(batch)))
+
+
 def test_two_bf16_replicas_share_the_gpu_over_http(ray_cluster: Any, gamma: Path) -> None:
     """num_gpus=0.5: both replicas start on the one GPU, answer concurrent requests, and batch them."""
     from ray import serve
@@ -82,6 +100,7 @@ def test_two_bf16_replicas_share_the_gpu_over_http(ray_cluster: Any, gamma: Path
             assert_close_to(r.json()["results"], [want[text]])
         stats = httpx.get(f"{url}/v1/stats").json()
         assert stats["device"] == "cuda"
+        assert stats["cuda_graphs"]["gamma"]["cuda_graphs"] > 0, stats["cuda_graphs"]
         assert stats["max_batch_size_seen"] > 1
         assert stats["step_seconds"]["forward"] > 0
     finally:

@@ -1,0 +1,190 @@
+"""Where a BERT-base MLM training step's time goes on the GPU, without Ray or the HF Trainer (issue 7).
+
+The throughput bench compares whole runners; this asks what the model step itself can reach on the device,
+and what limits it: the same model hfray trains (BERT-base from a config, 30,522 vocabulary, sequence 128,
+MLM head on masked positions only, bf16 autocast, fused AdamW), timed with CUDA events over ``--steps``
+steps after a warm-up, for each case (batch size x eager / ``torch.compile``). MFU uses
+``hfray.throughput.flops_per_token`` (the formula the runs' manifests use). One eager case is also
+profiled with ``torch.profiler``: GPU busy time over wall time (below 1 = the GPU waits for the Python side)
+and the share of GPU time per kernel class (matmul, attention, elementwise/norm, optimizer, other).
+
+    python bench/step_profile.py --out $OUT/step_profile.json                 # GPU machine, ~3 min
+    python bench/step_profile.py --smoke --out /tmp/step_profile.json         # CPU, tiny model, seconds
+
+Not a test: pytest does not collect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hfray.modeling import mlm_loss_on_masked_only
+from hfray.throughput import flops_per_token, peak_tflops
+
+BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+VOCAB, SEQ, MASK_P = 30_522, 128, 0.15
+
+
+def build(arch: dict[str, int], device: str, masked_only: bool) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.for_model("bert", vocab_size=VOCAB, max_position_embeddings=512, **arch)
+    model = AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa").to(device).train()
+    if masked_only:
+        assert mlm_loss_on_masked_only(model)
+    return model
+
+
+def batch(rows: int, device: str, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random tokens, exactly 15% of positions labelled (a fixed count: static shapes for the compiled head)."""
+    ids = torch.randint(5, VOCAB, (rows, SEQ), generator=gen)
+    labels = torch.full_like(ids, -100)
+    flat = torch.randperm(rows * SEQ, generator=gen)[: int(rows * SEQ * MASK_P)]
+    labels.view(-1)[flat] = ids.view(-1)[flat]
+    mask = torch.ones_like(ids)
+    return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
+
+
+def make_step(model: torch.nn.Module, compiled: bool, device: str) -> Any:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    forward = torch.compile(model) if compiled else model
+
+    def step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = forward(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def time_case(arch: dict[str, int], rows: int, compiled: bool, steps: int, device: str) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build(arch, device, masked_only=True)
+    step = make_step(model, compiled, device)
+    gen = torch.Generator().manual_seed(0)
+    batches = [batch(rows, device, gen) for _ in range(4)]
+    t0 = time.perf_counter()
+    for i in range(5):  # warm-up: compile, cuBLAS handles, the allocator's pools
+        step(batches[i % 4])
+    warm_s = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(batches[i % 4])
+    sync()
+    step_s = (time.perf_counter() - t0) / steps
+    tokens = rows * SEQ / step_s
+    fpt = flops_per_token(model, SEQ, head_fraction=MASK_P)
+    peak = peak_tflops(torch.cuda.get_device_name(0)) if device == "cuda" else None
+    return {
+        "batch": rows,
+        "compiled": compiled,
+        "step_ms": round(step_s * 1000, 2),
+        "samples_per_s": round(rows / step_s, 1),
+        "tokens_per_s": round(tokens),
+        "mfu": round(tokens * fpt / (peak * 1e12), 4) if peak else None,
+        "warmup_s": round(warm_s, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "last_loss": round(float(loss.detach()), 3),
+    }
+
+
+KERNEL_CLASSES = (
+    ("attention", ("flash", "fmha", "attention", "efficient_attention", "sdpa")),
+    ("matmul", ("gemm", "sm90", "cutlass", "cublas", "xmma", "nvjet", "matmul")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("elementwise/norm/dropout", ("elementwise", "layer_norm", "norm", "dropout", "gelu", "softmax", "reduce")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((cls for cls, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
+
+
+def profile_case(arch: dict[str, int], rows: int, device: str, steps: int = 5) -> dict[str, Any]:
+    """GPU busy / wall over ``steps`` eager steps, GPU time by kernel class, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = build(arch, device, masked_only=True)
+    step = make_step(model, False, device)
+    inputs = batch(rows, device, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        step(inputs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(inputs)
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels)
+    by_class: dict[str, float] = {}
+    by_name: dict[str, float] = {}
+    for e in kernels:
+        by_class[kernel_class(e.name)] = by_class.get(kernel_class(e.name), 0.0) + e.device_time
+        by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "batch": rows,
+        "steps": steps,
+        "gpu_busy_over_wall": round(busy / wall_us, 3),
+        "kernels_per_step": len(kernels) // steps,
+        "gpu_ms_per_step": round(busy / steps / 1000, 2),
+        "wall_ms_per_step": round(wall_us / steps / 1000, 2),
+        "gpu_time_share": {k: round(v / busy, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms_per_step": [[name[:90], round(t / steps / 1000, 3)] for name, t in top],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, two cases")
+    p.add_argument("--batches", default="64,256")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--out", default="bench/results/step_profile.json")
+    args = p.parse_args(argv)
+    device = "cpu" if args.smoke else "cuda"
+    arch = TINY if args.smoke else BASE
+    sizes = [4] if args.smoke else [int(b) for b in args.batches.split(",")]
+    report: dict[str, Any] = {
+        "command": "python bench/step_profile.py " + " ".join(argv or __import__("sys").argv[1:]),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+        "model": {"arch": arch, "vocab": VOCAB, "seq": SEQ, "mask_p": MASK_P, "masked_only_head": True},
+        "cases": [],
+    }
+    if device == "cuda":
+        report["machine"] |= {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for rows in sizes:
+        for compiled in [False] if args.no_compile else [False, True]:
+            case = time_case(arch, rows, compiled, 3 if args.smoke else args.steps, device)
+            print(json.dumps(case), flush=True)
+            report["cases"].append(case)
+            out.write_text(json.dumps(report, indent=2))
+    if device == "cuda":
+        report["profile"] = [profile_case(arch, rows, device) for rows in sizes]
+        print(json.dumps(report["profile"], indent=1), flush=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
