@@ -89,6 +89,7 @@ def time_case(arch: dict[str, int], rows: int, compiled: bool, steps: int, devic
     fpt = flops_per_token(model, SEQ, head_fraction=MASK_P)
     peak = peak_tflops(torch.cuda.get_device_name(0)) if device == "cuda" else None
     return {
+        "runner": "raw-loop",
         "batch": rows,
         "compiled": compiled,
         "step_ms": round(step_s * 1000, 2),
@@ -98,6 +99,70 @@ def time_case(arch: dict[str, int], rows: int, compiled: bool, steps: int, devic
         "warmup_s": round(warm_s, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "last_loss": round(float(loss.detach()), 3),
+    }
+
+
+class ExactMaskDataset(torch.utils.data.Dataset):
+    """Random blocks, each with exactly round(15% x SEQ) labelled positions (BERT's original recipe)."""
+
+    def __init__(self, rows: int, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, VOCAB, (rows, SEQ), generator=gen)
+        self.labels = torch.full_like(self.ids, -100)
+        per_row = round(SEQ * MASK_P)
+        for r in range(rows):
+            pos = torch.randperm(SEQ, generator=gen)[:per_row]
+            self.labels[r, pos] = self.ids[r, pos]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.labels[i]}
+
+
+def trainer_case(arch: dict[str, int], rows: int, steps: int, device: str, **overrides: Any) -> dict[str, Any]:
+    """The same step under the HF Trainer with hfray's defaults (bf16, fused AdamW, 2 loader workers)."""
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    from hfray.throughput import ThroughputCallbackPerWorker
+
+    torch.manual_seed(0)
+    model = build(arch, device, masked_only=True)
+    model.accepts_loss_kwargs = False  # as hfray does (see README, "Known behaviour")
+    warm = 10 if overrides.get("torch_compile") else 5
+    callback = ThroughputCallbackPerWorker(SEQ, flops_per_token(model, SEQ, head_fraction=MASK_P), warmup_steps=warm)
+    settings: dict[str, Any] = {
+        "per_device_train_batch_size": rows,
+        "max_steps": steps + warm,
+        "learning_rate": 1e-4,
+        "bf16": device == "cuda",
+        "optim": "adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        "dataloader_num_workers": 2,
+        "logging_steps": 50,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": [],
+        "use_cpu": device == "cpu",
+    } | overrides
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, **settings)
+        trainer = Trainer(model=model, args=args, train_dataset=ExactMaskDataset(rows * 8), callbacks=[callback])
+        t0 = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - t0
+    summary = callback.summary
+    return {
+        "runner": "hf-trainer",
+        "batch": rows,
+        "overrides": overrides,
+        "step_ms": round(summary["steady_step_seconds"] * 1000, 2),
+        "samples_per_s": round(summary["samples_per_second"], 1),
+        "tokens_per_s": round(summary["tokens_per_second"]),
+        "mfu": round(summary["mfu"], 4) if summary.get("mfu") else None,
+        "train_wall_s": round(wall, 1),
     }
 
 
@@ -157,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="64,256")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--trainer", action="store_true", help="also the HF Trainer cases (attribution of its cost)")
+    p.add_argument("--no-profile", action="store_true")
     p.add_argument("--out", default="bench/results/step_profile.json")
     args = p.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"
@@ -178,7 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(case), flush=True)
             report["cases"].append(case)
             out.write_text(json.dumps(report, indent=2))
-    if device == "cuda":
+    if args.trainer:
+        variants: list[dict[str, Any]] = [{}, {"max_grad_norm": 0.0}, {"dataloader_num_workers": 0}]
+        variants += [] if args.no_compile else [{"torch_compile": True}]
+        for rows in sizes:
+            for overrides in variants:
+                case = trainer_case(arch, rows, 3 if args.smoke else args.steps, device, **overrides)
+                print(json.dumps(case), flush=True)
+                report["cases"].append(case)
+                out.write_text(json.dumps(report, indent=2))
+    if device == "cuda" and not args.no_profile:
         report["profile"] = [profile_case(arch, rows, device) for rows in sizes]
         print(json.dumps(report["profile"], indent=1), flush=True)
     out.write_text(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from hfray.modeling import mlm_loss_on_masked_only
-from hfray.throughput import ThroughputCallbackPerWorker, flops_per_token, peak_tflops
+from hfray.throughput import ThroughputCallbackPerWorker, flops_per_token, memoize_parameter_count, peak_tflops
 
 VOCAB = 100
 BERT = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -78,7 +78,12 @@ def test_throughput_callback_times_a_plain_trainer_and_leaves_out_evaluations(tm
         disable_tqdm=True,
     )
     callback = ThroughputCallbackPerWorker(16, flops_per_token(model, 16), str(tmp_path / "t.json"), warmup_steps=2)
-    Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4], callbacks=[callback]).train()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4], callbacks=[callback])
+    trainer.train()
+    # The Trainer's FLOP log used the parameter count memoized at train start: the same total as the plain count.
+    assert getattr(model.num_parameters, "hfray_memoized", False)
+    plain = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT)).num_parameters(exclude_embeddings=True)
+    assert trainer.state.total_flos == 6 * 14 * 2 * 16 * plain
     s = callback.summary
     # 14 steps, 2 warm-up, the intervals after the evaluations at steps 5 and 10 left out: 10 steady intervals.
     assert s["steps"] == 14 and s["steady_steps"] == 10
@@ -86,3 +91,20 @@ def test_throughput_callback_times_a_plain_trainer_and_leaves_out_evaluations(tm
     assert s["tokens_per_second"] == pytest.approx(16 * s["samples_per_second"])
     assert "mfu" not in s and s["peak_memory_bytes_per_rank"] == []  # CPU: no peak to divide by
     assert (tmp_path / "t.json").stat().st_size > 0
+
+
+def test_memoized_parameter_count_is_counted_once_and_leaves_trainable_counts_live() -> None:
+    model = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT))
+    want = [model.num_parameters(), model.num_parameters(exclude_embeddings=True)]
+    trainable = model.num_parameters(only_trainable=True)
+    calls = []
+    original = model.num_parameters
+    model.num_parameters = lambda **kw: calls.append(kw) or original(**kw)
+    memoize_parameter_count(model)
+    memoize_parameter_count(model)  # idempotent: no second layer of caching
+    for _ in range(3):
+        assert [model.num_parameters(), model.num_parameters(exclude_embeddings=True)] == want
+    assert len(calls) == 2  # one count per key, not one per call
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    assert model.num_parameters(only_trainable=True) < trainable  # freezing still shows

@@ -136,7 +136,12 @@ class TrainingConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1, description="Evaluations without improvement.")
     early_stopping_threshold: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
-    dataloader_num_workers: int = Field(0, ge=0, description="Default 2 on GPU jobs, 0 on CPU.")
+    dataloader_num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes. 0: batches are collated in the training process, which was faster "
+        "for hfray's pre-tokenized data on an H200 (bench/results/step_trainer_h200_run2.json).",
+    )
     group_by_length: bool = Field(
         False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
     )
@@ -284,6 +289,8 @@ class JobConfig(Section):
         """Defaults that pay off on GPUs, applied only where the job file leaves the key unset.
 
         Ray reserves one CPU per worker unless told otherwise, which starves a GPU worker's data loading.
+        No DataLoader worker processes: on an H200 two of them made the HF Trainer's steps 13-25% slower on
+        pre-tokenized data than collating in the training process (bench/results/step_trainer_h200_run*.json).
         """
         if not isinstance(raw, dict) or not isinstance(raw.get("resources"), dict):
             return raw
@@ -291,7 +298,7 @@ class JobConfig(Section):
         if not _positive(resources.get("gpus_per_worker")):
             return raw
         training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
-        defaults = {"dataloader_num_workers": 2}
+        defaults: dict[str, Any] = {}
         if raw.get("task", "text-classification") == "text-classification":
             defaults["group_by_length"] = True
         return {
