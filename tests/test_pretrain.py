@@ -293,3 +293,39 @@ def test_killed_worker_resumes_a_ray_data_run(ray_cluster, tmp_path, news):
     assert summary.manifest["global_step"] == 120 and max(r["step"] for r in log) == 120
     evals = [r["eval_perplexity"] for r in log if "eval_perplexity" in r]
     assert evals[-1] < evals[0]
+
+
+def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block() -> None:
+    """lm.masking=exact (default): round(p x block) labelled tokens per block, never a special one, 80/10/10 as HF."""
+    import pickle
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+    from hfray.assets import resolve_model
+    from hfray.lm_data import collate_blocks, make_lm_collator, special_mask
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("builtin:all-MiniLM-L6-v2"))
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(1000, tok.vocab_size, size=(64, 64))
+    blocks[:, 0], blocks[:, 30], blocks[::2, 31] = tok.cls_token_id, tok.sep_token_id, tok.cls_token_id  # packed docs
+    special = torch.as_tensor(special_mask(blocks, tok)).bool()
+    collator = make_lm_collator(tok, "masked-lm", 0.15, seed=0)
+    batch = collate_blocks(blocks, collator, tok)
+    labelled = batch["labels"] != -100
+    assert labelled.sum(dim=1).tolist() == [round(0.15 * 64)] * 64  # a fixed count: static shapes for the head
+    assert not (labelled & special).any()
+    original = torch.as_tensor(blocks)
+    assert torch.equal(batch["labels"][labelled], original[labelled])
+    assert torch.equal(batch["input_ids"][~labelled], original[~labelled])  # only labelled tokens are replaced
+    as_mask = (batch["input_ids"][labelled] == tok.mask_token_id).float().mean().item()
+    kept = (batch["input_ids"][labelled] == original[labelled]).float().mean().item()
+    assert 0.75 < as_mask < 0.85 and 0.05 < kept < 0.15  # 576 labelled tokens: 80% [MASK], ~10% kept, ~10% random
+    again = collate_blocks(blocks, pickle.loads(pickle.dumps(make_lm_collator(tok, "masked-lm", 0.15, seed=0))), tok)
+    assert torch.equal(again["labels"], batch["labels"])  # seeded, and picklable for DataLoader workers
+
+    hf = make_lm_collator(tok, "masked-lm", 0.15, seed=0, masking="bernoulli")
+    assert type(hf) is DataCollatorForLanguageModeling
+    counts = (collate_blocks(blocks, hf, tok)["labels"] != -100).sum(dim=1)
+    assert len(set(counts.tolist())) > 1  # HF's: each token with probability p

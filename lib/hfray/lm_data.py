@@ -15,6 +15,7 @@ perplexity is comparable across the run (random masking per evaluation adds nois
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from collections.abc import Iterable
@@ -62,13 +63,64 @@ def block_digest(block: np.ndarray) -> str:
 # ----------------------------------------------------------------------------- batches
 
 
-def make_lm_collator(tokenizer: Any, task: str, mlm_probability: float, seed: int | None) -> Any:
+def make_lm_collator(
+    tokenizer: Any, task: str, mlm_probability: float, seed: int | None, masking: str = "exact"
+) -> Any:
+    """HF's LM collator; ``masking="exact"`` masks exactly round(p x block) tokens per block (see below)."""
     from transformers import DataCollatorForLanguageModeling
 
     masked = task == "masked-lm"
-    return DataCollatorForLanguageModeling(
+    cls = _exact_count_collator() if masked and masking == "exact" else DataCollatorForLanguageModeling
+    return cls(
         tokenizer, mlm=masked, mlm_probability=mlm_probability if masked else None, seed=seed, return_tensors="pt"
     )
+
+
+@functools.cache
+def _exact_count_collator() -> type:
+    from transformers import DataCollatorForLanguageModeling
+
+    class ExactCountMLMCollator(DataCollatorForLanguageModeling):
+        """Masks exactly ``round(mlm_probability x block)`` non-special tokens of every block (BERT's original recipe).
+
+        HF's collator draws every token with probability ``mlm_probability``, so the number of masked tokens, and with
+        it the row count of the masked-only MLM head, changes every batch: ``torch.compile`` then recompiles or runs
+        dynamic shapes (it lost 6% at batch 256 on an H200 where static counts gained 13%,
+        bench/results/step_profile_h200.md). The 80/10/10 replacement is HF's.
+        """
+
+        def torch_mask_tokens(self, inputs: Any, special_tokens_mask: Any = None, offset_mapping: Any = None) -> Any:
+            import torch
+
+            if special_tokens_mask is None or self.whole_word_mask:
+                return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+            special = special_tokens_mask.bool()
+            k = max(1, round(self.mlm_probability * inputs.shape[1]))
+            scores = torch.rand(inputs.shape, generator=self.generator).masked_fill_(special, 2.0)  # specials last
+            chosen = torch.zeros_like(special).scatter_(1, scores.argsort(dim=1)[:, :k], True) & ~special
+            labels = inputs.masked_fill(~chosen, -100)
+            roll = torch.rand(inputs.shape, generator=self.generator)
+            inputs = inputs.clone()
+            inputs[chosen & (roll < self.mask_replace_prob)] = self.tokenizer.convert_tokens_to_ids(
+                self.tokenizer.mask_token
+            )
+            randomized = (
+                chosen & (roll >= self.mask_replace_prob) & (roll < self.mask_replace_prob + self.random_replace_prob)
+            )
+            words = torch.randint(len(self.tokenizer), inputs.shape, dtype=inputs.dtype, generator=self.generator)
+            inputs[randomized] = words[randomized]
+            return inputs, labels
+
+    # Pickled by reference (DataLoader workers, Ray): resolved through the module __getattr__ below.
+    ExactCountMLMCollator.__module__, ExactCountMLMCollator.__qualname__ = __name__, "ExactCountMLMCollator"
+    return ExactCountMLMCollator
+
+
+def __getattr__(name: str) -> Any:
+    # The collator class is built on first use (it subclasses a transformers class; this module stays light).
+    if name == "ExactCountMLMCollator":
+        return _exact_count_collator()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def special_mask(ids: np.ndarray, tokenizer: Any) -> np.ndarray:
@@ -91,7 +143,9 @@ def collate_blocks(blocks: np.ndarray, collator: Any, tokenizer: Any) -> dict[st
     return {IDS: inputs, "labels": labels}
 
 
-def fixed_eval_set(blocks: np.ndarray, tokenizer: Any, task: str, mlm_probability: float, seed: int) -> Any:
+def fixed_eval_set(
+    blocks: np.ndarray, tokenizer: Any, task: str, mlm_probability: float, seed: int, masking: str = "exact"
+) -> Any:
     """Held-out blocks as an in-memory ``datasets.Dataset`` with labels fixed once (seeded masking)."""
     import datasets
 
@@ -100,7 +154,7 @@ def fixed_eval_set(blocks: np.ndarray, tokenizer: Any, task: str, mlm_probabilit
     # Every worker must hold the same blocks in the same order: sort by content, whatever order they came in.
     order = sorted(range(len(blocks)), key=lambda i: block_digest(blocks[i]))
     ordered = np.asarray(blocks)[order]
-    batch = collate_blocks(ordered, make_lm_collator(tokenizer, task, mlm_probability, seed), tokenizer)
+    batch = collate_blocks(ordered, make_lm_collator(tokenizer, task, mlm_probability, seed, masking), tokenizer)
     return datasets.Dataset.from_dict({IDS: batch[IDS].tolist(), "labels": batch["labels"].tolist()})
 
 

@@ -112,7 +112,9 @@ def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -
     else:
         stream = None
         train, held = _in_memory_sets_per_worker(job, tokenizer)
-    evaluation = lm_data.fixed_eval_set(np.asarray(held), tokenizer, job.task, lm.mlm_probability, job.training.seed)
+    evaluation = lm_data.fixed_eval_set(
+        np.asarray(held), tokenizer, job.task, lm.mlm_probability, job.training.seed, lm.masking
+    )
     return train, stream, evaluation
 
 
@@ -182,7 +184,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if masked and lm.mlm_loss_on_masked_only and not modeling.mlm_loss_on_masked_only(model) and rank == 0:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
-    collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
+    collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, job.training.seed + rank, lm.masking)
     train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
