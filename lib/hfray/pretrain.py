@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, export, lm_data, modeling, ray_data, throughput, tracking
+from hfray import checkpoints, export, lm_data, modeling, ray_data, throughput, timeline, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
@@ -160,11 +160,14 @@ def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> li
 
 
 def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    timeline.mark_process_start()
+    timeline.mark("worker_fn_start")
     import torch
     from transformers import PrinterCallback, set_seed
 
     from hfray.lm_trainer import LanguageModelTrainer
 
+    timeline.mark("worker_imports")
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
     lm, local_root = job.lm, loop_config["local_root"]
     assert lm is not None
@@ -172,8 +175,10 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     tokenizer = modeling.load_tokenizer(job.model)
+    timeline.mark("worker_tokenizer")
     set_seed(job.training.seed)  # before the model exists: it is randomly initialised
     model = modeling.build_language_model(job.model, job.task, tokenizer, lm.block_size)
+    timeline.mark("worker_model")
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
     speed = throughput.callback_for_model_per_worker(
@@ -184,6 +189,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
     train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
+    timeline.mark("worker_data")
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, ctx.get_local_rank())
@@ -198,6 +204,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         train_stream=stream,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
+    timeline.mark("worker_trainer_built")
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_dir)
     seconds = time.time() - started
@@ -239,11 +246,13 @@ def preflight_lm_driver(job: JobConfig, train_tokenizer: bool = True) -> tuple[J
 
         summary = train_tokenizer_driver(job)
         print(f"[hfray] tokenizer trained: {summary.vocab_size} tokens from {summary.texts} texts -> {summary.path}")
+    timeline.mark("driver_data_checked", "driver")
     tokenizer = modeling.load_tokenizer(job.model)
     if job.task == "masked-lm" and tokenizer.mask_token is None:
         raise ModelError(f"model.tokenizer: {job.model.tokenizer_source} has no mask token; masked-lm needs one")
     config = modeling.language_model_config(job.model, job.task, tokenizer, job.lm.block_size)  # type: ignore[union-attr]
     info.update(vocab_size=len(tokenizer), model_type=config.model_type)
+    timeline.mark("driver_tokenizer_model_checked", "driver")
     return job, info
 
 

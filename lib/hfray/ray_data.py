@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hfray import checkpoints, lm_data
+from hfray import checkpoints, lm_data, timeline
 from hfray.assets import PREFIX
 from hfray.config import DataConfig, JobConfig
 from hfray.data import _files_format, load_source, looks_local
@@ -144,6 +144,7 @@ def build_datasets_driver(job: JobConfig) -> dict[str, Any]:
         "num_cpus": lm.tokenize_num_cpus,
     }
     validation = held.map_batches(pack_batch, **pack).materialize()
+    timeline.mark("driver_validation_materialized", "driver")
     if validation.count() == 0:
         raise DataError(
             f"data.validation: the held-out text makes no complete block of lm.block_size {lm.block_size} tokens; "
@@ -194,6 +195,8 @@ class ShardStream:
             produced = 0
             for batch in batches:
                 produced += 1
+                if produced == 1 and self.epoch == 0:
+                    timeline.mark("worker_first_stream_batch")
                 yield batch
             if produced == 0:
                 return  # an empty shard: HF stops with its "no sample in epoch_iterator" warning
