@@ -23,12 +23,11 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, export, lm_data, modeling, ray_data, throughput, timeline, tracking
+from hfray import checkpoints, export, lm_data, modeling, ray_data, timeline, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
-from hfray.reporting import RayReportCallbackPerWorker
 from hfray.train import (
     RunSummary,
     _final_eval_metrics_per_worker,
@@ -151,6 +150,8 @@ def _manifest_per_worker(
 def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
+    from hfray.reporting import RayReportCallbackPerWorker
+
     callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
@@ -165,6 +166,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import PrinterCallback, set_seed
 
+    from hfray import throughput  # transformers' Trainer stack (torch, peft): workers only
     from hfray.lm_trainer import LanguageModelTrainer
 
     timeline.mark("worker_imports")

@@ -23,11 +23,11 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, throughput, timeline, tracking
+from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, timeline, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
-from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
+from hfray.metrics_log import MetricsLogDriver, read_metrics_log
 from hfray.task_config import FINETUNE_TASKS
 
 # ----------------------------------------------------------------------------- per worker
@@ -127,7 +127,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
 
+    from hfray import throughput  # transformers' Trainer stack (torch, peft): imported where it is used
     from hfray.metrics import classification_metrics_fn
+    from hfray.reporting import RayReportCallbackPerWorker
 
     timeline.mark("worker_imports")
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
