@@ -167,8 +167,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
         )
     weights = loop_config.get("class_weights")
-    lengths = [len(ids) for ids in encoded["train"]["input_ids"]]
-    mean_len = sum(lengths) / max(1, len(lengths))
+    mean_len = data.mean_token_length(encoded["train"])
     speed = throughput.callback_for_model_per_worker(model, mean_len, round(mean_len))
     callbacks.append(speed)
     timeline.mark("worker_mean_length")
