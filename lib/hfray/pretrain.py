@@ -93,8 +93,10 @@ def _in_memory_sets_per_worker(job: JobConfig, tokenizer: Any) -> tuple[Any, Any
     return packed, held_blocks[lm_data.IDS]
 
 
-def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -> tuple[Any, Any, Any]:
-    """(train dataset or None, Ray Data stream or None, fixed held-out set)."""
+def _data_per_worker(
+    job: JobConfig, tokenizer: Any, collator: Any, rank: int, held_out: Any = None
+) -> tuple[Any, Any, Any]:
+    """(train dataset or None, Ray Data stream or None, fixed held-out set); ``held_out``: packed by the driver."""
     import numpy as np
 
     lm = job.lm
@@ -107,7 +109,8 @@ def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -
             job.training.seed + rank,
             lm.record_shards,
         )
-        train, held = None, ray_data.validation_blocks_per_worker()
+        train = None
+        held = held_out if held_out is not None else ray_data.validation_blocks_per_worker()
     else:
         stream = None
         train, held = _in_memory_sets_per_worker(job, tokenizer)
@@ -190,7 +193,8 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, seed=job.training.seed + rank)
-    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
+    held_out = loop_config.get("validation_blocks")
+    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank, held_out)
     timeline.mark("worker_data")
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
@@ -285,8 +289,12 @@ def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] 
     }
     extra: dict[str, Any] = {}
     if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
+        # The driver checked this tokenizer in preflight; loading it again is milliseconds.
+        datasets, loop_config["validation_blocks"] = ray_data.build_datasets_driver(
+            job, modeling.load_tokenizer(job.model)
+        )
         # Only "train" is split across workers; each worker reads the whole (small) held-out set.
-        extra = {"datasets": ray_data.build_datasets_driver(job), "dataset_config": ray.train.DataConfig(["train"])}
+        extra = {"datasets": datasets, "dataset_config": ray.train.DataConfig(["train"])}
     return TorchTrainer(
         pretrain_fn_per_worker,
         train_loop_config=loop_config,
