@@ -138,12 +138,42 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def phase_medians(rows: list[dict[str, Any]], workload: str, runner: str) -> list[tuple[str, str, float]]:
+    """(phase, role, median t_s over the repeats) in the order of the first repeat's timeline."""
+    runs = [r["timeline"] for r in rows if r["workload"] == workload and r["runner"] == runner and "timeline" in r]
+    if not runs:
+        return []
+    out = []
+    for mark in runs[0]:
+        key = (mark["phase"], mark["role"])
+        values = [m["t_s"] for run in runs for m in run if (m["phase"], m["role"]) == key]
+        out.append((key[0], key[1], round(statistics.median(values), 2)))
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Per workload and runner: each phase's median time since submit, and the step from the phase before."""
+    lines = []
+    for workload, r in result.get("ratios", {}).items():
+        lines.append(
+            f"\n### {workload}: plain {r['plain_s']} s, hfray {r['hfray_s']} s, ratio {r['hfray_over_plain']}\n"
+        )
+        lines += ["| runner | role | phase | t since submit s | step s |", "|---|---|---|---|---|"]
+        for runner in ("plain", "hfray"):
+            previous = 0.0
+            for phase, role, t in phase_medians(result["rows"], workload, runner):
+                lines.append(f"| {runner} | {role} | {phase} | {t:.2f} | {t - previous:.2f} |")
+                previous = max(previous, t)
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=False)
+    parser.add_argument("--report", type=Path, default=None, help="print the table of an earlier --out and exit")
     parser.add_argument("--address", default=None, help="a running Ray cluster (GCS address); default: start one")
     parser.add_argument("--workloads", default="cls,mlm")
     parser.add_argument("--runners", default="plain,hfray")
@@ -185,15 +215,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
                     result["ratios"] = ratios(result["rows"])
                     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+                    (args.out / "overhead.md").write_text(markdown(result))
     finally:
         if cluster is not None:
             cluster.stop()
-    print(json.dumps(result["ratios"], indent=2))
+    print(markdown(result))
     return result
 
 
 def main() -> None:
-    run(parse_args())
+    args = parse_args()
+    if args.report:  # re-render an earlier run's table
+        print(markdown(json.loads((args.report / "overhead.json").read_text())))
+        return
+    run(args)
 
 
 if __name__ == "__main__":
