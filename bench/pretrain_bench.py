@@ -94,7 +94,7 @@ def pack_only(raw: dict[str, Any]) -> dict[str, Any]:
     from hfray.ray_data import build_datasets_driver
 
     job, _ = preflight_lm_driver(JobConfig.from_dict(raw))
-    train = build_datasets_driver(job)["train"]
+    train = build_datasets_driver(job)[0]["train"]
     started, blocks = time.time(), 0
     for batch in train.iter_batches(batch_size=256, batch_format="numpy"):
         blocks += len(batch["input_ids"])

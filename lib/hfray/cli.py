@@ -12,6 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from hfray import timeline
 from hfray.errors import HfrayError
 
 DEFAULT_JOB = "bbc_news_minilm.yaml"
@@ -69,7 +70,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    timeline.mark_process_start("driver")
     path, job = _load(args)  # first: a mistake in the job file is reported in a second, before heavy imports
+    timeline.mark("job_validated", "driver")
     print(f"[hfray] job {path}", flush=True)
     from hfray.train import run_training_driver
 
@@ -77,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from hfray.pretrain import run_pretraining_driver as run_training_driver
     elif job.task in TRL_TASKS:  # TRL's SFT and DPO trainers, on the same Ray Train spine
         from hfray.trl_train import run_trl_driver as run_training_driver
+    timeline.mark("driver_imports", "driver")
     summary = run_training_driver(job, fresh=args.fresh)
     status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
     print(f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")

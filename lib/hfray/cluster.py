@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from hfray import timeline
 from hfray.config import ClusterConfig, ResourcesConfig
 from hfray.errors import HfrayError, ResourceError
 
@@ -27,6 +28,7 @@ def connect_driver(cfg: ClusterConfig) -> str:
         # which fails on a host running more than one Ray cluster. They also share this process's storage
         # endpoint (never its credentials).
         extra = {} if address == "auto" else {"RAY_ADDRESS": address}
+        extra.update(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
         try:
             ray.init(address=address, runtime_env=runtime_env_driver(extra) or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -53,7 +55,7 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     try:
         from hfray.storage import runtime_env_driver
 
-        env = runtime_env_driver({"RAY_ADDRESS": address})
+        env = runtime_env_driver({"RAY_ADDRESS": address, **timeline.forwarded_env()})
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)

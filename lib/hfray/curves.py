@@ -19,7 +19,7 @@ import tempfile
 from typing import Any
 
 from hfray import checkpoints
-from hfray.reporting import read_metrics_log
+from hfray.metrics_log import read_metrics_log
 
 CURVE_PNG, CURVE_JSON = "learning_curve.png", "learning_curve.json"
 

@@ -232,6 +232,20 @@ def class_weights(train: datasets.Dataset, cfg: DataConfig, labels: list[str]) -
     return [total / (len(labels) * max(counts[label], 1)) for label in labels]
 
 
+def mean_token_length(ds: datasets.Dataset, column: str = "input_ids") -> float:
+    """Mean length of a tokenized column, computed in Arrow.
+
+    Reading the column through Python (``ds[column]``) builds a list per row: ~0.4 s per 50k rows before the
+    first training step, for one number the throughput record needs.
+    """
+    import pyarrow.compute as pc
+
+    if len(ds) == 0:
+        return 0.0
+    table = ds.with_format("arrow")[:]  # honours select/shuffle index mappings
+    return float(pc.mean(pc.list_value_length(table.column(column))).as_py())
+
+
 def tokenize_for_classification(
     splits: datasets.DatasetDict, tokenizer: Any, cfg: DataConfig, labels: list[str]
 ) -> datasets.DatasetDict:

@@ -23,12 +23,11 @@ from typing import Any
 import ray
 import ray.train
 
-from hfray import checkpoints, export, lm_data, modeling, ray_data, throughput, tracking
+from hfray import checkpoints, export, lm_data, modeling, ray_data, timeline, tracking
 from hfray.config import JobConfig
 from hfray.data import absolute_source
 from hfray.errors import ModelError, ResourceError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
-from hfray.reporting import RayReportCallbackPerWorker
 from hfray.train import (
     RunSummary,
     _final_eval_metrics_per_worker,
@@ -94,8 +93,10 @@ def _in_memory_sets_per_worker(job: JobConfig, tokenizer: Any) -> tuple[Any, Any
     return packed, held_blocks[lm_data.IDS]
 
 
-def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -> tuple[Any, Any, Any]:
-    """(train dataset or None, Ray Data stream or None, fixed held-out set)."""
+def _data_per_worker(
+    job: JobConfig, tokenizer: Any, collator: Any, rank: int, held_out: Any = None
+) -> tuple[Any, Any, Any]:
+    """(train dataset or None, Ray Data stream or None, fixed held-out set); ``held_out``: packed by the driver."""
     import numpy as np
 
     lm = job.lm
@@ -108,7 +109,8 @@ def _data_per_worker(job: JobConfig, tokenizer: Any, collator: Any, rank: int) -
             job.training.seed + rank,
             lm.record_shards,
         )
-        train, held = None, ray_data.validation_blocks_per_worker()
+        train = None
+        held = held_out if held_out is not None else ray_data.validation_blocks_per_worker()
     else:
         stream = None
         train, held = _in_memory_sets_per_worker(job, tokenizer)
@@ -153,6 +155,8 @@ def _manifest_per_worker(
 def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
+    from hfray.reporting import RayReportCallbackPerWorker
+
     callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
@@ -162,11 +166,15 @@ def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> li
 
 
 def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    timeline.mark_process_start()
+    timeline.mark("worker_fn_start")
     import torch
     from transformers import PrinterCallback, set_seed
 
+    from hfray import throughput  # transformers' Trainer stack (torch, peft): workers only
     from hfray.lm_trainer import LanguageModelTrainer
 
+    timeline.mark("worker_imports")
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
     lm, local_root = job.lm, loop_config["local_root"]
     assert lm is not None
@@ -174,8 +182,10 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     tokenizer = modeling.load_tokenizer(job.model)
+    timeline.mark("worker_tokenizer")
     set_seed(job.training.seed)  # before the model exists: it is randomly initialised
     model = modeling.build_language_model(job.model, job.task, tokenizer, lm.block_size)
+    timeline.mark("worker_model")
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
     speed = throughput.callback_for_model_per_worker(
@@ -185,7 +195,9 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, job.training.seed + rank, lm.masking)
-    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank)
+    held_out = loop_config.get("validation_blocks")
+    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank, held_out)
+    timeline.mark("worker_data")
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, ctx.get_local_rank())
@@ -200,6 +212,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         train_stream=stream,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
+    timeline.mark("worker_trainer_built")
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_dir)
     seconds = time.time() - started
@@ -241,11 +254,13 @@ def preflight_lm_driver(job: JobConfig, train_tokenizer: bool = True) -> tuple[J
 
         summary = train_tokenizer_driver(job)
         print(f"[hfray] tokenizer trained: {summary.vocab_size} tokens from {summary.texts} texts -> {summary.path}")
+    timeline.mark("driver_data_checked", "driver")
     tokenizer = modeling.load_tokenizer(job.model)
     if job.task == "masked-lm" and tokenizer.mask_token is None:
         raise ModelError(f"model.tokenizer: {job.model.tokenizer_source} has no mask token; masked-lm needs one")
     config = modeling.language_model_config(job.model, job.task, tokenizer, job.lm.block_size)  # type: ignore[union-attr]
     info.update(vocab_size=len(tokenizer), model_type=config.model_type)
+    timeline.mark("driver_tokenizer_model_checked", "driver")
     return job, info
 
 
@@ -276,8 +291,12 @@ def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] 
     }
     extra: dict[str, Any] = {}
     if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
+        # The driver checked this tokenizer in preflight; loading it again is milliseconds.
+        datasets, loop_config["validation_blocks"] = ray_data.build_datasets_driver(
+            job, modeling.load_tokenizer(job.model)
+        )
         # Only "train" is split across workers; each worker reads the whole (small) held-out set.
-        extra = {"datasets": ray_data.build_datasets_driver(job), "dataset_config": ray.train.DataConfig(["train"])}
+        extra = {"datasets": datasets, "dataset_config": ray.train.DataConfig(["train"])}
     return TorchTrainer(
         pretrain_fn_per_worker,
         train_loop_config=loop_config,

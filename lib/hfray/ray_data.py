@@ -22,10 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from hfray import checkpoints, lm_data
-from hfray.assets import PREFIX
+from hfray import checkpoints, lm_data, timeline
 from hfray.config import DataConfig, JobConfig
-from hfray.data import _files_format, load_source, looks_local
 from hfray.errors import DataError
 from hfray.lm_data import IDS, TEXT
 
@@ -54,6 +52,11 @@ def _check_column(names: list[str], cfg: DataConfig, field: str) -> None:
 
 def check_source_driver(spec: str, cfg: DataConfig, field: str) -> str:
     """Cheap checks before Ray starts (files exist, format known, text column present); returns the format."""
+    # Imported here: hfray.data loads ``datasets`` (pandas...), which Ray Data's tokenize tasks, unpickling
+    # this module's functions in fresh processes, never need.
+    from hfray.assets import PREFIX
+    from hfray.data import _files_format, load_source, looks_local
+
     if spec.startswith(PREFIX) or not looks_local(spec):
         _check_column(load_source(spec, cfg, field).column_names, cfg, field)
         return "memory"
@@ -74,6 +77,8 @@ def read_corpus_driver(spec: str, cfg: DataConfig, field: str, num_cpus: float) 
 
     fmt = check_source_driver(spec, cfg, field)
     if fmt == "memory":  # builtin: and Hub corpora: hfray's loaders read them, Ray Data takes them over
+        from hfray.data import load_source
+
         ds = ray.data.from_huggingface(load_source(spec, cfg, field).select_columns([cfg.text_column]))
     elif fmt == "text":
         ds = ray.data.read_text(local_files(spec, field), num_cpus=num_cpus)  # one row per line, column "text"
@@ -100,9 +105,12 @@ _TOKENIZERS: dict[str, Any] = {}
 def _tokenizer_in_task(path: str) -> Any:
     """One tokenizer per Ray worker process: tasks reuse processes, loading is not free."""
     if path not in _TOKENIZERS:
+        timeline.mark_process_start("data_task")
+        timeline.mark("data_task_start", "data_task")
         from transformers import AutoTokenizer
 
         _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+        timeline.mark("data_task_tokenizer_loaded", "data_task")
     return _TOKENIZERS[path]
 
 
@@ -120,8 +128,15 @@ def pack_batch(batch: Any, tokenizer_path: str, task: str, block_size: int) -> d
     return {IDS: lm_data.pack_texts(batch.column(TEXT).to_pylist(), tokenizer, task, block_size)}
 
 
-def build_datasets_driver(job: JobConfig) -> dict[str, Any]:
-    """Lazy train blocks and materialized held-out blocks, as ``TorchTrainer(datasets=...)`` wants them."""
+def build_datasets_driver(job: JobConfig, tokenizer: Any = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """``TorchTrainer(datasets=...)``'s lazy train blocks, and the held-out blocks, checked not to be empty.
+
+    A bounded held-out set (``data.max_eval_samples``) is packed here, with the driver's ``tokenizer``, and comes
+    back as an array (the datasets then hold ``train`` only). Why: a Ray Data tokenize task for it starts a fresh
+    process that imports transformers and loads the tokenizer once more, ~4 s on the critical path (2 CPUs,
+    ``bench/overhead_bench.py``), for a few dozen texts. Unbounded held-out sets (a share of a large corpus) keep
+    the parallel Ray Data path and come back materialized under ``validation``.
+    """
     lm, cfg = job.lm, job.data
     assert lm is not None
     quiet_progress()
@@ -143,13 +158,28 @@ def build_datasets_driver(job: JobConfig) -> dict[str, Any]:
         "batch_format": "pyarrow",
         "num_cpus": lm.tokenize_num_cpus,
     }
-    validation = held.map_batches(pack_batch, **pack).materialize()
-    if validation.count() == 0:
+    datasets: dict[str, Any] = {"train": train.map_batches(pack_batch, **pack)}
+    blocks = None
+    if tokenizer is not None and cfg.max_eval_samples:
+        blocks = pack_here_driver(held, tokenizer, job.task, lm.block_size, lm.tokenize_batch_size)
+        count = len(blocks)
+    else:
+        datasets["validation"] = held.map_batches(pack_batch, **pack).materialize()
+        count = datasets["validation"].count()
+    timeline.mark("driver_validation_materialized", "driver")
+    if count == 0:
         raise DataError(
             f"data.validation: the held-out text makes no complete block of lm.block_size {lm.block_size} tokens; "
             "give more held-out text (data.validation_fraction, data.max_eval_samples) or a smaller block"
         )
-    return {"train": train.map_batches(pack_batch, **pack), "validation": validation}
+    return datasets, blocks
+
+
+def pack_here_driver(texts: Any, tokenizer: Any, task: str, block_size: int, batch_size: int) -> np.ndarray:
+    """A Ray Dataset of texts packed in this process, batch by batch as ``map_batches(pack_batch)`` packs it."""
+    batches = texts.iter_batches(batch_size=batch_size, batch_format="pyarrow")
+    parts = [lm_data.pack_texts(b.column(TEXT).to_pylist(), tokenizer, task, block_size) for b in batches]
+    return np.concatenate(parts) if parts else np.zeros((0, block_size), dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------- per worker
@@ -194,6 +224,8 @@ class ShardStream:
             produced = 0
             for batch in batches:
                 produced += 1
+                if produced == 1 and self.epoch == 0:
+                    timeline.mark("worker_first_stream_batch")
                 yield batch
             if produced == 0:
                 return  # an empty shard: HF stops with its "no sample in epoch_iterator" warning
@@ -230,7 +262,10 @@ def shard_stream_per_worker(batch_size: int, collate: Any, shuffle_buffer: int, 
 
 
 def validation_blocks_per_worker() -> np.ndarray:
-    """The whole (unsplit) held-out set, read into memory: it is small, and all ranks need the same blocks."""
+    """The whole (unsplit) held-out set, read into memory: all ranks need the same blocks.
+
+    Only where the driver materialized it with Ray Data; a bounded set arrives packed in the loop config.
+    """
     import ray.train
 
     rows = [b[IDS] for b in ray.train.get_dataset_shard("validation").iter_batches(batch_format="numpy")]

@@ -10,13 +10,14 @@ every rank upload the same files. Here:
   HF events used here fire on all ranks;
 * reports carry ``step`` and ``hfray_resumed_from_step`` so resumption is visible in the metrics.
 
-``MetricsLogDriver`` runs in the Ray Train controller and appends every report to
-``<run>/hfray_metrics.jsonl``: Ray's ``Result`` keeps only reports that came with a checkpoint.
+``MetricsLogDriver`` (``hfray.metrics_log``, re-exported here) runs in the Ray Train controller and appends every
+report to ``<run>/hfray_metrics.jsonl``: Ray's ``Result`` keeps only reports that came with a checkpoint.
+
+Imported on workers only: transformers' Trainer stack (which pulls in torch and peft) loads with this module.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -28,7 +29,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfray import checkpoints
-from hfray.storage import uri_of
+from hfray.metrics_log import MetricsLogDriver, read_metrics_log  # noqa: F401  (their old home)
 
 _TRAIN_LOG_KEYS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
@@ -131,26 +132,3 @@ class RayReportCallbackPerWorker(TrainerCallback):
     def _dir_name(state: TrainerState, checkpoint: ray.train.Checkpoint | None) -> str | None:
         # Named by step, so storage reads like HF's output_dir; a re-run step overwrites its own folder.
         return f"checkpoint_step_{state.global_step:08d}" if checkpoint is not None else None
-
-
-class MetricsLogDriver(ray.train.UserCallback):
-    """Appends rank 0's metrics of every report to ``<storage>/<run>/hfray_metrics.jsonl``."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.lines: list[str] | None = None
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if self.lines is None:  # a restarted driver continues the same log
-            self.lines = checkpoints.read_text(self.uri).splitlines() if checkpoints.exists(self.uri) else []
-        record = dict(metrics[0]) if metrics else {}
-        # A URI (s3://...), not Ray's scheme-less path, so hfray's helpers can open it again.
-        record["checkpoint_path"] = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
-        self.lines.append(json.dumps(record, sort_keys=True))
-        checkpoints.write_text(self.uri, "\n".join(self.lines) + "\n")
-
-
-def read_metrics_log(uri: str) -> list[dict[str, Any]]:
-    if not checkpoints.exists(uri):
-        return []
-    return [json.loads(line) for line in checkpoints.read_text(uri).splitlines() if line.strip()]

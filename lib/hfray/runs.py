@@ -45,7 +45,7 @@ def _best_from_log(records: list[dict[str, Any]]) -> tuple[str | None, float | N
 
 
 def run_row(name: str, uri: str) -> RunRow | None:
-    from hfray.reporting import read_metrics_log  # here: it imports Ray Train and transformers (seconds)
+    from hfray.metrics_log import read_metrics_log  # here: it imports Ray Train (seconds)
 
     records = read_metrics_log(checkpoints.join(uri, checkpoints.METRICS_LOG))
     manifest = _maybe_json(checkpoints.join(uri, checkpoints.ARTIFACT_DIR, checkpoints.MANIFEST))

@@ -23,6 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from hfray import timeline
+
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
     "H200": 989.4,
@@ -101,6 +103,7 @@ class ThroughputCallbackPerWorker(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw: Any) -> None:
         self.train_begin_at = time.time()
         memoize_parameter_count(kw.get("model"))
+        timeline.mark("train_begin")
         if self.warmup_steps is None:  # a tenth of the run, at most 30 steps: autotuning and compiling settle
             self.warmup_steps = min(30, max(1, state.max_steps // 10))
 
@@ -108,10 +111,13 @@ class ThroughputCallbackPerWorker(TrainerCallback):
         if self.first_step_at is None:
             self.first_step_at = time.time()
             self.last_end = time.perf_counter()
+            timeline.mark("first_step_begin", at=self.first_step_at)
 
     def on_step_end(self, args, state, control, **kw: Any) -> None:
         now = time.perf_counter()
         self.steps += 1
+        if self.steps == 1:
+            timeline.mark("first_step_end")
         if self.steps > self.warmup_steps and not self.disturbed and self.last_end is not None:
             self.intervals.append(now - self.last_end)
         self.last_end, self.disturbed = now, False

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray.train
-from transformers import TrainerCallback
 
 from hfray import checkpoints, curves, storage
 from hfray.config import JobConfig
@@ -205,31 +204,10 @@ def sweep_curves_driver(job: JobConfig, trials_storage: str, runs: list[str]) ->
             curves.write_learning_curve(checkpoints.join(trials_storage, run), job.evaluation.best_metric_key, run)
 
 
-class ProgressBarPerWorker(TrainerCallback):
-    """Rank 0's optimizer steps as a progress bar on the driver's console (Ray's ``tqdm_ray``: one bar per
-    run, drawn by the driver, instead of tqdm's carriage returns mangled in forwarded worker logs)."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.bar: Any = None
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if state.is_world_process_zero and state.max_steps:
-            from ray.experimental.tqdm_ray import tqdm
-
-            self.bar = tqdm(desc=self.description, total=state.max_steps, unit="step")
-            self.bar.update(state.global_step)  # a resumed run starts where its checkpoint left off
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def callbacks_per_worker(job: JobConfig, run_name: str) -> list[Any]:
     """The HF Trainer callbacks of tracking (every rank adds them; they act on rank 0)."""
-    return [ProgressBarPerWorker(run_name)] if job.tracking.progress_bar else []
+    if not job.tracking.progress_bar:
+        return []
+    from hfray.progress_bar import ProgressBarPerWorker  # transformers' Trainer stack: workers only
+
+    return [ProgressBarPerWorker(run_name)]

@@ -23,11 +23,11 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, throughput, tracking
+from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, timeline, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
-from hfray.reporting import MetricsLogDriver, RayReportCallbackPerWorker, read_metrics_log
+from hfray.metrics_log import MetricsLogDriver, read_metrics_log
 from hfray.task_config import FINETUNE_TASKS
 
 # ----------------------------------------------------------------------------- per worker
@@ -122,16 +122,22 @@ def _weighted_loss(weights: list[float]) -> Any:
 
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    timeline.mark_process_start()
+    timeline.mark("worker_fn_start")
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
 
+    from hfray import throughput  # transformers' Trainer stack (torch, peft): imported where it is used
     from hfray.metrics import classification_metrics_fn
+    from hfray.reporting import RayReportCallbackPerWorker
 
+    timeline.mark("worker_imports")
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     prepared = data.prepare(job.data)
+    timeline.mark("worker_data")
     if prepared.fingerprint != loop_config["data_fingerprint"]:
         raise HfrayError(
             f"data on worker rank {rank} differs from what the driver checked (fingerprint "
@@ -139,12 +145,15 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         )
     labels = loop_config["labels"]
     tokenizer = modeling.load_tokenizer(job.model)
+    timeline.mark("worker_tokenizer")
     set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
     model = modeling.build_classifier(job.model, labels, tokenizer, **adapters.quantized_load_kwargs(job))
     local_root = loop_config["local_root"]
     base_copy = os.path.join(local_root, "peft-base") if rank == 0 else None
     model, peft_info = adapters.apply_peft_per_worker(model, job, base_copy)
+    timeline.mark("worker_model")
     encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
+    timeline.mark("worker_tokenized")
     args = training_arguments(job, os.path.join(local_root, "hf"), use_gpu=job.resources.gpus_per_worker > 0)
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
@@ -158,10 +167,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             EarlyStoppingCallback(job.training.early_stopping_patience, job.training.early_stopping_threshold)
         )
     weights = loop_config.get("class_weights")
-    lengths = [len(ids) for ids in encoded["train"]["input_ids"]]
-    mean_len = sum(lengths) / max(1, len(lengths))
+    mean_len = data.mean_token_length(encoded["train"])
     speed = throughput.callback_for_model_per_worker(model, mean_len, round(mean_len))
     callbacks.append(speed)
+    timeline.mark("worker_mean_length")
     trainer = Trainer(
         model=model,
         args=args,
@@ -174,6 +183,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
+    timeline.mark("worker_trainer_built")
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_dir)
     final = _final_eval_metrics_per_worker(trainer, encoded["validation"])
@@ -248,8 +258,10 @@ def preflight_driver(job: JobConfig) -> tuple[JobConfig, data.PreparedData]:
 
         return job, preflight_task_driver(job)
     prepared = data.prepare(job.data)
+    timeline.mark("driver_data_checked", "driver")
     tokenizer = modeling.load_tokenizer(job.model)
     config = modeling.load_config(job.model, **modeling.classification_overrides(prepared.labels, tokenizer))
+    timeline.mark("driver_tokenizer_model_checked", "driver")
     adapters.check_peft_driver(job, config.model_type)
     if isinstance(job.training.class_weights, list) and len(job.training.class_weights) != len(prepared.labels):
         raise HfrayError(
@@ -420,17 +432,23 @@ def run_job_driver(
     started = time.time()
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
     job, info = preflight(job)
+    timeline.mark("driver_preflight", "driver")
     if fresh:
         run_name = fresh_run_name(run_name)
     if run_is_complete(job, run_name):
         return _summary(job, run_name, started, "none (run already complete)", reused=True)
     where = cluster.connect_driver(job.cluster)
+    timeline.mark("driver_ray_connected", "driver")
     cluster.check_fits_driver(job.resources, job.cluster)
     if checks is not None:
         checks(job)
     print(f"[hfray] run {run_name}: {describe(job, info)}, on {where}", flush=True)
     with tracking.tracked_run_driver(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
-        fit_trainer_driver(build(job, info, run_name, callbacks))
+        timeline.mark("driver_tracking_started", "driver")
+        trainer = build(job, info, run_name, callbacks)
+        timeline.mark("driver_trainer_built", "driver")
+        fit_trainer_driver(trainer)
+        timeline.mark("driver_fit_returned", "driver")
     return _summary(job, run_name, started, where, reused=False)
 
 
