@@ -7,8 +7,8 @@ pre-training, ``cls`` BERT-base sequence-classification fine-tuning; all from co
 * ``plain``: ``bench/throughput_plain.py`` in one process (N = 1) or under ``torchrun --nproc_per_node N``;
 * ``hfray``: ``hfray train JOB cluster.address=...`` (a subprocess, as a user submits it) on a Ray cluster
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
-  (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers) and
-  ``compile`` (``training.torch_compile=true``).
+  (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
+  ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``) and ``compile-exact`` (both).
 
 Measured the same way everywhere (``hfray.throughput.ThroughputCallbackPerWorker``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -184,6 +184,10 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
             job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
     if variant == "compile":
         job["training"]["torch_compile"] = True
+    if variant in ("exact", "compile-exact") and workload == "mlm":  # a fixed masked count: static shapes
+        job["lm"]["masking"] = "exact"
+    if variant == "compile-exact":
+        job["training"]["torch_compile"] = True
     return job
 
 
@@ -325,7 +329,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="plain,hfray")
-    parser.add_argument("--hfray-variants", default="", help="extra hfray runs at 1 GPU: hf,compile")
+    parser.add_argument("--hfray-variants", default="", help="extra hfray runs at 1 GPU: hf,compile,exact,compile-exact")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=128)

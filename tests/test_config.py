@@ -96,17 +96,17 @@ def test_round_trip_through_plain_dict():
 
 def test_gpu_jobs_get_data_loading_defaults_that_the_job_file_can_override():
     gpu = JobConfig.from_dict({"name": "g", "data": {"train": "x.csv"}, "resources": {"gpus_per_worker": 1}})
-    assert gpu.resources.cpus_per_worker == 4 and gpu.training.dataloader_num_workers == 0
+    assert gpu.resources.cpus_per_worker == 4 and gpu.training.dataloader_num_workers == 2
     assert gpu.training.group_by_length and gpu.training.optim == "adamw_torch_fused"
     mine = JobConfig.from_dict(
         {
             "name": "g",
             "data": {"train": "x.csv"},
             "resources": {"gpus_per_worker": 1, "cpus_per_worker": 1},
-            "training": {"dataloader_num_workers": 2, "group_by_length": False},
+            "training": {"dataloader_num_workers": 0, "group_by_length": False},
         }
     )
-    assert mine.resources.cpus_per_worker == 1 and mine.training.dataloader_num_workers == 2
+    assert mine.resources.cpus_per_worker == 1 and mine.training.dataloader_num_workers == 0
     assert not mine.training.group_by_length
     cpu = JobConfig.from_dict({"name": "c", "data": {"train": "x.csv"}})
     assert cpu.resources.cpus_per_worker == 1 and cpu.training.dataloader_num_workers == 0

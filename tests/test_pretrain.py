@@ -296,7 +296,7 @@ def test_killed_worker_resumes_a_ray_data_run(ray_cluster, tmp_path, news):
 
 
 def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block() -> None:
-    """lm.masking=exact (default): round(p x block) labelled tokens per block, never a special one, 80/10/10 as HF."""
+    """lm.masking=exact: round(p x block) labelled tokens per block, never a special one, 80/10/10 as HF."""
     import pickle
 
     import numpy as np
@@ -311,7 +311,7 @@ def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block()
     blocks = rng.integers(1000, tok.vocab_size, size=(64, 64))
     blocks[:, 0], blocks[:, 30], blocks[::2, 31] = tok.cls_token_id, tok.sep_token_id, tok.cls_token_id  # packed docs
     special = torch.as_tensor(special_mask(blocks, tok)).bool()
-    collator = make_lm_collator(tok, "masked-lm", 0.15, seed=0)
+    collator = make_lm_collator(tok, "masked-lm", 0.15, seed=0, masking="exact")
     batch = collate_blocks(blocks, collator, tok)
     labelled = batch["labels"] != -100
     assert labelled.sum(dim=1).tolist() == [round(0.15 * 64)] * 64  # a fixed count: static shapes for the head
@@ -322,10 +322,10 @@ def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block()
     as_mask = (batch["input_ids"][labelled] == tok.mask_token_id).float().mean().item()
     kept = (batch["input_ids"][labelled] == original[labelled]).float().mean().item()
     assert 0.75 < as_mask < 0.85 and 0.05 < kept < 0.15  # 576 labelled tokens: 80% [MASK], ~10% kept, ~10% random
-    again = collate_blocks(blocks, pickle.loads(pickle.dumps(make_lm_collator(tok, "masked-lm", 0.15, seed=0))), tok)
+    again = collate_blocks(blocks, pickle.loads(pickle.dumps(make_lm_collator(tok, "masked-lm", 0.15, 0, "exact"))), tok)
     assert torch.equal(again["labels"], batch["labels"])  # seeded, and picklable for DataLoader workers
 
-    hf = make_lm_collator(tok, "masked-lm", 0.15, seed=0, masking="bernoulli")
+    hf = make_lm_collator(tok, "masked-lm", 0.15, seed=0)  # the default: HF's collator
     assert type(hf) is DataCollatorForLanguageModeling
     counts = (collate_blocks(blocks, hf, tok)["labels"] != -100).sum(dim=1)
     assert len(set(counts.tolist())) > 1  # HF's: each token with probability p

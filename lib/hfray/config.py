@@ -139,8 +139,9 @@ class TrainingConfig(Section):
     dataloader_num_workers: int = Field(
         0,
         ge=0,
-        description="DataLoader worker processes. 0: batches are collated in the training process, which was faster "
-        "for hfray's pre-tokenized data on an H200 (bench/results/step_trainer_h200_run2.json).",
+        description="DataLoader worker processes; default 2 on GPU jobs, 0 on CPU. 0 was faster on an H200 for "
+        "pre-collated in-memory data, 2 for classification batches padded by the tokenizer "
+        "(bench/results/throughput_gpu_dec01.md).",
     )
     group_by_length: bool = Field(
         False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
@@ -289,8 +290,8 @@ class JobConfig(Section):
         """Defaults that pay off on GPUs, applied only where the job file leaves the key unset.
 
         Ray reserves one CPU per worker unless told otherwise, which starves a GPU worker's data loading.
-        No DataLoader worker processes: on an H200 two of them made the HF Trainer's steps 13-25% slower on
-        pre-tokenized data than collating in the training process (bench/results/step_trainer_h200_run*.json).
+        Two DataLoader workers pad classification batches off the training thread: without them hfray's BERT-base
+        classification fell from 1.14x to 0.86x the plain Trainer on an H200 (bench/results/throughput_gpu_dec01.md).
         """
         if not isinstance(raw, dict) or not isinstance(raw.get("resources"), dict):
             return raw
@@ -298,7 +299,7 @@ class JobConfig(Section):
         if not _positive(resources.get("gpus_per_worker")):
             return raw
         training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
-        defaults: dict[str, Any] = {}
+        defaults: dict[str, Any] = {"dataloader_num_workers": 2}
         if raw.get("task", "text-classification") == "text-classification":
             defaults["group_by_length"] = True
         return {

@@ -70,11 +70,12 @@ class LMConfig(_Section):
     )
     block_size: int = Field(128, ge=8, le=32768, description="Tokens per training block (texts are packed).")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens masked.")
-    masking: Literal["exact", "bernoulli"] = Field(
-        "exact",
-        description="masked-lm: exact = round(mlm_probability x block_size) tokens of every block (BERT's original "
-        "recipe; a fixed masked-token count, so torch.compile sees static shapes); bernoulli = each token with "
-        "probability mlm_probability (HF's DataCollatorForLanguageModeling).",
+    masking: Literal["bernoulli", "exact"] = Field(
+        "bernoulli",
+        description="masked-lm: bernoulli = each token with probability mlm_probability (HF's "
+        "DataCollatorForLanguageModeling); exact = round(mlm_probability x block_size) tokens of every block (BERT's "
+        "original recipe): a fixed masked-token count, so torch.compile sees static shapes (use with "
+        "training.torch_compile).",
     )
     mlm_loss_on_masked_only: bool = Field(
         True,

@@ -64,7 +64,7 @@ def block_digest(block: np.ndarray) -> str:
 
 
 def make_lm_collator(
-    tokenizer: Any, task: str, mlm_probability: float, seed: int | None, masking: str = "exact"
+    tokenizer: Any, task: str, mlm_probability: float, seed: int | None, masking: str = "bernoulli"
 ) -> Any:
     """HF's LM collator; ``masking="exact"`` masks exactly round(p x block) tokens per block (see below)."""
     from transformers import DataCollatorForLanguageModeling
@@ -144,7 +144,7 @@ def collate_blocks(blocks: np.ndarray, collator: Any, tokenizer: Any) -> dict[st
 
 
 def fixed_eval_set(
-    blocks: np.ndarray, tokenizer: Any, task: str, mlm_probability: float, seed: int, masking: str = "exact"
+    blocks: np.ndarray, tokenizer: Any, task: str, mlm_probability: float, seed: int, masking: str = "bernoulli"
 ) -> Any:
     """Held-out blocks as an in-memory ``datasets.Dataset`` with labels fixed once (seeded masking)."""
     import datasets
