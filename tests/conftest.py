@@ -14,6 +14,11 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train V2's controller consumes a worker's report only when it polls the worker group, every 2 s by
+# default, and a worker's next ray.train.report blocks until then (a result queue of size 1). hfray reports
+# at every evaluation, so the tests' short runs spent ~2 s per evaluation waiting; polling every 0.2 s lets
+# them run at training speed. Set before any cluster starts: raylets, and so every actor, inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "lovely", "excellent", "delightful", "charming"]
 NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible", "poor", "dull", "clumsy"]

@@ -160,7 +160,7 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
     while time.time() < deadline:
         if predicate():
             return
-        time.sleep(1)
+        time.sleep(0.1)  # a glob of the trial folders: cheap; a 1 s nap delayed each wait by ~0.5 s
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
