@@ -329,7 +329,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="plain,hfray")
-    parser.add_argument("--hfray-variants", default="", help="extra hfray runs at 1 GPU: hf,compile,exact,compile-exact")
+    parser.add_argument("--hfray-variants", default="", help="extra 1-GPU hfray runs: hf,compile,exact,compile-exact")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=128)

@@ -322,7 +322,8 @@ def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block()
     as_mask = (batch["input_ids"][labelled] == tok.mask_token_id).float().mean().item()
     kept = (batch["input_ids"][labelled] == original[labelled]).float().mean().item()
     assert 0.75 < as_mask < 0.85 and 0.05 < kept < 0.15  # 576 labelled tokens: 80% [MASK], ~10% kept, ~10% random
-    again = collate_blocks(blocks, pickle.loads(pickle.dumps(make_lm_collator(tok, "masked-lm", 0.15, 0, "exact"))), tok)
+    copy = pickle.loads(pickle.dumps(make_lm_collator(tok, "masked-lm", 0.15, 0, "exact")))
+    again = collate_blocks(blocks, copy, tok)
     assert torch.equal(again["labels"], batch["labels"])  # seeded, and picklable for DataLoader workers
 
     hf = make_lm_collator(tok, "masked-lm", 0.15, seed=0)  # the default: HF's collator
