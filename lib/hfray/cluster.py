@@ -14,6 +14,26 @@ from hfray.errors import HfrayError, ResourceError
 # Train V2 is Ray 2.60's default; setting it pins the behaviour and documents intent.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
+# Train V2's controller takes a worker's report only when it polls the worker group (every 2 s by default), and
+# the worker's next ray.train.report blocks until then (a result queue of one). hfray reports at every evaluation,
+# so each evaluation could stall training up to 2 s; the tests' short runs lost ~2 s per evaluation
+# (tests/conftest.py). A user's own value of the variable wins.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = "0.5"
+
+
+def job_env_driver(address: str) -> dict[str, str]:
+    """Environment for the job's Ray processes (Train controller, workers, Tune trials) on a cluster at ``address``.
+
+    Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it, which fails on
+    a host running more than one Ray cluster. ``auto`` (inside ``ray job submit``) leaves both to the job's own
+    runtime_env.
+    """
+    env = dict(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
+    if address != "auto":
+        env |= {"RAY_ADDRESS": address, TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)}
+    return env
+
 
 def connect_driver(cfg: ClusterConfig) -> str:
     """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
@@ -24,13 +44,9 @@ def connect_driver(cfg: ClusterConfig) -> str:
     if address:
         from hfray.storage import runtime_env_driver
 
-        # Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it,
-        # which fails on a host running more than one Ray cluster. They also share this process's storage
-        # endpoint (never its credentials).
-        extra = {} if address == "auto" else {"RAY_ADDRESS": address}
-        extra.update(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
+        # Workers share this process's storage endpoint (never its credentials) and job_env_driver's variables.
         try:
-            ray.init(address=address, runtime_env=runtime_env_driver(extra) or None, **kwargs)
+            ray.init(address=address, runtime_env=runtime_env_driver(job_env_driver(address)) or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
@@ -55,7 +71,7 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     try:
         from hfray.storage import runtime_env_driver
 
-        env = runtime_env_driver({"RAY_ADDRESS": address, **timeline.forwarded_env()})
+        env = runtime_env_driver(job_env_driver(address))
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
