@@ -28,10 +28,14 @@ def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def _check_runtime_env(env: dict[str, Any]) -> None:
+def _check_runtime_env(env: dict[str, Any], train: bool = True) -> None:
     from ray.runtime_env import RuntimeEnv
 
+    from hfray.cluster import TRAIN_POLL_ENV, TRAIN_POLL_S
+
     RuntimeEnv(**env)  # Ray's own validation of every field
+    if train:  # jobs submitted with this env get the Train poll interval hfray sets when it connects itself
+        assert env["env_vars"][TRAIN_POLL_ENV] == TRAIN_POLL_S
     pins = _pyproject_pins()
     listed = dict(p.split("==") for p in env["pip"]["packages"])
     # Every pin of pyproject except Ray itself (the image's) is in the runtime_env, at the same version.
@@ -95,7 +99,7 @@ def test_rayservice_manifest():
     _check_images(doc["spec"]["rayClusterConfig"])
     env = dict(app.runtime_env)
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
-    _check_runtime_env(env)
+    _check_runtime_env(env, train=False)
 
 
 def test_local_cluster_script_runs_hfray_cluster():

@@ -26,8 +26,8 @@ def job_env_driver(address: str) -> dict[str, str]:
     """Environment for the job's Ray processes (Train controller, workers, Tune trials) on a cluster at ``address``.
 
     Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it, which fails on
-    a host running more than one Ray cluster. ``auto`` (inside ``ray job submit``) leaves both to the job's own
-    runtime_env.
+    a host running more than one Ray cluster. ``auto`` leaves both to the job's own runtime_env
+    (cluster/runtime_env.yaml sets the poll interval too).
     """
     env = dict(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
     if address != "auto":
