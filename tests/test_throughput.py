@@ -77,13 +77,20 @@ def test_throughput_callback_times_a_plain_trainer_and_leaves_out_evaluations(tm
         logging_steps=100,
         disable_tqdm=True,
     )
-    callback = ThroughputCallbackPerWorker(16, flops_per_token(model, 16), str(tmp_path / "t.json"), warmup_steps=2)
+    callback = ThroughputCallbackPerWorker(
+        16, flops_per_token(model, 16), str(tmp_path / "t.json"), warmup_steps=2, memoize_parameters=True
+    )
     trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4], callbacks=[callback])
     trainer.train()
     # The Trainer's FLOP log used the parameter count memoized at train start: the same total as the plain count.
     assert getattr(model.num_parameters, "hfray_memoized", False)
     plain = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT)).num_parameters(exclude_embeddings=True)
     assert trainer.state.total_flos == 6 * 14 * 2 * 16 * plain
+    # Without the flag (the plain-Trainer baselines of bench/) the callback only times: the model is left alone.
+    untouched = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT))
+    timer_only = ThroughputCallbackPerWorker(16)
+    Trainer(untouched, args, train_dataset=rows, eval_dataset=rows[:4], callbacks=[timer_only]).train()
+    assert not getattr(untouched.num_parameters, "hfray_memoized", False)
     s = callback.summary
     # 14 steps, 2 warm-up, the intervals after the evaluations at steps 5 and 10 left out: 10 steady intervals.
     assert s["steps"] == 14 and s["steady_steps"] == 10

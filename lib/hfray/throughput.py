@@ -79,7 +79,11 @@ def _peak_memory_per_rank() -> list[int]:
 
 
 class ThroughputCallbackPerWorker(TrainerCallback):
-    """Times every optimizer step on each rank; rank 0 writes the summary to ``out_file`` at the end."""
+    """Times every optimizer step on each rank; rank 0 writes the summary to ``out_file`` at the end.
+
+    Only times by default, so the plain-Trainer baselines of ``bench/`` run as HF ships them; hfray's runs
+    (``callback_for_model_per_worker``) also memoize the parameter count (``memoize_parameter_count``).
+    """
 
     def __init__(
         self,
@@ -87,7 +91,9 @@ class ThroughputCallbackPerWorker(TrainerCallback):
         flops_per_token: float | None = None,
         out_file: str | None = None,
         warmup_steps: int | None = None,
+        memoize_parameters: bool = False,
     ) -> None:
+        self.memoize_parameters = memoize_parameters
         self.tokens_per_sample = tokens_per_sample
         self.flops_per_token = flops_per_token
         self.out_file = out_file
@@ -102,7 +108,8 @@ class ThroughputCallbackPerWorker(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw: Any) -> None:
         self.train_begin_at = time.time()
-        memoize_parameter_count(kw.get("model"))
+        if self.memoize_parameters:
+            memoize_parameter_count(kw.get("model"))
         timeline.mark("train_begin")
         if self.warmup_steps is None:  # a tenth of the run, at most 30 steps: autotuning and compiling settle
             self.warmup_steps = min(30, max(1, state.max_steps // 10))
@@ -191,7 +198,8 @@ def callback_for_model_per_worker(
     model: Any, tokens_per_sample: float, seq_len: int, head_fraction: float = 1.0
 ) -> ThroughputCallbackPerWorker:
     """The callback of an hfray run, with the FLOPs of ``model`` counted before any wrapping."""
-    return ThroughputCallbackPerWorker(tokens_per_sample, flops_per_token(model, seq_len, head_fraction))
+    fpt = flops_per_token(model, seq_len, head_fraction)
+    return ThroughputCallbackPerWorker(tokens_per_sample, fpt, memoize_parameters=True)
 
 
 def manifest_entry(callback: ThroughputCallbackPerWorker) -> dict[str, Any]:
