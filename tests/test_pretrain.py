@@ -330,3 +330,82 @@ def test_exact_masking_labels_the_same_count_of_ordinary_tokens_in_every_block()
     assert type(hf) is DataCollatorForLanguageModeling
     counts = (collate_blocks(blocks, hf, tok)["labels"] != -100).sum(dim=1)
     assert len(set(counts.tolist())) > 1  # HF's: each token with probability p
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe", "unigram", "minilm"])
+def test_data_tasks_tokenize_without_transformers_exactly_as_hf_does(tmp_path, news, algorithm):
+    """Ray Data's tokenize tasks use the Rust tokenizer alone (no transformers import): same blocks as HF's."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from hfray.assets import resolve_model
+    from hfray.lm_data import BackendTokenizer, backend_tokenizer_spec, pack_texts
+    from hfray.tokenizer_training import train_tokenizer_driver
+
+    task = "causal-lm" if algorithm == "bpe" else "masked-lm"
+    if algorithm == "minilm":  # a real BERT tokenizer (lowercasing, accent stripping), not one trained here
+        path = resolve_model("builtin:all-MiniLM-L6-v2")
+    else:
+        raw = lm_job(
+            tmp_path, task, news["txt"], tokenizer={"algorithm": algorithm, "vocab_size": 800, "max_texts": 40}
+        )
+        path = train_tokenizer_driver(JobConfig.from_dict(raw)).path
+    hf = AutoTokenizer.from_pretrained(path)
+    hf.backend_tokenizer.enable_truncation(8)  # state a saved tokenizer.json may carry: the fast path drops it
+    spec = backend_tokenizer_spec(hf, task)
+    assert spec is not None
+    fast = BackendTokenizer(**spec)
+    texts = news["texts"][:20] + ["Ünïcödé 東京 🤗", ""]
+    expected = pack_texts(texts, hf, task, 64)
+    assert expected.shape[0] > 20 and np.array_equal(pack_texts(texts, fast, task, 64), expected)
+    if task == "causal-lm":
+        assert fast.eos_token_id == hf.eos_token_id is not None and (expected == hf.eos_token_id).sum() >= 20
+
+    class Diverging:  # HF behaviour the Rust tokenizer lacks (here: one extra token) must keep the HF path
+        is_fast, backend_tokenizer, eos_token_id = True, hf.backend_tokenizer, hf.eos_token_id
+
+        def __call__(self, docs, **kwargs):
+            return {"input_ids": [ids + [0] for ids in hf(docs, **kwargs)["input_ids"]]}
+
+    assert backend_tokenizer_spec(Diverging(), task) is None
+
+
+@pytest.mark.parametrize("fmt", ["txt", "txt.gz", "parquet", "csv", "tsv", "jsonl"])
+def test_held_out_texts_read_on_the_driver_are_the_rows_ray_data_reads(ray_cluster, tmp_path, news, fmt):
+    """A bounded held-out set is read in the driver process: the same rows, in file order, as Ray Data's readers."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet as pq
+
+    from hfray.ray_data import held_out_texts_here_driver, read_corpus_driver
+
+    texts = ["first line", "", "  ", "ünïcode 東京 🤗", 'a, "quoted" one'] + news["texts"][:30]
+    files = []
+    for i, part in enumerate((texts[:12], texts[12:])):  # two files: order across files matters too
+        path = tmp_path / f"held-{i}.{fmt}"
+        table = pa.table({"body": part})
+        if fmt.startswith("txt"):
+            raw = "\r\n".join(part).encode()  # Windows line ends, blank lines
+            path.write_bytes(gzip.compress(raw) if fmt.endswith("gz") else raw)
+        elif fmt == "parquet":
+            pq.write_table(table, path)
+        elif fmt in ("csv", "tsv"):
+            pyarrow.csv.write_csv(table, path, pyarrow.csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ","))
+        else:
+            path.write_text("".join(json.dumps({"body": t, "n": 1}) + "\n" for t in part))
+        files.append(path)
+    raw = lm_job(tmp_path, "masked-lm", news["txt"], data={"validation": str(tmp_path / f"held-*.{fmt}")})
+    raw["data"].update(text_column="body", max_eval_samples=20)
+    job = JobConfig.from_dict(raw)
+    mine = held_out_texts_here_driver(job)
+    ray_rows = read_corpus_driver(job.data.validation, job.data, "data.validation", 0.5).take_all()
+    assert mine == [r["text"] for r in ray_rows][:20] and len(mine) == 20
+
+    # No validation file: the held-out side of the hash split of the training texts, the first 16 of them.
+    from hfray.lm_data import in_validation
+
+    job = JobConfig.from_dict(lm_job(tmp_path, "masked-lm", news["txt"]))
+    expected = [t for t in news["texts"] if in_validation([t], 0.1, job.data.split_seed)[0]][:16]
+    assert held_out_texts_here_driver(job) == expected and len(expected) == 16

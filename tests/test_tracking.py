@@ -133,3 +133,32 @@ def test_diagnosis_reads_the_curves(train, evals, verdict):
     assert result["verdict"] == verdict
     if verdict == "overfitting":
         assert result["best_step"] == 30 and "step 30" in result["message"]
+
+
+def test_a_failed_run_is_killed_in_mlflow_and_its_resubmission_continues_it(tmp_path):
+    """The controller opens the MLflow run at its first report; a run that fails before one still gets its
+    MLflow run (KILLED), and the resubmitted job (same run name) continues that run to FINISHED."""
+    import mlflow
+
+    from hfray.tracking import TrackingDriver, ensure_mlflow_run, tracked_run_driver
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    data = {"train": tmp_path / "t.csv", "validation": tmp_path / "v.csv"}
+    raw = tiny_job(tmp_path, data, name="killed", tracking={"mlflow": True, "mlflow_tracking_uri": uri})
+    job = JobConfig.from_dict({**raw, "tracking": {**raw["tracking"], "learning_curve": False}})
+    with pytest.raises(RuntimeError, match="worker died"), tracked_run_driver(job, "run-a") as callbacks:
+        (driver,) = [c for c in callbacks if isinstance(c, TrackingDriver)]
+        assert driver.mlflow_run is None  # nothing opened before training
+        raise RuntimeError("worker died")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    assert run.info.status == "KILLED" and run.data.params["training.max_steps"] == "24"
+
+    with tracked_run_driver(job, "run-a") as callbacks:
+        (driver,) = [c for c in callbacks if isinstance(c, TrackingDriver)]
+        driver.after_report(None, [{"step": 6, "eval_accuracy": 0.5}], None)  # as the controller calls it
+        assert driver.mlflow_run is not None and driver.mlflow_run.run_id == run.info.run_id
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "eval_accuracy")] == [0.5]
+    assert ensure_mlflow_run(driver.mlflow_plan).run_id == run.info.run_id  # one run per run name

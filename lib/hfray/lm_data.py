@@ -44,6 +44,57 @@ def pack_texts(texts: Iterable[str | None], tokenizer: Any, task: str, block_siz
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
 
 
+# Texts that exercise normalizers, pre-tokenizers and byte fallback: the fast path must match HF on all of them.
+_PROBE_TEXTS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "  leading and   inner   spaces\ttabs\nnewlines  ",
+    "Ünïcödé àccents, ß, İstanbul, naïve café; 東京 日本語 中文; emoji 🤗🚀; math ∑x² ≤ 10⁻³",
+    "don't can't it's U.S.A. e-mail@example.com https://example.com/a?b=c 3.14159 1,000,000",
+    "a" * 300 + " antidisestablishmentarianism",
+]
+
+
+class BackendTokenizer:
+    """The Rust ``tokenizers.Tokenizer`` behind an HF fast tokenizer, called the way :func:`pack_texts` calls HF.
+
+    Why: a Ray Data tokenize task that loads the HF tokenizer imports transformers (and torch) first, 2 s on a
+    CPU core and 8 s for 12 tasks at once on the H200 machine (``bench/results/overhead_gpu.md``), all before the
+    first training batch. ``tokenizers`` alone imports in ~40 ms. Built only from :func:`backend_tokenizer_spec`,
+    which checked that it encodes exactly as the HF tokenizer does.
+    """
+
+    def __init__(self, serialized: str, eos_token_id: int | None) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(serialized)
+        # HF switches both off for a call without truncation/padding; a saved tokenizer.json may carry them on.
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, docs: list[str], add_special_tokens: bool = True, **_: Any) -> dict[str, list[list[int]]]:
+        encodings = self.backend.encode_batch(docs, add_special_tokens=add_special_tokens)
+        return {IDS: [e.ids for e in encodings]}
+
+
+def backend_tokenizer_spec(tokenizer: Any, task: str) -> dict[str, Any] | None:
+    """What a data task needs to build a :class:`BackendTokenizer`, or None (use the HF tokenizer) unless it
+    packs :data:`_PROBE_TEXTS` to exactly the HF tokenizer's blocks (a slow tokenizer, or HF adding behaviour of
+    its own, keeps the HF path)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    spec = {"serialized": backend.to_str(), "eos_token_id": tokenizer.eos_token_id}
+    try:
+        fast = BackendTokenizer(**spec)
+        for texts in (_PROBE_TEXTS, _PROBE_TEXTS[:1]):  # blocks of 1: the whole token stream, no tail cut
+            if not np.array_equal(pack_texts(texts, fast, task, 1), pack_texts(texts, tokenizer, task, 1)):
+                return None
+    except Exception:  # noqa: BLE001  (any failure only means: keep HF's own tokenizer)
+        return None
+    return spec
+
+
 def in_validation(texts: Iterable[str | None], fraction: float, seed: int) -> np.ndarray:
     """Boolean mask: which texts belong to the held-out split.
 

@@ -94,30 +94,24 @@ def _in_memory_sets_per_worker(job: JobConfig, tokenizer: Any) -> tuple[Any, Any
 
 
 def _data_per_worker(
-    job: JobConfig, tokenizer: Any, collator: Any, rank: int, held_out: Any = None
-) -> tuple[Any, Any, Any]:
-    """(train dataset or None, Ray Data stream or None, fixed held-out set); ``held_out``: packed by the driver."""
+    job: JobConfig, tokenizer: Any, collator: Any, held_out: Any = None, stream: Any = None
+) -> tuple[Any, Any]:
+    """(train dataset, fixed held-out set). ``stream``: this worker's started Ray Data shard (pipeline ray-data),
+    returned as a torch IterableDataset once it can collate; ``held_out``: blocks the driver packed."""
     import numpy as np
 
     lm = job.lm
     assert lm is not None
-    if lm.pipeline == "ray-data":
-        stream = ray_data.shard_stream_per_worker(
-            job.training.per_device_train_batch_size,
-            lambda blocks: lm_data.collate_blocks(blocks, collator, tokenizer),
-            lm.local_shuffle_buffer_size,
-            job.training.seed + rank,
-            lm.record_shards,
-        )
-        train = None
+    if stream is not None:
+        stream.set_collate(lambda blocks: lm_data.collate_blocks(blocks, collator, tokenizer))
+        train = ray_data.torch_stream_per_worker(stream)
         held = held_out if held_out is not None else ray_data.validation_blocks_per_worker()
     else:
-        stream = None
         train, held = _in_memory_sets_per_worker(job, tokenizer)
     evaluation = lm_data.fixed_eval_set(
         np.asarray(held), tokenizer, job.task, lm.mlm_probability, job.training.seed, lm.masking
     )
-    return train, stream, evaluation
+    return train, evaluation
 
 
 def _manifest_per_worker(
@@ -168,6 +162,18 @@ def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> li
 def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     timeline.mark_process_start()
     timeline.mark("worker_fn_start")
+    job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
+    lm, local_root = job.lm, loop_config["local_root"]
+    assert lm is not None
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    t = job.training
+    # Before the heavy imports: Ray Data's tasks start while this worker imports torch and builds the model.
+    stream = None
+    if lm.pipeline == "ray-data":
+        stream = ray_data.start_shard_stream_per_worker(
+            t.per_device_train_batch_size, lm.local_shuffle_buffer_size, t.seed + rank, lm.record_shards
+        )
     import torch
     from transformers import PrinterCallback, set_seed
 
@@ -175,11 +181,6 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     from hfray.lm_trainer import LanguageModelTrainer
 
     timeline.mark("worker_imports")
-    job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
-    lm, local_root = job.lm, loop_config["local_root"]
-    assert lm is not None
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     tokenizer = modeling.load_tokenizer(job.model)
     timeline.mark("worker_tokenizer")
@@ -196,7 +197,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, job.training.seed + rank, lm.masking)
     held_out = loop_config.get("validation_blocks")
-    train, stream, evaluation = _data_per_worker(job, tokenizer, collator, rank, held_out)
+    train, evaluation = _data_per_worker(job, tokenizer, collator, held_out, stream)
     timeline.mark("worker_data")
     resume_dir, resumed_step = _resume_dir_per_worker(local_root)
     if resume_dir and job.evaluation.load_best_model_at_end:
@@ -204,12 +205,12 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
     trainer = LanguageModelTrainer(
         model=model,
         args=_training_args_per_worker(job, os.path.join(local_root, "hf")),
-        train_dataset=stream if stream is not None else train,
+        train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
         data_collator=lm_data.BlockCollator(collator, tokenizer),
         callbacks=[*_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}")), speed],
-        train_stream=stream,
+        train_stream=train if stream is not None else None,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
     timeline.mark("worker_trainer_built")

@@ -15,12 +15,15 @@ scaled separately from the training workers.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from hfray import checkpoints, lm_data, timeline
 from hfray.config import DataConfig, JobConfig
@@ -102,14 +105,21 @@ def read_corpus_driver(spec: str, cfg: DataConfig, field: str, num_cpus: float) 
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def _tokenizer_in_task(path: str) -> Any:
-    """One tokenizer per Ray worker process: tasks reuse processes, loading is not free."""
+def _tokenizer_in_task(path: str, backend: Any = None) -> Any:
+    """One tokenizer per Ray worker process: tasks reuse processes, loading is not free.
+
+    ``backend`` (an ObjectRef of :func:`lm_data.backend_tokenizer_spec`, which the driver verified) gives the Rust
+    tokenizer without importing transformers; None loads the HF tokenizer from ``path``.
+    """
     if path not in _TOKENIZERS:
         timeline.mark_process_start("data_task")
         timeline.mark("data_task_start", "data_task")
-        from transformers import AutoTokenizer
+        if backend is not None:
+            _TOKENIZERS[path] = lm_data.BackendTokenizer(**ray.get(backend))
+        else:
+            from transformers import AutoTokenizer
 
-        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+            _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
         timeline.mark("data_task_tokenizer_loaded", "data_task")
     return _TOKENIZERS[path]
 
@@ -122,48 +132,52 @@ def keep_split_batch(batch: Any, held_out: bool, fraction: float, seed: int) -> 
     return batch.filter(pa.array(mask if held_out else ~mask))
 
 
-def pack_batch(batch: Any, tokenizer_path: str, task: str, block_size: int) -> dict[str, np.ndarray]:
+def pack_batch(
+    batch: Any, tokenizer_path: str, task: str, block_size: int, backend: Any = None
+) -> dict[str, np.ndarray]:
     """pyarrow batch of texts -> packed blocks (fewer rows; the batch's tail shorter than a block is dropped)."""
-    tokenizer = _tokenizer_in_task(tokenizer_path)
+    tokenizer = _tokenizer_in_task(tokenizer_path, backend)
     return {IDS: lm_data.pack_texts(batch.column(TEXT).to_pylist(), tokenizer, task, block_size)}
 
 
 def build_datasets_driver(job: JobConfig, tokenizer: Any = None) -> tuple[dict[str, Any], np.ndarray | None]:
     """``TorchTrainer(datasets=...)``'s lazy train blocks, and the held-out blocks, checked not to be empty.
 
-    A bounded held-out set (``data.max_eval_samples``) is packed here, with the driver's ``tokenizer``, and comes
-    back as an array (the datasets then hold ``train`` only). Why: a Ray Data tokenize task for it starts a fresh
-    process that imports transformers and loads the tokenizer once more, ~4 s on the critical path (2 CPUs,
-    ``bench/overhead_bench.py``), for a few dozen texts. Unbounded held-out sets (a share of a large corpus) keep
-    the parallel Ray Data path and come back materialized under ``validation``.
+    A bounded held-out set (``data.max_eval_samples``) is read and packed here, with the driver's ``tokenizer``,
+    and comes back as an array (the datasets then hold ``train`` only). Why: Ray Data read and tokenize tasks
+    for it start fresh processes that import transformers and load the tokenizer once more, ~4 s on the
+    critical path (2 CPUs, ``bench/overhead_bench.py``), for a few dozen texts. Unbounded held-out sets (a share
+    of a large corpus) keep the parallel Ray Data path and come back materialized under ``validation``.
     """
     lm, cfg = job.lm, job.data
     assert lm is not None
     quiet_progress()
     train = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
-    if cfg.validation:
-        held = read_corpus_driver(cfg.validation, cfg, "data.validation", lm.tokenize_num_cpus)
-    else:
-        split = {"fraction": cfg.validation_fraction, "seed": cfg.split_seed}
-        opts = {"batch_format": "pyarrow", "num_cpus": lm.tokenize_num_cpus}
-        held = train.map_batches(keep_split_batch, fn_kwargs={"held_out": True, **split}, **opts)
+    split = {"fraction": cfg.validation_fraction, "seed": cfg.split_seed}
+    opts = {"batch_format": "pyarrow", "num_cpus": lm.tokenize_num_cpus}
+    if not cfg.validation:
         train = train.map_batches(keep_split_batch, fn_kwargs={"held_out": False, **split}, **opts)
     if cfg.max_train_samples:
         train = train.limit(cfg.max_train_samples)
-    if cfg.max_eval_samples:
-        held = held.limit(cfg.max_eval_samples)
-    pack = {
-        "fn_kwargs": {"tokenizer_path": job.model.tokenizer_source, "task": job.task, "block_size": lm.block_size},
-        "batch_size": lm.tokenize_batch_size,
-        "batch_format": "pyarrow",
-        "num_cpus": lm.tokenize_num_cpus,
-    }
+    fn_kwargs = {"tokenizer_path": job.model.tokenizer_source, "task": job.task, "block_size": lm.block_size}
+    spec = lm_data.backend_tokenizer_spec(tokenizer, job.task) if tokenizer is not None else None
+    if spec is not None:  # one copy in the object store, not one per task
+        fn_kwargs["backend"] = ray.put(spec)
+    pack = {"fn_kwargs": fn_kwargs, "batch_size": lm.tokenize_batch_size, **opts}
     datasets: dict[str, Any] = {"train": train.map_batches(pack_batch, **pack)}
+    texts = held_out_texts_here_driver(job) if tokenizer is not None and cfg.max_eval_samples else None
     blocks = None
-    if tokenizer is not None and cfg.max_eval_samples:
-        blocks = pack_here_driver(held, tokenizer, job.task, lm.block_size, lm.tokenize_batch_size)
+    if texts is not None:
+        blocks = pack_here_driver(texts, tokenizer, job.task, lm.block_size, lm.tokenize_batch_size)
         count = len(blocks)
     else:
+        if cfg.validation:
+            held = read_corpus_driver(cfg.validation, cfg, "data.validation", lm.tokenize_num_cpus)
+        else:
+            held = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
+            held = held.map_batches(keep_split_batch, fn_kwargs={"held_out": True, **split}, **opts)
+        if cfg.max_eval_samples:
+            held = held.limit(cfg.max_eval_samples)
         datasets["validation"] = held.map_batches(pack_batch, **pack).materialize()
         count = datasets["validation"].count()
     timeline.mark("driver_validation_materialized", "driver")
@@ -175,10 +189,37 @@ def build_datasets_driver(job: JobConfig, tokenizer: Any = None) -> tuple[dict[s
     return datasets, blocks
 
 
-def pack_here_driver(texts: Any, tokenizer: Any, task: str, block_size: int, batch_size: int) -> np.ndarray:
-    """A Ray Dataset of texts packed in this process, batch by batch as ``map_batches(pack_batch)`` packs it."""
-    batches = texts.iter_batches(batch_size=batch_size, batch_format="pyarrow")
-    parts = [lm_data.pack_texts(b.column(TEXT).to_pylist(), tokenizer, task, block_size) for b in batches]
+def held_out_texts_here_driver(job: JobConfig) -> list[str | None] | None:
+    """The bounded held-out texts read in this process (local files), or None: Ray Data reads them."""
+    from hfray import text_files
+
+    cfg = job.data
+    assert cfg.max_eval_samples
+    source, field = (cfg.validation, "data.validation") if cfg.validation else (cfg.train, "data.train")
+    fmt = check_source_driver(source, cfg, field)
+    if fmt not in ("text", "parquet", "csv", "json"):
+        return None
+    keep = None
+    if not cfg.validation:  # the held-out side of the hash split of the training files
+
+        def keep(texts: list[str]) -> np.ndarray:
+            return lm_data.in_validation(texts, cfg.validation_fraction, cfg.split_seed)
+
+    column = TEXT if fmt == "text" else cfg.text_column
+    try:
+        return text_files.first_texts(local_files(source, field), fmt, column, cfg.max_eval_samples, keep)
+    except (OSError, ValueError) as exc:  # pyarrow's parse errors are ValueErrors (ArrowInvalid)
+        raise DataError(f"{field}: could not read {source} as {fmt}: {exc}") from None
+
+
+def pack_here_driver(
+    texts: list[str | None], tokenizer: Any, task: str, block_size: int, batch_size: int
+) -> np.ndarray:
+    """Texts packed in this process, batch by batch as ``map_batches(pack_batch)`` packs them."""
+    parts = [
+        lm_data.pack_texts(texts[i : i + batch_size], tokenizer, task, block_size)
+        for i in range(0, len(texts), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, block_size), dtype=np.int32)
 
 
@@ -196,31 +237,76 @@ class ShardStream:
     """This worker's share of the training blocks as an endless stream of collated batches.
 
     One Ray Data epoch follows another (``streaming_split`` starts each epoch on all workers
-    together), so HF sees a single unending epoch and ``training.max_steps`` ends the run. Built as
-    a torch ``IterableDataset`` by :func:`shard_stream_per_worker`.
+    together), so HF sees a single unending epoch and ``training.max_steps`` ends the run. Handed to
+    the Trainer as a torch ``IterableDataset`` by :func:`torch_stream_per_worker`.
+
+    :meth:`start` begins epoch 0 at once, before the worker imports torch and builds its model: the
+    split coordinator, the read and tokenize tasks (fresh processes) then start while the worker
+    does the rest of its set-up, not after ``Trainer.train`` first asks for a batch (15 s of the
+    H200 start-up, ``bench/results/overhead_gpu.md``). Batches wait for :meth:`set_collate`.
     """
 
-    def __init__(self, shard: Any, batch_size: int, collate: Any, shuffle_buffer: int, seed: int) -> None:
-        self.shard, self.batch_size, self.collate = shard, batch_size, collate
+    def __init__(self, shard: Any, batch_size: int, shuffle_buffer: int, seed: int) -> None:
+        self.shard, self.batch_size = shard, batch_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.collate: Any = None
+        self._collate_ready = threading.Event()
+        self._warm: tuple[threading.Thread, dict[str, Any]] | None = None
         self.epoch = 0
         self.blocks_seen: dict[int, list[str]] | None = None  # epoch -> block digests, when auditing
 
+    def set_collate(self, collate: Any) -> None:
+        self.collate = collate
+        self._collate_ready.set()
+
     def collate_numpy(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         # Runs in Ray Data's prefetch thread: masking overlaps the training step.
+        self._collate_ready.wait()
         if self.blocks_seen is not None:
             self.blocks_seen.setdefault(self.epoch, []).extend(lm_data.block_digest(b) for b in batch[IDS])
         return self.collate(batch[IDS])
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            batches = self.shard.iter_torch_batches(
+    def _epoch_batches(self) -> Iterator[dict[str, Any]]:
+        return iter(
+            self.shard.iter_torch_batches(
                 batch_size=self.batch_size,
                 collate_fn=_collate_class()(self),
                 drop_last=True,  # equal shares and equal batch shapes keep DDP ranks in step
                 local_shuffle_buffer_size=self.shuffle_buffer or None,
                 local_shuffle_seed=self.seed + self.epoch if self.shuffle_buffer else None,
             )
+        )
+
+    def start(self) -> None:
+        """Pull epoch 0's first batch in a thread (daemon: a worker that fails first must not hang on it)."""
+        box: dict[str, Any] = {}
+
+        def pull() -> None:
+            try:
+                box["batches"] = self._epoch_batches()
+                box["first"] = next(box["batches"])
+            except StopIteration:
+                pass
+            except BaseException as exc:  # noqa: BLE001  (re-raised where the Trainer iterates)
+                box["error"] = exc
+
+        thread = threading.Thread(target=pull, name="hfray-stream-start", daemon=True)
+        thread.start()
+        self._warm = (thread, box)
+
+    def _first_epoch_batches(self) -> Iterator[dict[str, Any]]:
+        if self._warm is None:
+            return self._epoch_batches()
+        thread, box = self._warm
+        self._warm = None
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return itertools.chain([box["first"]], box["batches"]) if "first" in box else iter(())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            batches = self._first_epoch_batches() if self.epoch == 0 else self._epoch_batches()
             produced = 0
             for batch in batches:
                 produced += 1
@@ -246,19 +332,30 @@ def _collate_class() -> type:
     return StreamCollate
 
 
-def shard_stream_per_worker(batch_size: int, collate: Any, shuffle_buffer: int, seed: int, record: bool) -> Any:
-    """``ShardStream`` over ``get_dataset_shard("train")`` as a torch ``IterableDataset``."""
+def start_shard_stream_per_worker(batch_size: int, shuffle_buffer: int, seed: int, record: bool) -> ShardStream:
+    """``ShardStream`` over ``get_dataset_shard("train")``, started (see :class:`ShardStream`)."""
     import ray.train
-    import torch.utils.data
-
-    class _Stream(ShardStream, torch.utils.data.IterableDataset):
-        pass
 
     quiet_progress()
-    stream = _Stream(ray.train.get_dataset_shard("train"), batch_size, collate, shuffle_buffer, seed)
+    stream = ShardStream(ray.train.get_dataset_shard("train"), batch_size, shuffle_buffer, seed)
     if record:
         stream.blocks_seen = {}
+    stream.start()
     return stream
+
+
+def torch_stream_per_worker(stream: ShardStream) -> Any:
+    """``stream`` as the torch ``IterableDataset`` the HF Trainer's DataLoader needs."""
+    import torch.utils.data
+
+    class _Stream(torch.utils.data.IterableDataset):
+        def __init__(self, inner: ShardStream) -> None:
+            self.inner = inner
+
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            return iter(self.inner)
+
+    return _Stream(stream)
 
 
 def validation_blocks_per_worker() -> np.ndarray:

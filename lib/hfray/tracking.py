@@ -39,6 +39,18 @@ class MlflowRun:
     run_id: str
 
 
+@dataclass(frozen=True)
+class MlflowPlan:
+    """What finds or creates a run's MLflow run; plain data, so the Train controller can do it itself."""
+
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    task: str
+    storage: str
+    params: dict[str, str]
+
+
 def mlflow_uri(job: JobConfig) -> str:
     return job.tracking.mlflow_tracking_uri or default_mlflow_uri(job.storage.path)
 
@@ -71,35 +83,43 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def start_mlflow_run_driver(job: JobConfig, run_name: str) -> MlflowRun:
-    """The MLflow run of ``run_name`` (created with the job's params, or found again on resume)."""
-    from mlflow.entities import Param, RunTag
-
-    uri = mlflow_uri(job)
-    client = _client(uri)
-    experiment = job.tracking.mlflow_experiment or job.name
-    exp_id = _experiment_id(client, experiment, uri)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{run_name}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return MlflowRun(uri, experiment, run_id)
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_TAG: run_name, "hfray.task": job.task})
+def mlflow_plan(job: JobConfig, run_name: str) -> MlflowPlan:
     # What the run name hashes: storage, cluster and tracking settings may differ between resubmissions.
     relevant = {k: v for k, v in job.to_dict().items() if k not in ("storage", "cluster", "tracking")}
-    params = [Param(k, v) for k, v in _flat("", relevant, {}).items()]
+    experiment = job.tracking.mlflow_experiment or job.name
+    return MlflowPlan(mlflow_uri(job), experiment, run_name, job.task, job.storage.path, _flat("", relevant, {}))
+
+
+def ensure_mlflow_run(plan: MlflowPlan) -> MlflowRun:
+    """The MLflow run tagged with ``plan.run_name`` (a resumed job continues it), created with the params if new."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(plan.tracking_uri)
+    exp_id = _experiment_id(client, plan.experiment, plan.tracking_uri)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{plan.run_name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return MlflowRun(plan.tracking_uri, plan.experiment, run_id)
+    run = client.create_run(exp_id, run_name=plan.run_name, tags={RUN_TAG: plan.run_name, "hfray.task": plan.task})
+    params = [Param(k, v) for k, v in plan.params.items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=params[i : i + 100], tags=[RunTag("hfray.storage", job.storage.path)])
-    return MlflowRun(uri, experiment, run.info.run_id)
+        client.log_batch(run.info.run_id, params=params[i : i + 100], tags=[RunTag("hfray.storage", plan.storage)])
+    return MlflowRun(plan.tracking_uri, plan.experiment, run.info.run_id)
 
 
 class TrackingDriver(ray.train.UserCallback):
     """In the Train controller (the driver's node): every report to TensorBoard and MLflow."""
 
-    def __init__(self, run_dir: str, tensorboard: bool, mlflow_run: MlflowRun | None) -> None:
+    def __init__(self, run_dir: str, tensorboard: bool, mlflow_plan: MlflowPlan | None) -> None:
         self.run_dir = run_dir
         self.tensorboard = tensorboard
-        self.mlflow_run = mlflow_run
+        # The controller opens the MLflow run at its first report, not the driver before training: importing
+        # mlflow and opening its store took 2.4-2.6 s of the start-up on 2 CPUs (bench/results/overhead_cpu.md),
+        # and the controller pays most of that anyway to log the first metrics.
+        self.mlflow_plan = mlflow_plan
+        self.mlflow_run: MlflowRun | None = None
         self._reports = 0
         self._tb_local = ""
 
@@ -109,8 +129,11 @@ class TrackingDriver(ray.train.UserCallback):
         values = {k: float(v) for k, v in record.items() if k not in _NOT_METRICS and isinstance(v, (int, float))}
         if self.tensorboard:
             self._log_tensorboard(values, step)
-        if self.mlflow_run is not None and values:
+        if self.mlflow_plan is not None and values:
             from mlflow.entities import Metric
+
+            if self.mlflow_run is None:
+                self.mlflow_run = ensure_mlflow_run(self.mlflow_plan)
 
             now = int(time.time() * 1000)
             batch = [Metric(k, v, now, step) for k, v in sorted(values.items())]
@@ -143,20 +166,21 @@ def tracked_run_driver(job: JobConfig, run_name: str) -> Iterator[list[Any]]:
     """Around a run's ``fit``: yields the Train callbacks; afterwards the learning curve and MLflow artifacts."""
     cfg = job.tracking
     run_dir = checkpoints.join(job.storage.path, run_name)
-    mlflow_run = start_mlflow_run_driver(job, run_name) if cfg.mlflow else None
+    plan = mlflow_plan(job, run_name) if cfg.mlflow else None
     callbacks: list[Any] = []
-    if cfg.tensorboard or mlflow_run is not None:
-        callbacks.append(TrackingDriver(run_dir, cfg.tensorboard, mlflow_run))
+    if cfg.tensorboard or plan is not None:
+        callbacks.append(TrackingDriver(run_dir, cfg.tensorboard, plan))
     try:
         yield callbacks
     except BaseException:
-        if mlflow_run is not None:  # a resubmission continues this MLflow run
-            _client(mlflow_run.tracking_uri).set_terminated(mlflow_run.run_id, status="KILLED")
+        if plan is not None:  # found (or made, if no report came) so that a resubmission continues it
+            _client(plan.tracking_uri).set_terminated(ensure_mlflow_run(plan).run_id, status="KILLED")
         raise
     diagnosis = None
     if cfg.learning_curve:
         diagnosis = curves.write_learning_curve(run_dir, job.evaluation.best_metric_key, f"{job.name}: {run_name}")
-    if mlflow_run is not None:
+    if plan is not None:
+        mlflow_run = ensure_mlflow_run(plan)  # the controller's run; made here when no evaluation reported
         _finish_mlflow_run(mlflow_run, run_dir, diagnosis)
         print(
             f"[hfray] MLflow: run {mlflow_run.run_id} in experiment {mlflow_run.experiment!r} "
