@@ -183,7 +183,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
         tmp_path,
         data_files,
         two_trial_grid(max_concurrent_trials=1),
-        training={"per_device_train_batch_size": 32, "max_steps": 30},
+        # Enough steps after trial 2's first checkpoint that it cannot finish before the interrupt lands: with
+        # checkpoints uploaded in the background (storage.async_upload) 30 steps of this tiny model could.
+        training={"per_device_train_batch_size": 32, "max_steps": 90},
     )
     job_file = tmp_path / "sweep.yaml"
     job_file.write_text(yaml.safe_dump(job.to_dict()))

@@ -45,6 +45,12 @@ def test_two_workers_learn_report_every_eval_and_export(ray_cluster, tmp_path, d
     assert len(kept) == 2
     files = set(os.listdir(Path(summary.run_dir) / kept[-1]))
     assert {"trainer_state.json", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"} <= files
+    # Uploaded in the background (storage.async_upload, the default): Ray deleted each rank's staging folder.
+    from hfray.train import _local_root
+
+    local = Path(_local_root(job.storage.path, summary.run_name))
+    assert job.storage.async_upload and len(list(local.glob("stage-*"))) == 2
+    assert not list(local.glob("stage-*/rank*"))
 
     # The artifact is slim, carries a manifest, and loads with a plain transformers pipeline.
     artifact = Path(summary.artifact)

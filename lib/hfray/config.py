@@ -228,6 +228,11 @@ class StorageConfig(Section):
     run_name: str | None = Field(None, description="Default: '<name>-<hash of the job>', stable across retries.")
     num_to_keep: int = Field(2, ge=1, description="Ray checkpoints kept (best by the chosen metric + latest).")
     max_failures: int = Field(2, ge=-1, description="Worker-group restarts before giving up (-1: forever).")
+    async_upload: bool = Field(
+        True,
+        description="Upload checkpoints in a background thread while training goes on (Ray's ASYNC mode); "
+        "a checkpoint counts once uploaded, so a crash mid-upload resumes from the one before.",
+    )
     endpoint_url: str | None = Field(
         None, description="S3-compatible server for s3:// paths (MinIO, Ceph); credentials come from the env."
     )

@@ -151,7 +151,7 @@ def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> li
 
     from hfray.reporting import RayReportCallbackPerWorker
 
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging, async_upload=job.storage.async_upload)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
     if t.early_stopping_patience:

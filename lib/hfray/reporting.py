@@ -46,10 +46,13 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class RayReportCallbackPerWorker(TrainerCallback):
-    def __init__(self, resumed_from_step: int, staging_root: str, verbose: bool = True) -> None:
+    def __init__(
+        self, resumed_from_step: int, staging_root: str, verbose: bool = True, async_upload: bool = False
+    ) -> None:
         self.resumed_from_step = resumed_from_step
         self.staging_root = staging_root
         self.verbose = verbose
+        self.async_upload = async_upload
         self.latest_train: dict[str, Any] = {}
         self.pending_eval: dict[str, Any] | None = None
         self.in_training = False
@@ -93,7 +96,10 @@ class RayReportCallbackPerWorker(TrainerCallback):
         stage = checkpoints.stage_for_rank(folder, rank, world, self.staging_root)
         try:
             self._report(state, ray.train.Checkpoint.from_directory(stage))
-        finally:
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if not self.async_upload:  # an ASYNC upload deletes its stage itself, once uploaded
             shutil.rmtree(stage, ignore_errors=True)
 
     def on_step_begin(self, args, state, control, **kw: Any):
@@ -126,7 +132,16 @@ class RayReportCallbackPerWorker(TrainerCallback):
         }
         self.pending_eval = None
         self.reports += 1
-        ray.train.report(_clean(metrics), checkpoint=checkpoint, checkpoint_dir_name=self._dir_name(state, checkpoint))
+        # ASYNC: the stage holds hard links, so HF deleting or rotating its own checkpoint folder meanwhile is safe;
+        # Ray sends this report (and any after it, in order) once the upload is done, and waits for the last
+        # upload before the train function's end counts as finished.
+        mode = ray.train.CheckpointUploadMode.ASYNC if checkpoint and self.async_upload else None
+        ray.train.report(
+            _clean(metrics),
+            checkpoint=checkpoint,
+            checkpoint_dir_name=self._dir_name(state, checkpoint),
+            **({"checkpoint_upload_mode": mode} if mode else {}),
+        )
 
     @staticmethod
     def _dir_name(state: TrainerState, checkpoint: ray.train.Checkpoint | None) -> str | None:

@@ -158,7 +158,11 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, local_rank)
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    callbacks: list[Any] = [
+        RayReportCallbackPerWorker(
+            resumed_step, os.path.join(local_root, f"stage-{rank}"), async_upload=job.storage.async_upload
+        )
+    ]
     callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     if resume_dir:
         callbacks.append(job_hyperparams_callback())

@@ -227,7 +227,11 @@ def trl_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, None, rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, ctx.get_local_rank())
-    callbacks = [RayReportCallbackPerWorker(resumed_step, os.path.join(local_root, f"stage-{rank}"))]
+    callbacks = [
+        RayReportCallbackPerWorker(
+            resumed_step, os.path.join(local_root, f"stage-{rank}"), async_upload=job.storage.async_upload
+        )
+    ]
     callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     trainer = _trainer_per_worker(job, model, tokenizer, args, splits, callbacks)
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval

@@ -72,7 +72,7 @@ def split_metrics_trainer(base: type) -> type:
 def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str, resumed: bool) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging)]
+    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging, async_upload=job.storage.async_upload)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     if resumed:
         callbacks.append(job_hyperparams_callback())  # a PBT exploit's new learning rate wins over the donor's
