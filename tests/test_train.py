@@ -149,3 +149,22 @@ def test_weighted_loss_matches_torch_cross_entropy(weights):
     assert torch.allclose(ours, ref)
     if weights == [1.0, 1.0]:
         assert torch.allclose(ours, F.cross_entropy(logits, labels))
+
+
+def test_failed_checks_on_a_running_cluster_end_the_started_workers_untrained(ray_cluster, tmp_path, data_files):
+    """cluster.overlap_checks: the workers boot while the driver checks the job; a bad column is still reported as
+    itself, no step runs, and the run leaves no folder behind. The same job with the column right then trains."""
+    from hfray import start_gate
+    from hfray.errors import DataError
+
+    bad = JobConfig.from_dict(tiny_job(tmp_path, data_files, data={"label_column": "sentiment"}))
+    assert start_gate.gated(bad)  # this process is attached to a running cluster
+    with pytest.raises(DataError, match="data.label_column 'sentiment'"):
+        run_training_driver(bad)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+    good = JobConfig.from_dict(tiny_job(tmp_path, data_files, training={"max_steps": 12, "eval_steps": 6}))
+    summary = run_training_driver(good)
+    assert [r["step"] for r in _log(summary) if "eval_loss" in r] == [6, 12]
+    assert not any(p.name.startswith(bad.run_name) for p in runs.iterdir())

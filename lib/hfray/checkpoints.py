@@ -80,6 +80,13 @@ def write_text(uri: str, text: str) -> None:
         stream.write(text.encode())
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a folder (local or URI) and everything in it; a missing one is fine."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def upload_dir(local: str, uri: str) -> None:
     fs, path = _fs(uri)
     fs.create_dir(path, recursive=True)

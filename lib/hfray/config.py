@@ -221,6 +221,11 @@ class ClusterConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster started by hfray.")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local cluster started by hfray.")
     check_resources: bool = Field(True, description="Refuse jobs the cluster cannot fit (off for autoscaling).")
+    overlap_checks: bool = Field(
+        True,
+        description="On a running cluster, start the Train workers while the driver checks the job (classification); "
+        "they wait for the checks, and train only if they pass.",
+    )
 
 
 class StorageConfig(Section):

@@ -162,8 +162,12 @@ class TrackingDriver(ray.train.UserCallback):
 
 
 @contextlib.contextmanager
-def tracked_run_driver(job: JobConfig, run_name: str) -> Iterator[list[Any]]:
-    """Around a run's ``fit``: yields the Train callbacks; afterwards the learning curve and MLflow artifacts."""
+def tracked_run_driver(job: JobConfig, run_name: str, cancelled: Any = None) -> Iterator[list[Any]]:
+    """Around a run's ``fit``: yields the Train callbacks; afterwards the learning curve and MLflow artifacts.
+
+    ``cancelled()`` true at the end: the run never started (its checks failed, ``hfray.start_gate``), so nothing
+    is tracked.
+    """
     cfg = job.tracking
     run_dir = checkpoints.join(job.storage.path, run_name)
     plan = mlflow_plan(job, run_name) if cfg.mlflow else None
@@ -173,9 +177,13 @@ def tracked_run_driver(job: JobConfig, run_name: str) -> Iterator[list[Any]]:
     try:
         yield callbacks
     except BaseException:
+        if cancelled is not None and cancelled():
+            raise
         if plan is not None:  # found (or made, if no report came) so that a resubmission continues it
             _client(plan.tracking_uri).set_terminated(ensure_mlflow_run(plan).run_id, status="KILLED")
         raise
+    if cancelled is not None and cancelled():
+        return
     diagnosis = None
     if cfg.learning_curve:
         diagnosis = curves.write_learning_curve(run_dir, job.evaluation.best_metric_key, f"{job.name}: {run_name}")

@@ -23,7 +23,7 @@ import pyarrow.fs
 import ray
 import ray.train
 
-from hfray import adapters, checkpoints, cluster, data, export, modeling, storage, timeline, tracking
+from hfray import adapters, checkpoints, cluster, data, export, modeling, start_gate, storage, timeline, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import check_training_arguments_driver, job_hyperparams_callback, training_arguments
@@ -132,6 +132,11 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     from hfray.reporting import RayReportCallbackPerWorker
 
     timeline.mark("worker_imports")
+    gated = start_gate.wait_per_worker(loop_config)  # on a running cluster the driver checks meanwhile
+    if gated is None:
+        return  # the driver's checks failed: it reports why
+    loop_config = gated
+    timeline.mark("worker_gate_passed")
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
@@ -327,23 +332,34 @@ def unwrap_user_error(exc: Exception) -> Exception:
     return exc
 
 
+def checked_values(job: JobConfig, prepared: data.PreparedData) -> dict[str, Any]:
+    """What the driver's checks hand the workers (through the loop config, or ``hfray.start_gate``)."""
+    return {
+        "job": job.to_dict(),
+        "labels": prepared.labels,
+        "data_fingerprint": prepared.fingerprint,
+        "class_weights": _class_weights(job, prepared),
+    }
+
+
 def build_trainer_driver(
     job: JobConfig,
-    prepared: data.PreparedData,
+    prepared: data.PreparedData | None,
     run_name: str,
     callbacks: list[Any] | None = None,
     init_checkpoint: ray.train.Checkpoint | None = None,
+    gate: str | None = None,
 ) -> Any:
-    """The TorchTrainer of a run; ``init_checkpoint``: start from another run's checkpoint (PBT)."""
+    """The TorchTrainer of a run; ``init_checkpoint``: start from another run's checkpoint (PBT).
+
+    ``gate`` (a ``start_gate`` key) instead of ``prepared``: the workers get :func:`checked_values` from it.
+    """
     from ray.train.torch import TorchTrainer
 
     storage = job.storage.path
     loop_config = {
-        "job": job.to_dict(),
+        **(checked_values(job, prepared) if prepared is not None else {"start_gate": gate}),
         "run_name": run_name,
-        "labels": prepared.labels,
-        "data_fingerprint": prepared.fingerprint,
-        "class_weights": _class_weights(job, prepared),
         "local_root": _local_root(storage, run_name),
         "artifact_uri": checkpoints.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
@@ -458,6 +474,10 @@ def run_job_driver(
 
 def run_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     """Train a job end to end; re-running a finished job returns its results without training."""
+    if start_gate.gated(job):
+        from hfray.gated_run import run_gated_training_driver
+
+        return run_gated_training_driver(job, fresh)
     return run_job_driver(
         job,
         fresh,
