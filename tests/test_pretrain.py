@@ -416,3 +416,36 @@ def test_held_out_texts_read_on_the_driver_are_the_rows_ray_data_reads(ray_clust
     job = JobConfig.from_dict(lm_job(tmp_path, "masked-lm", news["txt"]))
     expected = [t for t in news["texts"] if in_validation([t], 0.1, job.data.split_seed)[0]][:16]
     assert held_out_texts_here_driver(job) == expected and len(expected) == 16
+
+
+def test_a_started_stream_waits_for_its_collator_and_raises_where_the_trainer_iterates(ray_cluster):
+    """ShardStream.start pulls epoch 0 early; batches wait for set_collate; a failure surfaces in the loop."""
+    import itertools
+    import threading
+
+    import numpy as np
+    import ray.data
+
+    from hfray.ray_data import ShardStream
+
+    blocks = [{"input_ids": np.full(4, i, dtype=np.int32)} for i in range(6)]
+    ds = ray.data.from_items(blocks)
+    stream = ShardStream(ds.iterator(), batch_size=2, shuffle_buffer=0, seed=0)
+    called = threading.Event()
+    stream.start()
+    assert not called.wait(2.0)  # nothing collates before the collator exists
+
+    def collate(ids):
+        called.set()
+        return {"rows": [int(row[0]) for row in ids]}
+
+    stream.set_collate(collate)
+    batches = [b["rows"] for b in itertools.islice(iter(stream), 5)]
+    assert called.is_set() and sorted(r for b in batches[:3] for r in b) == list(range(6))  # epoch 0: each block once
+    assert stream.epoch == 1 and len(batches) == 5  # then on into epoch 1
+
+    failing = ShardStream(ds.iterator(), batch_size=2, shuffle_buffer=0, seed=0)
+    failing.start()
+    failing.set_collate(lambda ids: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        next(iter(failing))
