@@ -35,6 +35,12 @@ def job_env_driver(address: str) -> dict[str, str]:
     return env
 
 
+def attaches_to_running(address: str | None) -> bool:
+    """Whether connecting uses a cluster that is already up (this process's, ``address``, ``$RAY_ADDRESS``)
+    rather than starting a local one, as :func:`connect_driver` decides."""
+    return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect_driver(cfg: ClusterConfig) -> str:
     """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
     if ray.is_initialized():

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from hfray import checkpoints, cluster, start_gate, storage, timeline, tracking
+from hfray import checkpoints, start_gate, timeline, tracking
 from hfray.config import JobConfig
 from hfray.train import (
     RunSummary,
@@ -22,17 +22,9 @@ from hfray.train import (
     fit_trainer_driver,
     fresh_run_name,
     preflight_driver,
-    run_is_complete,
+    resolve_storage_driver,
+    reuse_or_connect_driver,
 )
-
-
-def _with_resolved_storage(job: JobConfig) -> JobConfig:
-    """The job with its storage path as ``preflight_driver`` resolves it (cheap: no data, no transformers)."""
-    raw = job.to_dict()
-    raw["storage"]["path"] = checkpoints.normalize_storage(raw["storage"]["path"])
-    storage.activate_driver(raw["storage"]["path"], job.storage.endpoint_url)
-    storage.check_reachable_driver(raw["storage"]["path"])
-    return JobConfig.from_dict(raw)
 
 
 def _checks(job: JobConfig, run_name: str, where: str) -> Any:
@@ -57,14 +49,12 @@ def _finish(thread: threading.Thread, box: dict[str, Any], run_dir: str, existed
 def run_gated_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary:
     started = time.time()
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
-    job = _with_resolved_storage(job)
+    job = resolve_storage_driver(job)
     if fresh:
         run_name = fresh_run_name(run_name)
-    if run_is_complete(job, run_name):
-        return _summary(job, run_name, started, "none (run already complete)", reused=True)
-    where = cluster.connect_driver(job.cluster)
-    timeline.mark("driver_ray_connected", "driver")
-    cluster.check_fits_driver(job.resources, job.cluster)
+    finished, where = reuse_or_connect_driver(job, run_name, started)
+    if finished is not None:
+        return finished
     run_dir = checkpoints.join(job.storage.path, run_name)
     existed = checkpoints.exists(run_dir)
     gate = start_gate.StartGateDriver(run_name)
@@ -76,9 +66,7 @@ def run_gated_training_driver(job: JobConfig, fresh: bool = False) -> RunSummary
             try:
                 fit_trainer_driver(trainer)
             except BaseException:
-                thread.join()
-                if "error" in box:  # the workers returned untrained; what went wrong is the check's error
-                    _finish(thread, box, run_dir, existed)
+                _finish(thread, box, run_dir, existed)  # a failed check is what went wrong, if one failed
                 raise
             timeline.mark("driver_fit_returned", "driver")
             _finish(thread, box, run_dir, existed)

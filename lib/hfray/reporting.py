@@ -135,12 +135,12 @@ class RayReportCallbackPerWorker(TrainerCallback):
         # ASYNC: the stage holds hard links, so HF deleting or rotating its own checkpoint folder meanwhile is safe;
         # Ray sends this report (and any after it, in order) once the upload is done, and waits for the last
         # upload before the train function's end counts as finished.
-        mode = ray.train.CheckpointUploadMode.ASYNC if checkpoint and self.async_upload else None
+        modes = ray.train.CheckpointUploadMode
         ray.train.report(
             _clean(metrics),
             checkpoint=checkpoint,
             checkpoint_dir_name=self._dir_name(state, checkpoint),
-            **({"checkpoint_upload_mode": mode} if mode else {}),
+            checkpoint_upload_mode=modes.ASYNC if checkpoint is not None and self.async_upload else modes.SYNC,
         )
 
     @staticmethod

@@ -109,14 +109,13 @@ def serve_artifacts_driver(
     (see :func:`proxy_env`). Deploying again under the same ``app_name`` is a rolling update of the running
     app (Serve starts new replicas first).
     """
-    import ray
     from ray import serve
 
-    from hfray.cluster import connect_driver
+    from hfray.cluster import attaches_to_running, connect_driver
     from hfray.config import ClusterConfig
 
     cfg = _resolve_config(config, overrides)
-    if not ray.is_initialized() and not (ray_address or os.environ.get("RAY_ADDRESS")):
+    if not attaches_to_running(ray_address):
         os.environ.update(proxy_env(proxy))  # the local cluster's processes inherit it: Serve reads it at start
     connect_driver(ClusterConfig(address=ray_address, num_cpus=num_cpus))
     # Cluster-wide (the proxy's access log too); a Serve instance already running keeps its settings.

@@ -17,13 +17,12 @@ The gate is a key in Ray's GCS key-value store, not an actor: an actor would be 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from typing import Any
 
-import ray
+from hfray.cluster import attaches_to_running
 
 _NAMESPACE = "hfray_start_gate"
 _POLL_S = 0.05
@@ -31,8 +30,7 @@ _POLL_S = 0.05
 
 def gated(job: Any) -> bool:
     """Whether this job overlaps its checks with the Ray side's start-up."""
-    attached = ray.is_initialized() or bool(job.cluster.address or os.environ.get("RAY_ADDRESS"))
-    return job.task == "text-classification" and job.cluster.overlap_checks and attached
+    return job.task == "text-classification" and job.cluster.overlap_checks and attaches_to_running(job.cluster.address)
 
 
 class StartGateDriver:

@@ -252,9 +252,21 @@ def resolve_sources_driver(job: JobConfig) -> JobConfig:
         raw["data"][split] = data.absolute_source(raw["data"][split])
     raw["model"]["name_or_path"] = modeling.absolute_model_source(raw["model"]["name_or_path"])
     raw["model"]["tokenizer"] = modeling.absolute_model_source(raw["model"]["tokenizer"])
+    _resolve_storage(raw, job.storage.endpoint_url)
+    return JobConfig.from_dict(raw)
+
+
+def _resolve_storage(raw: dict[str, Any], endpoint_url: str | None) -> None:
+    """In place: the storage path as Ray wants it, this process pointed at its endpoint, the path reachable."""
     raw["storage"]["path"] = checkpoints.normalize_storage(raw["storage"]["path"])
-    storage.activate_driver(job.storage.path, job.storage.endpoint_url)
+    storage.activate_driver(raw["storage"]["path"], endpoint_url)
     storage.check_reachable_driver(raw["storage"]["path"])
+
+
+def resolve_storage_driver(job: JobConfig) -> JobConfig:
+    """The job with its storage resolved as :func:`resolve_sources_driver` does (cheap: no data, no transformers)."""
+    raw = job.to_dict()
+    _resolve_storage(raw, job.storage.endpoint_url)
     return JobConfig.from_dict(raw)
 
 
@@ -424,6 +436,16 @@ def run_is_complete(job: JobConfig, run_name: str) -> bool:
     return checkpoints.exists(checkpoints.join(artifact, checkpoints.MANIFEST))
 
 
+def reuse_or_connect_driver(job: JobConfig, run_name: str, started: float) -> tuple[RunSummary | None, str]:
+    """(The summary of a run already complete, "") or (None, where the job runs: connected, resources checked)."""
+    if run_is_complete(job, run_name):
+        return _summary(job, run_name, started, "none (run already complete)", reused=True), ""
+    where = cluster.connect_driver(job.cluster)
+    timeline.mark("driver_ray_connected", "driver")
+    cluster.check_fits_driver(job.resources, job.cluster)
+    return None, where
+
+
 def fit_trainer_driver(trainer: Any) -> Any:
     """``trainer.fit()``; a worker's user error (HfrayError) is raised as itself, without Ray's wrapping."""
     try:
@@ -455,11 +477,9 @@ def run_job_driver(
     timeline.mark("driver_preflight", "driver")
     if fresh:
         run_name = fresh_run_name(run_name)
-    if run_is_complete(job, run_name):
-        return _summary(job, run_name, started, "none (run already complete)", reused=True)
-    where = cluster.connect_driver(job.cluster)
-    timeline.mark("driver_ray_connected", "driver")
-    cluster.check_fits_driver(job.resources, job.cluster)
+    finished, where = reuse_or_connect_driver(job, run_name, started)
+    if finished is not None:
+        return finished
     if checks is not None:
         checks(job)
     print(f"[hfray] run {run_name}: {describe(job, info)}, on {where}", flush=True)
