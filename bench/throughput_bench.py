@@ -8,7 +8,8 @@ pre-training, ``cls`` BERT-base sequence-classification fine-tuning; all from co
 * ``hfray``: ``hfray train JOB cluster.address=...`` (a subprocess, as a user submits it) on a Ray cluster
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
-  ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``) and ``compile-exact`` (both).
+  ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
+  architecture) and ``datasets`` (``lm.pipeline=datasets``), joined with ``-`` to compose (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.throughput.ThroughputCallbackPerWorker``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -182,12 +184,16 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"].update(dataloader_num_workers=0, group_by_length=False)
         if workload != "cls":
             job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
-    if variant == "compile":
+    parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
+    if "compile" in parts:
         job["training"]["torch_compile"] = True
-    if variant in ("exact", "compile-exact") and workload == "mlm":  # a fixed masked count: static shapes
+    if "exact" in parts and workload == "mlm":  # a fixed masked count: static shapes
         job["lm"]["masking"] = "exact"
-    if variant == "compile-exact":
-        job["training"]["torch_compile"] = True
+    if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use
+        job["model"]["architecture"] = {**spec["architecture"], "hidden_dropout_prob": 0.0}
+        job["model"]["architecture"]["attention_probs_dropout_prob"] = 0.0
+    if "datasets" in parts and workload != "cls":  # no Ray Data stream: packed in memory by `datasets`
+        job["lm"]["pipeline"] = "datasets"
     return job
 
 
@@ -210,6 +216,8 @@ def run_plain(spec: dict[str, Any], n: int, out: Path) -> dict[str, Any]:
 
 
 def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
+    # A run left by an earlier, interrupted bench in the same folder would be read as this one's result.
+    shutil.rmtree(out / "runs", ignore_errors=True)
     job = hfray_job(spec, n, gpu, out / "runs", variant)
     job_file = out / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
@@ -329,7 +337,11 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="plain,hfray")
-    parser.add_argument("--hfray-variants", default="", help="extra 1-GPU hfray runs: hf,compile,exact,compile-exact")
+    parser.add_argument(
+        "--hfray-variants",
+        default="",
+        help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,datasets",
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=128)

@@ -280,7 +280,7 @@ def check_data_cpus_driver(job: JobConfig) -> None:
 
 
 def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> Any:
-    from ray.train.torch import TorchTrainer
+    from hfray.torch_backend import torch_trainer_driver
 
     storage = job.storage.path
     loop_config = {
@@ -298,7 +298,7 @@ def build_pretrainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] 
         )
         # Only "train" is split across workers; each worker reads the whole (small) held-out set.
         extra = {"datasets": datasets, "dataset_config": ray.train.DataConfig(["train"])}
-    return TorchTrainer(
+    return torch_trainer_driver(
         pretrain_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),

@@ -366,7 +366,7 @@ def build_trainer_driver(
 
     ``gate`` (a ``start_gate`` key) instead of ``prepared``: the workers get :func:`checked_values` from it.
     """
-    from ray.train.torch import TorchTrainer
+    from hfray.torch_backend import torch_trainer_driver
 
     storage = job.storage.path
     loop_config = {
@@ -379,7 +379,7 @@ def build_trainer_driver(
     train_fn = train_fn_per_worker
     if job.task in FINETUNE_TASKS:  # token-classification, question-answering, seq2seq: hfray.tasks
         from hfray.tasks.runner import task_train_fn_per_worker as train_fn
-    return TorchTrainer(
+    return torch_trainer_driver(
         train_fn,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),

@@ -297,7 +297,7 @@ def preflight_trl_driver(job: JobConfig) -> tuple[JobConfig, dict[str, Any]]:
 
 
 def build_trl_trainer_driver(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> Any:
-    from ray.train.torch import TorchTrainer
+    from hfray.torch_backend import torch_trainer_driver
 
     storage = job.storage.path
     loop_config = {
@@ -306,7 +306,7 @@ def build_trl_trainer_driver(job: JobConfig, run_name: str, callbacks: list[Any]
         "local_root": _local_root(storage, run_name),
         "artifact_uri": checkpoints.artifact_uri(storage, run_name),
     }
-    return TorchTrainer(
+    return torch_trainer_driver(
         trl_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling_config(job),
