@@ -70,17 +70,14 @@ def test_two_workers_get_a_gloo_group_while_the_controller_never_imports_torch(r
         assert rank_metrics["device"] == "cpu"
 
 
-def test_an_unknown_init_method_fails_the_run_with_its_name(ray_cluster, tmp_path: Path) -> None:
-    import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    trainer = DataParallelTrainer(
-        _all_reduce_per_worker,
-        backend_config=LazyTorchConfig(backend="gloo", init_method="file"),
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
-        run_config=ray.train.RunConfig(
-            name="bad-init", storage_path=str(tmp_path / "runs"), failure_config=ray.train.FailureConfig(0)
-        ),
-    )
-    with pytest.raises(Exception, match="init_method must be 'env' or 'tcp', got 'file'"):
-        trainer.fit()
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"init_method": "file"}, "init_method must be 'env' or 'tcp', got 'file'"),
+        ({"backend": "tpu_dist"}, "not tpu_dist"),
+    ],
+)
+def test_a_config_the_backend_cannot_start_is_refused_on_the_driver(fields: dict[str, str], message: str) -> None:
+    # Refused before any Ray work: raised in the controller, the run's placement group would stay reserved.
+    with pytest.raises(ValueError, match=message):
+        LazyTorchConfig(**fields)

@@ -10,7 +10,7 @@ no torch; its backend runs Ray 2.60's ``_TorchBackend`` steps (pick nccl/gloo, r
 torchrun env vars, ``init_process_group`` on every worker, and the matching shutdown) by sending small
 functions to the workers, which import Ray's own per-worker helpers there. :func:`torch_trainer_driver`
 builds the Ray Train V2 ``DataParallelTrainer`` that ``TorchTrainer`` is, with this config. TPU process
-groups (``tpu_dist``) are not supported here; hfray schedules CPUs and GPUs only.
+groups (``tpu_dist``) are refused when the config is built; hfray schedules CPUs and GPUs only.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ class LazyTorchConfig(BackendConfig):
     backend: str | None = None  # None: nccl when workers have GPUs, else gloo
     init_method: str = "env"
     timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        # Checked here, on the driver: an error raised in the controller's backend start-up fails the run
+        # but leaves its placement group reserved (Ray 2.60), so the next run on the cluster waits forever.
+        if self.init_method not in ("env", "tcp"):
+            raise ValueError(f"LazyTorchConfig.init_method must be 'env' or 'tcp', got {self.init_method!r}")
+        if self.backend == "tpu_dist":
+            raise ValueError("LazyTorchConfig.backend: hfray runs CPU and GPU workers (gloo, nccl), not tpu_dist")
 
     @property
     def backend_cls(self) -> type[Backend]:
@@ -103,17 +111,13 @@ class LazyTorchBackend(Backend):
         backend = backend_config.backend
         if backend is None:
             backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
-        if backend == "tpu_dist":
-            raise ValueError("hfray's torch backend supports CPU and GPU workers (gloo, nccl), not tpu_dist")
         addr, port = worker_group.execute_single(0, _address_and_port_per_worker)
         if backend_config.init_method == "env":
             url, env_addr = "env://", addr
-        elif backend_config.init_method == "tcp":
+        else:  # "tcp" (checked in LazyTorchConfig)
             from ray._common.network_utils import build_address
 
             url, env_addr = f"tcp://{build_address(addr, port)}", None
-        else:
-            raise ValueError(f"init_method must be 'env' or 'tcp', got {backend_config.init_method!r}")
         worker_group.execute(_torchrun_env_per_worker, addr=env_addr, port=port)
         ray.get(
             [
