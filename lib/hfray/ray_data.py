@@ -152,11 +152,12 @@ def build_datasets_driver(job: JobConfig, tokenizer: Any = None) -> tuple[dict[s
     lm, cfg = job.lm, job.data
     assert lm is not None
     quiet_progress()
-    train = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
+    corpus = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
     split = {"fraction": cfg.validation_fraction, "seed": cfg.split_seed}
     opts = {"batch_format": "pyarrow", "num_cpus": lm.tokenize_num_cpus}
+    train = corpus
     if not cfg.validation:
-        train = train.map_batches(keep_split_batch, fn_kwargs={"held_out": False, **split}, **opts)
+        train = corpus.map_batches(keep_split_batch, fn_kwargs={"held_out": False, **split}, **opts)
     if cfg.max_train_samples:
         train = train.limit(cfg.max_train_samples)
     fn_kwargs = {"tokenizer_path": job.model.tokenizer_source, "task": job.task, "block_size": lm.block_size}
@@ -173,9 +174,8 @@ def build_datasets_driver(job: JobConfig, tokenizer: Any = None) -> tuple[dict[s
     else:
         if cfg.validation:
             held = read_corpus_driver(cfg.validation, cfg, "data.validation", lm.tokenize_num_cpus)
-        else:
-            held = read_corpus_driver(cfg.train, cfg, "data.train", lm.tokenize_num_cpus)
-            held = held.map_batches(keep_split_batch, fn_kwargs={"held_out": True, **split}, **opts)
+        else:  # the other side of the training corpus's hash split
+            held = corpus.map_batches(keep_split_batch, fn_kwargs={"held_out": True, **split}, **opts)
         if cfg.max_eval_samples:
             held = held.limit(cfg.max_eval_samples)
         datasets["validation"] = held.map_batches(pack_batch, **pack).materialize()
