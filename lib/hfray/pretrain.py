@@ -146,12 +146,12 @@ def _manifest_per_worker(
     }
 
 
-def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str) -> list[Any]:
+def _callbacks_per_worker(job: JobConfig, resumed_step: int, local_root: str, rank: int) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    from hfray.reporting import RayReportCallbackPerWorker
+    from hfray.reporting import report_callback_per_worker
 
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging, async_upload=job.storage.async_upload)]
+    callbacks: list[Any] = [report_callback_per_worker(job, resumed_step, local_root, rank)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     t = job.training
     if t.early_stopping_patience:
@@ -209,7 +209,7 @@ def pretrain_fn_per_worker(loop_config: dict[str, Any]) -> None:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         data_collator=lm_data.BlockCollator(collator, tokenizer),
-        callbacks=[*_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}")), speed],
+        callbacks=[*_callbacks_per_worker(job, resumed_step, local_root, rank), speed],
         train_stream=train if stream is not None else None,
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval

@@ -147,3 +147,10 @@ class RayReportCallbackPerWorker(TrainerCallback):
     def _dir_name(state: TrainerState, checkpoint: ray.train.Checkpoint | None) -> str | None:
         # Named by step, so storage reads like HF's output_dir; a re-run step overwrites its own folder.
         return f"checkpoint_step_{state.global_step:08d}" if checkpoint is not None else None
+
+
+def report_callback_per_worker(job: Any, resumed_step: int, local_root: str, rank: int) -> RayReportCallbackPerWorker:
+    """The report callback of this rank of a run: its own staging folder, the job's ``storage.async_upload``."""
+    return RayReportCallbackPerWorker(
+        resumed_step, os.path.join(local_root, f"stage-{rank}"), async_upload=job.storage.async_upload
+    )

@@ -129,7 +129,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     from hfray import throughput  # transformers' Trainer stack (torch, peft): imported where it is used
     from hfray.metrics import classification_metrics_fn
-    from hfray.reporting import RayReportCallbackPerWorker
+    from hfray.reporting import report_callback_per_worker
 
     timeline.mark("worker_imports")
     gated = start_gate.wait_per_worker(loop_config)  # on a running cluster the driver checks meanwhile
@@ -163,11 +163,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, loop_config.get("init_checkpoint"), rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, local_rank)
-    callbacks: list[Any] = [
-        RayReportCallbackPerWorker(
-            resumed_step, os.path.join(local_root, f"stage-{rank}"), async_upload=job.storage.async_upload
-        )
-    ]
+    callbacks: list[Any] = [report_callback_per_worker(job, resumed_step, local_root, rank)]
     callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     if resume_dir:
         callbacks.append(job_hyperparams_callback())

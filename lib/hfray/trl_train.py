@@ -28,7 +28,7 @@ from hfray import adapters, checkpoints, export, modeling, tracking
 from hfray.config import JobConfig
 from hfray.errors import DataError, ModelError
 from hfray.hf_args import build_kwargs, check_training_arguments_driver
-from hfray.reporting import RayReportCallbackPerWorker
+from hfray.reporting import report_callback_per_worker
 from hfray.train import (
     RunSummary,
     _local_root,
@@ -227,11 +227,7 @@ def trl_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume_dir, resumed_step = _resume_dir_per_worker(local_root, None, rank)
     if resume_dir and job.evaluation.load_best_model_at_end:
         _localize_best_per_worker(resume_dir, ctx.get_local_rank())
-    callbacks = [
-        RayReportCallbackPerWorker(
-            resumed_step, os.path.join(local_root, f"stage-{rank}"), async_upload=job.storage.async_upload
-        )
-    ]
+    callbacks = [report_callback_per_worker(job, resumed_step, local_root, rank)]
     callbacks += tracking.callbacks_per_worker(job, loop_config["run_name"])
     trainer = _trainer_per_worker(job, model, tokenizer, args, splits, callbacks)
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval

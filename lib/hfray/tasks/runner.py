@@ -21,7 +21,7 @@ from hfray import adapters, checkpoints, data, export, modeling, tracking
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.hf_args import build_kwargs, job_hyperparams_callback
-from hfray.reporting import RayReportCallbackPerWorker
+from hfray.reporting import report_callback_per_worker
 from hfray.tasks import get_task
 from hfray.tasks.data import prepare_task_data
 from hfray.train import (
@@ -69,10 +69,10 @@ def split_metrics_trainer(base: type) -> type:
     return SplitMetricsTrainer
 
 
-def _callbacks_per_worker(job: JobConfig, resumed_step: int, staging: str, resumed: bool) -> list[Any]:
+def _callbacks_per_worker(job: JobConfig, resumed_step: int, local_root: str, rank: int, resumed: bool) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    callbacks: list[Any] = [RayReportCallbackPerWorker(resumed_step, staging, async_upload=job.storage.async_upload)]
+    callbacks: list[Any] = [report_callback_per_worker(job, resumed_step, local_root, rank)]
     callbacks += tracking.callbacks_per_worker(job, job.name)
     if resumed:
         callbacks.append(job_hyperparams_callback())  # a PBT exploit's new learning rate wins over the donor's
@@ -153,7 +153,7 @@ def task_train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         processing_class=tokenizer,
         data_collator=spec.collator(tokenizer, model, job),
         metrics_by_prefix=encoded.metrics,
-        callbacks=_callbacks_per_worker(job, resumed_step, os.path.join(local_root, f"stage-{rank}"), bool(resume_dir)),
+        callbacks=_callbacks_per_worker(job, resumed_step, local_root, rank, bool(resume_dir)),
     )
     trainer.remove_callback(PrinterCallback)  # hfray's callback prints one concise line per log/eval
     started = time.time()
