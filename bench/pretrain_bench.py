@@ -5,7 +5,7 @@ local Ray cluster, with one evaluation at the end, and reads the run's manifest:
 
 * ``train tokens/s``: tokens trained (steps x workers x batch x block) / wall time of ``Trainer.train``
   on rank 0 (this includes waiting for Ray Data, the final evaluation and checkpoint);
-* ``job wall s``: the whole ``run_pretraining_driver`` (tokenizer reuse, Ray Data held-out set, worker start).
+* ``job wall s``: the whole ``run_training`` (tokenizer reuse, Ray Data held-out set, worker start).
 
 It also times Ray Data's tokenize-and-pack stage alone (``--pack-only``: one pass over the training stream,
 no model), the work that runs on CPU tasks beside the training workers.
@@ -70,19 +70,19 @@ def mfu(result: dict[str, Any], peak_tflops: float, gpus: float) -> float:
 
 def run_case(raw: dict[str, Any]) -> dict[str, Any]:
     from hfray.config import JobConfig
-    from hfray.pretrain import run_pretraining_driver
+    from hfray.train.run import run_training
 
     started = time.time()
-    summary = run_pretraining_driver(JobConfig.from_dict(raw), fresh=True)
+    summary = run_training(JobConfig.from_dict(raw), fresh=True)
     m = summary.manifest
     return {
-        "train_tokens": m["throughput"]["train_tokens_this_attempt"],
+        "train_tokens": m["throughput"]["tokens_this_attempt"],
         "train_seconds": m["train_seconds_this_attempt"],
         "train_tokens_per_second": m["throughput"]["tokens_per_second"],
         "job_wall_seconds": round(time.time() - started, 1),
         "eval_perplexity": round(m["metrics"]["eval_perplexity"], 1),
         "parameters": m["model"]["parameters"],
-        # hfray's own steady-state measurement (hfray.throughput): training steps only, MFU by its FLOP formula
+        # hfray's steady-state measurement (hfray.train.callbacks.throughput): training steps only, MFU by its formula
         "steady_state": {k: v for k, v in m["throughput"].get("steady_state", {}).items() if not k.endswith("_at")},
     }
 
@@ -90,11 +90,11 @@ def run_case(raw: dict[str, Any]) -> dict[str, Any]:
 def pack_only(raw: dict[str, Any]) -> dict[str, Any]:
     """One pass of Ray Data's read -> split -> tokenize -> pack over the training text, no training."""
     from hfray.config import JobConfig
-    from hfray.pretrain import preflight_lm_driver
-    from hfray.ray_data import build_datasets_driver
+    from hfray.data.stream.driver import build_datasets
+    from hfray.train.recipes.language_model.driver import preflight
 
-    job, _ = preflight_lm_driver(JobConfig.from_dict(raw))
-    train = build_datasets_driver(job)[0]["train"]
+    job, _ = preflight(JobConfig.from_dict(raw))
+    train = build_datasets(job)[0]["train"]
     started, blocks = time.time(), 0
     for batch in train.iter_batches(batch_size=256, batch_format="numpy"):
         blocks += len(batch["input_ids"])

@@ -37,7 +37,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import measure, run_level, server_accounting  # noqa: E402  (a sibling module, not a package)
 
-from hfray.serving import PROXIES, free_port, proxy_env, wait_healthy  # noqa: E402
+from hfray.cluster.local import free_port  # noqa: E402
+from hfray.serving.driver import PROXIES, proxy_env, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 ARCHS = {
@@ -52,8 +53,9 @@ def make_artifact(model: str, out: Path) -> Path:
     """An hfray artifact dir for ``model`` (returned as is if it already is one)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from hfray.assets import resolve_model
-    from hfray.checkpoints import MANIFEST, write_manifest
+    from hfray.artifacts.manifest import write_manifest
+    from hfray.model.builtin import resolve_model
+    from hfray.storage.layout import MANIFEST
 
     if (Path(model) / MANIFEST).is_file():
         return Path(model)
@@ -151,7 +153,7 @@ def bench_hfray(artifact: Path, args: argparse.Namespace, report: Report) -> Non
     import ray
     from ray import serve
 
-    from hfray.serving import serve_artifacts_driver
+    from hfray.serving.driver import serve_artifacts
 
     # Serve reads its flags when its processes start: set them before Ray does.
     os.environ.update(proxy_env(args.proxy))
@@ -165,7 +167,7 @@ def bench_hfray(artifact: Path, args: argparse.Namespace, report: Report) -> Non
         for variant in args.variant or [{"name": "flags"}]:
             settings = serve_settings(variant, args)
             name = f"hfray (Ray Serve) [{variant['name']}]"
-            url = serve_artifacts_driver({"artifact_root": str(artifact), "port": port, **settings}, app_name="bench")
+            url = serve_artifacts({"artifact_root": str(artifact), "port": port, **settings}, app_name="bench")
             try:
                 wait_healthy(url, timeout_s=300)
                 report.rows += run_levels(name, f"{url}/v1/classify", args)

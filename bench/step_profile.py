@@ -4,7 +4,7 @@ The throughput bench compares whole runners; this asks what the model step itsel
 and what limits it: the same model hfray trains (BERT-base from a config, 30,522 vocabulary, sequence 128,
 MLM head on masked positions only, bf16 autocast, fused AdamW), timed with CUDA events over ``--steps``
 steps after a warm-up, for each case (batch size x eager / ``torch.compile``). MFU uses
-``hfray.throughput.flops_per_token`` (the formula the runs' manifests use). One eager case is also
+``hfray.train.callbacks.throughput.flops_per_token`` (the formula the runs' manifests use). One eager case is also
 profiled with ``torch.profiler``: GPU busy time over wall time (below 1 = the GPU waits for the Python side)
 and the share of GPU time per kernel class (matmul, attention, elementwise/norm, optimizer, other).
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from hfray.modeling import mlm_loss_on_masked_only
-from hfray.throughput import flops_per_token, peak_tflops
+from hfray.model.language_model import mlm_loss_on_masked_only
+from hfray.train.callbacks.throughput import flops_per_token, peak_tflops
 
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -137,13 +137,13 @@ def trainer_case(arch: dict[str, int], rows: int, steps: int, device: str, **ove
 
     from transformers import Trainer, TrainingArguments
 
-    from hfray.throughput import ThroughputCallbackPerWorker
+    from hfray.train.callbacks.throughput import ThroughputCallback
 
     torch.manual_seed(0)
     model = build(arch, device, masked_only=True)
-    model.accepts_loss_kwargs = False  # as hfray does (see README, "Known behaviour")
+    model.accepts_loss_kwargs = False  # as hfray does (see docs/guide.md, "Known behaviour")
     warm = 10 if overrides.get("torch_compile") else 5
-    callback = ThroughputCallbackPerWorker(SEQ, flops_per_token(model, SEQ, head_fraction=MASK_P), warmup_steps=warm)
+    callback = ThroughputCallback(SEQ, flops_per_token(model, SEQ, head_fraction=MASK_P), warmup_steps=warm)
     settings: dict[str, Any] = {
         "per_device_train_batch_size": rows,
         "max_steps": steps + warm,

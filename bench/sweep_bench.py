@@ -22,15 +22,15 @@ import tempfile
 import time
 from typing import Any
 
-from hfray.checkpoints import library_versions
+from hfray.artifacts.manifest import library_versions
 from hfray.config import load_job
-from hfray.tune import run_sweep_driver
+from hfray.tune.driver import run_sweep
 
 
 def run_one(job_path: str, scheduler: str, overrides: list[str], storage: str) -> dict[str, Any]:
     job = load_job(job_path, [*overrides, f"sweep.scheduler.type={scheduler}", f"storage.path={storage}"])
     started = time.time()
-    summary = run_sweep_driver(job, fresh=True)
+    summary = run_sweep(job, fresh=True)
     trials = summary.trials
     return {
         "scheduler": scheduler,

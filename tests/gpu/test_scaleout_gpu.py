@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
 from hfray.config import JobConfig
-from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.gpu
 
@@ -39,7 +39,7 @@ def gpu_cluster():
     import ray
     import torch
 
-    from hfray.cluster import start_local_cluster
+    from hfray.cluster.connect import start_local_cluster
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
@@ -50,8 +50,8 @@ def gpu_cluster():
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3", "zero3-offload", "fsdp"])
 def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, chat_tokenizer, strategy):  # noqa: F811
-    from hfray.checkpoints import load_artifact_pipeline
-    from hfray.trl_train import run_trl_driver
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.train.run import run_training
 
     train = write_jsonl(tmp_path / "train.jsonl", sft_rows(256, 1))
     val = write_jsonl(tmp_path / "val.jsonl", sft_rows(32, 2))
@@ -64,12 +64,12 @@ def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, 
     run_dir = Path(raw["storage"]["path"]) / job.run_name
     threading.Thread(target=_kill_rank0_after_checkpoint, args=(run_dir, done), daemon=True).start()
     try:
-        summary = run_trl_driver(job)
+        summary = run_training(job)
     finally:
         done.set()
     m = summary.manifest
-    assert m["global_step"] == 12 and m["resumed_from_step"] >= 4 and m["strategy"] == strategy
-    assert len(m["peak_gpu_memory_gib_per_rank"]) == 2
+    assert m["global_step"] == 12 and m["resumed_from_step"] >= 4 and m["job"]["training"]["strategy"] == strategy
+    assert len(m["throughput"]["peak_gpu_memory_gib_per_rank"]) == 2
     ckpt = Path(summary.checkpoints[-1])
     files = [p.name for p in ckpt.rglob("*") if p.is_file()]
     if strategy.startswith("zero"):

@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-
-from hfray.serving import free_port, wait_healthy
-from hfray.serving_config import ServeConfig
 from test_serving import LABELS, TEXTS, make_artifact, running_replicas
+
+from hfray.cluster.local import free_port
+from hfray.serving.config import ServeConfig
+from hfray.serving.driver import wait_healthy
 
 pytestmark = pytest.mark.gpu
 
@@ -36,7 +37,7 @@ def test_bf16_on_gpu_agrees_with_the_fp32_pipeline(gamma: Path) -> None:
     import torch
     from transformers import pipeline
 
-    from hfray.serving_app import LoadedModel, torch_placement
+    from hfray.serving.replica.models import LoadedModel, torch_placement
 
     assert torch.cuda.is_available()
     device, dtype = torch_placement(ServeConfig(artifact_root=str(gamma), num_gpus=1))
@@ -51,7 +52,7 @@ def test_cuda_graph_buckets_agree_with_the_eager_forward(gamma: Path) -> None:
     """Every (rows, tokens) bucket is captured; replays of padded inputs give the eager forward's scores."""
     import torch
 
-    from hfray.serving_model import LoadedModel
+    from hfray.serving.replica.models import LoadedModel
 
     graphed = LoadedModel(str(gamma), "cuda", torch.bfloat16, max_length=128, graph_rows=8)
     eager = LoadedModel(str(gamma), "cuda", torch.bfloat16, max_length=128)
@@ -70,7 +71,7 @@ def test_two_bf16_replicas_share_the_gpu_over_http(ray_cluster: Any, gamma: Path
     from ray import serve
     from transformers import pipeline
 
-    from hfray.serving import serve_artifacts_driver
+    from hfray.serving.driver import serve_artifacts
 
     two = {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 4}
     cfg = ServeConfig(
@@ -82,7 +83,7 @@ def test_two_bf16_replicas_share_the_gpu_over_http(ray_cluster: Any, gamma: Path
         batch_wait_timeout_s=0.05,
         autoscaling=two,
     )
-    url = serve_artifacts_driver(cfg, app_name="hfray-gpu")
+    url = serve_artifacts(cfg, app_name="hfray-gpu")
     try:
         wait_healthy(url, timeout_s=180)
         assert running_replicas("hfray-gpu") == 2

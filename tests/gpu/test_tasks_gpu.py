@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from hfray.checkpoints import load_artifact_pipeline
-from hfray.config import JobConfig
-from hfray.train import run_training_driver
-from task_synthetic import ner_rows, qa_rows, translation_rows
 from test_tasks import TINY_BART, TOKENIZER, _evals, _files, task_job
+
+from hfray.artifacts.loading import load_artifact_pipeline
+from hfray.config import JobConfig
+from hfray.train.run import run_training
+from task_synthetic import ner_rows, qa_rows, translation_rows
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +26,7 @@ def _run(tmp_path: Any, task: str, make: Any, n: int, **sections: Any) -> Any:
     files = _files(tmp_path, make, n, 48)
     training = {"precision": "bf16", **sections.pop("training", {})}
     raw = task_job(tmp_path, task, files, training=training, **GPU, **sections)
-    return run_training_driver(JobConfig.from_dict(raw))
+    return run_training(JobConfig.from_dict(raw))
 
 
 def test_token_classification_bf16_on_gpu(ray_cluster: Any, tmp_path: Any) -> None:

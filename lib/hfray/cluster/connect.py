@@ -1,0 +1,111 @@
+"""Connecting the driver to Ray (or starting a local cluster), and checking that a job fits the cluster."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from hfray import timeline
+from hfray.config import ClusterConfig, ResourcesConfig
+from hfray.errors import HfrayError, ResourceError
+from hfray.storage.endpoint import runtime_env
+
+# Train V2 is Ray 2.60's default; setting it pins the behaviour and documents intent.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+# Train V2's controller takes a worker's report only when it polls the worker group (every 2 s by default), and
+# the worker's next ray.train.report blocks until then (a result queue of one). hfray reports at every evaluation,
+# so each evaluation could stall training up to 2 s; the tests' short runs lost ~2 s per evaluation
+# (tests/conftest.py). A user's own value of the variable wins.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = "0.5"
+
+
+def job_env(address: str) -> dict[str, str]:
+    """Environment for the job's Ray processes (Train controller, workers, Tune trials) on a cluster at ``address``.
+
+    Workers get the address too: Train V2's placement-group cleaner would otherwise auto-detect it, which fails on
+    a host running more than one Ray cluster. ``auto`` leaves both to the job's own runtime_env
+    (cluster/runtime_env.yaml sets the poll interval too).
+    """
+    env = dict(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
+    if address != "auto":
+        env |= {"RAY_ADDRESS": address, TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)}
+    return env
+
+
+def attaches_to_running(address: str | None) -> bool:
+    """Whether connecting uses a cluster that is already up (this process's, ``address``, ``$RAY_ADDRESS``)
+    rather than starting a local one, as :func:`connect` decides."""
+    return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def connect(cfg: ClusterConfig) -> str:
+    """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
+    if ray.is_initialized():
+        return "the Ray cluster this process is already connected to"
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        # Workers share this process's storage endpoint (never its credentials) and job_env's variables.
+        try:
+            ray.init(address=address, runtime_env=runtime_env(job_env(address)) or None, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
+        return f"Ray cluster at {address}"
+    start_local_cluster(cfg.num_cpus, cfg.num_gpus, **kwargs)
+    return "a local Ray cluster started by hfray"
+
+
+def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> str:
+    """Start a local cluster (with the dashboard: Train V2 uses the state API) whose processes know its address.
+
+    Train V2's placement-group cleaner looks the cluster up by address auto-detection, which fails when the
+    host runs another Ray cluster; then trials that Tune stops leak their workers' placement groups and later
+    trials wait forever. Choosing the GCS port up front lets every worker get ``RAY_ADDRESS``.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        env = runtime_env(job_env(address))
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return address
+
+
+def required_resources(res: ResourcesConfig) -> dict[str, float]:
+    need = {"CPU": res.num_workers * res.cpus_per_worker}
+    if res.gpus_per_worker:
+        need["GPU"] = res.num_workers * res.gpus_per_worker
+    return need
+
+
+def check_fits(res: ResourcesConfig, cfg: ClusterConfig) -> None:
+    """Fail before training when the cluster cannot host the workers (placement would wait forever)."""
+    if not cfg.check_resources:
+        return
+    total = ray.cluster_resources()
+    problems = []
+    for key, amount in required_resources(res).items():
+        have = total.get(key, 0.0)
+        if amount > have:
+            field = "resources.gpus_per_worker" if key == "GPU" else "resources.cpus_per_worker"
+            problems.append(
+                f"{res.num_workers} workers x {field} need {amount:g} {key} in all, the cluster has {have:g}"
+            )
+    per_node = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if res.gpus_per_worker > per_node and res.gpus_per_worker > 0:
+        problems.append(
+            f"resources.gpus_per_worker {res.gpus_per_worker:g} exceeds the largest node's {per_node:g} GPUs"
+        )
+    if problems:
+        hint = " (set resources.num_workers lower, or cluster.check_resources=false on an autoscaling cluster)"
+        raise ResourceError("resources: " + "; ".join(problems) + hint)

@@ -1,0 +1,115 @@
+"""``training:``: the Hugging Face Trainer's knobs that hfray exposes, plus ``extra_args`` passed through verbatim.
+
+``extra_args`` is checked against ``transformers.TrainingArguments``' fields here (importing transformers only
+when the job sets any), and refused for the keys hfray derives from other sections (:data:`MANAGED`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from hfray.config.section import Section
+
+# Keys hfray derives from the job file; setting them in extra_args would silently fight hfray.
+MANAGED = {
+    "output_dir": "storage.path",
+    "eval_strategy": "training.eval_strategy",
+    "save_strategy": "training.eval_strategy",
+    "save_steps": "training.checkpoint_every_n_evals",
+    "load_best_model_at_end": "evaluation.load_best_model_at_end",
+    "metric_for_best_model": "evaluation.metric_for_best_model",
+    "greater_is_better": "evaluation.greater_is_better",
+    "save_total_limit": "storage.num_to_keep",
+    "use_cpu": "resources.gpus_per_worker",
+    "bf16": "training.precision",
+    "activation_checkpointing": "training.gradient_checkpointing",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "fp16": "training.precision",
+    "resume_from_checkpoint": "storage (hfray resumes from Ray's latest checkpoint)",
+    "torch_compile": "training.torch_compile",
+    "group_by_length": "training.group_by_length",
+    "train_sampling_strategy": "training.group_by_length",
+    "deepspeed": "training.strategy",
+    "fsdp": "training.strategy",
+    "fsdp_config": "training.strategy",
+}
+
+
+@functools.cache
+def training_argument_names() -> frozenset[str]:
+    """The fields of ``transformers.TrainingArguments`` (imports transformers: seconds, so only when needed)."""
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+class TrainingConfig(Section):
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="-1: train for num_train_epochs.")
+    per_device_train_batch_size: int = Field(16, ge=1)
+    per_device_eval_batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: float = Field(0.0, ge=0, description="Steps, or a fraction of all steps if < 1.")
+    lr_scheduler_type: str = "linear"
+    optim: str = Field("adamw_torch_fused", description="transformers optimizer name; fused AdamW by default.")
+    max_grad_norm: float = Field(1.0, ge=0)
+    seed: int = 42
+    eval_strategy: Literal["steps", "epoch"] = "epoch"
+    eval_steps: int | None = Field(None, ge=1, description="Required when eval_strategy is 'steps'.")
+    checkpoint_every_n_evals: int = Field(1, ge=1, description="A checkpoint is saved every N evaluations.")
+    logging_steps: int = Field(10, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU.")
+    gradient_checkpointing: bool = False
+    strategy: Literal["ddp", "zero2", "zero3", "zero3-offload", "fsdp"] = Field(
+        "ddp",
+        description="How workers share the model: ddp (replicas), zero2/zero3/zero3-offload (DeepSpeed, GPU), "
+        "fsdp (PyTorch FSDP); through the HF Trainer's own integrations (hfray.train.scaleout).",
+    )
+    early_stopping_patience: int | None = Field(None, ge=1, description="Evaluations without improvement.")
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    dataloader_num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes; default 2 on GPU jobs, 0 on CPU. 0 was faster on an H200 for "
+        "pre-collated in-memory data, 2 for classification batches padded by the tokenizer "
+        "(bench/results/throughput_gpu_dec01.md).",
+    )
+    group_by_length: bool = Field(
+        False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
+    )
+    torch_compile: bool = Field(False, description="torch.compile the model (HF Trainer's integration).")
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="More transformers.TrainingArguments, passed through verbatim."
+    )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args_known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:  # the usual case: no need to import transformers (seconds) to validate a job file
+            return value
+        known = training_argument_names()
+        managed = [f"{k} (set {MANAGED[k]})" for k in value if k in MANAGED]
+        unknown = [k for k in value if k not in known and k not in MANAGED]
+        problems = []
+        if managed:
+            problems.append(f"hfray sets {', '.join(managed)}")
+        if unknown:
+            problems.append(f"not transformers.TrainingArguments fields: {', '.join(unknown)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _eval_steps_needed(self) -> TrainingConfig:
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("training.eval_strategy 'steps' needs training.eval_steps")
+        if self.max_steps == 0:
+            raise ValueError("training.max_steps must be -1 (use epochs) or a positive step count")
+        return self

@@ -1,0 +1,123 @@
+"""Data sources: a local file, glob or directory (CSV, JSON/JSONL, Parquet, text, Arrow, or a
+``datasets.save_to_disk`` folder), ``builtin:NAME`` (data that a pip package ships), or a Hub dataset id.
+
+Paths are recognised by their shape, so a typo in a path fails as "file not found" and never turns into a
+Hub request. Driver and workers load the same way (the workers load again and compare fingerprints).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from hfray.assets import PREFIX
+from hfray.config import DataConfig
+from hfray.data.builtin import load_builtin_dataset
+from hfray.errors import DataError
+
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".arrow": "arrow",
+}
+
+
+def strip_compression(path: str) -> str:
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def looks_local(spec: str) -> bool:
+    """Paths are recognised by their shape, so a typo in a path never turns into a Hub request."""
+    stripped = strip_compression(spec)
+    return (
+        spec.startswith(("/", "./", "../", "~"))
+        or Path(stripped).suffix.lower() in EXTENSIONS
+        or any(ch in spec for ch in "*?[")
+        or os.path.exists(os.path.expanduser(spec))
+    )
+
+
+def absolute_source(spec: str | None) -> str | None:
+    """Make local paths absolute on the driver: Ray workers run in another working directory."""
+    if spec is None or spec.startswith(PREFIX) or not looks_local(spec):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
+
+
+def files_format(files: list[str], fmt: str, field: str) -> str:
+    """``data.format``, or the one format the files' extensions name (compression suffixes ignored)."""
+    if fmt != "auto":
+        return fmt
+    kinds = {EXTENSIONS.get(Path(strip_compression(f)).suffix.lower()) for f in files}
+    if len(kinds) != 1 or None in kinds:
+        raise DataError(
+            f"{field}: cannot tell the file format of {files[:3]}; set data.format to one of "
+            f"csv, json, parquet, text, arrow"
+        )
+    return kinds.pop()  # type: ignore[return-value]
+
+
+def _load_files(files: list[str], fmt: str, field: str) -> datasets.Dataset:
+    fmt = files_format(files, fmt, field)
+    kwargs: dict[str, Any] = {}
+    if fmt == "csv" and all(strip_compression(f).endswith(".tsv") for f in files):
+        kwargs["delimiter"] = "\t"
+    try:
+        return datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise DataError(f"{field}: could not read {files[0]} as {fmt}: {exc}") from None
+
+
+def _load_local(path: str, fmt: str, field: str) -> datasets.Dataset:
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise DataError(f"{field}: no file matches {path!r}")
+        return _load_files(files, fmt, field)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{field}: file or directory not found: {path}")
+    if p.is_file():
+        return _load_files([str(p)], fmt, field)
+    if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+        loaded = datasets.load_from_disk(str(p))
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" not in loaded:
+                raise DataError(f"{field}: dataset folder {path} has splits {list(loaded)}; point at one split")
+            return loaded["train"]
+        return loaded
+    files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise DataError(f"{field}: directory {path} holds no data files")
+    return _load_files(files, fmt, field)
+
+
+def _load_hub(spec: str, cfg: DataConfig, field: str) -> datasets.Dataset:
+    split = field.rsplit(".", 1)[-1]
+    try:
+        return datasets.load_dataset(spec, cfg.hub_config, split=split)
+    except Exception as exc:
+        offline = " (this machine may be offline: use a local file or a builtin: dataset)"
+        raise DataError(
+            f"{field}: {spec!r} is not a local path and loading it from the Hugging Face Hub failed{offline}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+
+
+def load_source(spec: str, cfg: DataConfig, field: str) -> datasets.Dataset:
+    if spec.startswith(PREFIX):
+        return load_builtin_dataset(spec, field)
+    if looks_local(spec):
+        return _load_local(os.path.abspath(os.path.expanduser(spec)), cfg.format, field)
+    return _load_hub(spec, cfg, field)

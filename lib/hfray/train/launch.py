@@ -1,0 +1,102 @@
+"""What the driver hands Ray Train for a run: the workers' loop config, scaling, run config, and the trainer.
+
+Shared by ``hfray train`` (:mod:`hfray.train.driver`) and every sweep trial (:mod:`hfray.tune.trial`), for every
+recipe. The trainer is Ray Train V2's ``DataParallelTrainer`` with hfray's torch backend
+(:mod:`hfray.train.torch_backend`: no torch import in the driver or the Train controller).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+import ray.train
+
+from hfray.config import JobConfig
+from hfray.storage import layout
+from hfray.train.controller import MetricsLogCallback
+from hfray.train.recipes.base import Recipe
+from hfray.train.torch_backend import torch_trainer
+
+
+def local_root(storage: str, run_name: str) -> str:
+    """A node-local folder for a run's worker files (HF's output_dir, checkpoint stages), the same on every node."""
+    key = hashlib.sha256(f"{storage}/{run_name}".encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), "hfray", f"{run_name}-{key}")
+
+
+def scaling_config(job: JobConfig) -> ray.train.ScalingConfig:
+    res = job.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        per_worker["GPU"] = res.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=res.num_workers,
+        use_gpu=res.gpus_per_worker > 0,
+        resources_per_worker=per_worker,
+        placement_strategy=res.placement_strategy,
+        accelerator_type=res.accelerator_type,
+    )
+
+
+def run_config(job: JobConfig, run_name: str, callbacks: list[Any] | None = None) -> ray.train.RunConfig:
+    """Storage, retention by the best metric, failure restarts and the metrics log: shared by every task."""
+    storage = job.storage.path
+    return ray.train.RunConfig(
+        name=run_name,
+        storage_path=storage,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=job.storage.num_to_keep,
+            checkpoint_score_attribute=job.evaluation.best_metric_key,
+            checkpoint_score_order=job.evaluation.best_mode,
+        ),
+        failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
+        callbacks=[MetricsLogCallback(layout.metrics_log_uri(layout.run_dir(storage, run_name))), *(callbacks or [])],
+    )
+
+
+def checked_values(job: JobConfig, recipe: Recipe, info: Any) -> dict[str, Any]:
+    """What the driver's checks hand the workers: the checked job and the recipe's values (labels, fingerprints).
+
+    Through the loop config, or through the start gate (:mod:`hfray.cluster.start_gate`) when they overlap.
+    """
+    return {"job": job.to_dict(), **recipe.loop_config(job, info)}
+
+
+def build_trainer(
+    job: JobConfig,
+    recipe: Recipe,
+    info: Any,
+    run_name: str,
+    callbacks: list[Any] | None = None,
+    init_checkpoint: ray.train.Checkpoint | None = None,
+    gate: str | None = None,
+) -> Any:
+    """The Ray Train trainer of a run; ``init_checkpoint``: start from another run's checkpoint (PBT).
+
+    ``gate`` (a start gate's key) instead of ``info``: the workers get :func:`checked_values` from the gate.
+    """
+    storage = job.storage.path
+    loop_config: dict[str, Any] = {
+        "job": job.to_dict(),
+        "run_name": run_name,
+        "run_dir": layout.run_dir(storage, run_name),
+        "local_root": local_root(storage, run_name),
+        "artifact_uri": layout.artifact_uri(storage, run_name),
+        "init_checkpoint": init_checkpoint,
+    }
+    loop_config.update({"start_gate": gate} if gate is not None else checked_values(job, recipe, info))
+    extra: dict[str, Any] = {}
+    if recipe.ray_datasets is not None:
+        streamed = recipe.ray_datasets(job, info)
+        loop_config.update(streamed.loop_config)
+        extra = {"datasets": streamed.datasets, "dataset_config": streamed.dataset_config}
+    return torch_trainer(
+        recipe.train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(job),
+        run_config=run_config(job, run_name, callbacks),
+        **extra,
+    )

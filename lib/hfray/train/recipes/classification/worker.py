@@ -1,0 +1,90 @@
+"""Text classification on each Ray Train worker: the HF ``Trainer`` on the job's data, then the artifact."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hfray import timeline
+from hfray.cluster import start_gate
+from hfray.config import JobConfig
+from hfray.data import classification as data
+from hfray.model import loading, peft
+from hfray.train import worker
+
+
+def weighted_loss(weights: list[float]) -> Any:
+    """A ``compute_loss_func``: cross-entropy with class weights, summed and divided by the batch's label count."""
+    import torch
+    import torch.nn.functional as F
+
+    def compute_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        w = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), weight=w, reduction="sum")
+        return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return compute_loss
+
+
+def artifact_fields(job: JobConfig) -> dict[str, Any]:
+    return {"task": "text-classification"}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    timeline.mark_process_start()
+    timeline.mark("worker_fn_start")
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+    from hfray.train.arguments import training_arguments  # the Trainer stack: imported where it is used
+    from hfray.train.callbacks import throughput
+    from hfray.train.recipes.classification.metrics import classification_metrics_fn
+
+    timeline.mark("worker_imports")
+    checked = start_gate.wait_at_gate(loop_config)  # on a running cluster the driver checks meanwhile
+    if checked is None:
+        return  # the driver's checks failed: it reports why
+    timeline.mark("worker_gate_passed")
+    run = worker.start(checked)
+    worker.limit_threads(run)
+    job, labels = run.job, checked["labels"]
+    prepared = data.prepare(job.data)
+    timeline.mark("worker_data")
+    worker.check_fingerprint(prepared.fingerprint, checked["data_fingerprint"], run.rank)
+    tokenizer = loading.load_tokenizer(job.model)
+    timeline.mark("worker_tokenizer")
+    set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
+    model = loading.build_classifier(job.model, labels, tokenizer, **peft.quantized_load_kwargs(job))
+    model, peft_info = peft.apply_peft(model, job, run.base_copy)
+    timeline.mark("worker_model")
+    encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
+    timeline.mark("worker_tokenized")
+    args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
+    attempt = worker.resume(run)
+    mean_len = data.mean_token_length(encoded["train"])
+    speed = throughput.callback_for_model(model, mean_len, round(mean_len))
+    timeline.mark("worker_mean_length")
+    weights = checked.get("class_weights")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=classification_metrics_fn(job.evaluation.metrics),
+        compute_loss_func=weighted_loss(weights) if weights else None,
+        callbacks=[*worker.callbacks(run, attempt), speed],
+    )
+    attempt = worker.train(trainer, attempt)
+    final = worker.final_eval_metrics(trainer, encoded["validation"])
+    if "test" in encoded:
+        final.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
+    worker.finish(
+        *(run, attempt, trainer, tokenizer, final),
+        **artifact_fields(job),
+        labels=labels,
+        peft=peft_info,  # method, trainable/all parameter counts; None without a peft section
+        throughput=worker.throughput(run, attempt, trainer, speed),
+        data={"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
+    )

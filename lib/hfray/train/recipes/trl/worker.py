@@ -1,0 +1,120 @@
+"""TRL (sft, dpo) on each Ray Train worker: TRL's trainer, which subclasses the HF ``Trainer``, in the lifecycle.
+
+- sft data: chat ``messages`` (rendered with the tokenizer's chat template), ``prompt``/``completion``
+  (loss on the completion by default) or plain ``text``; ``trl.packing`` packs into ``data.max_length``.
+- dpo data: ``prompt``/``chosen``/``rejected`` (strings or chat turns). With a PEFT adapter the reference
+  model is the base with the adapter switched off (TRL's own mechanism); without one it is a frozen copy
+  of the starting weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from hfray.artifacts.manifest import library_versions
+from hfray.config import JobConfig
+from hfray.model import language_model, loading, peft
+from hfray.train import worker
+from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+
+# What ``hfray predict`` / ``hfray serve`` call the exported model's task (transformers.pipeline's name).
+PIPELINE_TASK = "text-generation"
+
+
+def build_causal_lm(job: JobConfig, tokenizer: Any) -> Any:
+    """A causal LM: from ``model.architecture`` (random init) or pretrained weights (QLoRA: quantized)."""
+    from transformers import AutoModelForCausalLM
+
+    config = loading.load_config(job.model, **language_model.lm_overrides(tokenizer, job.model.architecture or {}))
+    if job.model.architecture is not None:
+        return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_pretrained(
+        job.model.name_or_path,
+        config=config,
+        revision=job.model.revision,
+        trust_remote_code=job.model.trust_remote_code,
+        **peft.quantized_load_kwargs(job),
+    )
+
+
+def trl_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
+    """``SFTConfig`` / ``DPOConfig``: hfray's TrainingArguments plus the task's TRL settings."""
+    from trl import DPOConfig, SFTConfig
+
+    trl = job.trl
+    assert trl is not None
+    from hfray.train.arguments import build_kwargs
+
+    kwargs = build_kwargs(job, output_dir, use_gpu)
+    # TRL turns bf16 on when neither flag is given; on CPU that is 10-20x slower. hfray decides.
+    kwargs.setdefault("bf16", False)
+    kwargs.setdefault("fp16", False)
+    kwargs["max_length"] = job.data.max_length
+    if job.task == "dpo":
+        return DPOConfig(**kwargs, beta=trl.beta, loss_type=[trl.loss_type])
+    return SFTConfig(
+        **kwargs,
+        packing=trl.packing,
+        completion_only_loss=trl.completion_only_loss,
+        assistant_only_loss=trl.assistant_only_loss,
+    )
+
+
+def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits: dict[str, Any], cb: list) -> Any:
+    from trl import DPOTrainer, SFTTrainer
+
+    common = {
+        "args": args,
+        "train_dataset": splits["train"],
+        "eval_dataset": splits["validation"],
+        "processing_class": tokenizer,
+        "callbacks": cb,
+    }
+    if job.task == "sft":
+        return SFTTrainer(model=model, **common)
+    from accelerate.utils import is_peft_model
+
+    # Without an adapter TRL would reload the reference from the config's path (none for a model built
+    # from a config): hand it a frozen copy of the starting weights instead.
+    ref = None if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
+    return DPOTrainer(model=model, ref_model=ref, **common)
+
+
+def artifact_fields(job: JobConfig) -> dict[str, Any]:
+    assert job.trl is not None
+    return {"task": PIPELINE_TASK, "generation": {"max_new_tokens": job.trl.generation_max_new_tokens}}
+
+
+def tokens_trained(trainer: Any) -> float | None:
+    """Tokens trained in this attempt: TRL counts them across ranks, from 0 in each process (its ``num_tokens``)."""
+    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    return float(counts[-1]) if counts else None
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    from transformers import set_seed
+
+    run = worker.start(loop_config)
+    worker.limit_threads(run)
+    job = run.job
+    assert job.trl is not None
+    tokenizer = load_chat_tokenizer(job)
+    splits = load_trl_splits(job)
+    set_seed(job.training.seed)  # before the model exists: a model built from a config is randomly initialised
+    model = build_causal_lm(job, tokenizer)
+    model, peft_info = peft.apply_peft(model, job, run.base_copy)
+    args = trl_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
+    attempt = worker.resume(run)
+    trainer = build_trainer(job, model, tokenizer, args, splits, worker.callbacks(run, attempt))
+    attempt = worker.train(trainer, attempt)
+    final = worker.final_eval_metrics(trainer, splits["validation"])
+    worker.finish(
+        *(run, attempt, trainer, tokenizer, final),
+        **artifact_fields(job),
+        peft=peft_info,
+        throughput=worker.throughput(run, attempt, trainer, tokens=tokens_trained(trainer)),
+        data={"sizes": {k: len(v) for k, v in splits.items()}},
+        versions=library_versions(["trl"]),
+    )

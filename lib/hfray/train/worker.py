@@ -1,0 +1,270 @@
+"""The run lifecycle on each Ray Train worker: the steps every recipe's ``train_loop_per_worker`` shares.
+
+A recipe's worker function reads like this (``hfray.train.recipes.*.worker``)::
+
+    run = worker.start(loop_config)                   # the job, this rank
+    worker.limit_threads(run)                         # torch threads = the worker's CPUs
+    ... data, tokenizer, model, TrainingArguments ... # the recipe's own
+    attempt = worker.resume(run)                      # Ray's latest checkpoint, or a PBT donor's
+    trainer = ...(callbacks=worker.callbacks(run, attempt))
+    attempt = worker.train(trainer, attempt)
+    final = worker.final_eval_metrics(trainer, validation)
+    worker.finish(run, attempt, trainer, tokenizer, final, **artifact_fields(run.job), data=..., ...)
+
+Import-light at the top (the driver imports the recipes' worker modules to hand their functions to Ray):
+torch and transformers are imported inside the steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+
+from hfray import timeline
+from hfray.artifacts.export import export_artifact
+from hfray.artifacts.manifest import build_manifest
+from hfray.config import JobConfig
+from hfray.errors import HfrayError
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """This worker's view of the run: the re-validated job, the loop config, its rank and local folders."""
+
+    job: JobConfig
+    loop_config: dict[str, Any]
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def local_root(self) -> str:
+        """A node-local folder of this run (HF's output_dir, checkpoint stages, the artifact stage)."""
+        return self.loop_config["local_root"]
+
+    @property
+    def base_copy(self) -> str | None:
+        """Where rank 0 keeps the untouched base of a PEFT model built from a config (its random weights)."""
+        return os.path.join(self.local_root, "peft-base") if self.rank == 0 else None
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.job.resources.gpus_per_worker > 0
+
+
+def start(loop_config: dict[str, Any]) -> WorkerRun:
+    """The job as the driver checked it (re-validated here) and this worker's rank; imports nothing heavy, so a
+    recipe can start its data stream before it imports torch."""
+    job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
+    ctx = ray.train.get_context()
+    return WorkerRun(job, loop_config, ctx.get_world_rank(), ctx.get_local_rank(), ctx.get_world_size())
+
+
+def limit_threads(run: WorkerRun) -> None:
+    """torch's intra-op threads = the CPUs Ray reserved for this worker (torch's default takes every core)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(run.job.resources.cpus_per_worker)))
+
+
+def check_fingerprint(fingerprint: str, expected: str, rank: int) -> None:
+    """The data this worker loaded is the data the driver checked, or a loud failure."""
+    if fingerprint != expected:
+        raise HfrayError(
+            f"data on worker rank {rank} differs from what the driver checked (fingerprint "
+            f"{fingerprint} != {expected}): every node must see the same files"
+        )
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _foreign_checkpoint(checkpoint: ray.train.Checkpoint, local: str) -> str:
+    """A local copy of another run's HF checkpoint (a PBT donor's), without that run's best-model record.
+
+    HF would otherwise compare this run's evaluations with the donor's best and might load the
+    donor's best checkpoint (a path on the donor's node) at the end.
+    """
+    shutil.rmtree(local, ignore_errors=True)
+    checkpoint.to_directory(local)
+    state_file = os.path.join(local, "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    state.update(best_model_checkpoint=None, best_metric=None, best_global_step=None)
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    return local
+
+
+def resume_dir(run: WorkerRun) -> tuple[str | None, int]:
+    """The HF checkpoint folder to resume from, and its step (0 when fresh).
+
+    The run's own latest Ray checkpoint wins; without one, the loop config's ``init_checkpoint`` (another run's
+    checkpoint, e.g. the one a PBT exploit hands over) is the starting point.
+    """
+    import pyarrow.fs
+
+    ckpt, init = ray.train.get_checkpoint(), run.loop_config.get("init_checkpoint")
+    if ckpt is not None and isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        path, source = ckpt.path, ckpt.path  # read in place: HF only reads a checkpoint it resumes from
+    elif ckpt is not None:
+        path, source = ckpt.to_directory(os.path.join(run.local_root, "resume")), ckpt.path
+    elif init:
+        path, source = _foreign_checkpoint(init, os.path.join(run.local_root, f"init-rank{run.rank}")), init.path
+    else:
+        return None, 0
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        step = int(json.load(f)["global_step"])
+    print(f"[hfray] resuming from checkpoint {source} at step {step}", flush=True)
+    return path, step
+
+
+def localize_best(resume_from: str, local_rank: int) -> None:
+    """HF keeps the best checkpoint as a local path; after a restart on another node it is gone.
+
+    Fetch it back from Ray storage (retention keeps the best by the same metric), so
+    ``load_best_model_at_end`` still loads the true best model.
+    """
+    import torch.distributed as dist
+
+    with open(os.path.join(resume_from, "trainer_state.json")) as f:
+        best = json.load(f).get("best_model_checkpoint")
+    if local_rank == 0 and best and not os.path.isdir(best):
+        step = int(best.rsplit("-", 1)[-1])
+        for reported in ray.train.get_all_reported_checkpoints():
+            if int(reported.metrics.get("step", -1)) == step:
+                reported.checkpoint.to_directory(best)
+                break
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of the run (Ray restarts the worker group after a failure): where it resumed, how long it ran."""
+
+    resume_from: str | None  # the HF checkpoint folder ``Trainer.train`` resumes from; None when fresh
+    resumed_step: int
+    seconds: float = 0.0  # wall time of ``Trainer.train``, once it returned
+
+
+def resume(run: WorkerRun) -> Attempt:
+    """:func:`resume_dir`, with HF's best checkpoint fetched back where the job loads it at the end."""
+    found, step = resume_dir(run)
+    if found and run.job.evaluation.load_best_model_at_end:
+        localize_best(found, run.local_rank)
+    return Attempt(found, step)
+
+
+# ----------------------------------------------------------------------------- the Trainer
+
+
+def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
+    """The HF Trainer callbacks of every recipe: Ray reports, the progress bar, the job's learning rate over a
+    resumed checkpoint's, early stopping."""
+    from transformers import EarlyStoppingCallback
+
+    from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
+    from hfray.train.callbacks.report import RayReportCallback
+
+    job = run.job
+    stage = os.path.join(run.local_root, f"stage-{run.rank}")
+    found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, async_upload=job.storage.async_upload)]
+    if job.tracking.progress_bar:
+        from hfray.train.callbacks.progress import ProgressBarCallback
+
+        found.append(ProgressBarCallback(run.loop_config["run_name"]))
+    if attempt.resume_from:
+        found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
+    t = job.training
+    if t.early_stopping_patience:
+        found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    return found
+
+
+def train(trainer: Any, attempt: Attempt) -> Attempt:
+    """``trainer.train`` (resumed where Ray left off) with hfray's log lines instead of HF's; timed."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # hfray's report callback prints one concise line per log/eval
+    timeline.mark("worker_trainer_built")
+    started = time.time()
+    trainer.train(resume_from_checkpoint=attempt.resume_from)
+    return dataclasses.replace(attempt, seconds=time.time() - started)
+
+
+def final_eval_metrics(trainer: Any, validation: Any) -> dict[str, Any]:
+    """Validation metrics of the model being exported.
+
+    With load_best_model_at_end the exported weights are the best checkpoint's, whose evaluation is
+    already in the log history: reuse it instead of paying for one more pass over the validation set.
+    """
+    state = trainer.state
+    if trainer.args.load_best_model_at_end and state.best_global_step:
+        for entry in state.log_history:
+            if entry.get("step") == state.best_global_step and "eval_loss" in entry:
+                return dict(entry)
+    return trainer.evaluate(validation, metric_key_prefix="eval")
+
+
+# ----------------------------------------------------------------------------- the artifact
+
+
+def throughput(
+    run: WorkerRun, attempt: Attempt, trainer: Any, speed: Any = None, tokens: float | None = None
+) -> dict[str, Any]:
+    """The manifest's ``throughput``: steady state (``speed``, a ThroughputCallback) and this attempt's counts.
+
+    Collective under DDP (peak memory is gathered from every rank): every rank calls it.
+    """
+    from hfray.train.callbacks.throughput import manifest_entry, peak_memory_per_rank
+
+    peaks = peak_memory_per_rank()
+    return {
+        "steady_state": manifest_entry(speed) if speed is not None else None,
+        "steps_this_attempt": trainer.state.global_step - attempt.resumed_step,
+        "tokens_this_attempt": tokens,
+        "tokens_per_second": round(tokens / attempt.seconds, 1) if tokens and attempt.seconds > 0 else None,
+        "world_size": run.world_size,
+        "peak_gpu_memory_gib_per_rank": [round(p / 2**30, 3) for p in peaks],
+    }
+
+
+def manifest(
+    run: WorkerRun, attempt: Attempt, trainer: Any, final: dict[str, Any], *, task: str, **fields: Any
+) -> dict[str, Any]:
+    """The artifact's manifest (:mod:`hfray.artifacts.manifest`): the Trainer's state plus the recipe's ``fields``
+    (``task``: the ``transformers.pipeline`` name, from the recipe's ``artifact_fields``)."""
+    state = trainer.state
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return build_manifest(
+        task=task,
+        job=run.job.to_dict(),
+        run_name=run.loop_config["run_name"],
+        metrics=final,
+        best={"step": state.best_global_step, "metric": trainer.args.metric_for_best_model, "value": state.best_metric},
+        global_step=state.global_step,
+        resumed_from_step=attempt.resumed_step,
+        train_seconds_this_attempt=round(attempt.seconds, 2),
+        model={"parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())},  # ZeRO-3: ds_numel
+        **fields,
+    )
+
+
+def finish(
+    run: WorkerRun, attempt: Attempt, trainer: Any, tokenizer: Any, final: dict[str, Any], **fields: Any
+) -> None:
+    """The artifact of the run, with its :func:`manifest`, to ``<run>/artifact``.
+
+    Every rank calls it: ZeRO-3/FSDP gather the weights from all ranks, and the manifest's peak memory is gathered.
+    """
+    stage = os.path.join(run.local_root, "artifact")
+    record = manifest(run, attempt, trainer, final, **fields)
+    export_artifact(trainer, tokenizer, run.loop_config["artifact_uri"], record, stage, run.rank, run.base_copy)

@@ -1,0 +1,246 @@
+"""Hyperparameter sweeps on Ray Tune, on the driver: ``hfray sweep`` is :func:`run_sweep`.
+
+Checks first (the space at its edges, the metric, the recipe's data and model checks), then one Tune function
+trainable per trial (:mod:`hfray.tune.trial`) that runs the same Ray Train run as ``hfray train``; the schedulers
+are Ray's with a decision log (:mod:`hfray.tune.schedulers`). After the sweep, the best checkpoint across all
+trials is exported as an artifact and the report written (:mod:`hfray.tune.results`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.tune
+
+from hfray.cluster import connect
+from hfray.config import JobConfig
+from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
+from hfray.storage import fs, layout
+from hfray.train.driver import fresh_run_name
+from hfray.train.recipes import recipe_for
+from hfray.train.tracking.driver import sweep_curves, tune_callbacks
+from hfray.tune import results
+from hfray.tune.plan import SweepPlan, make_plan, sweep_name
+from hfray.tune.schedulers import build_scheduler, build_search_alg
+from hfray.tune.space import check_space, param_space
+from hfray.tune.trial import sweep_trial
+
+
+def per_trial_resources(job: JobConfig) -> dict[str, float]:
+    need = connect.required_resources(job.resources)
+    need["CPU"] = need.get("CPU", 0.0) + job.sweep.trial_driver_cpus  # type: ignore[union-attr]
+    return need
+
+
+def max_concurrent_trials(job: JobConfig) -> int:
+    """How many trials the cluster runs at once (fractional GPUs let several share one GPU)."""
+    need = per_trial_resources(job)
+    total = ray.cluster_resources()
+    fits = min(math.floor(total.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0)
+    wanted = job.sweep.max_concurrent_trials  # type: ignore[union-attr]
+    if job.cluster.check_resources and fits < 1:
+        have = ", ".join(f"{total.get(k, 0):g} {k}" for k in need)
+        raise ResourceError(
+            f"sweep: one trial needs {', '.join(f'{v:g} {k}' for k, v in need.items())} "
+            f"(resources.* plus sweep.trial_driver_cpus), the cluster has {have}"
+        )
+    if wanted is not None and (wanted <= fits or not job.cluster.check_resources):
+        return wanted
+    if wanted is not None:
+        print(f"[hfray] sweep.max_concurrent_trials {wanted} lowered to {fits}: the cluster fits {fits} at once")
+    return max(1, fits)
+
+
+# ----------------------------------------------------------------------------- the tuner
+
+
+def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
+    sweep = job.sweep
+    assert sweep is not None
+    context = {
+        "job": plan.base_job,
+        "prepared": plan.prepared,
+        "trials_storage": plan.trials_storage,
+        "metric": plan.metric,
+        "attach_checkpoints": plan.needs_tune_checkpoints,
+    }
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(sweep_trial, context=context), {"CPU": sweep.trial_driver_cpus}
+    )
+    if resume:
+        return ray.tune.Tuner.restore(plan.sweep_dir, trainable, resume_unfinished=True, resume_errored=True)
+    scheduler = build_scheduler(sweep, plan)
+    return ray.tune.Tuner(
+        trainable,
+        param_space=param_space(sweep),
+        tune_config=ray.tune.TuneConfig(
+            metric=plan.metric,
+            mode=plan.mode,
+            scheduler=scheduler,
+            search_alg=build_search_alg(sweep, plan.metric, plan.mode, plan.max_concurrent),
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=plan.max_concurrent,
+            time_budget_s=sweep.time_budget_s,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=plan.sweep_name,
+            storage_path=job.storage.path,
+            failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
+            # PBT copies a donor's latest checkpoint while the donor trains on: keep a few so it is still there.
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=4 if plan.needs_tune_checkpoints else None),
+            callbacks=tune_callbacks(job, plan.sweep_name),  # MLflow, one run per trial
+            verbose=1,
+        ),
+    )
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def fit_sweep(tuner: Any) -> Any:
+    """Run the sweep; a trial's user error (HfrayError) surfaces as itself when every trial failed."""
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error is not None]
+    if errors and len(errors) == len(grid):
+        cause = errors[0]
+        while cause is not None and not isinstance(cause, HfrayError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(cause, HfrayError):
+            raise cause
+        raise HfrayError(f"sweep: every trial failed; first error: {errors[0]}")
+    return grid
+
+
+# ----------------------------------------------------------------------------- the sweep, end to end
+
+
+@dataclass
+class SweepSummary:
+    sweep_name: str
+    sweep_dir: str
+    artifact: str | None
+    best: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+    wall_seconds: float
+    cluster: str
+    reused: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, SweepPlan]:
+    """Every check that needs no trial: the space, the metric, data, tokenizer and model config."""
+    if job.sweep is None:
+        raise ConfigError([Problem("sweep", "hfray sweep needs a sweep: section (parameters, search, scheduler)")])
+    recipe = recipe_for(job.task)
+    if not recipe.sweepable:
+        raise ConfigError(
+            [Problem("task", f"hfray sweep does not sweep {job.task!r} jobs yet; train it with hfray train")]
+        )
+    name = sweep_name(job)  # from the job as written, before paths are resolved
+    if fresh:
+        name = fresh_run_name(name)
+    notes = []
+    if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:
+        raw = job.to_dict()
+        raw["training"]["checkpoint_every_n_evals"] = 1
+        job = JobConfig.from_dict(raw)
+        notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
+    edges = check_space(job)
+    job, prepared = recipe.preflight(job, True)
+    plan = make_plan(job, prepared, name, edges)
+    plan.artifact_fields = recipe.artifact_fields(job)
+    plan.notes = notes
+    return job, plan
+
+
+def expected_trials(sweep: Any) -> int:
+    grid = [len(p.values) for p in sweep.parameters.values() if p.type == "grid" or sweep.search == "grid"]
+    return sweep.num_samples * math.prod(grid)
+
+
+def _interrupted(rows: list[Any], expected: int, budget_hit: bool) -> bool:
+    """Tune returns normally after SIGINT and may mark cut-off trials TERMINATED (its ``done`` flag is not
+    reliable either): a trial ended only if it completed (exported its artifact), a scheduler stopped it (the
+    decision log), or it failed. Anything else, or trials never created, means the sweep was interrupted.
+    """
+    if budget_hit:
+        return False
+    return any(r.stop_reason.startswith("not finished") for r in rows) or len(rows) < expected
+
+
+def _finished_summary(plan: SweepPlan, started: float) -> SweepSummary:
+    summary = json.loads(fs.read_text(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)))
+    best = next((t for t in summary["trials"] if t["trial_id"] == summary["best_trial"]), None)
+    return SweepSummary(
+        plan.sweep_name,
+        plan.sweep_dir,
+        summary.get("artifact"),
+        best,
+        summary["trials"],
+        time.time() - started,
+        "none (sweep already complete)",
+        reused=True,
+    )
+
+
+def _check_restorable(plan: SweepPlan, resume: bool) -> None:
+    exists = fs.exists(fs.join(plan.sweep_dir, layout.TUNER_STATE))
+    if exists and not resume:
+        raise HfrayError(
+            f"sweep {plan.sweep_name} was interrupted before it finished ({plan.sweep_dir}): "
+            "pass --resume to continue it (finished trials are kept) or --fresh to start a new sweep"
+        )
+    if resume and not exists:
+        raise HfrayError(f"--resume: no interrupted sweep of this job at {plan.sweep_dir}")
+
+
+def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> SweepSummary:
+    """Sweep a job end to end: checks, trials on Ray Tune, best checkpoint exported, report written."""
+    started = time.time()
+    job, plan = prepare_sweep(job, fresh)
+    if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
+        return _finished_summary(plan, started)
+    _check_restorable(plan, resume)
+    where = connect.connect(job.cluster)
+    connect.check_fits(job.resources, job.cluster)
+    plan.max_concurrent = max_concurrent_trials(job)
+    sweep = job.sweep
+    assert sweep is not None
+    print(
+        f"[hfray] sweep {plan.sweep_name}: {sweep.search} search, {sweep.scheduler.type} scheduler, "
+        f"metric {plan.metric} ({plan.mode}), up to {plan.max_concurrent} trials at once, on {where}"
+    )
+    for note in plan.notes:
+        print(f"[hfray] note: {note}")
+    fit_started = time.time()
+    grid = fit_sweep(build_tuner(job, plan, resume))
+    budget_hit = bool(sweep.time_budget_s and time.time() - fit_started >= 0.98 * sweep.time_budget_s)
+    rows = results.trial_rows(grid, plan, budget_hit)
+    if _interrupted(rows, expected_trials(sweep), budget_hit):
+        raise SweepInterrupted(
+            f"sweep {plan.sweep_name} interrupted; finished trials and checkpoints are kept. "
+            f"Continue it with: hfray sweep <job> --resume   (state: {plan.sweep_dir})"
+        )
+    best = results.best_row(rows, plan.mode)
+    artifact = results.export_best(best, plan) if best else None
+    extra = {
+        "artifact": artifact,
+        "scheduler": sweep.scheduler.type,
+        "search": sweep.search,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    results.write_report(rows, plan, best, extra)
+    sweep_curves(job, plan.trials_storage, [run for r in rows for run in r.runs])
+    trials = [results.row_dict(r) for r in rows]
+    best_dict = results.row_dict(best) if best else None
+    return SweepSummary(
+        plan.sweep_name, plan.sweep_dir, artifact, best_dict, trials, time.time() - started, where, notes=plan.notes
+    )

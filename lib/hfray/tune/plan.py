@@ -1,0 +1,106 @@
+"""A sweep's plan, made on the driver before any trial starts: the metric and its mode, the step arithmetic
+schedulers need (grace period, longest trial), where trials live, and the concurrency."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfray.config import CLASSIFICATION_METRICS, JobConfig
+from hfray.data.splits import PreparedData
+from hfray.errors import ConfigError, Problem
+from hfray.storage import fs, layout
+
+SCHEDULER_LOG = "hfray_scheduler_decisions.jsonl"  # the schedulers' decisions (hfray.tune.schedulers)
+
+
+def sweep_metric(job: JobConfig) -> tuple[str, str]:
+    """The metric schedulers compare, and its mode; it must be one the task reports at evaluation."""
+    sweep = job.sweep
+    assert sweep is not None
+    metric = sweep.metric or job.evaluation.best_metric_key
+    reported = ["eval_loss", *(f"eval_{m}" for m in job.evaluation.metrics)]
+    if metric not in reported:
+        hint = ""
+        if metric.removeprefix("eval_") in CLASSIFICATION_METRICS:
+            hint = f" (add {metric.removeprefix('eval_')!r} to evaluation.metrics)"
+        raise ConfigError(
+            [Problem("sweep.metric", f"{job.task} jobs report {reported} at each evaluation{hint}", metric, True)]
+        )
+    mode = sweep.mode
+    if mode is None:
+        mode = (
+            job.evaluation.best_mode
+            if metric == job.evaluation.best_metric_key
+            else ("min" if metric == "eval_loss" else "max")
+        )
+    return metric, mode
+
+
+def steps_per_epoch(job: JobConfig, n_train: int) -> int:
+    t = job.training
+    batches = math.ceil(n_train / (t.per_device_train_batch_size * job.resources.num_workers))
+    return max(1, batches // t.gradient_accumulation_steps)
+
+
+def total_steps(job: JobConfig, n_train: int) -> int:
+    if job.training.max_steps > 0:
+        return job.training.max_steps
+    return math.ceil(job.training.num_train_epochs * steps_per_epoch(job, n_train))
+
+
+def eval_interval_steps(job: JobConfig, n_train: int) -> int:
+    if job.training.eval_strategy == "steps":
+        return int(job.training.eval_steps or 1)
+    return steps_per_epoch(job, n_train)
+
+
+def longest_trial_steps(job: JobConfig, edges: list[JobConfig], n_train: int) -> int:
+    """Steps of the longest trial the space allows (``edges``: the jobs of :func:`hfray.tune.space.check_space`)."""
+    return max(total_steps(j, n_train) for j in [job, *edges])
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class SweepPlan:
+    sweep_name: str
+    sweep_dir: str
+    trials_storage: str
+    base_job: dict[str, Any]
+    prepared: PreparedData
+    metric: str
+    mode: str
+    eval_interval: int
+    max_steps: int
+    artifact_fields: dict[str, Any] = field(default_factory=dict)  # the recipe's: how the exported model loads
+    needs_tune_checkpoints: bool = False
+    max_concurrent: int = 1
+    scheduler_log: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def sweep_name(job: JobConfig) -> str:
+    """From the job as written (like run names): stable across retries, unique per job and space."""
+    return f"{job.run_name}-sweep"
+
+
+def make_plan(job: JobConfig, prepared: PreparedData, name: str, edges: list[JobConfig]) -> SweepPlan:
+    metric, mode = sweep_metric(job)
+    sweep_dir = fs.join(job.storage.path, name)
+    n_train = prepared.sizes["train"]
+    return SweepPlan(
+        sweep_name=name,
+        sweep_dir=sweep_dir,
+        trials_storage=fs.join(sweep_dir, layout.TRIALS_DIR),
+        base_job=job.to_dict(),
+        prepared=prepared,
+        metric=metric,
+        mode=mode,
+        eval_interval=eval_interval_steps(job, n_train),
+        max_steps=longest_trial_steps(job, edges, n_train),
+        needs_tune_checkpoints=job.sweep.restores_checkpoints,  # type: ignore[union-attr]
+        scheduler_log=fs.join(sweep_dir, SCHEDULER_LOG),
+    )

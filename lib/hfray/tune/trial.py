@@ -1,0 +1,81 @@
+"""One sweep trial, in its Ray Tune trial process: the job with the trial's values, trained by a Ray Train run.
+
+The Ray 2.60 way (Train V2): a Tune function trainable launches the trainer that ``hfray train`` would build
+(:func:`hfray.train.launch.build_trainer`) and relays its reports to Tune (``ray.tune.report`` must run in the
+trial's own thread), attaching the checkpoint when the scheduler needs one. A restored trial (PBT exploit,
+HyperBand resume, failure) gets ``ray.tune.get_checkpoint()`` and starts a new Train run from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune
+
+from hfray.config import JobConfig
+from hfray.train.driver import fit
+from hfray.train.launch import build_trainer
+from hfray.train.recipes import recipe_for
+from hfray.tune.controller import TuneBridgeCallback
+from hfray.tune.space import trial_job_dict
+
+
+def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
+    try:
+        outcome["result"] = fit(trainer)
+    except Exception as exc:  # re-raised in the trial's own thread
+        outcome["error"] = exc
+
+
+def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str) -> None:
+    """Relay the bridge's reports to Tune until training ends (``ray.tune.report`` must run here)."""
+    from ray.util.queue import Empty
+
+    last: dict[str, Any] = {}
+    while fit.is_alive() or not queue.empty():
+        try:
+            item = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        # A report without the sweep metric (a bare save) carries the latest one: schedulers need it.
+        last = {**last, **item["metrics"]} if metric not in item["metrics"] else dict(item["metrics"])
+        ckpt = item["checkpoint"]
+        metrics = {**last, "hfray_run": run, "checkpoint_path": ckpt.path if ckpt is not None else None}
+        ray.tune.report(metrics, checkpoint=ckpt if (attach_checkpoints and ckpt is not None) else None)
+
+
+def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
+    from ray.util.queue import Queue
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    raw = trial_job_dict(context["job"], config, context["trials_storage"])
+    job = JobConfig.from_dict(raw, source=f"job of trial {trial_id}")
+    recipe = recipe_for(job.task)
+    info = context["prepared"]
+    if raw["data"] != context["job"]["data"]:  # the space touches data keys: this trial's own data
+        job, info = recipe.preflight(job, True)
+    restored = ray.tune.get_checkpoint()  # a PBT donor's checkpoint, or this trial's own after a pause
+    run = trial_id
+    if restored is not None:
+        run = f"{trial_id}-from-{hashlib.sha256(restored.path.encode()).hexdigest()[:6]}"
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = build_trainer(
+        job,
+        recipe,
+        info,
+        run,
+        callbacks=[TuneBridgeCallback(queue)],
+        init_checkpoint=ray.train.Checkpoint(restored.path, restored.filesystem) if restored else None,
+    )
+    outcome: dict[str, Any] = {}
+    fit = threading.Thread(target=_fit_in_thread, args=(trainer, outcome), daemon=True, name="hfray-fit")
+    fit.start()
+    _forward_reports(queue, fit, context["metric"], context["attach_checkpoints"], run)
+    fit.join()
+    if "error" in outcome:
+        raise outcome["error"]

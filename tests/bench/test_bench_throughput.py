@@ -1,0 +1,80 @@
+"""The throughput bench's CPU smoke mode (``bench/throughput_bench.py --smoke``), so the bench cannot rot.
+
+It runs the same code as the GPU benchmark: the synthetic corpus, hfray-trained tokenizers, the plain
+Trainer baseline in a subprocess and ``hfray train`` as a subprocess on the test's running Ray cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "throughput_bench.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("throughput_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _smoke(tmp_path: Path, workloads: str, gpus: str) -> dict:
+    import ray
+
+    args = argparse.Namespace(
+        out=tmp_path,
+        smoke=True,
+        workloads=workloads,
+        gpus=gpus,
+        runners="plain,hfray",
+        hfray_variants="",
+        steps=12,
+        batch=4,
+        seq=32,
+        docs=60,
+        address=ray.get_runtime_context().gcs_address,
+    )
+    return _bench_module().run(args)
+
+
+def _check_row(row: dict, seq: int = 32) -> None:
+    assert "error" not in row, row.get("log_tail")
+    assert row["samples_per_second"] > 0 and row["steady_steps"] >= 5
+    if row["workload"] != "cls":  # packed LM blocks: every sample is one full block
+        assert row["tokens_per_second"] == pytest.approx(row["samples_per_second"] * seq, rel=1e-4)  # rounded
+    assert 0 < row["submit_to_first_step_s"] < row["wall_s"]
+    assert row["flops_per_token"] > 0 and row["mfu"] is None  # no GPU peak to divide by on CPU
+
+
+def test_smoke_bench_times_plain_trainer_and_hfray_on_the_same_mlm_work(ray_cluster, tmp_path: Path) -> None:
+    result = _smoke(tmp_path, "mlm", "1")
+    rows = {r["runner"]: r for r in result["rows"]}
+    assert set(rows) == {"plain", "hfray"}
+    for row in rows.values():
+        _check_row(row)
+    # Both count the same model: hfray's MLM head runs on masked positions only, the FLOP count is the same.
+    assert rows["hfray"]["flops_per_token"] == rows["plain"]["flops_per_token"]
+    assert rows["plain"]["vs_plain_1gpu"] == 1.0 and rows["hfray"]["vs_plain_1gpu"] > 0
+    table = (tmp_path / "throughput.md").read_text()
+    assert "| mlm | hfray | 1 |" in table and "| mlm | plain | 1 |" in table
+    manifest = json.loads(next(tmp_path.glob("cases/mlm-hfray-*/runs/*/artifact/hfray_manifest.json")).read_text())
+    assert manifest["throughput"]["steady_state"]["samples_per_second"] == pytest.approx(
+        rows["hfray"]["samples_per_second"], rel=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_smoke_bench_all_workloads_with_torchrun_and_two_hfray_workers(ray_cluster, tmp_path: Path) -> None:
+    result = _smoke(tmp_path, "mlm,clm,cls", "1,2")
+    assert {(r["workload"], r["runner"], r["gpus"]) for r in result["rows"]} == {
+        (w, r, n) for w in ("mlm", "clm", "cls") for r in ("plain", "hfray") for n in (1, 2)
+    }
+    for row in result["rows"]:
+        _check_row(row)
+        if row["gpus"] == 2:
+            assert row["scaling_efficiency"] > 0

@@ -1,0 +1,89 @@
+"""Every shipped job file: documented header, valid schema, data and model found (torchtune-style)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hfray.cli.jobs import default_job_path
+from hfray.config import LM_TASKS, TRL_TASKS, load_job
+from hfray.data.builtin import bible_missing
+from hfray.train.run import preflight
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB_FILES = sorted([*ROOT.glob("jobs/*.yaml"), default_job_path()])
+
+
+def test_there_are_shipped_jobs():
+    assert len(JOB_FILES) >= 3 and default_job_path().is_file()
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_header_gives_purpose_and_exact_command(path):
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert len(header) >= 2, "a job file starts with comments: its purpose, then how to run it"
+    assert any(re.search(r"\bhfray (train|sweep|tokenizer) jobs/|\bhfray train\b", line) for line in header)
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_job_validates_and_its_data_and_model_resolve(path):
+    job = load_job(path)
+    if job.task in LM_TASKS:  # pre-training: no labels; the tokenizer may not be trained yet
+        resolved, info = preflight(job, full=False)
+        assert info.facts["formats"]["data.train"] and resolved.storage.path.startswith("/")
+        return
+    if job.task in TRL_TASKS:  # data columns only: the SmolLM2 conversion (~1 min) is the slow tests' business
+        from hfray.train.recipes.trl.data import load_trl_splits
+
+        splits = load_trl_splits(job)
+        assert len(splits["train"]) > len(splits["validation"]) > 0
+        return
+    if job.data.train == "builtin:bible_en_es" and bible_missing():  # optional: Debian packages
+        pytest.skip(bible_missing())
+    resolved, prepared = preflight(job)
+    assert prepared.sizes["train"] > prepared.sizes["validation"] > 0
+    assert len(prepared.labels) >= 2 or job.task in ("question-answering", "seq2seq")
+    assert resolved.storage.path.startswith("/")
+    if job.sweep is not None:
+        from hfray.tune.plan import sweep_metric
+        from hfray.tune.space import check_space
+
+        check_space(job)
+        sweep_metric(job)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_job_trains_a_few_steps(ray_cluster, tmp_path, path):
+    from hfray.train.run import run_training
+
+    overrides = [
+        "training.max_steps=4",
+        "training.eval_strategy=steps",
+        "training.eval_steps=2",
+        "training.early_stopping_patience=null",
+        "data.max_train_samples=64",
+        "data.max_eval_samples=32",
+        f"storage.path={tmp_path}",
+    ]
+    if load_job(path).data.train == "builtin:bible_en_es" and bible_missing():
+        pytest.skip(bible_missing())
+    if load_job(path).task == "seq2seq":
+        overrides.append("seq2seq.generation.max_new_tokens=16")  # an untrained model generates to the limit
+    if load_job(path).task in LM_TASKS:
+        from hfray.train.run import run_training as run_training
+
+        overrides += [
+            f"model.tokenizer={tmp_path}/tokenizer",
+            "tokenizer.max_texts=200",
+            "resources.cpus_per_worker=0.5",
+        ]
+    summary = run_training(load_job(path, overrides))
+    assert summary.manifest["global_step"] == 4
+    assert Path(summary.artifact, "config.json").is_file()

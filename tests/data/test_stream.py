@@ -1,0 +1,91 @@
+"""The Ray Data stream of pre-training jobs: held-out texts read on the driver, and a worker's started shard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import lm_job
+from hfray.config import JobConfig
+
+
+@pytest.mark.parametrize("fmt", ["txt", "txt.gz", "parquet", "csv", "tsv", "jsonl"])
+def test_held_out_texts_read_on_the_driver_are_the_rows_ray_data_reads(ray_cluster, tmp_path, news, fmt):
+    """A bounded held-out set is read in the driver process: the same rows, in file order, as Ray Data's readers."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet as pq
+
+    from hfray.data.stream.driver import held_out_texts_here, read_corpus
+
+    texts = ["first line", "", "  ", "ünïcode 東京 🤗", 'a, "quoted" one'] + news["texts"][:30]
+    files = []
+    for i, part in enumerate((texts[:12], texts[12:])):  # two files: order across files matters too
+        path = tmp_path / f"held-{i}.{fmt}"
+        table = pa.table({"body": part})
+        if fmt.startswith("txt"):
+            raw = "\r\n".join(part).encode()  # Windows line ends, blank lines
+            path.write_bytes(gzip.compress(raw) if fmt.endswith("gz") else raw)
+        elif fmt == "parquet":
+            pq.write_table(table, path)
+        elif fmt in ("csv", "tsv"):
+            pyarrow.csv.write_csv(table, path, pyarrow.csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ","))
+        else:
+            path.write_text("".join(json.dumps({"body": t, "n": 1}) + "\n" for t in part))
+        files.append(path)
+    raw = lm_job(tmp_path, "masked-lm", news["txt"], data={"validation": str(tmp_path / f"held-*.{fmt}")})
+    raw["data"].update(text_column="body", max_eval_samples=20)
+    job = JobConfig.from_dict(raw)
+    mine = held_out_texts_here(job)
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    default, options.preserve_order = options.preserve_order, True  # else blocks of later files may come first
+    try:
+        ray_rows = read_corpus(job.data.validation, job.data, "data.validation", 0.5).take_all()
+    finally:
+        options.preserve_order = default
+    assert mine == [r["text"] for r in ray_rows][:20] and len(mine) == 20
+
+    # No validation file: the held-out side of the hash split of the training texts, the first 16 of them.
+    from hfray.data.lm import in_validation
+
+    job = JobConfig.from_dict(lm_job(tmp_path, "masked-lm", news["txt"]))
+    expected = [t for t in news["texts"] if in_validation([t], 0.1, job.data.split_seed)[0]][:16]
+    assert held_out_texts_here(job) == expected and len(expected) == 16
+
+
+def test_a_started_stream_waits_for_its_collator_and_raises_where_the_trainer_iterates(ray_cluster):
+    """ShardStream.start pulls epoch 0 early; batches wait for set_collate; a failure surfaces in the loop."""
+    import itertools
+    import threading
+
+    import numpy as np
+    import ray.data
+
+    from hfray.data.stream.worker import ShardStream
+
+    blocks = [{"input_ids": np.full(4, i, dtype=np.int32)} for i in range(6)]
+    ds = ray.data.from_items(blocks)
+    stream = ShardStream(ds.iterator(), batch_size=2, shuffle_buffer=0, seed=0)
+    called = threading.Event()
+    stream.start()
+    assert not called.wait(2.0)  # nothing collates before the collator exists
+
+    def collate(ids):
+        called.set()
+        return {"rows": [int(row[0]) for row in ids]}
+
+    stream.set_collate(collate)
+    batches = [b["rows"] for b in itertools.islice(iter(stream), 5)]
+    assert called.is_set() and sorted(r for b in batches[:3] for r in b) == list(range(6))  # epoch 0: each block once
+    assert stream.epoch == 1 and len(batches) == 5  # then on into epoch 1
+
+    failing = ShardStream(ds.iterator(), batch_size=2, shuffle_buffer=0, seed=0)
+    failing.start()
+    failing.set_collate(lambda ids: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        next(iter(failing))

@@ -1,0 +1,172 @@
+"""Real 2-worker Ray Train runs (DDP over gloo) of a tiny BERT built from a config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import check_manifest, synthetic_rows, tiny_job
+from hfray.artifacts.metrics_log import read_metrics_log
+from hfray.config import JobConfig
+from hfray.storage import layout
+from hfray.train.run import run_training
+
+
+def _log(summary) -> list[dict]:
+    return read_metrics_log(layout.metrics_log_uri(summary.run_dir))
+
+
+def test_two_workers_learn_report_every_eval_and_export(ray_cluster, tmp_path, data_files):
+    job = JobConfig.from_dict(
+        tiny_job(
+            tmp_path,
+            data_files,
+            training={"learning_rate": 1e-2, "max_steps": 48, "eval_steps": 8, "checkpoint_every_n_evals": 2},
+        )
+    )
+    summary = run_training(job)
+    log = _log(summary)
+
+    # Every evaluation reached Ray, also the ones without a checkpoint (HF's own callback reports only at saves).
+    evals = [r for r in log if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [8, 16, 24, 32, 40, 48]
+    assert [r["has_checkpoint"] for r in evals] == [0, 1, 0, 1, 0, 1]
+    assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+
+    # Ray kept num_to_keep fs, each a resumable HF checkpoint with every rank's RNG state.
+    kept = sorted(p.name for p in Path(summary.run_dir).glob("checkpoint_step_*"))
+    assert len(kept) == 2
+    files = set(os.listdir(Path(summary.run_dir) / kept[-1]))
+    assert {"trainer_state.json", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"} <= files
+    # Uploaded in the background (storage.async_upload, the default): Ray deleted each rank's staging folder.
+    from hfray.train.launch import local_root
+
+    local = Path(local_root(job.storage.path, summary.run_name))
+    assert job.storage.async_upload and len(list(local.glob("stage-*"))) == 2
+    assert not list(local.glob("stage-*/rank*"))
+
+    # The artifact is slim, carries a manifest, and loads with a plain transformers pipeline.
+    artifact = Path(summary.artifact)
+    assert not list(artifact.glob("optimizer*")) and not list(artifact.glob("rng_state*"))
+    manifest = json.loads((artifact / layout.MANIFEST).read_text())
+    check_manifest(manifest)
+    assert manifest["labels"] == ["neg", "pos"]
+    assert manifest["global_step"] == 48
+    assert manifest["data"]["sizes"] == {"train": 256, "validation": 64}
+    assert {"ray", "transformers", "torch"} <= set(manifest["versions"])
+    assert manifest["metrics"]["eval_accuracy"] >= 0.9
+
+    from transformers import pipeline
+
+    held_out = synthetic_rows(40, seed=99)
+    predictions = pipeline("text-classification", model=str(artifact))([r["text"] for r in held_out])
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predictions, held_out, strict=True)) / len(held_out)
+    assert accuracy >= 0.9
+
+    # Running the same job again is a no-op that returns the finished run.
+    again = run_training(job)
+    assert again.reused and again.run_name == summary.run_name and again.metrics == summary.metrics
+
+
+def test_early_stopping_ends_a_run_that_does_not_improve(ray_cluster, tmp_path, data_files):
+    job = JobConfig.from_dict(
+        tiny_job(
+            tmp_path,
+            data_files,
+            training={"learning_rate": 1e-9, "max_steps": 60, "eval_steps": 6, "early_stopping_patience": 2},
+            evaluation={"metric_for_best_model": "loss", "metrics": ["accuracy"]},
+        )
+    )
+    summary = run_training(job)
+    evals = [r["step"] for r in _log(summary) if "eval_loss" in r]
+    assert summary.manifest["global_step"] < 60
+    assert len(evals) <= 4
+
+
+def _kill_a_worker_after_checkpoint(log_path: Path, min_step: int, killed: dict) -> None:
+    """SIGKILL the rank-0 training process once a checkpoint at min_step or later is in Ray storage."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        records = read_metrics_log(str(log_path))
+        ckpts = [r for r in records if r.get("checkpoint_path") and r["step"] >= min_step]
+        if ckpts:
+            killed["after_step"], killed["pid"] = ckpts[-1]["step"], ckpts[-1]["worker_pid"]
+            os.kill(killed["pid"], signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path, data_files):
+    job = JobConfig.from_dict(
+        tiny_job(
+            tmp_path,
+            data_files,
+            training={"learning_rate": 1e-2, "max_steps": 300, "eval_steps": 10, "logging_steps": 10},
+            storage={"max_failures": 2, "num_to_keep": 2},
+        )
+    )
+    log_path = tmp_path / "runs" / job.run_name / layout.METRICS_LOG
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after_checkpoint, args=(log_path, 30, killed), daemon=True)
+    killer.start()
+    summary = run_training(job)
+    killer.join(timeout=5)
+    assert killed, "the test never found a worker to kill"
+
+    log = _log(summary)
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    assert resumed, "no report came from a resumed worker group"
+    start = resumed[0]["hfray_resumed_from_step"]
+    # It resumed from a checkpoint reported before the kill, not from scratch...
+    assert start >= 30 and start % 10 == 0
+    assert start in {r["step"] for r in log if r.get("checkpoint_path") and r["hfray_resumed_from_step"] == 0}
+    assert start >= killed["after_step"]
+    assert {r["worker_pid"] for r in resumed}.isdisjoint({killed["pid"]})
+    # ...continued counting from there, and finished the full step count.
+    assert resumed[0]["step"] == start + 10
+    assert summary.manifest["resumed_from_step"] == start
+    assert summary.manifest["global_step"] == 300
+    assert max(r["step"] for r in log) == 300
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0], [3.0, 0.5]])
+def test_weighted_loss_matches_torch_cross_entropy(weights):
+    import torch
+    import torch.nn.functional as F
+
+    from hfray.train.recipes.classification.worker import weighted_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    ours = weighted_loss(weights)({"logits": logits}, labels, num_items_in_batch=None)
+    ref = F.cross_entropy(logits, labels, weight=torch.tensor(weights), reduction="sum") / 8
+    assert torch.allclose(ours, ref)
+    if weights == [1.0, 1.0]:
+        assert torch.allclose(ours, F.cross_entropy(logits, labels))
+
+
+def test_failed_checks_on_a_running_cluster_end_the_started_workers_untrained(ray_cluster, tmp_path, data_files):
+    """cluster.overlap_checks: the workers boot while the driver checks the job; a bad column is still reported as
+    itself, no step runs, and the run leaves no folder behind. The same job with the column right then trains."""
+    from hfray.errors import DataError
+    from hfray.train.driver import overlaps_checks
+    from hfray.train.recipes import recipe_for
+
+    bad = JobConfig.from_dict(tiny_job(tmp_path, data_files, data={"label_column": "sentiment"}))
+    assert overlaps_checks(bad, recipe_for(bad.task))  # this process is attached to a running cluster
+    with pytest.raises(DataError, match="data.label_column 'sentiment'"):
+        run_training(bad)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+    good = JobConfig.from_dict(tiny_job(tmp_path, data_files, training={"max_steps": 12, "eval_steps": 6}))
+    summary = run_training(good)
+    assert [r["step"] for r in _log(summary) if "eval_loss" in r] == [6, 12]
+    assert not any(p.name.startswith(bad.run_name) for p in runs.iterdir())

@@ -1,0 +1,196 @@
+"""TRL on Ray Train: sft and dpo on a tiny llama built from a config, 2 workers, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_peft import TINY_LLAMA
+
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, check_manifest, synthetic_rows
+from hfray.config import JobConfig
+from hfray.errors import HfrayError
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small byte-level BPE tokenizer with ChatML special tokens and chat template (trained in ~1 s)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    words = POSITIVE + NEGATIVE + NEUTRAL + ["user", "assistant", "system", "positive", "negative", "sentiment"]
+    corpus = [" ".join(random.Random(i).sample(words, 8)) for i in range(500)]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML
+    path = tmp_path_factory.mktemp("chat-tokenizer")
+    fast.save_pretrained(path)
+    return path
+
+
+def _answer(label: str) -> str:
+    return "positive" if label == "pos" else "negative"
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "conversation": [
+                {"role": "user", "content": r["text"]},
+                {"role": "assistant", "content": _answer(r["label"])},
+            ]
+        }
+        for r in synthetic_rows(n, seed)
+    ]
+
+
+def dpo_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    out = []
+    for r in synthetic_rows(n, seed):
+        good = _answer(r["label"])
+        bad = "negative" if good == "positive" else "positive"
+        out.append({"question": r["text"] + " sentiment", "good": " " + good, "bad": " " + bad})
+    return out
+
+
+def trl_job(tmp_path: Path, tokenizer: Path, task: str, train: Path, validation: Path, **sections: Any) -> dict:
+    job: dict[str, Any] = {
+        "name": f"tiny-{task}",
+        "task": task,
+        "model": {"architecture": dict(TINY_LLAMA), "tokenizer": str(tokenizer)},
+        "data": {"train": str(train), "validation": str(validation), "max_length": 64},
+        "training": {
+            "learning_rate": 3e-3,
+            "max_steps": 10,
+            "per_device_train_batch_size": 8,
+            "eval_strategy": "steps",
+            "eval_steps": 5,
+            "logging_steps": 1,
+        },
+        "resources": {"num_workers": 2, "cpus_per_worker": 1},
+        "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
+    }
+    for section, values in sections.items():
+        job.setdefault(section, {}).update(values)
+    return job
+
+
+def _losses(run_dir: str, key: str = "train_loss") -> list[float]:
+    lines = Path(run_dir, "hfray_metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)[key] for line in lines if key in json.loads(line)]
+
+
+def test_sft_chat_packing_on_ray_lowers_loss_and_generates(ray_cluster, tmp_path, chat_tokenizer):
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.train.run import run_training
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(192, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(32, 2))
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl={"messages_column": "conversation", "packing": True})
+    summary = run_training(JobConfig.from_dict(raw))
+    evals = _losses(summary.run_dir, "eval_loss")
+    assert len(evals) == 2 and evals[1] < evals[0]  # held-out loss fell between the two evaluations
+    history = json.loads(Path(summary.checkpoints[-1], "trainer_state.json").read_text())["log_history"]
+    train_losses = [e["loss"] for e in history if "loss" in e]
+    assert train_losses[-1] < train_losses[0] * 0.9
+    m = summary.manifest
+    check_manifest(m)
+    assert m["task"] == "text-generation" and m["training_task"] == "sft" and m["peft"] is None
+    assert m["throughput"]["tokens_this_attempt"] > 0 and m["throughput"]["world_size"] == 2
+    pipe = load_artifact_pipeline(summary.artifact)
+    prompt = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "great movie"}], tokenize=False, add_generation_prompt=True
+    )
+    out = pipe(prompt, max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert out.startswith(prompt) and len(out) > len(prompt)
+
+
+@pytest.mark.slow  # ~1-2 min on 2 cores: the default suite keeps the SFT and LoRA runs on Ray (CI budget)
+def test_dpo_lora_on_ray_lowers_loss_and_exports_adapter(ray_cluster, tmp_path, chat_tokenizer):
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.train.run import run_training
+
+    train = write_jsonl(tmp_path / "dpo_train.jsonl", dpo_rows(128, 1))
+    val = write_jsonl(tmp_path / "dpo_val.jsonl", dpo_rows(32, 2))
+    raw = trl_job(
+        tmp_path,
+        chat_tokenizer,
+        "dpo",
+        train,
+        val,
+        trl={"prompt_column": "question", "chosen_column": "good", "rejected_column": "bad", "beta": 0.5},
+        peft={"method": "lora", "r": 8, "target_modules": "all-linear"},
+        training={"learning_rate": 1e-2, "max_steps": 8, "eval_steps": 4},
+    )
+    summary = run_training(JobConfig.from_dict(raw))
+    evals = _losses(summary.run_dir, "eval_loss")
+    assert evals[0] < 0.6931 and evals[-1] < evals[0]  # below log(2), where DPO starts, and falling
+    accuracy = _losses(summary.run_dir, "eval_rewards/accuracies")
+    assert accuracy[-1] > 0.5
+    m = summary.manifest
+    check_manifest(m)
+    assert m["training_task"] == "dpo" and m["peft"]["method"] == "lora"
+    assert 0 < m["peft"]["trainable_params"] < m["peft"]["all_params"]
+    artifact = Path(summary.artifact)
+    assert (artifact / "adapter_config.json").is_file() and (artifact / "base" / "model.safetensors").is_file()
+    pipe = load_artifact_pipeline(summary.artifact)  # base (built from a config, shipped in base/) + adapter
+    assert pipe("great superb movie sentiment", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+
+
+def test_sft_missing_columns_and_chat_template_fail_before_ray(tmp_path, chat_tokenizer):
+    from hfray.train.recipes.trl.driver import preflight
+
+    train = write_jsonl(tmp_path / "t.jsonl", sft_rows(8, 1))
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", train, train, trl={"format": "prompt-completion"})
+    with pytest.raises(HfrayError, match=r"data.train: columns \['prompt', 'completion'\] not found"):
+        preflight(JobConfig.from_dict(raw))
+    raw = trl_job(tmp_path, "builtin:all-MiniLM-L6-v2", "sft", train, train, trl={"messages_column": "conversation"})
+    with pytest.raises(HfrayError, match="trl.chat_template: the data is chat turns but the tokenizer"):
+        preflight(JobConfig.from_dict(raw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job_file", ["jobs/smollm2_sft_lora.yaml", "jobs/smollm2_dpo_lora.yaml"])
+def test_shipped_smollm2_job_trains_and_its_adapter_generates(ray_cluster, tmp_path, job_file):
+    """The real SmolLM2-135M-Instruct (converted from the pip-shipped GGUF) under LoRA SFT / DPO on 2 workers."""
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.config import load_job
+    from hfray.train.run import run_training
+
+    root = Path(__file__).resolve().parents[2]
+    summary = run_training(load_job(root / job_file, [f"storage.path={tmp_path}"]))
+    evals = _losses(summary.run_dir, "eval_loss")
+    assert len(evals) == 2 and evals[1] < evals[0]
+    info = summary.manifest["peft"]
+    assert info["target_modules"] == ["q_proj", "v_proj"] and info["trainable_params"] < 0.02 * info["all_params"]
+    pipe = load_artifact_pipeline(summary.artifact)
+    prompt = pipe.tokenizer.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": "Is this movie review fresh (positive) or rotten (negative)? Answer with one "
+                "word.\n\nA triumph: moving, funny and beautifully acted.",
+            }
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    answer = pipe(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"][len(prompt) :]
+    assert answer.strip()
