@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_manifest
 from hfray.cli.jobs import default_job_path
 from hfray.config import LM_TASKS, TRL_TASKS, load_job
 from hfray.data.builtin import bible_missing
@@ -61,6 +62,7 @@ def test_job_validates_and_its_data_and_model_resolve(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
 def test_job_trains_a_few_steps(ray_cluster, tmp_path, path):
+    """Every shipped job trains through the task -> recipe table and exports an artifact of the manifest schema."""
     from hfray.train.run import run_training
 
     overrides = [
@@ -72,13 +74,12 @@ def test_job_trains_a_few_steps(ray_cluster, tmp_path, path):
         "data.max_eval_samples=32",
         f"storage.path={tmp_path}",
     ]
-    if load_job(path).data.train == "builtin:bible_en_es" and bible_missing():
+    job = load_job(path)
+    if job.data.train == "builtin:bible_en_es" and bible_missing():
         pytest.skip(bible_missing())
-    if load_job(path).task == "seq2seq":
+    if job.task == "seq2seq":
         overrides.append("seq2seq.generation.max_new_tokens=16")  # an untrained model generates to the limit
-    if load_job(path).task in LM_TASKS:
-        from hfray.train.run import run_training as run_training
-
+    if job.task in LM_TASKS:
         overrides += [
             f"model.tokenizer={tmp_path}/tokenizer",
             "tokenizer.max_texts=200",
@@ -86,4 +87,6 @@ def test_job_trains_a_few_steps(ray_cluster, tmp_path, path):
         ]
     summary = run_training(load_job(path, overrides))
     assert summary.manifest["global_step"] == 4
-    assert Path(summary.artifact, "config.json").is_file()
+    check_manifest(summary.manifest)
+    weights = "adapter_config.json" if job.peft is not None else "config.json"  # a PEFT artifact is an adapter
+    assert Path(summary.artifact, weights).is_file()

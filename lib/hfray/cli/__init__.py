@@ -1,4 +1,4 @@
-"""The ``hfray`` command line: validate, train, sweep, predict, serve, tokenizer, runs, cluster, show-default.
+"""hfray: train, sweep and serve Hugging Face models on Ray (the command line).
 
 It runs on the driver. User mistakes (``HfrayError``) print one clear message and exit with status 2; no
 traceback. Each command lives in a small module (:mod:`.jobs`, :mod:`.serve`, :mod:`.runs`, :mod:`.cluster`) that

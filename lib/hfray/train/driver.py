@@ -15,6 +15,7 @@ On a running cluster, a recipe that allows it overlaps step 1 with the Ray side'
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from hfray.storage import endpoint, fs, layout
 from hfray.train import launch
 from hfray.train.recipes.base import Recipe
 from hfray.train.tracking.driver import tracked_run
+
+# Set by Ray's job manager in the environment of a submitted job's entrypoint (ray._private.runtime_env.constants).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @dataclass
@@ -214,8 +218,13 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
 
 def overlaps_checks(job: JobConfig, recipe: Recipe) -> bool:
     """Whether the workers start while the driver checks: the recipe and the job (``cluster.overlap_checks``) allow
-    it, and the job attaches to a cluster that is already running (a local cluster keeps the strict order)."""
-    allowed = recipe.overlaps_checks and job.cluster.overlap_checks
+    it, and the job attaches to a cluster that is already running (a local cluster keeps the strict order).
+
+    Not under ``ray job submit``: there the driver runs in the job's unpacked ``working_dir``, and once the Train
+    actors start, the checks' first import of transformers found that directory gone (``FileNotFoundError`` from
+    ``os.getcwd``; tests/cluster/test_ops_cluster.py, seen with Ray 2.60). Checks first, as before the gate, pass.
+    """
+    allowed = recipe.overlaps_checks and job.cluster.overlap_checks and RAY_JOB_ENV not in os.environ
     return allowed and connect.attaches_to_running(job.cluster.address)
 
 
