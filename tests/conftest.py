@@ -63,11 +63,21 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 RAY_FIXTURES = {"ray_cluster", "two_nodes"}
 
 
+OPT_IN = ("slow", "gpu")  # run only when the -m expression names them: pytest -m slow, -m gpu
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that use a Ray cluster are marked ``ray``: ``pytest -m "not ray"`` runs the in-process rest fast."""
+    """Tests that use a Ray cluster are marked ``ray`` (``pytest -m "not ray"`` runs the in-process rest fast);
+    slow and GPU tests run only when the -m expression names them, so ``-m "not ray"`` leaves them out too."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    named = config.getoption("markexpr") or ""
+    left_out = [marker for marker in OPT_IN if marker not in named]
+    dropped = [item for item in items if any(item.get_closest_marker(m) for m in left_out)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
 @pytest.fixture(scope="session")
