@@ -82,9 +82,3 @@ def download_dir(uri: str, local: str) -> str:
     os.makedirs(local, exist_ok=True)
     pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
-
-
-def copy_file(uri: str, local: str) -> None:
-    """One file from ``uri`` to the local path ``local``."""
-    fs, path = filesystem(uri)
-    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
