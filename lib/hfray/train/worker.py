@@ -222,11 +222,12 @@ def throughput(
 ) -> dict[str, Any]:
     """The manifest's ``throughput``: steady state (``speed``, a ThroughputCallback) and this attempt's counts.
 
-    Collective under DDP (peak memory is gathered from every rank): every rank calls it.
+    Peak memory per rank is the one ``speed`` gathered at the end of training; without it, it is gathered here, a
+    collective under DDP: every rank calls this.
     """
     from hfray.train.callbacks.throughput import manifest_entry, peak_memory_per_rank
 
-    peaks = peak_memory_per_rank()
+    peaks = speed.summary["peak_memory_bytes_per_rank"] if speed is not None else peak_memory_per_rank()
     return {
         "steady_state": manifest_entry(speed) if speed is not None else None,
         "steps_this_attempt": trainer.state.global_step - attempt.resumed_step,
