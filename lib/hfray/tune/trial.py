@@ -57,8 +57,8 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     job = JobConfig.from_dict(raw, source=f"job of trial {trial_id}")
     recipe = recipe_for(job.task)
     info = context["prepared"]
-    if raw["data"] != context["job"]["data"]:  # the space touches data keys: this trial's own data
-        job, info = recipe.preflight(job, True)
+    if raw["data"] != context["job"]["data"] and recipe.trial_data is not None:  # this trial's own data
+        info = recipe.trial_data(job)
     restored = ray.tune.get_checkpoint()  # a PBT donor's checkpoint, or this trial's own after a pause
     run = trial_id
     if restored is not None:

@@ -43,7 +43,8 @@ class Recipe:
     - ``ray_datasets(job, info)``: Ray Datasets to stream (none by default).
     - ``connected_checks(job)``: checks once connected to Ray (resources beyond the workers').
     - ``overlaps_checks``: on a running cluster the workers may start while the driver checks (``start_gate``).
-    - ``sweepable``: ``hfray sweep`` accepts the task.
+    - ``sweepable``: ``hfray sweep`` accepts the task; ``trial_data(job)`` then gives a trial whose values change
+      the ``data`` section its own ``info``, data only (the trial process stays free of transformers and torch).
     """
 
     tasks: tuple[str, ...]
@@ -56,3 +57,4 @@ class Recipe:
     connected_checks: Callable[[JobConfig], None] | None = None
     overlaps_checks: bool = False
     sweepable: bool = False
+    trial_data: Callable[[JobConfig], Any] | None = None

@@ -17,4 +17,5 @@ RECIPE = Recipe(
     artifact_fields=worker.artifact_fields,
     overlaps_checks=True,
     sweepable=True,
+    trial_data=driver.prepare_data,
 )

@@ -18,7 +18,7 @@ def preflight(job: JobConfig, full: bool = True) -> tuple[JobConfig, PreparedDat
     """Everything that can be checked without Ray: config, data, tokenizer and model config."""
     check_training_arguments(job)
     job = resolve_sources(job)
-    prepared = data.prepare(job.data)
+    prepared = prepare_data(job)
     timeline.mark("driver_data_checked", "driver")
     tokenizer = loading.load_tokenizer(job.model)
     config = loading.load_config(job.model, **loading.classification_overrides(prepared.labels, tokenizer))
@@ -30,6 +30,11 @@ def preflight(job: JobConfig, full: bool = True) -> tuple[JobConfig, PreparedDat
             f"training.class_weights: {len(weights)} weights for {len(prepared.labels)} labels {prepared.labels}"
         )
     return job, prepared
+
+
+def prepare_data(job: JobConfig) -> PreparedData:
+    """The data alone, checked (a sweep trial whose values change the data section)."""
+    return data.prepare(job.data)
 
 
 def describe(job: JobConfig, prepared: PreparedData) -> str:

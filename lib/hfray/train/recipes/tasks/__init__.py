@@ -17,4 +17,5 @@ RECIPE = Recipe(
     train_loop_per_worker=worker.train_loop_per_worker,
     artifact_fields=worker.artifact_fields,
     sweepable=True,
+    trial_data=driver.prepare_data,
 )

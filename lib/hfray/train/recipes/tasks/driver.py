@@ -18,11 +18,16 @@ def preflight(job: JobConfig, full: bool = True) -> tuple[JobConfig, PreparedDat
     check_training_arguments(job)
     job = resolve_sources(job)
     spec = get_task(job.task)
-    prepared = prepare_task_data(job, spec)
+    prepared = prepare_data(job)
     tokenizer = loading.load_tokenizer(job.model)
     facts = spec.check_model(job, tokenizer, prepared.labels)
     peft.check_peft(job, facts["model_type"])
     return job, prepared
+
+
+def prepare_data(job: JobConfig) -> PreparedData:
+    """The data alone, checked row by row (a sweep trial whose values change the data section)."""
+    return prepare_task_data(job, get_task(job.task))
 
 
 def describe(job: JobConfig, prepared: PreparedData) -> str:
