@@ -193,10 +193,16 @@ def train(trainer: Any, attempt: Attempt) -> Attempt:
     """``trainer.train`` (resumed where Ray left off) with hfray's log lines instead of HF's; timed."""
     from transformers import PrinterCallback
 
+    from hfray.train.callbacks.budget import StepBudgetCallback, StepBudgetReached, finish_without_steps
+
     trainer.remove_callback(PrinterCallback)  # hfray's report callback prints one concise line per log/eval
+    trainer.add_callback(StepBudgetCallback())  # last: every other callback has begun when it ends train
     timeline.mark("worker_trainer_built")
     started = time.time()
-    trainer.train(resume_from_checkpoint=attempt.resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=attempt.resume_from)
+    except StepBudgetReached:  # resumed from the checkpoint at max_steps
+        finish_without_steps(trainer)
     return dataclasses.replace(attempt, seconds=time.time() - started)
 
 
