@@ -105,3 +105,21 @@ def test_rayservice_manifest():
 def test_local_cluster_script_runs_hfray_cluster():
     script = (CLUSTER / "local_cluster.sh").read_text()
     assert "-m hfray cluster" in script and script.startswith("#!/usr/bin/env bash")
+
+
+def test_clusters_and_job_commands_use_ray_token_auth():
+    """Ray 2.60 clusters run with token auth (``ray start --head`` turns it on): KubeRay clusters ask for it, and the
+    shipped ``ray job submit`` commands say the client needs ``RAY_AUTH_MODE=token``."""
+    manifests = [*RAYJOBS, CLUSTER / "kuberay" / "rayservice-serve.yaml"]
+    for path in manifests:
+        spec = _load(path)["spec"]
+        cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+        assert cluster["authOptions"] == {"mode": "token"}, path.name
+    for path in (
+        CLUSTER / "aws-gpu.yaml",
+        CLUSTER / "runtime_env.yaml",
+        REPO / "README.md",
+        REPO / "docs/operations.md",
+    ):
+        text = path.read_text()
+        assert "ray job submit" in text and "RAY_AUTH_MODE=token" in text, path.name

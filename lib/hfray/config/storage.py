@@ -31,6 +31,12 @@ class StorageConfig(Section):
     endpoint_url: str | None = Field(
         None, description="S3-compatible server for s3:// paths (MinIO, Ceph); credentials come from the env."
     )
+    retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long checkpoint uploads and hfray's files are retried (exponential backoff) while storage "
+        "is unreachable; past it the run stops, its last committed checkpoint intact.",
+    )
 
     @field_validator("endpoint_url")
     @classmethod

@@ -6,6 +6,7 @@
 <run>/learning_curve.png|json  the learning curve and its diagnosis
 <sweep>/hfray_sweep.json       a finished sweep's summary (written last)
 <sweep>/trials/<trial run>/    each trial's Train run, laid out as above
+<name>-<hash>.latest           the latest run of a job started with --fresh (a rerun of the job resumes it)
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ TRIALS_DIR = "trials"
 TUNER_STATE = "tuner.pkl"  # Ray Tune's experiment state: an interrupted sweep has it, no summary yet
 # A run's learning curve and its diagnosis (hfray.train.tracking.curves).
 CURVE_PNG, CURVE_JSON = "learning_curve.png", "learning_curve.json"
+
+
+def latest_pointer(storage: str, stable_name: str) -> str:
+    """The file naming the latest run of a job (or sweep) whose stable name is ``stable_name``."""
+    return join(storage, f"{stable_name}.latest")
 
 
 def run_dir(storage: str, run_name: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import ray.train
 
 from hfray.storage import fs
+from hfray.storage.retry import retrying
 from hfray.train.tracking.mlflow import MlflowPlan, MlflowRun, client, ensure_mlflow_run
 
 TB_DIR = "tensorboard"
@@ -32,27 +33,33 @@ class MetricsLogCallback(ray.train.UserCallback):
     Read back with :func:`hfray.artifacts.metrics_log.read_metrics_log`.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, retry_s: float = 0.0) -> None:
         self.uri = uri
+        self.retry_s = retry_s  # storage.retry_s: storage down for a while does not end the run
         self.lines: list[str] | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if self.lines is None:  # a restarted driver continues the same log
-            self.lines = fs.read_text(self.uri).splitlines() if fs.exists(self.uri) else []
+            self.lines = retrying(self._read, f"reading {self.uri}", self.retry_s)
         record = dict(metrics[0]) if metrics else {}
         # A URI (s3://...), not Ray's scheme-less path, so hfray's helpers can open it again.
         record["checkpoint_path"] = (
             fs.uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
         )
         self.lines.append(json.dumps(record, sort_keys=True))
-        fs.write_text(self.uri, "\n".join(self.lines) + "\n")
+        text = "\n".join(self.lines) + "\n"
+        retrying(lambda: fs.write_text(self.uri, text), f"writing {self.uri}", self.retry_s)
+
+    def _read(self) -> list[str]:
+        return fs.read_text(self.uri).splitlines() if fs.exists(self.uri) else []
 
 
 class TrackingCallback(ray.train.UserCallback):
     """Every report to TensorBoard (``<run>/tensorboard``) and MLflow (:mod:`hfray.train.tracking.mlflow`)."""
 
-    def __init__(self, run_dir: str, tensorboard: bool, mlflow_plan: MlflowPlan | None) -> None:
+    def __init__(self, run_dir: str, tensorboard: bool, mlflow_plan: MlflowPlan | None, retry_s: float = 0.0) -> None:
         self.run_dir = run_dir
+        self.retry_s = retry_s
         self.tensorboard = tensorboard
         # The controller opens the MLflow run at its first report, not the driver before training: importing
         # mlflow and opening its store took 2.4-2.6 s of the start-up on 2 CPUs (bench/results/overhead_cpu.md),
@@ -97,4 +104,5 @@ class TrackingCallback(ray.train.UserCallback):
             writer.add_scalar(tag, value, step)
         writer.close()
         if remote:
-            fs.upload_dir(self._tb_local, fs.join(self.run_dir, TB_DIR))
+            dest = fs.join(self.run_dir, TB_DIR)
+            retrying(lambda: fs.upload_dir(self._tb_local, dest), f"upload of {dest}", self.retry_s)

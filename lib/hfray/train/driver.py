@@ -3,7 +3,8 @@
 ``hfray train`` is :func:`hfray.train.run.run_training`, which looks the job's recipe up and calls :func:`run`:
 
 1. The recipe's checks (:mod:`hfray.train.recipes`): job, data, tokenizer and model config, before Ray starts.
-2. A run whose artifact exists is not trained again (its summary is returned); ``--fresh`` starts a new run.
+2. A run whose artifact exists is not trained again (its summary is returned); ``--fresh`` starts a new run, which
+   becomes the job's latest (:func:`latest_run`): running the job again resumes it.
 3. Connect to Ray (or start a local cluster) and check the cluster can fit the workers.
 4. Tracking around ``fit`` (TensorBoard, MLflow, learning curve), the Ray Train trainer (:mod:`hfray.train.launch`).
 5. A worker's user error (``HfrayError``) is raised as itself, not wrapped by Ray; the summary of the run.
@@ -15,9 +16,11 @@ On a running cluster, a recipe that allows it overlaps step 1 with the Ray side'
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +93,28 @@ def fresh_run_name(name: str) -> str:
     return f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def latest_run(storage: str, stable: str, fresh: bool, finished: Callable[[str], bool]) -> str:
+    """The run (or sweep) a job's command works on, by its stable name: the job's latest run, which ``--fresh`` sets
+    aside for a new one, recorded in ``<storage>/<stable>.latest`` so running the job again reaches it.
+
+    Without ``--fresh``: the latest run (resumed, or its results when ``finished``). With ``--fresh``: a new run,
+    except when the latest was itself started by ``--fresh`` and is unfinished: the same command, run again after a
+    stop (a killed process, a stopped Ray job, a retried submission), resumes it.
+    """
+    pointer = layout.latest_pointer(storage, stable)
+    latest = json.loads(fs.read_text(pointer)) if fs.exists(pointer) else None
+    if latest is not None and not fresh:
+        return latest["run"]
+    if latest is not None and latest.get("fresh") and not finished(latest["run"]):
+        print(f"[hfray] --fresh: the latest run {latest['run']} of this job is unfinished: resuming it", flush=True)
+        return latest["run"]
+    if not fresh:
+        return stable
+    name = fresh_run_name(stable)
+    fs.write_text(pointer, json.dumps({"run": name, "fresh": True, "set_aside": latest["run"] if latest else stable}))
+    return name
+
+
 def run_is_complete(job: JobConfig, run_name: str) -> bool:
     """A run is complete once its artifact's manifest (written last) exists."""
     return fs.exists(fs.join(layout.artifact_uri(job.storage.path, run_name), layout.MANIFEST))
@@ -150,8 +175,7 @@ def run_checked(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
     job, info = recipe.preflight(job, True)
     timeline.mark("driver_preflight", "driver")
-    if fresh:
-        run_name = fresh_run_name(run_name)
+    run_name = latest_run(job.storage.path, run_name, fresh, lambda run: run_is_complete(job, run))
     finished, where = reuse_or_connect(job, run_name, started)
     if finished is not None:
         return finished
@@ -184,8 +208,7 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
     started = time.time()
     run_name = job.run_name
     job = resolve_storage(job)
-    if fresh:
-        run_name = fresh_run_name(run_name)
+    run_name = latest_run(job.storage.path, run_name, fresh, lambda run: run_is_complete(job, run))
     finished, where = reuse_or_connect(job, run_name, started)
     if finished is not None:
         return finished

@@ -53,7 +53,10 @@ def run_config(job: JobConfig, run_name: str, callbacks: list[Any] | None = None
             checkpoint_score_order=job.evaluation.best_mode,
         ),
         failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
-        callbacks=[MetricsLogCallback(layout.metrics_log_uri(layout.run_dir(storage, run_name))), *(callbacks or [])],
+        callbacks=[
+            MetricsLogCallback(layout.metrics_log_uri(layout.run_dir(storage, run_name)), job.storage.retry_s),
+            *(callbacks or []),
+        ],
     )
 
 

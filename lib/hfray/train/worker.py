@@ -176,7 +176,8 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
 
     job = run.job
     stage = os.path.join(run.local_root, f"stage-{run.rank}")
-    found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, async_upload=job.storage.async_upload)]
+    upload = {"async_upload": job.storage.async_upload, "retry_s": job.storage.retry_s}
+    found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, **upload)]
     if job.tracking.progress_bar:
         from hfray.train.callbacks.progress import ProgressBarCallback
 

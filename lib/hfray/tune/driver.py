@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from hfray.cluster import connect
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.storage import fs, layout
-from hfray.train.driver import fresh_run_name
+from hfray.train.driver import RAY_JOB_ENV, latest_run
 from hfray.train.recipes import recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
 from hfray.tune import results
@@ -145,8 +146,6 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
             [Problem("task", f"hfray sweep does not sweep {job.task!r} jobs yet; train it with hfray train")]
         )
     name = sweep_name(job)  # from the job as written, before paths are resolved
-    if fresh:
-        name = fresh_run_name(name)
     notes = []
     if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:
         raw = job.to_dict()
@@ -155,6 +154,8 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
     edges = check_space(job)
     job, prepared = recipe.preflight(job, True)
+    storage = job.storage.path
+    name = latest_run(storage, name, fresh, lambda n: fs.exists(fs.join(storage, n, layout.SWEEP_SUMMARY)))
     plan = make_plan(job, prepared, name, edges)
     plan.artifact_fields = recipe.artifact_fields(job)
     plan.notes = notes
@@ -191,8 +192,13 @@ def _finished_summary(plan: SweepPlan, started: float) -> SweepSummary:
     )
 
 
-def _check_restorable(plan: SweepPlan, resume: bool) -> None:
+def _check_restorable(plan: SweepPlan, resume: bool) -> bool:
+    """Whether to resume: ``--resume``, or an interrupted sweep of this job resubmitted as a Ray job (a stopped job,
+    submitted again, continues where it stopped: finished trials are kept, unfinished ones resume)."""
     exists = fs.exists(fs.join(plan.sweep_dir, layout.TUNER_STATE))
+    if exists and not resume and RAY_JOB_ENV in os.environ:
+        print(f"[hfray] sweep {plan.sweep_name} was interrupted: resuming it (a resubmitted Ray job resumes)")
+        return True
     if exists and not resume:
         raise HfrayError(
             f"sweep {plan.sweep_name} was interrupted before it finished ({plan.sweep_dir}): "
@@ -200,6 +206,7 @@ def _check_restorable(plan: SweepPlan, resume: bool) -> None:
         )
     if resume and not exists:
         raise HfrayError(f"--resume: no interrupted sweep of this job at {plan.sweep_dir}")
+    return resume
 
 
 def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> SweepSummary:
@@ -208,7 +215,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     job, plan = prepare_sweep(job, fresh)
     if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
         return _finished_summary(plan, started)
-    _check_restorable(plan, resume)
+    resume = _check_restorable(plan, resume)
     where = connect.connect(job.cluster)
     connect.check_fits(job.resources, job.cluster)
     plan.max_concurrent = max_concurrent_trials(job)

@@ -4,6 +4,10 @@ The Ray 2.60 way (Train V2): a Tune function trainable launches the trainer that
 (:func:`hfray.train.launch.build_trainer`) and relays its reports to Tune (``ray.tune.report`` must run in the
 trial's own thread), attaching the checkpoint when the scheduler needs one. A restored trial (PBT exploit,
 HyperBand resume, failure) gets ``ray.tune.get_checkpoint()`` and starts a new Train run from it.
+
+A trial whose run already exported its artifact is not trained again: Tune re-runs a finished trial when the sweep
+driver died before its state recorded the trial as done (``hfray sweep --resume`` after a SIGKILL or a stopped
+Ray job). The trial then replays its reports from the run's metrics log, and nothing of the run is written.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import ray
 import ray.train
 import ray.tune
 
+from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
-from hfray.train.driver import fit
+from hfray.storage import layout
+from hfray.train.driver import fit, run_is_complete
 from hfray.train.launch import build_trainer
 from hfray.train.recipes import recipe_for
 from hfray.tune.controller import TuneBridgeCallback
@@ -48,6 +54,20 @@ def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_chec
         ray.tune.report(metrics, checkpoint=ckpt if (attach_checkpoints and ckpt is not None) else None)
 
 
+def replay_finished(job: JobConfig, run: str) -> bool:
+    """When ``run`` (this trial's Train run) is complete: its reports to Tune again, from its metrics log, as the
+    trial sent them (the sweep's report and best checkpoint read them); nothing is trained or written."""
+    if not run_is_complete(job, run):
+        return False
+    print(f"[hfray] trial run {run} already finished (its artifact exists): replaying its reports, no training")
+    last: dict[str, Any] = {}
+    for record in read_metrics_log(layout.metrics_log_uri(layout.run_dir(job.storage.path, run))):
+        path = record.pop("checkpoint_path", None)
+        last = {**last, **record}
+        ray.tune.report({**last, "hfray_run": run, "checkpoint_path": path})
+    return True
+
+
 def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
     from ray.util.queue import Queue
@@ -63,6 +83,8 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     run = trial_id
     if restored is not None:
         run = f"{trial_id}-from-{hashlib.sha256(restored.path.encode()).hexdigest()[:6]}"
+    if replay_finished(job, run):
+        return
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(
         job,

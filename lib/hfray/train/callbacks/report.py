@@ -8,7 +8,8 @@ every rank upload the same files. Here:
 * a save reports the HF checkpoint folder, each rank uploading only the files it owns;
 * every rank calls ``report`` the same number of times (Ray's report is a barrier), because the
   HF events used here fire on all ranks;
-* reports carry ``step`` and ``hfray_resumed_from_step`` so resumption is visible in the metrics.
+* reports carry ``step`` and ``hfray_resumed_from_step`` so resumption is visible in the metrics;
+* uploads are retried while storage is down, for ``storage.retry_s`` (:mod:`hfray.storage.retry`).
 
 The Train controller appends every report to ``<run>/hfray_metrics.jsonl``
 (:class:`hfray.train.controller.MetricsLogCallback`): Ray's ``Result`` keeps only reports that came with a
@@ -30,6 +31,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfray.artifacts.checkpoints import stage_for_rank
+from hfray.storage.retry import retrying
 
 _TRAIN_LOG_KEYS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
@@ -47,9 +49,15 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 class RayReportCallback(TrainerCallback):
     def __init__(
-        self, resumed_from_step: int, staging_root: str, verbose: bool = True, async_upload: bool = False
+        self,
+        resumed_from_step: int,
+        staging_root: str,
+        verbose: bool = True,
+        async_upload: bool = False,
+        retry_s: float = 0.0,
     ) -> None:
         self.resumed_from_step = resumed_from_step
+        self.retry_s = retry_s
         self.staging_root = staging_root
         self.verbose = verbose
         self.async_upload = async_upload
@@ -141,6 +149,17 @@ class RayReportCallback(TrainerCallback):
             checkpoint=checkpoint,
             checkpoint_dir_name=self._dir_name(state, checkpoint),
             checkpoint_upload_mode=modes.ASYNC if checkpoint is not None and self.async_upload else modes.SYNC,
+            checkpoint_upload_fn=self._upload if checkpoint is not None else None,
+        )
+
+    def _upload(self, checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+        """Ray's own upload (``persist_current_checkpoint``), retried while storage is down (``storage.retry_s``);
+        a failed attempt's files are overwritten by the next, and Ray reports the checkpoint only once it is whole."""
+        storage = ray.train.get_context().get_storage()
+        return retrying(
+            lambda: storage.persist_current_checkpoint(checkpoint, dir_name),
+            f"upload of checkpoint {dir_name}",
+            self.retry_s,
         )
 
     @staticmethod

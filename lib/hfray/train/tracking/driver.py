@@ -35,7 +35,7 @@ def tracked_run(job: JobConfig, run_name: str, cancelled: Any = None) -> Iterato
     plan = mlflow_plan(job, run_name) if cfg.mlflow else None
     callbacks: list[Any] = []
     if cfg.tensorboard or plan is not None:
-        callbacks.append(TrackingCallback(run_dir, cfg.tensorboard, plan))
+        callbacks.append(TrackingCallback(run_dir, cfg.tensorboard, plan, job.storage.retry_s))
     try:
         yield callbacks
     except BaseException:
