@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=jobs.cmd_validate)
 
     p = job_command("train", "train a job on Ray Train (starts a local Ray cluster unless one is given)")
-    p.add_argument("--fresh", action="store_true", help="start a new run even if this job ran before")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new run, the job's latest from now on "
+        "(run the job again to resume it; an unfinished --fresh run is resumed)",
+    )
     p.set_defaults(func=jobs.cmd_train)
 
     p = job_command("sweep", "tune a job's hyperparameters on Ray Tune (its sweep: section); exports the best")
