@@ -179,7 +179,9 @@ def test_sigkilled_sweep_resumes_without_reopening_finished_trials(ray_cluster, 
     summary = run_sweep(job, resume=True)
 
     assert [t["stop_reason"] for t in summary.trials] == ["completed"] * 3, summary.trials
-    assert _files(done[0]) == before  # trial 1: records and artifact untouched (bytes and mtimes)
+    after = _files(done[0])
+    assert {k: after[k] for k in before} == before  # trial 1: records and artifact untouched (bytes and mtimes)
+    assert set(after) - set(before) <= {"learning_curve.json", "learning_curve.png"}  # the sweep's report adds these
     logs = {p.name: read_metrics_log(str(p / layout.METRICS_LOG)) for p in trials.iterdir() if p.is_dir()}
     assert len(logs) == 3
     for name, records in logs.items():
@@ -212,3 +214,26 @@ def test_fresh_sets_the_latest_run_aside_and_the_job_reaches_it_again(tmp_path):
     second = latest_run(storage, "job-abc", True, finished.__contains__)
     assert second not in {first, "job-abc"}  # the finished run set aside for a new one
     assert latest_run(storage, "job-abc", False, finished.__contains__) == second
+
+
+@pytest.mark.slow  # four short runs, ~2-4 min on 2 loaded cores: python -m pytest -m slow tests/train/test_resume.py
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_seed_same_data_same_job_same_metrics(ray_cluster, tmp_path, data_files, workers):
+    """Two runs of one job (only the run name differs): every evaluation's metrics agree to the printed precision."""
+
+    def evaluations(run_name: str) -> list[tuple[int, float, float]]:
+        raw = tiny_job(
+            tmp_path,
+            data_files,
+            training={"max_steps": 24, "eval_steps": 6, "learning_rate": 1e-2},
+            resources={"num_workers": workers, "cpus_per_worker": 1},
+            storage={"run_name": run_name, "max_failures": 0},
+        )
+        summary = run_training(JobConfig.from_dict(raw))
+        log = read_metrics_log(layout.metrics_log_uri(summary.run_dir))
+        evals = [(r["step"], round(r["eval_loss"], 4), round(r["eval_accuracy"], 4)) for r in log if "eval_loss" in r]
+        return [*evals, (summary.manifest["global_step"], round(summary.metrics["eval_loss"], 4), -1.0)]
+
+    first, second = evaluations("first"), evaluations("second")
+    assert [step for step, *_ in first] == [6, 12, 18, 24, 24]
+    assert first == second
