@@ -180,5 +180,7 @@ def start_local_ray_cluster(
         procs.append(_ray_start(args, full_env, Path(temp_dir, f"node_{i}.log")))
         cluster.pids.append(procs[-1].pid)
         cluster.node_resources.append(res)
-    _wait_for_nodes(cluster, 1 + workers, procs, timeout_s)
+        # One node at a time: a raylet gives up after 30 s waiting to register with the GCS (hardcoded in Ray
+        # 2.60), and two nodes starting at once on a loaded 2-core machine timed out there.
+        _wait_for_nodes(cluster, 1 + i, procs, timeout_s)
     return cluster
