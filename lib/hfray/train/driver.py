@@ -142,9 +142,11 @@ def reuse_or_connect(job: JobConfig, run_name: str, started: float) -> tuple[Run
 
 
 def unwrap_user_error(exc: Exception) -> Exception:
-    """Turn Ray's wrapper around a worker's HfrayError back into that error (no traceback for users)."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for err in failures.values():
+    """Turn Ray's wrapper around a worker's (or the Train controller's) HfrayError back into that error (no traceback
+    for users): e.g. storage down past ``storage.retry_s`` while a worker uploads or the controller writes the log."""
+    failures = list((getattr(exc, "worker_failures", None) or {}).values())
+    failures += [failure] if (failure := getattr(exc, "controller_failure", None)) is not None else []
+    for err in failures:
         cause: BaseException | None = err
         while cause is not None:
             if isinstance(cause, HfrayError):
