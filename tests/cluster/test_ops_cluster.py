@@ -216,8 +216,8 @@ def _checkpointed(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_job_submit_stop_mid_run_then_resubmit_resumes(two_nodes, tmp_path, data_files, monkeypatch):
-    """jobs/train.py through the Job Submission API: submit, status, logs, stop mid-run; the last checkpoint
-    survives the stop intact and the resubmitted job resumes from it and finishes."""
+    """jobs/train.py --fresh through the Job Submission API: submit, status, logs, stop mid-run; the last checkpoint
+    survives the stop intact and the resubmitted job (the same command) resumes that run from it and finishes."""
     from ray.job_submission import JobSubmissionClient
     from transformers import AutoModelForSequenceClassification
 
@@ -233,7 +233,8 @@ def test_job_submit_stop_mid_run_then_resubmit_resumes(two_nodes, tmp_path, data
     )
     path = _write_job(tmp_path / "job.yaml", job)
     client = JobSubmissionClient(two_nodes.dashboard_url)
-    submit = {"entrypoint": f"python jobs/train.py {path}", "runtime_env": {"working_dir": str(REPO)}}
+    # --fresh, as in the reported case: the resubmitted same command must reach the run the first one started.
+    submit = {"entrypoint": f"python jobs/train.py {path} --fresh", "runtime_env": {"working_dir": str(REPO)}}
 
     first = client.submit_job(**submit)
     _wait_status(client, first, {"RUNNING"})
@@ -263,4 +264,5 @@ def test_job_submit_stop_mid_run_then_resubmit_resumes(two_nodes, tmp_path, data
     resumed = json.loads((run_dir / "artifact" / "hfray_manifest.json").read_text())
     assert resumed["resumed_from_step"] >= kept[-1]["step"] > 0, logs[-3000:]
     assert f"at step {resumed['resumed_from_step']}" in logs and resumed["global_step"] == 240
+    assert [p.name for p in (tmp_path / "runs").glob("submitted-*") if p.is_dir()] == [run_dir.name]  # one run
     assert {j.submission_id for j in client.list_jobs()} >= {first, second}
