@@ -48,8 +48,8 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     tasks = None
     if serves_tasks(cfg):  # token-classification, QA, seq2seq artifacts: POST /v1/predict (replica.task_models)
         tasks = HfrayTaskModels.options(**model_options).bind(cfg.to_dict())
-    lm = None
-    if serves_lm(ArtifactCatalog(cfg.artifact_root, cfg.models).entries()):  # generation, chat, fill-mask
+    lm = None  # generation, chat, fill-mask: in the ingress replicas when fused, else HfrayLM replicas
+    if cfg.topology == "split" and serves_lm(ArtifactCatalog(cfg.artifact_root, cfg.models).entries()):
         lm = HfrayLM.options(**model_options).bind(cfg.to_dict())
     if cfg.topology == "fused":  # the ingress replicas are the model replicas: they get the model's resources
         return HfrayIngress.options(**model_options, autoscaling_config=cfg.autoscaling.model_dump()).bind(

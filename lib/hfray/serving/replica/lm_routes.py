@@ -11,8 +11,10 @@
     GET  /v1/lm/stats          what the answering LM replica holds: bases, adapters, parameters
 
 The ingress tokenizes (its tokenizers are small next to the models), so that a prompt over
-``max_prompt_tokens`` or over the model's context is a 413/422 before any replica decodes; the
-:class:`~hfray.serving.replica.generation.HfrayLM` replicas get token ids and return text.
+``max_prompt_tokens`` or over the model's context is a 413/422 before any model decodes; the models
+(:class:`~hfray.serving.replica.generation.LMHost`) get token ids and return text. As for classifiers
+(``ServeConfig.topology``): ``fused`` holds the LMHost in the ingress replica itself, ``split`` calls
+:class:`~hfray.serving.replica.generation.HfrayLM` replicas through a handle.
 """
 
 # No "from __future__ import annotations": FastAPI reads annotations of what the ingress returns at run time.
@@ -31,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from hfray.serving.catalog import ArtifactCatalog, ModelEntry, ModelIdError
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.generation import LMHost
 from hfray.serving.replica.lm_requests import (
     ChatRequest,
     CompletionRequest,
@@ -61,6 +64,8 @@ class LMRoutes:
 
     def __init__(self, cfg: ServeConfig, catalog: ArtifactCatalog, default_model: str, lm: DeploymentHandle | None):
         self.cfg, self.catalog, self.default_model, self.lm = cfg, catalog, default_model, lm
+        fused = lm is None and cfg.topology == "fused" and serves_lm(catalog.entries())
+        self.host = LMHost(cfg) if fused else None  # fused: the models live in this replica
         self.tokenizers: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # model path -> (tokenizer, context)
 
     # ------------------------------------------------------------------------- shared checks
@@ -72,7 +77,7 @@ class LMRoutes:
         except ModelIdError as exc:
             raise bad_request(exc.status, "model", str(exc)) from None
         task = entry.manifest.get("task", "text-classification")
-        if task not in tasks or self.lm is None:
+        if task not in tasks or (self.lm is None and self.host is None):
             raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; {route} serves {tasks}")
         return entry
 
@@ -161,7 +166,7 @@ class LMRoutes:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": entry.model_id}
         if req.stream:
             return self._sse(self._chat_events(head, req, prompt, opts))
-        r = await self.lm.generate.remote(entry.model_id, prompt, opts)
+        r = await self._call("generate", entry.model_id, prompt, opts)
         message = {"role": "assistant", "content": r["text"]}
         choice = {"index": 0, "message": message, "finish_reason": r["finish_reason"], "logprobs": None}
         return {**head, "object": "chat.completion", "choices": [choice], "usage": usage(r)}
@@ -229,10 +234,12 @@ class LMRoutes:
             if tok.mask_token not in text:
                 where = "inputs" if isinstance(req.inputs, str) else f"inputs[{i}]"
                 raise bad_request(422, where, f"{where}: no {tok.mask_token} token to fill")
-        results = await self.lm.fill_mask.remote(entry.model_id, texts, req.top_k)
+        results = await self._call("fill_mask", entry.model_id, texts, req.top_k)
         return {"model": entry.model_id, "results": results}
 
     async def stats(self) -> dict[str, Any]:
+        if self.host is not None:
+            return self.host.stats()
         if self.lm is None:
             raise bad_request(404, "model", "model: this server holds no language models")
         return await self.lm.stats.remote()
@@ -241,11 +248,21 @@ class LMRoutes:
 
     async def _generate_all(self, model_id: str, prompts: list[list[int]], opts: list[dict[str, Any]]) -> list[Any]:
         """One call per prompt, all at once: the replica batches them (``@serve.batch``)."""
-        calls = [self.lm.generate.remote(model_id, p, o) for p, o in zip(prompts, opts, strict=True)]
+        calls = [self._call("generate", model_id, p, o) for p, o in zip(prompts, opts, strict=True)]
         return list(await asyncio.gather(*calls))
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        """``method`` of the LM host in this replica (fused), or of an HfrayLM replica (split)."""
+        if self.host is not None:
+            return await getattr(self.host, method)(*args)
+        return await getattr(self.lm, method).remote(*args)
+
     async def _pieces(self, model_id: str, prompt: list[int], opts: dict[str, Any]) -> AsyncIterator[Any]:
-        async for piece in self.lm.options(stream=True).stream.remote(model_id, prompt, opts):
+        if self.host is not None:
+            pieces = self.host.stream(model_id, prompt, opts)
+        else:
+            pieces = self.lm.options(stream=True).stream.remote(model_id, prompt, opts)
+        async for piece in pieces:
             yield piece
 
     def _sse(self, events: AsyncIterator[str]) -> StreamingResponse:
