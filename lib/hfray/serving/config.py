@@ -88,6 +88,9 @@ class ServeConfig(Section):
     max_adapters: int = Field(8, ge=1, description="shared adapters: adapters loaded per base (LRU).")
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation: most new tokens per request.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Generation: most prompt tokens (chat template applied).")
+    static_cache: bool = Field(
+        False, description="On GPU: static KV cache and compiled decoding (transformers' cache_implementation)."
+    )
 
     @model_validator(mode="after")
     def _targets(self) -> ServeConfig:

@@ -185,6 +185,8 @@ class LMHost:
         with self.lock:
             if gen.adapter is not None:
                 gen.model.set_adapter(gen.adapter)
+            if self.cfg.static_cache and self.device == "cuda":  # transformers compiles the decoding step for it
+                options = {**options, "cache_implementation": "static"}
             return generate_batch(gen.model, gen.tokenizer, prompts, options, self.device)
 
     async def stream(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
@@ -218,6 +220,8 @@ class LMHost:
         return await asyncio.to_thread(lambda: [plain_json(pipe(t, top_k=top_k)) for t in texts])
 
     def stats(self) -> dict[str, Any]:
+        import torch
+
         bases = [
             {"base": key, "adapters": list(b.adapters), "parameters": count_parameters([b.model])}
             for key, b in self.bases.items()
@@ -229,6 +233,7 @@ class LMHost:
             "models": list(self.full),
             "parameters": count_parameters(full + [b.model for b in self.bases.values()]),
             "device": self.device,
+            "cuda_memory_allocated": torch.cuda.memory_allocated() if self.device == "cuda" else None,
         }
 
 

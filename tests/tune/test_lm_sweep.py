@@ -1,0 +1,74 @@
+"""Sweeps of language-model jobs: the metric they are judged by, and a real 3-trial causal-LM sweep that exports
+the best checkpoint as a servable ``text-generation`` artifact (slow: three pre-training runs on a Ray cluster).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import check_manifest, lm_job
+from hfray.config import JobConfig
+from hfray.errors import ConfigError
+from hfray.tune.plan import sweep_metric
+
+GRID = {"training.learning_rate": {"type": "grid", "values": [3e-3, 1e-5, 1e-2]}}
+
+
+def lm_sweep_raw(tmp_path: Path, task: str, train: Path, **sweep: Any) -> dict[str, Any]:
+    raw = lm_job(
+        tmp_path, task, train,
+        lm={"pipeline": "datasets", "record_shards": False},
+        resources={"num_workers": 1, "cpus_per_worker": 0.9},
+        training={"max_steps": 16, "eval_steps": 8, "extra_args": {}},
+        data={"max_train_samples": 120},
+    )  # fmt: skip
+    raw["sweep"] = {
+        "parameters": GRID, "search": "grid", "num_samples": 1, "scheduler": {"type": "fifo"},
+        "trial_driver_cpus": 0.1, "max_concurrent_trials": 2, "max_failures": 0, **sweep,
+    }  # fmt: skip
+    return raw
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "causal-lm"])
+def test_lm_sweeps_minimise_eval_loss_or_perplexity(tmp_path: Path, task: str) -> None:
+    train = tmp_path / "t.txt"
+    assert sweep_metric(JobConfig.from_dict(lm_sweep_raw(tmp_path, task, train))) == ("eval_loss", "min")
+    raw = lm_sweep_raw(tmp_path, task, train, metric="eval_perplexity")
+    assert sweep_metric(JobConfig.from_dict(raw)) == ("eval_perplexity", "min")
+    with pytest.raises(ConfigError, match="eval_loss"):
+        sweep_metric(JobConfig.from_dict(lm_sweep_raw(tmp_path, task, train, metric="eval_accuracy")))
+
+
+def test_sft_and_dpo_recipes_are_sweepable() -> None:
+    from hfray.train.recipes import recipe_for
+
+    assert all(recipe_for(task).sweepable for task in ("masked-lm", "causal-lm", "sft", "dpo"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_causal_lm_sweep_of_three_trials_exports_the_best(tmp_path: Path, news: dict[str, Any]) -> None:
+    from transformers import pipeline
+
+    from hfray.artifacts.manifest import read_manifest
+    from hfray.serving.catalog import ArtifactCatalog
+    from hfray.tune.driver import run_sweep
+
+    summary = run_sweep(JobConfig.from_dict(lm_sweep_raw(tmp_path, "causal-lm", news["txt"])))
+    assert len(summary.trials) == 3 and all(t["stop_reason"] == "completed" for t in summary.trials)
+    best_values = {t["trial_id"]: t["best_value"] for t in summary.trials}
+    assert summary.best["best_value"] == min(best_values.values())
+    assert summary.best["params"]["training.learning_rate"] != 1e-5  # the too-small rate learns least
+    manifest = read_manifest(summary.artifact)
+    check_manifest(manifest)
+    assert manifest["task"] == "text-generation" and manifest["training_task"] == "causal-lm"
+    assert manifest["best"]["metric"] == "eval_loss"
+    assert math.isclose(manifest["best"]["value"], summary.best["best_value"])
+    out = pipeline("text-generation", model=summary.artifact)("The minister said", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("The minister said")
+    catalog = ArtifactCatalog(summary.sweep_dir)
+    assert catalog.default_id(None) == "best" and catalog.resolve("best").manifest["task"] == "text-generation"
