@@ -96,14 +96,14 @@ def server(ray_cluster: Any, lm_root: Path) -> Iterator[str]:
         serve.shutdown()
 
 
-def local_generate(path: Path, text: str, chat: bool, adapter: bool = False) -> tuple[str, int]:
+def local_generate(path: Path, text: str, chat: bool, adapter: bool = False, merge: bool = False) -> tuple[str, int]:
     """transformers' greedy generate on the artifact folder: the new text and the prompt's token count."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfray.artifacts.adapters import load_model
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = load_model(str(path)) if adapter else AutoModelForCausalLM.from_pretrained(path)
+    model = load_model(str(path), merge=merge) if adapter else AutoModelForCausalLM.from_pretrained(path)
     if chat:
         text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     enc = tok(text, add_special_tokens=not chat, return_tensors="pt")
@@ -216,3 +216,38 @@ def test_bad_input_is_4xx_naming_the_field(server: str, route: str, body: Any, s
     got = httpx.post(f"{server}/v1/{route}", json=body, timeout=60)
     assert got.status_code == status, got.text
     assert got.json()["detail"]["field"] == field
+
+
+@pytest.mark.slow
+def test_split_topology_serves_merged_adapters(ray_cluster: Any, lm_root: Path) -> None:
+    """``topology: split`` (HfrayLM replicas behind the ingress, streaming through a handle) with ``adapters:
+    merged``: each adapter is its own model, answering as the local merged model does."""
+    from ray import serve
+    from transformers import AutoModelForCausalLM
+
+    from hfray.serving.driver import serve_artifacts
+
+    cfg = ServeConfig(
+        artifact_root=str(lm_root), default_model="chat", port=free_port(), num_cpus=0.5, route_prefix="/split",
+        topology="split", adapters="merged", max_models_per_replica=4,
+    )  # fmt: skip
+    serve.shutdown()  # the module's app, if it ran: a second app would not get its own port
+    try:
+        url = serve_artifacts(cfg, app_name="hfray-split")
+        wait_healthy(url)
+        oai = client(url)
+        for name in ADAPTERS:
+            got = oai.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=MAX_NEW)
+            want = local_generate(lm_root / name, "", chat=True, adapter=True, merge=True)[0]
+            assert got.choices[0].message.content == want, name
+        stream = oai.chat.completions.create(
+            model="ad2", messages=MESSAGES, temperature=0, max_tokens=MAX_NEW, stream=True
+        )
+        want = local_generate(lm_root / "ad2", "", chat=True, adapter=True, merge=True)[0]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
+        stats = httpx.get(f"{url}/v1/lm/stats", timeout=60).json()
+        base = AutoModelForCausalLM.from_pretrained(lm_root.parent / "base").num_parameters()
+        assert stats["bases"] == [] and sorted(stats["models"]) == sorted(ADAPTERS)
+        assert stats["parameters"] == 3 * base  # three merged copies of the base
+    finally:
+        serve.shutdown()

@@ -25,6 +25,7 @@ def lm_sweep_raw(tmp_path: Path, task: str, train: Path, **sweep: Any) -> dict[s
         resources={"num_workers": 1, "cpus_per_worker": 0.9},
         training={"max_steps": 16, "eval_steps": 8, "extra_args": {}},
         data={"max_train_samples": 120},
+        tracking={"mlflow": False, "progress_bar": False},
     )  # fmt: skip
     raw["sweep"] = {
         "parameters": GRID, "search": "grid", "num_samples": 1, "scheduler": {"type": "fifo"},
