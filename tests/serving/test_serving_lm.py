@@ -8,6 +8,7 @@ template) for the causal LMs, MiniLM's for the masked LM. What is checked is tha
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,14 +97,20 @@ def server(ray_cluster: Any, lm_root: Path) -> Iterator[str]:
         serve.shutdown()
 
 
-def local_generate(path: Path, text: str, chat: bool, adapter: bool = False, merge: bool = False) -> tuple[str, int]:
-    """transformers' greedy generate on the artifact folder: the new text and the prompt's token count."""
+@functools.cache
+def local_model(path: Path, adapter: bool = False, merge: bool = False) -> tuple[Any, Any]:
+    """The artifact's tokenizer and model, loaded by transformers (and PEFT) in this process."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfray.artifacts.adapters import load_model
 
-    tok = AutoTokenizer.from_pretrained(path)
     model = load_model(str(path), merge=merge) if adapter else AutoModelForCausalLM.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path), model
+
+
+def local_generate(path: Path, text: str, chat: bool, adapter: bool = False, merge: bool = False) -> tuple[str, int]:
+    """transformers' greedy generate on the artifact folder: the new text and the prompt's token count."""
+    tok, model = local_model(path, adapter, merge)
     if chat:
         text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     enc = tok(text, add_special_tokens=not chat, return_tensors="pt")
@@ -173,11 +180,9 @@ def test_three_adapters_share_one_base_and_each_answers_as_itself(server: str, l
     stats = httpx.get(f"{server}/v1/lm/stats", timeout=60).json()
     assert len(stats["bases"]) == 1 and sorted(stats["bases"][0]["adapters"]) == sorted(ADAPTERS)
     base = AutoModelForCausalLM.from_pretrained(lm_root.parent / "base").num_parameters()
-    from hfray.artifacts.adapters import load_model
-
-    lora = load_model(str(lm_root / "ad1")).num_parameters() - base
+    lora = local_model(lm_root / "ad1", adapter=True)[1].num_parameters() - base
     # One base's parameters plus three adapters', not three bases (the plain 'chat' model is held too).
-    chat = AutoModelForCausalLM.from_pretrained(lm_root / "chat").num_parameters()
+    chat = local_model(lm_root / "chat")[1].num_parameters()
     assert stats["bases"][0]["parameters"] == base + 3 * lora
     assert stats["parameters"] == chat + base + 3 * lora
 

@@ -11,8 +11,8 @@
 Requests arrive as prompt token ids (the ingress applied the chat template and checked the lengths,
 :mod:`hfray.serving.lm_routes`). Non-streaming requests are batched (``@serve.batch``) and grouped by model id
 and sampling settings: one left-padded ``generate`` per group. Streaming requests run one ``generate`` each with a
-``TextIteratorStreamer``. A lock serialises ``generate`` calls on a replica: an adapter switch must not happen in
-the middle of another request's decoding.
+``TextIteratorStreamer``. One lock covers loading, adapter switching and ``generate`` on a replica: an adapter
+switch (or an eviction) must not happen in the middle of another request's decoding.
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ class LMHost:
         self.bases: OrderedDict[str, SharedBase] = OrderedDict()  # base identity -> adapters on it
         self.adapter_base: dict[str, str] = {}  # adapter model id -> its base's identity (hashing it costs)
         self.tokenizers: dict[str, Any] = {}
-        self.lock = threading.Lock()  # one generate at a time: set_adapter is model-wide
-        self.loading = asyncio.Lock()
+        self.lock = threading.Lock()  # loads, set_adapter and generate one at a time: set_adapter is model-wide
 
         async def run_batch(requests: list[tuple[str, list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
             return await self._run_batch(requests)
@@ -159,10 +158,6 @@ class LMHost:
         self._evict_full()
         return generator
 
-    async def get(self, model_id: str) -> Generator:
-        async with self.loading:
-            return await asyncio.to_thread(self._load, model_id)
-
     # ------------------------------------------------------------------------- generation
 
     async def generate(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> dict[str, Any]:
@@ -174,15 +169,15 @@ class LMHost:
         for i, (model_id, _, options) in enumerate(requests):
             groups.setdefault((model_id, repr(sorted(options.items()))), []).append(i)
         for (model_id, _), members in groups.items():
-            gen = await self.get(model_id)
             prompts = [requests[i][1] for i in members]
-            results = await asyncio.to_thread(self._generate_locked, gen, prompts, requests[members[0]][2])
+            results = await asyncio.to_thread(self._generate_locked, model_id, prompts, requests[members[0]][2])
             for i, result in zip(members, results, strict=True):
                 out[i] = result
         return out
 
-    def _generate_locked(self, gen: Generator, prompts: list[list[int]], options: dict[str, Any]) -> list[Any]:
+    def _generate_locked(self, model_id: str, prompts: list[list[int]], options: dict[str, Any]) -> list[Any]:
         with self.lock:
+            gen = self._load(model_id)
             if gen.adapter is not None:
                 gen.model.set_adapter(gen.adapter)
             if self.cfg.static_cache and self.device == "cuda":  # transformers compiles the decoding step for it
@@ -193,13 +188,13 @@ class LMHost:
         """Text pieces as they are decoded, then a dict with the token counts and the finish reason."""
         from transformers import TextIteratorStreamer
 
-        gen = await self.get(model_id)
-        streamer = TextIteratorStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        tokenizer = await asyncio.to_thread(self._tokenizer, self.catalog.resolve(model_id))
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         outcome: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                outcome["result"] = self._generate_locked(gen, [prompt_ids], {**options, "streamer": streamer})[0]
+                outcome["result"] = self._generate_locked(model_id, [prompt_ids], {**options, "streamer": streamer})[0]
             except Exception as exc:  # the stream ends; the error goes to the client below
                 outcome["error"] = exc
                 streamer.end()
@@ -216,8 +211,12 @@ class LMHost:
         yield {k: v for k, v in outcome["result"].items() if k != "text"}
 
     async def fill_mask(self, model_id: str, texts: list[str], top_k: int) -> list[Any]:
-        pipe = (await self.get(model_id)).model
-        return await asyncio.to_thread(lambda: [plain_json(pipe(t, top_k=top_k)) for t in texts])
+        def run() -> list[Any]:
+            with self.lock:
+                pipe = self._load(model_id).model
+                return [plain_json(pipe(t, top_k=top_k)) for t in texts]
+
+        return await asyncio.to_thread(run)
 
     def stats(self) -> dict[str, Any]:
         import torch
