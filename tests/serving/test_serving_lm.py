@@ -223,6 +223,13 @@ def test_bad_input_is_4xx_naming_the_field(server: str, route: str, body: Any, s
     assert got.json()["detail"]["field"] == field
 
 
+def test_openapi_documents_the_lm_request_bodies(server: str) -> None:
+    paths = httpx.get(f"{server}/openapi.json", timeout=60).json()["paths"]
+    body = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"messages", "max_tokens", "temperature", "stream"} <= set(body["properties"])
+    assert {"/v1/generate", "/v1/completions", "/v1/fill-mask"} <= set(paths)
+
+
 @pytest.mark.slow
 def test_split_topology_serves_merged_adapters(ray_cluster: Any, lm_root: Path) -> None:
     """``topology: split`` (HfrayLM replicas behind the ingress, streaming through a handle) with ``adapters:

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
 from hfray.serving.replica.models import ModelHost
 from hfray.serving.replica.requests import ClassifyRequest, ClassifyResponse, bad_request, parse_classify, read_body
@@ -149,22 +150,22 @@ class HfrayIngress:
         return {"model": model_id, "task": task, "results": results}
 
     # Language models: generation, OpenAI chat/completions, fill-mask (hfray.serving.replica.lm_routes).
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", openapi_extra=BODIES["generate"])
     async def generate(self, request: Request) -> Any:
         self._auth(request)
         return await self.lm.generate(await read_body(request, self.body_limit))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=BODIES["chat"])
     async def chat_completions(self, request: Request) -> Any:
         self._auth(request)
         return await self.lm.chat(await read_body(request, self.body_limit))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=BODIES["completions"])
     async def completions(self, request: Request) -> Any:
         self._auth(request)
         return await self.lm.completions(await read_body(request, self.body_limit))
 
-    @app.post("/v1/fill-mask")
+    @app.post("/v1/fill-mask", openapi_extra=BODIES["fill-mask"])
     async def fill_mask(self, request: Request) -> Any:
         self._auth(request)
         return await self.lm.fill_mask(await read_body(request, self.body_limit))

@@ -92,6 +92,21 @@ class FillMaskRequest(BaseModel):
     model: StrictStr | None = None
 
 
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body by hand: the body's schema in the OpenAPI docs."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# The routes' bodies, for their OpenAPI docs (hfray.serving.replica.ingress registers the routes).
+BODIES = {
+    "generate": body_schema(GenerateRequest),
+    "chat": body_schema(ChatRequest),
+    "completions": body_schema(CompletionRequest),
+    "fill-mask": body_schema(FillMaskRequest),
+}
+
+
 def parse(model: type[Model], raw: bytes) -> Model:
     """The body as ``model``, or a 4xx naming the first offending field."""
     try:
