@@ -4,12 +4,13 @@ adapters on one shared base vs 8 merged models. Same machine, same run, one serv
     python bench/lm_serve_bench.py --device cuda --concurrency 1,16,64 --seconds 30 \\
         --out bench/results/lm_serve_gpu_h200.json
 
-Generation: each level is a closed loop of ``concurrency`` clients sending one prompt each (greedy,
-``--max-new-tokens``); we report requests/s, generated tokens/s, p50/p99 latency and, for hfray (SSE streaming),
-time to first token. The baseline has no streaming: its TTFT is its latency. hfray variants: dynamic KV cache and
-``static_cache`` (static KV cache, compiled decoding). Adapters: 8 random LoRA adapters (r=8, q/k/v/o) of the
-same base, served ``adapters: shared`` (one base) and ``adapters: merged`` (8 models): GPU memory held after every
-adapter answered once, and requests/s with clients spread over the 8 model ids. Not a test: pytest does not collect it.
+Generation: each level is a closed loop of ``concurrency`` clients sending one chat turn each (the model's chat
+template, greedy, ``--max-new-tokens``); we report requests/s, generated tokens/s, p50/p99 latency and, for hfray
+(SSE streaming), time to first token. The baseline has no streaming: its TTFT is its latency. hfray variants:
+dynamic KV cache and ``static_cache`` (static KV cache, compiled decoding). Adapters: 8 random LoRA adapters (r=8,
+q/k/v/o) of the same base, served ``adapters: shared`` (one base) and ``adapters: merged`` (8 models): GPU memory
+held after every adapter answered once, and requests/s with clients spread over the 8 model ids. Not a test:
+pytest does not collect it.
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ def baseline_server(artifact: str, port: int, device: str, dtype: str) -> None:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/completions")
-    def complete(body: dict[str, Any]) -> dict[str, Any]:  # sync: FastAPI runs it in its thread pool
-        out = pipe(body["prompt"], max_new_tokens=body["max_tokens"], do_sample=False, return_full_text=False)
-        text = out[0]["generated_text"]
-        tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return {"choices": [{"text": text}], "usage": {"completion_tokens": tokens}}
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> dict[str, Any]:  # sync: FastAPI runs it in its thread pool
+        prompt = pipe.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
+        out = pipe(prompt, max_new_tokens=body["max_tokens"], do_sample=False, return_tensors=True)
+        ids = out[0]["generated_token_ids"]  # the prompt's tokens, then the new ones
+        new = ids[len(pipe.tokenizer(prompt)["input_ids"]) :]
+        text = pipe.tokenizer.decode(new, skip_special_tokens=True)
+        return {"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": len(new)}}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -122,7 +125,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float, body_for: Any,
             body = {**body_for(i), "stream": stream} if stream else body_for(i)
             t0 = time.perf_counter()
             if not stream:
-                r = await http.post(f"{url}/v1/completions", json=body)
+                r = await http.post(f"{url}/v1/chat/completions", json=body)
                 if r.status_code != 200:
                     errors += 1
                     return
@@ -131,12 +134,12 @@ async def closed_loop(url: str, concurrency: int, seconds: float, body_for: Any,
                 return
             body["stream_options"] = {"include_usage": True}
             first = None
-            async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
+            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 async for line in r.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     event = json.loads(line[6:])
-                    if first is None and event.get("choices") and event["choices"][0]["text"]:
+                    if first is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
                         first = time.perf_counter() - t0
                     if event.get("usage"):
                         tokens += event["usage"]["completion_tokens"]
@@ -169,7 +172,8 @@ async def closed_loop(url: str, concurrency: int, seconds: float, body_for: Any,
 
 def levels(name: str, url: str, args: argparse.Namespace, stream: bool, models: list[str] | None = None) -> list:
     def body(i: int) -> dict[str, Any]:
-        b = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_new_tokens, "temperature": 0}
+        messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        b = {"messages": messages, "max_tokens": args.max_new_tokens, "temperature": 0}
         return {**b, "model": models[i % len(models)]} if models else b
 
     rows = []
@@ -231,7 +235,8 @@ def run_adapters(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     for mode in ("shared", "merged"):
         url = hfray_server(root, args, adapters=mode, max_models_per_replica=len(ids) + 1, max_adapters=len(ids))
         for model in ids:  # every adapter loaded once
-            r = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 4}, timeout=600)
+            hi = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            r = httpx.post(f"{url}/v1/chat/completions", json=hi, timeout=600)
             r.raise_for_status()
         stats = httpx.get(f"{url}/v1/lm/stats", timeout=60).json()
         memory = {"parameters": stats["parameters"], "cuda_memory_allocated": stats["cuda_memory_allocated"]}
