@@ -33,7 +33,7 @@ import httpx
 
 from hfray.artifacts.manifest import write_manifest
 from hfray.cluster.local import free_port
-from hfray.serving.driver import wait_healthy
+from hfray.serving.driver import DEFAULT_APP_NAME, wait_healthy
 
 PROMPTS = [
     "Write one sentence about the sea.",
@@ -206,7 +206,7 @@ def hfray_server(root: Path, args: argparse.Namespace, **settings: Any) -> str:
     gpus = 1 if args.device == "cuda" else 0
     dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[args.dtype]
     url = serve_artifacts(
-        {"artifact_root": str(root), "port": free_port(), "num_gpus": gpus, "dtype": dtype, "access_log": False,
+        {"artifact_root": str(root), "port": args.serve_port, "num_gpus": gpus, "dtype": dtype, "access_log": False,
          "max_batch_size": 64, "max_ongoing_requests": 256, "max_new_tokens": 1024, **settings},
         num_cpus=os.cpu_count(),
     )  # fmt: skip
@@ -223,7 +223,7 @@ def run_hfray(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         name = "hfray serve" + (" (static cache)" if static else "")
         rows += levels(name, url, args, stream=False)
         rows += levels(name + " streaming", url, args, stream=True)
-        serve.shutdown()
+        serve.delete(DEFAULT_APP_NAME)  # not serve.shutdown(): a new Serve instance right after races the old one
     return rows
 
 
@@ -242,7 +242,7 @@ def run_adapters(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         memory = {"parameters": stats["parameters"], "cuda_memory_allocated": stats["cuda_memory_allocated"]}
         for row in levels(f"{len(ids)} adapters {mode}", url, args, stream=False, models=ids):
             rows.append({**row, **memory})
-        serve.shutdown()
+        serve.delete(DEFAULT_APP_NAME)  # not serve.shutdown(): a new Serve instance right after races the old one
     return rows
 
 
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--out", default="bench/results/lm_serve_gpu.json")
     args = p.parse_args(argv)
+    args.serve_port = free_port()  # one Serve instance for every variant: its HTTP port is fixed when it starts
     work = Path(tempfile.mkdtemp(prefix="hfray-lm-bench-"))
     try:
         base = base_artifact(args.model, work / "plain")
