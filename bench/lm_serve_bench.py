@@ -33,7 +33,7 @@ import httpx
 
 from hfray.artifacts.manifest import write_manifest
 from hfray.cluster.local import free_port
-from hfray.serving.driver import DEFAULT_APP_NAME, wait_healthy
+from hfray.serving.driver import DEFAULT_APP_NAME, PROXIES, wait_healthy
 
 PROMPTS = [
     "Write one sentence about the sea.",
@@ -209,6 +209,7 @@ def hfray_server(root: Path, args: argparse.Namespace, **settings: Any) -> str:
         {"artifact_root": str(root), "port": args.serve_port, "num_gpus": gpus, "dtype": dtype, "access_log": False,
          "max_batch_size": 64, "max_ongoing_requests": 256, "max_new_tokens": 1024, **settings},
         num_cpus=os.cpu_count(),
+        proxy=args.proxy,
     )  # fmt: skip
     wait_healthy(url, timeout_s=600)
     return url
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--out", default="bench/results/lm_serve_gpu.json")
+    p.add_argument("--proxy", default="auto", choices=PROXIES, help="Serve's HTTP proxy (hfray serve --proxy)")
     args = p.parse_args(argv)
     args.serve_port = free_port()  # one Serve instance for every variant: its HTTP port is fixed when it starts
     work = Path(tempfile.mkdtemp(prefix="hfray-lm-bench-"))
