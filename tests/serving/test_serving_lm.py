@@ -230,6 +230,20 @@ def test_openapi_documents_the_lm_request_bodies(server: str) -> None:
     assert {"/v1/generate", "/v1/completions", "/v1/fill-mask"} <= set(paths)
 
 
+def test_hfray_serve_flags_choose_how_adapters_are_served(tmp_path: Path) -> None:
+    import argparse
+
+    from hfray.cli.serve import add_serve_arguments, config_from_args
+    from hfray.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    cfg = config_from_args(parser.parse_args([str(tmp_path), "--adapters", "merged", "--max-new-tokens", "64"]))
+    assert (cfg.adapters, cfg.max_new_tokens, cfg.max_adapters) == ("merged", 64, 8)
+    with pytest.raises(ConfigError, match="adapters"):
+        config_from_args(parser.parse_args([str(tmp_path), "--adapters", "copied"]))
+
+
 @pytest.mark.slow
 def test_split_topology_serves_merged_adapters(ray_cluster: Any, lm_root: Path) -> None:
     """``topology: split`` (HfrayLM replicas behind the ingress, streaming through a handle) with ``adapters:
