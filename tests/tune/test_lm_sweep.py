@@ -73,3 +73,43 @@ def test_causal_lm_sweep_of_three_trials_exports_the_best(tmp_path: Path, news: 
     assert out[0]["generated_text"].startswith("The minister said")
     catalog = ArtifactCatalog(summary.sweep_dir)
     assert catalog.default_id(None) == "best" and catalog.resolve("best").manifest["task"] == "text-generation"
+
+
+def test_the_best_of_an_adapter_sweep_exports_a_loadable_adapter(tmp_path: Path) -> None:
+    """A PEFT checkpoint holds the adapter only: the export adds base/ and the peft facts of the run's artifact."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hfray.artifacts.adapters import load_model
+    from hfray.artifacts.export import export_from_checkpoint
+    from hfray.artifacts.manifest import read_manifest, write_manifest
+    from hfray.tune.adapter_export import adapter_fields, copy_adapter_base
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base-model")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base-model"), lora)
+    checkpoint, trials = tmp_path / "checkpoint_step_8", tmp_path / "sweep" / "trials"
+    adapter.save_pretrained(checkpoint)  # what a checkpoint of an adapter run holds
+    run_artifact = trials / "run-1" / "artifact"
+    shutil.copytree(checkpoint, run_artifact)
+    config.save_pretrained(run_artifact / "base")
+    peft_info = {"method": "lora", "base_model": str(tmp_path / "base-model"), "auto_class": "AutoModelForCausalLM"}
+    write_manifest(str(run_artifact), {"format": 1, "name": "run-1", "task": "text-generation", "peft": peft_info})
+
+    assert adapter_fields({"peft": None}, str(trials), ["run-1"]) == {}
+    fields = adapter_fields({"peft": {"method": "lora"}}, str(trials), ["run-1"])
+    dest = tmp_path / "sweep" / "artifact"
+    export_from_checkpoint(
+        str(checkpoint), str(dest), {"format": 1, "name": "best", "task": "text-generation", **fields}
+    )
+    copy_adapter_base({"peft": {"method": "lora"}}, str(trials), ["run-1"], str(dest))
+    assert read_manifest(str(dest))["peft"] == peft_info
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.equal(load_model(str(dest))(ids).logits, adapter(ids).logits)

@@ -18,6 +18,7 @@ from typing import Any
 from hfray.artifacts.export import export_from_checkpoint
 from hfray.artifacts.manifest import build_manifest
 from hfray.storage import fs, layout
+from hfray.tune.adapter_export import adapter_fields, copy_adapter_base
 from hfray.tune.plan import SweepPlan, data_facts
 from hfray.tune.schedulers import TIME_ATTR, read_decisions
 from hfray.tune.space import trial_job_dict
@@ -232,7 +233,9 @@ def export_best(best: TrialRow, plan: SweepPlan) -> str:
             "checkpoint": best.best_checkpoint,
         },
         data=data_facts(plan.prepared),
+        **adapter_fields(plan.base_job, plan.trials_storage, best.runs),  # PEFT sweeps: the adapter's facts
     )
     assert best.best_checkpoint is not None
     export_from_checkpoint(best.best_checkpoint, dest, manifest)
+    copy_adapter_base(plan.base_job, plan.trials_storage, best.runs, dest)
     return dest
