@@ -206,7 +206,9 @@ def hfray_server(root: Path, args: argparse.Namespace, **settings: Any) -> str:
     gpus = 1 if args.device == "cuda" else 0
     dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[args.dtype]
     url = serve_artifacts(
-        {"artifact_root": str(root), "port": args.serve_port, "num_gpus": gpus, "dtype": dtype, "access_log": False,
+        {"artifact_root": str(root), "port": args.serve_port, "num_gpus": gpus,
+         "num_cpus": 1 if gpus else os.cpu_count(),  # CPU: the replica's torch gets every core, as the baseline's
+         "dtype": dtype, "access_log": False,
          "max_batch_size": 64, "max_ongoing_requests": 256, "max_new_tokens": 1024, **settings},
         num_cpus=os.cpu_count(),
         proxy=args.proxy,
