@@ -65,7 +65,8 @@ def is_adapter(path: str) -> bool:
     return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
-def _base_source(path: str, peft_info: dict[str, Any]) -> str:
+def base_source(path: str, peft_info: dict[str, Any]) -> str:
+    """Where an adapter artifact's base model lives: its ``base/`` folder, or the model it was trained from."""
     source = peft_info.get("base_model") or BASE_DIR
     if source == BASE_DIR:
         return os.path.join(path, BASE_DIR)
@@ -87,12 +88,20 @@ def load_model(path: str, manifest: dict[str, Any] | None = None, merge: bool = 
     auto = getattr(transformers, peft_info.get("auto_class") or _auto_class_for_task(manifest.get("task", "")))
     if not is_adapter(path):
         return auto.from_pretrained(path, **kwargs)
-    config = transformers.AutoConfig.from_pretrained(os.path.join(path, BASE_DIR))
-    base = auto.from_pretrained(_base_source(path, peft_info), config=config, **kwargs)
-    model = PeftModel.from_pretrained(base, path)
+    model = PeftModel.from_pretrained(load_base(path, manifest, **kwargs), path)
     if merge and peft_info.get("method") in ("lora", "qlora", "ia3"):
         return model.merge_and_unload()
     return model
+
+
+def load_base(path: str, manifest: dict[str, Any], **kwargs: Any) -> Any:
+    """The bare base model of an adapter artifact (its config from ``base/``, labels included)."""
+    import transformers
+
+    peft_info = manifest.get("peft") or {}
+    auto = getattr(transformers, peft_info.get("auto_class") or _auto_class_for_task(manifest.get("task", "")))
+    config = transformers.AutoConfig.from_pretrained(os.path.join(path, BASE_DIR))
+    return auto.from_pretrained(base_source(path, peft_info), config=config, **kwargs)
 
 
 def _auto_class_for_task(task: str) -> str:

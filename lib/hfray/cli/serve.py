@@ -34,6 +34,9 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "--max-models-per-replica": ("max_models_per_replica", int),
     "--max-text-chars": ("max_text_chars", int),
     "--max-inputs": ("max_inputs", int),
+    "--adapters": ("adapters", str),  # language models: shared (one base, LRU adapters) or merged
+    "--max-adapters": ("max_adapters", int),
+    "--max-new-tokens": ("max_new_tokens", int),
 }
 
 

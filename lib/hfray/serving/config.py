@@ -83,6 +83,14 @@ class ServeConfig(Section):
     max_inputs: int = Field(64, ge=1)
     max_top_k: int = Field(100, ge=1)
     auth_token: str | None = Field(None, min_length=8, description="If set, /v1/* needs 'Authorization: Bearer'.")
+    # Language models (hfray.serving.replica.generation): adapters of one base share it, or each is merged.
+    adapters: Literal["shared", "merged"] = Field("shared", description="shared: one base per replica, LRU adapters.")
+    max_adapters: int = Field(8, ge=1, description="shared adapters: adapters loaded per base (LRU).")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation: most new tokens per request.")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Generation: most prompt tokens (chat template applied).")
+    static_cache: bool = Field(
+        False, description="On GPU: static KV cache and compiled decoding (transformers' cache_implementation)."
+    )
 
     @model_validator(mode="after")
     def _targets(self) -> ServeConfig:

@@ -31,7 +31,9 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     """A Serve ``Application`` for a ``ServeConfig`` or its dict form (see ``ServeConfig.topology``)."""
     from hfray.serving.catalog import ArtifactCatalog
     from hfray.serving.config import ServeConfig
+    from hfray.serving.replica.generation import HfrayLM
     from hfray.serving.replica.ingress import HfrayClassifier, HfrayIngress
+    from hfray.serving.replica.lm_routes import serves_lm
     from hfray.serving.replica.task_models import HfrayTaskModels
 
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(dict(args))
@@ -46,9 +48,12 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     tasks = None
     if serves_tasks(cfg):  # token-classification, QA, seq2seq artifacts: POST /v1/predict (replica.task_models)
         tasks = HfrayTaskModels.options(**model_options).bind(cfg.to_dict())
+    lm = None  # generation, chat, fill-mask: in the ingress replicas when fused, else HfrayLM replicas
+    if cfg.topology == "split" and serves_lm(ArtifactCatalog(cfg.artifact_root, cfg.models).entries()):
+        lm = HfrayLM.options(**model_options).bind(cfg.to_dict())
     if cfg.topology == "fused":  # the ingress replicas are the model replicas: they get the model's resources
         return HfrayIngress.options(**model_options, autoscaling_config=cfg.autoscaling.model_dump()).bind(
-            None, cfg.to_dict(), tasks
+            None, cfg.to_dict(), tasks, lm
         )
     classifier = HfrayClassifier.options(**model_options, autoscaling_config=cfg.autoscaling.model_dump()).bind(
         cfg.to_dict()
@@ -58,7 +63,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
-    ).bind(classifier, cfg.to_dict(), tasks)
+    ).bind(classifier, cfg.to_dict(), tasks, lm)
 
 
 def wait_healthy(url: str, timeout_s: float = 60) -> None:

@@ -13,6 +13,7 @@ from hfray.errors import ConfigError, Problem
 from hfray.storage import fs, layout
 
 SCHEDULER_LOG = "hfray_scheduler_decisions.jsonl"  # the schedulers' decisions (hfray.tune.schedulers)
+PERPLEXITY_TASKS = ("masked-lm", "causal-lm")  # they report eval_perplexity next to eval_loss
 
 
 def sweep_metric(job: JobConfig) -> tuple[str, str]:
@@ -21,6 +22,8 @@ def sweep_metric(job: JobConfig) -> tuple[str, str]:
     assert sweep is not None
     metric = sweep.metric or job.evaluation.best_metric_key
     reported = ["eval_loss", *(f"eval_{m}" for m in job.evaluation.metrics)]
+    if job.task in PERPLEXITY_TASKS:
+        reported.append("eval_perplexity")
     if metric not in reported:
         hint = ""
         if metric.removeprefix("eval_") in CLASSIFICATION_METRICS:
@@ -33,9 +36,28 @@ def sweep_metric(job: JobConfig) -> tuple[str, str]:
         mode = (
             job.evaluation.best_mode
             if metric == job.evaluation.best_metric_key
-            else ("min" if metric == "eval_loss" else "max")
+            else ("min" if metric in ("eval_loss", "eval_perplexity") else "max")
         )
     return metric, mode
+
+
+def train_rows(info: Any) -> int:
+    """Training rows the recipe's checks counted (``info`` of its preflight); 0 where the workers count them:
+    pre-training packs its blocks there, and its jobs must set ``training.max_steps``."""
+    if isinstance(info, PreparedData):
+        return info.sizes["train"]
+    if isinstance(info, dict) and isinstance(info.get("rows"), dict):  # TRL: sft, dpo
+        return int(info["rows"].get("train", 0))
+    return 0
+
+
+def data_facts(info: Any) -> dict[str, Any]:
+    """What the exported best model's manifest says about its data."""
+    if isinstance(info, PreparedData):
+        return {"fingerprint": info.fingerprint, "sizes": info.sizes}
+    if isinstance(info, dict):
+        return {"sizes": info.get("rows", {})}
+    return dict(getattr(info, "facts", {}))
 
 
 def steps_per_epoch(job: JobConfig, n_train: int) -> int:
@@ -70,7 +92,7 @@ class SweepPlan:
     sweep_dir: str
     trials_storage: str
     base_job: dict[str, Any]
-    prepared: PreparedData
+    prepared: Any  # the recipe's preflight info: PreparedData for fine-tuning, the LM / TRL checks' facts
     metric: str
     mode: str
     eval_interval: int
@@ -87,10 +109,10 @@ def sweep_name(job: JobConfig) -> str:
     return f"{job.run_name}-sweep"
 
 
-def make_plan(job: JobConfig, prepared: PreparedData, name: str, edges: list[JobConfig]) -> SweepPlan:
+def make_plan(job: JobConfig, prepared: Any, name: str, edges: list[JobConfig]) -> SweepPlan:
     metric, mode = sweep_metric(job)
     sweep_dir = fs.join(job.storage.path, name)
-    n_train = prepared.sizes["train"]
+    n_train = train_rows(prepared)
     return SweepPlan(
         sweep_name=name,
         sweep_dir=sweep_dir,

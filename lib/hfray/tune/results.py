@@ -18,7 +18,8 @@ from typing import Any
 from hfray.artifacts.export import export_from_checkpoint
 from hfray.artifacts.manifest import build_manifest
 from hfray.storage import fs, layout
-from hfray.tune.plan import SweepPlan
+from hfray.tune.adapter_export import adapter_fields, copy_adapter_base
+from hfray.tune.plan import SweepPlan, data_facts
 from hfray.tune.schedulers import TIME_ATTR, read_decisions
 from hfray.tune.space import trial_job_dict
 
@@ -224,15 +225,17 @@ def export_best(best: TrialRow, plan: SweepPlan) -> str:
         metrics={plan.metric: best.best_value},
         best={"step": best.best_step, "metric": plan.metric, "value": best.best_value},
         global_step=best.best_step,
-        labels=plan.prepared.labels,
+        labels=getattr(plan.prepared, "labels", []),
         sweep={
             "name": plan.sweep_name,
             "trial_id": best.trial_id,
             "params": best.params,
             "checkpoint": best.best_checkpoint,
         },
-        data={"fingerprint": plan.prepared.fingerprint, "sizes": plan.prepared.sizes},
+        data=data_facts(plan.prepared),
+        **adapter_fields(plan.base_job, plan.trials_storage, best.runs),  # PEFT sweeps: the adapter's facts
     )
     assert best.best_checkpoint is not None
     export_from_checkpoint(best.best_checkpoint, dest, manifest)
+    copy_adapter_base(plan.base_job, plan.trials_storage, best.runs, dest)
     return dest

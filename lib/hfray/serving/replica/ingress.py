@@ -30,6 +30,8 @@ from ray.serve.handle import DeploymentHandle
 from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.lm_requests import BODIES
+from hfray.serving.replica.lm_routes import LMRoutes
 from hfray.serving.replica.models import ModelHost
 from hfray.serving.replica.requests import ClassifyRequest, ClassifyResponse, bad_request, parse_classify, read_body
 from hfray.serving.replica.task_models import check_inputs, parse_predict_body
@@ -47,7 +49,11 @@ class HfrayIngress:
     """Checks auth and input and picks the model id; then classifies here (fused) or on a model replica (split)."""
 
     def __init__(
-        self, classifier: DeploymentHandle | None, config: dict[str, Any], tasks: DeploymentHandle | None = None
+        self,
+        classifier: DeploymentHandle | None,
+        config: dict[str, Any],
+        tasks: DeploymentHandle | None = None,
+        lm: DeploymentHandle | None = None,
     ) -> None:
         self.cfg = ServeConfig.from_dict(config)
         # fused topology: this replica holds the models (no second hop); split: HfrayClassifier replicas do.
@@ -58,6 +64,7 @@ class HfrayIngress:
         # A one-second cache: new sweep trials and rewritten manifests still show up within a second.
         self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models, ttl_s=1.0)
         self.default_model = self.catalog.default_id(self.cfg.default_model)
+        self.lm = LMRoutes(self.cfg, self.catalog, self.default_model, lm)  # hfray.serving.replica.lm_routes
         self.classifier = classifier
         self.handles: dict[str, DeploymentHandle] = {}
         # The JSON of max_inputs maximal texts, plus room for escapes and the other keys.
@@ -141,6 +148,32 @@ class HfrayIngress:
         inputs = check_inputs(req.inputs, task, self.cfg)
         results = await self.tasks.options(multiplexed_model_id=model_id).predict.remote(inputs)
         return {"model": model_id, "task": task, "results": results}
+
+    # Language models: generation, OpenAI chat/completions, fill-mask (hfray.serving.replica.lm_routes).
+    @app.post("/v1/generate", openapi_extra=BODIES["generate"])
+    async def generate(self, request: Request) -> Any:
+        self._auth(request)
+        return await self.lm.generate(await read_body(request, self.body_limit))
+
+    @app.post("/v1/chat/completions", openapi_extra=BODIES["chat"])
+    async def chat_completions(self, request: Request) -> Any:
+        self._auth(request)
+        return await self.lm.chat(await read_body(request, self.body_limit))
+
+    @app.post("/v1/completions", openapi_extra=BODIES["completions"])
+    async def completions(self, request: Request) -> Any:
+        self._auth(request)
+        return await self.lm.completions(await read_body(request, self.body_limit))
+
+    @app.post("/v1/fill-mask", openapi_extra=BODIES["fill-mask"])
+    async def fill_mask(self, request: Request) -> Any:
+        self._auth(request)
+        return await self.lm.fill_mask(await read_body(request, self.body_limit))
+
+    @app.get("/v1/lm/stats")
+    async def lm_stats(self, request: Request) -> Any:
+        self._auth(request)
+        return await self.lm.stats()
 
 
 # ----------------------------------------------------------------------------- the model replica (split topology)

@@ -4,7 +4,8 @@ Same lifecycle as fine-tuning; what differs: the model comes from ``model.archit
 ``lm.pipeline: ray-data`` tokenizes and packs on Ray Data CPU tasks and streams a disjoint shard to each worker
 (:mod:`hfray.data.stream`), ``datasets`` packs in memory on every worker; evaluation is held-out loss and
 perplexity; the job's ``tokenizer`` section, if any, is trained first when ``model.tokenizer`` does not exist yet.
-Artifacts load with ``pipeline("fill-mask")`` / ``pipeline("text-generation")``.
+Artifacts load with ``pipeline("fill-mask")`` / ``pipeline("text-generation")``. Sweepable (metric eval_loss, or
+eval_perplexity).
 """
 
 from hfray.train.recipes.base import Recipe
@@ -19,4 +20,5 @@ RECIPE = Recipe(
     artifact_fields=worker.artifact_fields,
     ray_datasets=driver.ray_datasets,
     connected_checks=driver.check_data_cpus,
+    sweepable=True,
 )

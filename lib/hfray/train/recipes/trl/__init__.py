@@ -3,7 +3,7 @@
 TRL's trainers subclass the HF ``Trainer``, so the whole lifecycle applies unchanged: checks before Ray starts
 (data columns, tokenizer and chat template, model config), DDP / ZeRO / FSDP (``training.strategy``), a report
 at every evaluation, rank-aware checkpoints, resume, and an artifact (full model or PEFT adapter) that
-``hfray predict`` / ``hfray serve`` load as ``text-generation``.
+``hfray predict`` / ``hfray serve`` load as ``text-generation``. Sweepable (metric eval_loss).
 """
 
 from hfray.train.recipes.base import Recipe
@@ -16,4 +16,5 @@ RECIPE = Recipe(
     loop_config=driver.loop_config,
     train_loop_per_worker=worker.train_loop_per_worker,
     artifact_fields=worker.artifact_fields,
+    sweepable=True,
 )
