@@ -68,10 +68,22 @@ def start(loop_config: dict[str, Any]) -> WorkerRun:
 
 
 def limit_threads(run: WorkerRun) -> None:
-    """torch's intra-op threads = the CPUs Ray reserved for this worker (torch's default takes every core)."""
+    """torch's intra-op threads = the CPUs Ray reserved for this worker (torch's default takes every core); with
+    ``training.torch_compile``, the compile cache of a local storage path (:func:`compile_cache_dir`)."""
     import torch
 
     torch.set_num_threads(max(1, int(run.job.resources.cpus_per_worker)))
+    cache = compile_cache_dir(run.job)
+    if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+
+
+def compile_cache_dir(job: JobConfig) -> str | None:
+    """``<storage.path>/.hfray_cache/compile`` for compiled jobs on a local (or shared-mount) storage path."""
+    path = job.storage.path
+    if not job.training.torch_compile or "://" in path:
+        return None
+    return os.path.join(os.path.abspath(os.path.expanduser(path)), ".hfray_cache", "compile")
 
 
 def check_fingerprint(fingerprint: str, expected: str, rank: int) -> None:
