@@ -15,8 +15,10 @@ GPU. Runners per workload and GPU count N (``--gpus``):
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
-  architecture), ``datasets`` (``lm.pipeline=datasets``) and ``noliger`` (``training.liger_kernel=false``), joined
-  with ``-`` to compose (``compile-exact-nodrop``).
+  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``) and
+  ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the GPU is synchronised
+  at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
+  (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -280,7 +282,13 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     def manifest() -> Path:
         return next((out / "runs").glob("*/artifact/hfray_manifest.json"))
 
-    return _timed(cmd, out, manifest)
+    profile = out / "step_profile.jsonl"
+    profile.unlink(missing_ok=True)
+    env = {"HFRAY_STEP_PROFILE": str(profile)} if "profile" in variant.split("-") else {}
+    row = _timed(cmd, out, manifest, env)
+    if profile.is_file():  # ms per step by phase (synchronised: that run's throughput is not the steady one)
+        row["step_profile"] = json.loads(profile.read_text().splitlines()[-1])["ms_per_step"]
+    return row
 
 
 def _timed(cmd: list[str], out: Path, result_path: Any, extra_env: dict[str, str] | None = None) -> dict[str, Any]:

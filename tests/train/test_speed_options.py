@@ -119,3 +119,24 @@ def test_compile_cache_lives_with_a_local_storage_path(tmp_path: Path) -> None:
     job["storage"] = {"path": "s3://bucket/runs"}
     assert compile_cache_dir(JobConfig.from_dict(job)) is None
     assert compile_cache_dir(_job()) is None  # not compiled: nothing to cache
+
+
+def test_step_profile_splits_each_step_into_phases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from hfray.train.callbacks.step_profile import PHASES, StepProfileCallback
+
+    target = tmp_path / "profile.jsonl"
+    monkeypatch.setenv("HFRAY_STEP_PROFILE", str(target))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, report_to="none", save_strategy="no"
+    )
+    profile = StepProfileCallback(warmup_steps=2)
+    Trainer(model=model, args=args, train_dataset=_Rows(32), callbacks=[profile]).train()
+    record = json.loads(target.read_text())
+    assert record["steps"] == 4  # steps 3..6
+    assert set(record["ms_per_step"]) == set(PHASES)
+    assert record["ms_per_step"]["forward_backward"] > 0 and record["ms_per_step"]["optimizer"] > 0
+    assert record["total_ms"] == pytest.approx(sum(record["ms_per_step"].values()), abs=0.05)

@@ -183,6 +183,7 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
+    from hfray.train.callbacks import step_profile
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
     from hfray.train.callbacks.report import RayReportCallback
 
@@ -195,6 +196,8 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
         found.append(ProgressBarCallback(run.loop_config["run_name"]))
     if attempt.resume_from:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
+    if step_profile.enabled():
+        found.append(step_profile.StepProfileCallback())
     t = job.training
     if t.early_stopping_patience:
         found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
