@@ -40,6 +40,8 @@ def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
 
 
 LIGER_TASKS = ("causal-lm", "sft", "dpo")
+# On by default where measured as a plain swap of kernels; DPO (TRL's own Liger loss path) only when asked for.
+LIGER_DEFAULT_TASKS = ("causal-lm", "sft")
 LIGER_PIN = "liger-kernel==0.8.5"  # the gpu extra of pyproject.toml
 
 
@@ -52,7 +54,7 @@ def use_liger(job: JobConfig, use_gpu: bool) -> bool:
     t = job.training
     if t.liger_kernel is not None:
         return t.liger_kernel
-    return use_gpu and job.task in LIGER_TASKS and not t.torch_compile and liger_available()
+    return use_gpu and job.task in LIGER_DEFAULT_TASKS and not t.torch_compile and liger_available()
 
 
 def gpu_input_pipeline(use_gpu: bool) -> dict[str, Any]:
