@@ -36,7 +36,7 @@ def _lm_dataset(spec: dict[str, Any], tokenizer: Any, args: Any) -> Any:
         return {"input_ids": [ids[i : i + seq] for i in range(0, total, seq)]}
 
     with args.main_process_first(desc="tokenize"):
-        eos = tokenizer.eos_token if spec["workload"] == "clm" else None
+        eos = tokenizer.eos_token if spec["workload"] in ("clm", "llama") else None
         tokenized = raw.map(
             lambda b: tokenizer([t + eos if eos else t for t in b["text"]], add_special_tokens=eos is None),
             batched=True,
