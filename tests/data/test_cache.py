@@ -50,10 +50,12 @@ def test_second_run_reads_the_cache_and_changes_miss(tmp_path: Path, tokenizer, 
 
     tokenize(DataConfig(train=str(train), max_length=12))  # max_length changed
     assert len(calls) == 2
-    changed = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
-    changed.add_tokens(["zzqx"])  # another vocabulary
-    tokenize(cfg, changed)
+    changed = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)  # same path, another vocabulary
+    changed.add_tokens(["plot"])
+    retokenized = tokenize(cfg, changed)
     assert len(calls) == 3
+    new_id = changed.convert_tokens_to_ids("plot")  # the new ids, not a stale copy of the old tokenization
+    assert any(new_id in ids for ids in retokenized["train"]["input_ids"])
     rows = synthetic_rows(40, seed=1)
     rows[3]["text"] += " plot"  # one edited row of the data file
     write_csv(train, rows)
