@@ -16,6 +16,8 @@ submit -> first step end per runner; and the ratio hfray / plain, which is what 
 
     python bench/overhead_bench.py --out /tmp/ovh --address 127.0.0.1:6390        # a running cluster
     python bench/overhead_bench.py --out /tmp/ovh --gpu --workloads mlm,cls       # GPU machine, 1 GPU worker
+    python bench/overhead_bench.py --out /tmp/ovh --workloads cls --docs 2000 --repeats 3 --shared-storage [--no-cache]
+        # re-runs on the same data: the tokenized-data cache (hfray.data.cache) after repeat 0, or --no-cache
 
 Steps are few (``--steps``, default 3): only the start-up is measured, not the steady state.
 """
@@ -108,10 +110,15 @@ def plain_cmd(spec: dict[str, Any], out: Path) -> list[str]:
     ]
 
 
-def hfray_cmd(spec: dict[str, Any], gpu: bool, address: str, out: Path) -> list[str]:
+def hfray_cmd(
+    spec: dict[str, Any], gpu: bool, address: str, out: Path, storage: Path | None = None, cache: bool = True
+) -> list[str]:
+    """``storage``: one storage path for every repeat (re-runs on the same data: the tokenized-data cache of the
+    first serves the others); ``cache``: ``data.cache_tokenized``."""
     out.mkdir(parents=True, exist_ok=True)
-    job = tb.hfray_job(spec, 1, gpu, out / "runs", "default")
+    job = tb.hfray_job(spec, 1, gpu, storage or out / "runs", "default")
     job["training"].update(eval_steps=max(spec["steps"], 1), logging_steps=max(spec["steps"], 1))
+    job.setdefault("data", {})["cache_tokenized"] = cache
     (out / "job.yaml").write_text(yaml.safe_dump(job))
     return [sys.executable, "-m", "hfray", "train", str(out / "job.yaml"), f"cluster.address={address}", "--fresh"]
 
@@ -181,6 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--gpu", action="store_true", help="BERT-base/GPT-2-small sizes and 1 GPU per worker")
     parser.add_argument("--docs", type=int, default=None, help="documents in the synthetic corpus")
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="all hfray repeats of a workload use one storage path (re-runs: repeat 0 fills the tokenized-data cache)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="data.cache_tokenized: false (the 'before' case)")
     return parser.parse_args(argv)
 
 
@@ -209,7 +222,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for repeat in range(args.repeats):
                 for runner in args.runners.split(","):
                     out = args.out / "cases" / f"{workload}-{runner}-{repeat}"
-                    cmd = plain_cmd(spec, out) if runner == "plain" else hfray_cmd(spec, args.gpu, address, out)
+                    shared = args.out / "storage" / workload if getattr(args, "shared_storage", False) else None
+                    cache = not getattr(args, "no_cache", False)
+                    cmd = (
+                        plain_cmd(spec, out)
+                        if runner == "plain"
+                        else hfray_cmd(spec, args.gpu, address, out, shared, cache)
+                    )
                     row = {"workload": workload, "runner": runner, "repeat": repeat, **run_case(cmd, out, args.gpu)}
                     result["rows"].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)

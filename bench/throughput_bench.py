@@ -1,15 +1,24 @@
 """Benchmark: hfray's training throughput against the plain HF Trainer and torchrun, same work, one run.
 
 Workloads (``--workloads``): ``mlm`` BERT-base masked-LM pre-training, ``clm`` GPT-2-small causal-LM
-pre-training, ``cls`` BERT-base sequence-classification fine-tuning; all from configs (random weights), sequence
-``--seq`` tokens, ``--batch`` samples per GPU, bf16 on GPU. Runners per workload and GPU count N (``--gpus``):
+pre-training, ``llama`` a Llama-shaped causal LM (SmolLM2-135M's shape) pre-training, ``cls`` BERT-base
+sequence-classification fine-tuning, ``sft`` LoRA SFT (r 16, all linear layers) of the SmolLM2-135M shape on
+packed text; all from configs (random weights), sequence ``--seq`` tokens, ``--batch`` samples per GPU, bf16 on
+GPU. Runners per workload and GPU count N (``--gpus``):
 
-* ``plain``: ``bench/throughput_plain.py`` in one process (N = 1) or under ``torchrun --nproc_per_node N``;
+* ``bare`` (N = 1): ``bench/throughput_bare.py``, the model's training step alone (fused AdamW, bf16 autocast,
+  ``torch.compile``, random tokens on the device; no Trainer, no Ray, no data): the ceiling. ``--bare-variants
+  eager`` adds the uncompiled step;
+* ``plain``: ``bench/throughput_plain.py`` in one process (N = 1) or under ``torchrun --nproc_per_node N``
+  (``sft``: TRL's own ``SFTTrainer`` with the same LoRA and packing);
 * ``hfray``: ``hfray train JOB cluster.address=...`` (a subprocess, as a user submits it) on a Ray cluster
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
-  architecture) and ``datasets`` (``lm.pipeline=datasets``), joined with ``-`` to compose (``compile-exact-nodrop``).
+  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``) and
+  ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the GPU is synchronised
+  at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
+  (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -18,6 +27,7 @@ module; the MLM head counted at masked positions only, for every runner), peak C
 minus steady-state training time. Writes ``throughput.json`` and ``throughput.md`` under ``--out``.
 
     python bench/throughput_bench.py --out bench/results/throughput_gpu            # GPU machine, ~8 min
+    python bench/throughput_bench.py --workloads llama,sft --seq 1024 --batch 32 --gpus 1 --out $OUT/dec
     python bench/throughput_bench.py --smoke --out /tmp/tp                          # CPU smoke (the test's mode)
 
 Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
@@ -56,6 +66,19 @@ BASE = {
     "clm": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
 }
 BASE["cls"] = BASE["mlm"]
+BASE["llama"] = {  # SmolLM2-135M's shape
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+}
+BASE["sft"] = BASE["llama"]
 TINY = {
     "mlm": {
         "model_type": "bert",
@@ -68,7 +91,19 @@ TINY = {
     "clm": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
 }
 TINY["cls"] = TINY["mlm"]
-TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "cls": "text-classification"}
+TINY["llama"] = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
+TINY["sft"] = TINY["llama"]
+TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "text-classification", "sft": "sft"}
+LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
 
 
 # ----------------------------------------------------------------------------- data
@@ -114,14 +149,15 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str,
     from hfray.data.tokenizer_training import train_tokenizer
 
     out = {}
-    for kind, task, algorithm, vocab in (
-        ("bert", "masked-lm", "wordpiece", 30522),
-        ("gpt2", "causal-lm", "bpe", 50257),
+    for name, kind, task, algorithm, vocab in (
+        ("bert", "bert", "masked-lm", "wordpiece", 30522),
+        ("gpt2", "gpt2", "causal-lm", "bpe", 50257),
+        ("llama", "gpt2", "causal-lm", "bpe", 49152),  # byte-level BPE within SmolLM2's vocabulary size
     ):
-        path = work / f"tokenizer-{kind}"
+        path = work / f"tokenizer-{name}"
         job = JobConfig.from_dict(
             {
-                "name": f"tok-{kind}",
+                "name": f"tok-{name}",
                 "task": task,
                 "tokenizer": {"algorithm": algorithm, "vocab_size": 2000 if smoke else vocab, "min_frequency": 1},
                 "model": {"architecture": {"model_type": kind}, "tokenizer": str(path)},
@@ -130,7 +166,7 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str,
             }
         )
         train_tokenizer(job)
-        out[kind] = str(path)
+        out[name] = str(path)
     return out
 
 
@@ -146,7 +182,7 @@ def spec_for(workload: str, args: argparse.Namespace, data: dict[str, str], toke
         "steps": args.steps,
         "batch": args.batch,
         "seq": args.seq,
-        "tokenizer": tokenizers["gpt2" if workload == "clm" else "bert"],
+        "tokenizer": tokenizers[{"mlm": "bert", "cls": "bert", "clm": "gpt2"}.get(workload, "llama")],
     }
 
 
@@ -177,12 +213,21 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
             "max_length": spec["seq"],
         }
         job["evaluation"] = {"metrics": ["accuracy"], "metric_for_best_model": "accuracy"}
+    elif workload == "sft":  # LoRA SFT on the CSV's text column, packed into seq-token rows (TRL's BFD packing)
+        job["data"] = {
+            "train": spec["data"]["train_csv"],
+            "validation": spec["data"]["validation_csv"],
+            "max_length": spec["seq"],
+            "max_eval_samples": 16,
+        }
+        job["trl"] = {"format": "text", "packing": True}
+        job["peft"] = dict(LORA)
     else:
         job["data"] = {"train": spec["data"]["train"], "validation": spec["data"]["validation"], "max_eval_samples": 16}
         job["lm"] = {"block_size": spec["seq"], "tokenize_num_cpus": 1 if gpu else 0.25}
     if variant == "hf":  # the plain script's settings: what is left is Ray Train's own cost
         job["training"].update(dataloader_num_workers=0, group_by_length=False)
-        if workload != "cls":
+        if workload not in ("cls", "sft"):
             job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
@@ -192,7 +237,9 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use
         job["model"]["architecture"] = {**spec["architecture"], "hidden_dropout_prob": 0.0}
         job["model"]["architecture"]["attention_probs_dropout_prob"] = 0.0
-    if "datasets" in parts and workload != "cls":  # no Ray Data stream: packed in memory by `datasets`
+    if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
+        job["training"]["liger_kernel"] = False
+    if "datasets" in parts and workload not in ("cls", "sft"):  # no Ray Data stream: packed in memory by `datasets`
         job["lm"]["pipeline"] = "datasets"
     return job
 
@@ -215,6 +262,15 @@ def run_plain(spec: dict[str, Any], n: int, out: Path) -> dict[str, Any]:
     return _timed(cmd + ["--spec", str(spec_file), "--out", str(result_file)], out, lambda: result_file, gpus)
 
 
+def run_bare(spec: dict[str, Any], out: Path, variant: str) -> dict[str, Any]:
+    """``bench/throughput_bare.py``: the model's bare step on one device (compiled, or ``eager``)."""
+    spec_file, result_file = out / "spec.json", out / "result.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(HERE / "throughput_bare.py"), "--spec", str(spec_file), "--out", str(result_file)]
+    cmd += ["--eager"] if variant == "eager" else []
+    return _timed(cmd, out, lambda: result_file, {"CUDA_VISIBLE_DEVICES": "0"})
+
+
 def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
     # A run left by an earlier, interrupted bench in the same folder would be read as this one's result.
     shutil.rmtree(out / "runs", ignore_errors=True)
@@ -226,7 +282,13 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     def manifest() -> Path:
         return next((out / "runs").glob("*/artifact/hfray_manifest.json"))
 
-    return _timed(cmd, out, manifest)
+    profile = out / "step_profile.jsonl"
+    profile.unlink(missing_ok=True)
+    env = {"HFRAY_STEP_PROFILE": str(profile)} if "profile" in variant.split("-") else {}
+    row = _timed(cmd, out, manifest, env)
+    if profile.is_file():  # ms per step by phase (synchronised: that run's throughput is not the steady one)
+        row["step_profile"] = json.loads(profile.read_text().splitlines()[-1])["ms_per_step"]
+    return row
 
 
 def _timed(cmd: list[str], out: Path, result_path: Any, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -294,9 +356,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     index = {key(r): r for r in rows}
     for r in rows:
         base = index.get((r["workload"], "plain", 1), {}).get("samples_per_second")
+        bare = index.get((r["workload"], "bare", 1), {}).get("samples_per_second")
         one = index.get((r["workload"], r["runner"], 1), {}).get("samples_per_second")
         sps = r.get("samples_per_second")
         r["vs_plain_1gpu"] = round(sps / base, 3) if sps and base else None
+        r["vs_bare_1gpu"] = round(sps / bare, 3) if sps and bare else None
         r["scaling_efficiency"] = round(sps / (r["gpus"] * one), 3) if sps and one and r["gpus"] > 1 else None
 
 
@@ -310,6 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("mfu", "MFU"),
         ("peak_memory_gib_per_gpu", "peak GiB/GPU"),
         ("vs_plain_1gpu", "vs plain 1 GPU"),
+        ("vs_bare_1gpu", "vs bare 1 GPU"),
         ("scaling_efficiency", "scaling eff."),
         ("submit_to_first_step_s", "submit->1st step s"),
         ("overhead_s", "wall - steady s"),
@@ -336,7 +401,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the bench still runs")
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
-    parser.add_argument("--runners", default="plain,hfray")
+    parser.add_argument("--runners", default="bare,plain,hfray")
+    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager (no torch.compile)")
     parser.add_argument(
         "--hfray-variants",
         default="",
@@ -373,15 +439,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for workload in args.workloads.split(","):
         spec = spec_for(workload, args, data, tokenizers)
         for n in counts:
-            cases = [("plain", "default")] if "plain" in args.runners else []
+            cases = []
+            if "bare" in args.runners and n == 1:  # one device: the ceiling the other runners are held to
+                bare_variants = [v for v in getattr(args, "bare_variants", "").split(",") if v]
+                cases += [("bare", v) for v in ["default", *bare_variants]]
+            cases += [("plain", "default")] if "plain" in args.runners else []
             if "hfray" in args.runners:
                 variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if n == 1 else [])
                 cases += [("hfray", v) for v in variants]
             for runner, variant in cases:
                 out = args.out / "cases" / f"{workload}-{runner}-{variant}-{n}"
                 out.mkdir(parents=True, exist_ok=True)
-                plain = runner == "plain"
-                row = run_plain(spec, n, out) if plain else run_hfray(spec, n, gpu, address, out, variant)
+                if runner == "bare":
+                    row = run_bare(spec, out, variant)
+                elif runner == "plain":
+                    row = run_plain(spec, n, out)
+                else:
+                    row = run_hfray(spec, n, gpu, address, out, variant)
                 name = runner if variant == "default" else f"{runner}-{variant}"
                 result["rows"].append({"workload": workload, "runner": name, "gpus": n, **row})
                 print(json.dumps(result["rows"][-1]), flush=True)

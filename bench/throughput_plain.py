@@ -8,7 +8,9 @@ sides are measured alike. One process (``python``) or one per GPU (``torchrun --
     python bench/throughput_plain.py --spec SPEC.json --out RESULT.json
     torchrun --nproc_per_node 2 bench/throughput_plain.py --spec SPEC.json --out RESULT.json
 
-SPEC (written by the bench): workload (mlm|clm|cls), architecture, tokenizer, data, steps, batch, seq.
+``sft``: TRL's own ``SFTTrainer`` (LoRA r 16 on all linear layers, packing to ``seq`` tokens) on the CSV's text.
+
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft), architecture, tokenizer, data, steps, batch, seq.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _lm_dataset(spec: dict[str, Any], tokenizer: Any, args: Any) -> Any:
         return {"input_ids": [ids[i : i + seq] for i in range(0, total, seq)]}
 
     with args.main_process_first(desc="tokenize"):
-        eos = tokenizer.eos_token if spec["workload"] == "clm" else None
+        eos = tokenizer.eos_token if spec["workload"] in ("clm", "llama") else None
         tokenized = raw.map(
             lambda b: tokenizer([t + eos if eos else t for t in b["text"]], add_special_tokens=eos is None),
             batched=True,
@@ -95,6 +97,60 @@ def _model_and_data(spec: dict[str, Any], args: Any) -> tuple[Any, Any, Any, flo
     return model, train, DataCollatorForLanguageModeling(tokenizer, mlm=False), spec["seq"], 1.0
 
 
+def _sft_trainer(spec: dict[str, Any], gpu: bool, out_dir: str, callbacks: list[Any]) -> Any:
+    """TRL's SFTTrainer as its docs show it: a text dataset, a LoRA config, packing."""
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    arch = dict(spec["architecture"])
+    arch.setdefault("vocab_size", len(tokenizer))
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    model = AutoModelForCausalLM.from_config(config)
+    train = load_dataset("csv", data_files={"train": spec["data"]["train_csv"]})["train"].select_columns(["text"])
+    args = SFTConfig(
+        output_dir=out_dir,
+        max_steps=spec["steps"],
+        per_device_train_batch_size=spec["batch"],
+        learning_rate=1e-4,
+        bf16=gpu,
+        fp16=False,
+        use_cpu=not gpu,
+        max_length=spec["seq"],
+        packing=True,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules="all-linear")
+    return SFTTrainer(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora, callbacks=callbacks
+    )
+
+
+def _sft_main(spec: dict[str, Any], out: str) -> None:
+    import torch
+
+    from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
+
+    speed = ThroughputCallback(spec["seq"])
+    trainer = _sft_trainer(spec, torch.cuda.is_available(), os.path.join(os.path.dirname(out), "plain-output"), [speed])
+    base = trainer.model.get_base_model()
+    speed.flops_per_token = flops_per_token(base, spec["seq"])
+    trainer.train()
+    if trainer.is_world_process_zero():
+        result = {**speed.summary, "process_started_at": STARTED, "process_ended_at": time.time()}
+        result["parameters"] = sum(p.numel() for p in base.parameters())
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def main() -> None:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
@@ -107,6 +163,8 @@ def main() -> None:
     cli = parser.parse_args()
     with open(cli.spec) as f:
         spec = json.load(f)
+    if spec["workload"] == "sft":
+        return _sft_main(spec, cli.out)
     gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=os.path.join(os.path.dirname(cli.out), "plain-output"),

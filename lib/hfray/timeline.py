@@ -25,9 +25,9 @@ def enabled() -> bool:
 
 
 def forwarded_env() -> dict[str, str]:
-    """The variable the job's Ray processes need to write their marks too (empty when off)."""
-    path = os.environ.get(ENV)
-    return {ENV: path} if path else {}
+    """The variables the job's Ray processes need to write their marks too, and the per-step phase profile
+    (``HFRAY_STEP_PROFILE``, hfray.train.callbacks.step_profile); empty when off."""
+    return {key: os.environ[key] for key in (ENV, "HFRAY_STEP_PROFILE") if os.environ.get(key)}
 
 
 def _role() -> str:

@@ -61,6 +61,8 @@ def test_two_workers_learn_report_every_eval_and_export(ray_cluster, tmp_path, d
     assert manifest["global_step"] == 48
     assert manifest["data"]["sizes"] == {"train": 256, "validation": 64}
     assert {"ray", "transformers", "torch"} <= set(manifest["versions"])
+    # Both workers' tokenized data went to one cache entry next to the runs (hfray.data.cache): later runs read it.
+    assert len(list((Path(job.storage.path) / ".hfray_cache" / "tokenized").iterdir())) == 1
     assert manifest["metrics"]["eval_accuracy"] >= 0.9
 
     from transformers import pipeline

@@ -24,3 +24,8 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, le=32768)
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
+    cache_tokenized: bool = Field(
+        True,
+        description="Keep tokenized data under <storage.path>/.hfray_cache/tokenized (local paths), keyed by the "
+        "data, tokenizer and max_length: later runs and sweep trials on the same data skip tokenizing.",
+    )

@@ -31,6 +31,7 @@ MANAGED = {
     "fp16": "training.precision",
     "resume_from_checkpoint": "storage (hfray resumes from Ray's latest checkpoint)",
     "torch_compile": "training.torch_compile",
+    "use_liger_kernel": "training.liger_kernel",
     "group_by_length": "training.group_by_length",
     "train_sampling_strategy": "training.group_by_length",
     "deepspeed": "training.strategy",
@@ -84,7 +85,19 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(
         False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
     )
-    torch_compile: bool = Field(False, description="torch.compile the model (HF Trainer's integration).")
+    torch_compile: bool = Field(
+        False,
+        description="torch.compile the model (HF Trainer's integration; masked-lm compiles the encoder, its head on "
+        "masked positions runs eager). The compile cache is kept under <storage.path>/.hfray_cache/compile, so "
+        "re-runs, resumed runs and sweep trials of a local storage path reuse it.",
+    )
+    liger_kernel: bool | None = Field(
+        None,
+        description="Liger's Triton kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) for the decoder "
+        "families liger-kernel supports (Llama, Mistral, Qwen, Gemma, ...; others train unchanged). Default: on for "
+        "GPU causal-lm and sft jobs when liger-kernel is installed (pip install 'hfray[gpu]'); dpo: set true (TRL's "
+        "Liger DPO loss). Not with torch_compile.",
+    )
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More transformers.TrainingArguments, passed through verbatim."
     )
@@ -112,4 +125,6 @@ class TrainingConfig(Section):
             raise ValueError("training.eval_strategy 'steps' needs training.eval_steps")
         if self.max_steps == 0:
             raise ValueError("training.max_steps must be -1 (use epochs) or a positive step count")
+        if self.liger_kernel and self.torch_compile:
+            raise ValueError("training.liger_kernel and training.torch_compile: pick one (Liger's kernels are Triton)")
         return self

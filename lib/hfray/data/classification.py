@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 
 from hfray.config import DataConfig
+from hfray.data import cache
 from hfray.data.splits import PreparedData, fingerprint, load_splits
 from hfray.errors import DataError
 
@@ -88,6 +89,17 @@ def mean_token_length(ds: datasets.Dataset, column: str = "input_ids") -> float:
         return 0.0
     table = ds.with_format("arrow")[:]  # honours select/shuffle index mappings
     return float(pc.mean(pc.list_value_length(table.column(column))).as_py())
+
+
+def tokenize_cached(
+    prepared: PreparedData, tokenizer: Any, cfg: DataConfig, labels: list[str], storage_path: str
+) -> datasets.DatasetDict:
+    """:func:`tokenize_for_classification` through the tokenized-data cache (:mod:`hfray.data.cache`)."""
+    root = cache.cache_root(storage_path) if cfg.cache_tokenized else None
+    settings = {"max_length": cfg.max_length, "pair": cfg.text_pair_column, "labels": labels}
+    key = cache.cache_key("classification", prepared.fingerprint, tokenizer, **settings)
+    encoded, _ = cache.cached(root, key, lambda: tokenize_for_classification(prepared.splits, tokenizer, cfg, labels))
+    return encoded
 
 
 def tokenize_for_classification(

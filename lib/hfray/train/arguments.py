@@ -6,6 +6,7 @@ before any worker starts) and by each worker.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from typing import Any
 
@@ -38,6 +39,33 @@ def _precision_flags(precision: str, use_gpu: bool) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+LIGER_TASKS = ("causal-lm", "sft", "dpo")
+# On by default where measured as a plain swap of kernels; DPO (TRL's own Liger loss path) only when asked for.
+LIGER_DEFAULT_TASKS = ("causal-lm", "sft")
+LIGER_PIN = "liger-kernel==0.8.5"  # the gpu extra of pyproject.toml
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def use_liger(job: JobConfig, use_gpu: bool) -> bool:
+    """training.liger_kernel, or its default: GPU decoder jobs (not compiled) where liger-kernel is installed."""
+    t = job.training
+    if t.liger_kernel is not None:
+        return t.liger_kernel
+    return use_gpu and job.task in LIGER_DEFAULT_TASKS and not t.torch_compile and liger_available()
+
+
+def gpu_input_pipeline(use_gpu: bool) -> dict[str, Any]:
+    """GPU jobs: host->device copies of pinned batches that overlap compute (``non_blocking``).
+
+    Persistent loader workers were tried and left out: re-forking workers draws their seed from torch's global
+    generator each epoch, so keeping them shifts dropout's random stream and the loss curve from epoch 2 on
+    (tests/train/test_speed_options.py)."""
+    return {"dataloader_pin_memory": True, "accelerator_config": {"non_blocking": True}} if use_gpu else {}
+
+
 def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool = True) -> dict[str, Any]:
     """TrainingArguments of a job; ``scale_out=False`` leaves out DeepSpeed/FSDP (driver-side checks:
     those integrations import DeepSpeed and set accelerate's environment variables in the process)."""
@@ -62,6 +90,8 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool
         _checkpointing_arg(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
         "torch_compile": t.torch_compile,
+        "use_liger_kernel": use_liger(job, use_gpu),
+        **gpu_input_pipeline(use_gpu),
         **_length_grouping(t.group_by_length),
         "load_best_model_at_end": ev.load_best_model_at_end,
         "metric_for_best_model": ev.metric_for_best_model,
@@ -86,6 +116,18 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool
     return kwargs
 
 
+def _liger_problems(job: JobConfig) -> list[Problem]:
+    if not job.training.liger_kernel:
+        return []
+    if job.task not in LIGER_TASKS:
+        return [Problem("training.liger_kernel", f"Liger's kernels are for {', '.join(LIGER_TASKS)} jobs")]
+    if job.resources.gpus_per_worker == 0:
+        return [Problem("training.liger_kernel", "needs GPUs (resources.gpus_per_worker > 0): Triton kernels")]
+    if not liger_available():
+        return [Problem("training.liger_kernel", f"liger-kernel is not installed (pip install '{LIGER_PIN}')")]
+    return []
+
+
 def training_arguments(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool = True) -> Any:
     from transformers import TrainingArguments
 
@@ -101,6 +143,7 @@ def check_training_arguments(job: JobConfig) -> None:
         )
     if job.training.precision == "fp16" and job.resources.gpus_per_worker == 0:
         problems.append(Problem("training.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0)"))
+    problems += _liger_problems(job)
     res = job.resources
     problems += strategy_problems(job.training.strategy, res.gpus_per_worker, res.num_workers)
     if problems:

@@ -68,10 +68,22 @@ def start(loop_config: dict[str, Any]) -> WorkerRun:
 
 
 def limit_threads(run: WorkerRun) -> None:
-    """torch's intra-op threads = the CPUs Ray reserved for this worker (torch's default takes every core)."""
+    """torch's intra-op threads = the CPUs Ray reserved for this worker (torch's default takes every core); with
+    ``training.torch_compile``, the compile cache of a local storage path (:func:`compile_cache_dir`)."""
     import torch
 
     torch.set_num_threads(max(1, int(run.job.resources.cpus_per_worker)))
+    cache = compile_cache_dir(run.job)
+    if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+
+
+def compile_cache_dir(job: JobConfig) -> str | None:
+    """``<storage.path>/.hfray_cache/compile`` for compiled jobs on a local (or shared-mount) storage path."""
+    path = job.storage.path
+    if not job.training.torch_compile or "://" in path:
+        return None
+    return os.path.join(os.path.abspath(os.path.expanduser(path)), ".hfray_cache", "compile")
 
 
 def check_fingerprint(fingerprint: str, expected: str, rank: int) -> None:
@@ -171,6 +183,7 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
+    from hfray.train.callbacks import step_profile
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
     from hfray.train.callbacks.report import RayReportCallback
 
@@ -184,6 +197,8 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
         found.append(ProgressBarCallback(run.loop_config["run_name"]))
     if attempt.resume_from:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
+    if step_profile.enabled():
+        found.append(step_profile.StepProfileCallback())
     t = job.training
     if t.early_stopping_patience:
         found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))

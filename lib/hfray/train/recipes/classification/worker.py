@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = loading.build_classifier(job.model, labels, tokenizer, **peft.quantized_load_kwargs(job))
     model, peft_info = peft.apply_peft(model, job, run.base_copy)
     timeline.mark("worker_model")
-    encoded = data.tokenize_for_classification(prepared.splits, tokenizer, job.data, labels)
+    encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
     timeline.mark("worker_tokenized")
     args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)

@@ -20,12 +20,15 @@ from hfray.train import worker
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
 
 
-def training_args(job: JobConfig, output_dir: str) -> Any:
+def training_args(job: JobConfig, output_dir: str, encoder_compiled: bool = False) -> Any:
+    """``encoder_compiled``: the recipe compiled the encoder itself (:func:`compile_encoder`), HF compiles nothing."""
     from transformers import TrainingArguments
 
     from hfray.train.arguments import build_kwargs
 
     kwargs = build_kwargs(job, output_dir, use_gpu=job.resources.gpus_per_worker > 0)
+    if encoder_compiled:
+        kwargs["torch_compile"] = False
     if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
         # A resumed stream starts afresh (Ray Data's order is not replayable), so skipping the
         # batches trained before the failure would only throw data away.
@@ -107,8 +110,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
     speed = throughput.callback_for_model(model, lm.block_size, lm.block_size, lm.mlm_probability if masked else 1.0)
-    if masked and lm.mlm_loss_on_masked_only and not language_model.mlm_loss_on_masked_only(model) and run.rank == 0:
+    masked_only = masked and lm.mlm_loss_on_masked_only and language_model.mlm_loss_on_masked_only(model)
+    if masked and lm.mlm_loss_on_masked_only and not masked_only and run.rank == 0:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
+    encoder_compiled = t.torch_compile and masked_only
+    if encoder_compiled:  # the head's rows are the masked positions (a data-dependent count): it stays eager
+        model.base_model.compile()  # in place: the same parameters and state-dict keys, static block shapes
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, t.seed + run.rank, lm.masking)
     train, evaluation = train_and_eval_sets(job, tokenizer, collator, loop_config.get("validation_blocks"), stream)
@@ -116,7 +123,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     attempt = worker.resume(run)
     trainer = LanguageModelTrainer(
         model=model,
-        args=training_args(job, os.path.join(run.local_root, "hf")),
+        args=training_args(job, os.path.join(run.local_root, "hf"), encoder_compiled),
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,

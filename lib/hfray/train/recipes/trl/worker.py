@@ -93,6 +93,17 @@ def tokens_trained(trainer: Any) -> float | None:
     return float(counts[-1]) if counts else None
 
 
+def steady_throughput(job: JobConfig, model: Any) -> Any:
+    """Packed SFT: the steady-state callback (rows of data.max_length tokens: an upper bound, BFD packing leaves
+    some rows short); None otherwise (the manifest keeps TRL's own token count)."""
+    if job.task != "sft" or not job.trl or not job.trl.packing:
+        return None
+    from hfray.train.callbacks.throughput import callback_for_model
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return callback_for_model(base, job.data.max_length, job.data.max_length)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from transformers import set_seed
 
@@ -107,14 +118,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, peft_info = peft.apply_peft(model, job, run.base_copy)
     args = trl_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
-    trainer = build_trainer(job, model, tokenizer, args, splits, worker.callbacks(run, attempt))
+    speed = steady_throughput(job, model)
+    callbacks = worker.callbacks(run, attempt) + ([speed] if speed else [])
+    trainer = build_trainer(job, model, tokenizer, args, splits, callbacks)
     attempt = worker.train(trainer, attempt)
     final = worker.final_eval_metrics(trainer, splits["validation"])
     worker.finish(
         *(run, attempt, trainer, tokenizer, final),
         **artifact_fields(job),
         peft=peft_info,
-        throughput=worker.throughput(run, attempt, trainer, tokens=tokens_trained(trainer)),
+        throughput=worker.throughput(run, attempt, trainer, speed, tokens=tokens_trained(trainer)),
         data={"sizes": {k: len(v) for k, v in splits.items()}},
         versions=library_versions(["trl"]),
     )

@@ -1,0 +1,160 @@
+"""The ceiling of ``bench/throughput_bench.py``: the bare training step of the same model, no Trainer, no Ray.
+
+The model from its config (random weights), random tokens already on the device, fused AdamW (GPU), bf16
+autocast (GPU), ``torch.compile`` (GPU; ``--eager`` or CPU: eager), a loop of ``forward, backward, step,
+zero_grad``. What hfray's step can reach on the device: ``hfray / bare`` in the bench's table is the share of it
+that hfray keeps. Masked-LM runs its head on masked positions only (exactly 15% of each block: static shapes
+for the compiled graph), as hfray does; LoRA SFT trains a LoRA adapter (r 16, all linear layers) on a
+causal LM. Timed with the same ``ThroughputCallback`` as the other runners (its hooks called by hand), so the
+warm-up rule, MFU formula and peak memory are the same. One process, one device:
+
+    python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager]
+
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft), architecture, steps, batch, seq; optional
+tokenizer (the vocabulary size when the architecture has none), learning_rate (1e-4, as the other runners).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+STARTED = time.time()
+MASK_P = 0.15
+LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
+
+
+def build_model(spec: dict[str, Any]) -> tuple[Any, float]:
+    """(model, head fraction for the FLOP count), as hfray builds the workload's model."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+    )
+
+    from hfray.model.language_model import mlm_loss_on_masked_only
+
+    arch = dict(spec["architecture"])
+    if "vocab_size" not in arch:  # the smoke's tiny models: the synthetic tokenizer's size, as hfray does
+        from transformers import AutoTokenizer
+
+        arch["vocab_size"] = len(AutoTokenizer.from_pretrained(spec["tokenizer"]))
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    workload = spec["workload"]
+    if workload == "mlm":
+        model = AutoModelForMaskedLM.from_config(config)
+        return model, (MASK_P if mlm_loss_on_masked_only(model) else 1.0)
+    if workload == "cls":
+        config.num_labels = 2
+        return AutoModelForSequenceClassification.from_config(config), 1.0
+    model = AutoModelForCausalLM.from_config(config)
+    if workload == "sft":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+    return model, 1.0
+
+
+def make_batches(spec: dict[str, Any], vocab: int, device: str, n: int = 4) -> list[dict[str, Any]]:
+    """``n`` random batches on the device: full blocks, a fixed masked count per MLM block."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    rows, seq, workload = spec["batch"], spec["seq"], spec["workload"]
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, vocab, (rows, seq), generator=gen)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if workload == "mlm":
+            labels = torch.full_like(ids, -100)
+            per_row = max(1, round(seq * MASK_P))
+            for r in range(rows):
+                pos = torch.randperm(seq, generator=gen)[:per_row]
+                labels[r, pos] = ids[r, pos]
+            batch["labels"] = labels
+        elif workload == "cls":
+            batch["labels"] = torch.randint(0, 2, (rows,), generator=gen)
+        else:
+            batch["labels"] = ids.clone()
+        out.append({k: v.to(device) for k, v in batch.items()})
+    return out
+
+
+def make_step(model: Any, device: str, compiled: bool, lr: float = 1e-4) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, fused=device == "cuda")
+    body = model
+    if compiled:  # the MLM head on masked positions has a data-dependent shape: compile the encoder only
+        target = model.base_model if model.config.model_type == "bert" and hasattr(model, "cls") else model
+        target.compile()
+    gpu = device == "cuda"
+
+    def step(inputs: dict[str, Any]) -> Any:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=gpu):
+            loss = body(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def run(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
+    import torch
+
+    from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model, head_fraction = build_model(spec)
+    model.to(device).train()
+    base = model.get_base_model() if spec["workload"] == "sft" else model
+    speed = ThroughputCallback(spec["seq"], flops_per_token(base, spec["seq"], head_fraction))
+    batches = make_batches(spec, model.config.vocab_size, device)
+    step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    args = SimpleNamespace(world_size=1, per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1)
+    state = SimpleNamespace(max_steps=spec["steps"], is_world_process_zero=True)
+    speed.on_train_begin(args, state, None, model=model)
+    losses = []
+    for i in range(spec["steps"]):
+        speed.on_step_begin(args, state, None)
+        loss = step(batches[i % len(batches)])
+        if i % 10 == 0 or i == spec["steps"] - 1:
+            losses.append(loss.detach())  # read at the end: no host sync inside the loop
+        if i == spec["steps"] - 1:
+            sync()  # the steady intervals are back to back: their sum is the GPU's time for those steps
+        speed.on_step_end(args, state, None)
+    speed.on_train_end(args, state, None)
+    return {
+        **speed.summary,
+        "compiled": compiled and device == "cuda",
+        "losses_every_10": [round(float(x), 4) for x in losses],
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "process_started_at": STARTED,
+        "process_ended_at": time.time(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--eager", action="store_true", help="no torch.compile (on CPU it is always eager)")
+    cli = parser.parse_args()
+    with open(cli.spec) as f:
+        spec = json.load(f)
+    result = run(spec, compiled=not cli.eager)
+    with open(cli.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

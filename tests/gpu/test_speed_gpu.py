@@ -1,0 +1,84 @@
+"""The Liger path on one GPU (issue 18): a causal-LM job's default TrainingArguments turn Liger's kernels on, the
+HF Trainer patches the Llama model with them, and the loss over a few steps matches the run without them.
+
+No Ray: hfray's ``build_kwargs`` drives a plain HF Trainer on a small Llama built from a config, bf16. Run on the
+GPU machine (liger-kernel installed: ``pip install 'hfray[gpu]'``, or the device bundle):
+``python -m pytest -m gpu tests/gpu/test_speed_gpu.py`` (under a minute on one H200).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from hfray.config import JobConfig
+from hfray.train.arguments import build_kwargs, liger_available
+
+pytestmark = pytest.mark.gpu
+
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 4096,
+    "max_position_embeddings": 256,
+}
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        base = torch.randint(0, 64, (64, 128), generator=g)  # a small alphabet: the loss falls within a few steps
+        self.ids = base * 7 % LLAMA["vocab_size"]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i], "attention_mask": torch.ones(128, dtype=torch.long)}
+
+
+def _train(tmp_path: Path, liger: bool | None) -> tuple[list[float], Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+
+    raw = {
+        "name": "liger",
+        "task": "causal-lm",
+        "model": {"architecture": {"model_type": "llama"}, "tokenizer": "t"},
+        "data": {"train": "x.txt"},
+        "lm": {"pipeline": "datasets"},
+        "training": {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1}
+        | ({} if liger is None else {"liger_kernel": liger}),
+        "resources": {"gpus_per_worker": 1},
+    }
+    kwargs = build_kwargs(JobConfig.from_dict(raw), str(tmp_path / f"out-{liger}"), use_gpu=True)
+    kwargs.update(save_strategy="no", eval_strategy="no")
+    arch = dict(LLAMA)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
+    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Blocks())
+    trainer.train()
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer
+
+
+def test_liger_is_the_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -> None:
+    if not torch.cuda.is_available() or not liger_available():
+        pytest.skip("needs a CUDA GPU and liger-kernel")
+    # Liger patches some functions module-wide (RoPE): the run without it goes first.
+    without, plain = _train(tmp_path, False)
+    assert plain.model.model.norm._get_name() == "LlamaRMSNorm"
+    with_liger, trainer = _train(tmp_path, None)  # the default
+    assert trainer.args.use_liger_kernel
+    # The Trainer patched the model: Liger's RMSNorm and its fused linear cross-entropy forward (no logits tensor)
+    assert trainer.model.model.norm._get_name() == "LigerRMSNorm"
+    assert trainer.model.forward.__func__.__module__.startswith("liger_kernel")
+    assert len(with_liger) == len(without) == 12
+    assert with_liger[-1] < with_liger[0]
+    # bf16 kernels differ in rounding, not in what they compute: the curves agree step by step
+    assert with_liger == pytest.approx(without, rel=0.03)

@@ -1,0 +1,142 @@
+"""The step-speed options of issue 18 on CPU: the new defaults keep the loss, the options are checked up front.
+
+No Ray: the TrainingArguments hfray builds (``hfray.train.arguments.build_kwargs``) drive a plain HF Trainer, and
+the masked-LM encoder compile runs on a model built from a config. The Liger path needs a GPU:
+``tests/gpu/test_speed_gpu.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, Trainer, TrainingArguments
+
+from hfray.config import JobConfig
+from hfray.errors import ConfigError
+from hfray.model.language_model import mlm_loss_on_masked_only
+from hfray.train.arguments import build_kwargs, check_training_arguments, gpu_input_pipeline, use_liger
+from hfray.train.worker import compile_cache_dir
+
+BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _job(task: str = "causal-lm", **training: Any) -> JobConfig:
+    raw: dict[str, Any] = {
+        "name": "speed",
+        "task": task,
+        "model": {"architecture": {"model_type": "llama"}, "tokenizer": "t"} if task != "text-classification" else {},
+        "data": {"train": "x.csv"},
+        "training": training,
+    }
+    if task == "causal-lm":
+        raw["lm"] = {"pipeline": "datasets"}
+    if task == "text-classification":
+        raw["model"] = {"name_or_path": "m"}
+    return JobConfig.from_dict(raw)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(5, 100, (n, 16), generator=g)
+        self.labels = (self.ids[:, 0] > 50).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
+
+
+def _losses(kwargs: dict[str, Any]) -> list[float]:
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
+    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Rows(32))
+    trainer.train()
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
+def test_gpu_input_pipeline_keeps_the_loss_curve(tmp_path: Path) -> None:
+    """The GPU jobs' new loader default (pinned batches, non_blocking copies) trains the same steps as HF's default;
+    on CPU the copies are no-ops, so this checks the Trainer takes the settings and nothing else moves."""
+    job = _job("text-classification", max_steps=4, per_device_train_batch_size=8, logging_steps=1, learning_rate=1e-3)
+    kwargs = build_kwargs(job, str(tmp_path / "a"), use_gpu=False) | {"save_strategy": "no", "eval_strategy": "no"}
+    assert kwargs["use_liger_kernel"] is False and "accelerator_config" not in kwargs
+    old = _losses(kwargs)
+    new = _losses(kwargs | gpu_input_pipeline(True) | {"output_dir": str(tmp_path / "b")})
+    assert len(new) == 4 and new == pytest.approx(old, rel=1e-6)
+    assert old[0] != old[-1]  # it trained
+
+
+def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
+    """training.torch_compile on masked-lm compiles the encoder in place, the masked-positions head stays eager.
+
+    The aot_eager backend traces the same graphs as Inductor without generating C++ (seconds on CPU)."""
+    torch.manual_seed(0)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # compiled RNG streams differ
+    eager = BertForMaskedLM(BertConfig(**BERT, **no_dropout))
+    compiled = BertForMaskedLM(BertConfig(**BERT, **no_dropout))
+    compiled.load_state_dict(eager.state_dict())
+    assert mlm_loss_on_masked_only(eager) and mlm_loss_on_masked_only(compiled)
+    compiled.base_model.compile(backend="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    losses: dict[str, list[float]] = {"eager": [], "compiled": []}
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(5, 100, (4, 16), generator=g)
+        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.2, ids, -100)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for batch in batches:  # masked counts differ per batch: the eager head takes any row count
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[name].append(loss.item())
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert "_orig_mod" not in "".join(compiled.state_dict())  # in place: checkpoints keep their keys
+
+
+def test_liger_default_is_off_without_a_gpu_and_refused_with_compile_or_on_cpu() -> None:
+    assert use_liger(_job(), use_gpu=False) is False
+    assert use_liger(_job(liger_kernel=False), use_gpu=True) is False
+    with pytest.raises(ConfigError, match="training.liger_kernel and training.torch_compile"):
+        _job(liger_kernel=True, torch_compile=True)
+    with pytest.raises(ConfigError, match="training.liger_kernel"):
+        check_training_arguments(_job(liger_kernel=True))  # a CPU job: Triton kernels need GPUs
+    with pytest.raises(ConfigError, match="training.liger_kernel"):
+        check_training_arguments(_job("text-classification", liger_kernel=True))
+
+
+def test_compile_cache_lives_with_a_local_storage_path(tmp_path: Path) -> None:
+    job = _job(torch_compile=True).to_dict()
+    job["storage"] = {"path": str(tmp_path)}
+    assert compile_cache_dir(JobConfig.from_dict(job)) == str(tmp_path / ".hfray_cache" / "compile")
+    job["storage"] = {"path": "s3://bucket/runs"}
+    assert compile_cache_dir(JobConfig.from_dict(job)) is None
+    assert compile_cache_dir(_job()) is None  # not compiled: nothing to cache
+
+
+def test_step_profile_splits_each_step_into_phases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from hfray.train.callbacks.step_profile import PHASES, StepProfileCallback
+
+    target = tmp_path / "profile.jsonl"
+    monkeypatch.setenv("HFRAY_STEP_PROFILE", str(target))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, report_to="none", save_strategy="no"
+    )
+    profile = StepProfileCallback(warmup_steps=2)
+    Trainer(model=model, args=args, train_dataset=_Rows(32), callbacks=[profile]).train()
+    record = json.loads(target.read_text())
+    assert record["steps"] == 4  # steps 3..6
+    assert set(record["ms_per_step"]) == set(PHASES)
+    assert record["ms_per_step"]["forward_backward"] > 0 and record["ms_per_step"]["optimizer"] > 0
+    assert record["total_ms"] == pytest.approx(sum(record["ms_per_step"].values()), abs=0.05)
