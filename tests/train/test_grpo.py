@@ -257,3 +257,26 @@ def test_builtin_arithmetic_is_seeded_and_answers_hold():
         question = row["prompt"][0]["content"]
         x, y = (int(n) for n in re.findall(r"\d+", question)[:2])
         assert int(row["answer"]) in {x + y, x - y, x * y} and "<answer></answer>" in question
+
+
+@pytest.mark.slow  # SmolLM2-135M samples 16 completions per step on CPU: minutes on 2 cores
+def test_shipped_grpo_job_trains_and_its_adapter_generates(ray_cluster, tmp_path):
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.config import load_job
+    from hfray.train.run import run_training
+
+    root = Path(__file__).resolve().parents[2]
+    overrides = ["training.max_steps=4", "training.eval_steps=2", "trl.max_completion_length=32",
+                 "training.per_device_train_batch_size=8", "training.per_device_eval_batch_size=8",
+                 "data.max_eval_samples=8", f"storage.path={tmp_path}"]  # fmt: skip
+    summary = run_training(load_job(root / "jobs/grpo_arithmetic.yaml", overrides))
+    evals = [r for r in _log(summary.run_dir) if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and "eval_rewards/format/mean" in evals[-1]
+    assert summary.manifest["peft"]["method"] == "lora"
+    pipe = load_artifact_pipeline(summary.artifact)
+    prompt = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Ana has 3 apples and buys 4 more. How many apples does Ana have now?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"][len(prompt) :].strip()
