@@ -149,7 +149,7 @@ def test_grpo_on_ray_raises_mean_reward_and_generates(ray_cluster, tmp_path, dig
     assert evals[-1]["eval_rewards/short/mean"] > evals[0]["eval_rewards/short/mean"]
     assert evals[-1]["eval_completions/mean_length"] < evals[0]["eval_completions/mean_length"]
     assert 0 < evals[-1]["eval_rewards/model/mean"] < 1  # the classifier's probability of 'fresh'
-    for key in ("eval_reward_std", "eval_kl", "eval_rewards/numeric_match/mean"):
+    for key in ("eval_reward_std", "eval_kl", "eval_rewards/numeric_match/mean", "train_reward"):
         assert key in evals[-1]
     m = summary.manifest
     check_manifest(m)
