@@ -151,6 +151,8 @@ def test_grpo_on_ray_raises_mean_reward_and_generates(ray_cluster, tmp_path, dig
     assert 0 < evals[-1]["eval_rewards/model/mean"] < 1  # the classifier's probability of 'fresh'
     for key in ("eval_reward_std", "eval_kl", "eval_rewards/numeric_match/mean", "train_reward"):
         assert key in evals[-1]
+    curve = json.loads(Path(summary.run_dir, "learning_curve.json").read_text())
+    assert curve["metric"] == "eval_reward" and Path(summary.run_dir, "learning_curve.png").stat().st_size > 0
     m = summary.manifest
     check_manifest(m)
     assert m["task"] == "text-generation" and m["training_task"] == "grpo"
@@ -280,3 +282,23 @@ def test_shipped_grpo_job_trains_and_its_adapter_generates(ray_cluster, tmp_path
         add_generation_prompt=True,
     )
     assert pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"][len(prompt) :].strip()
+
+
+def test_learning_curve_draws_reward_spread_kl_and_length(tmp_path):
+    """A grpo log gets a third panel (KL, completion length); a classification log keeps two."""
+    import struct
+
+    from hfray.train.tracking.curves import diagnose, plot
+
+    def width(records: list[dict[str, Any]], key: str) -> int:
+        path = tmp_path / f"{key}.png"
+        plot(records, key, "t", diagnose(records), str(path))
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]  # the PNG header's width
+
+    grpo = [
+        {"step": s, "eval_loss": 0.5, "eval_reward": -2 + s / 10, "eval_reward_std": 1.0, "eval_kl": s / 100,
+         "eval_completions/mean_length": 6 - s / 10, "train_reward": -2 + s / 12}
+        for s in (0, 15, 30)
+    ]  # fmt: skip
+    classification = [{"step": s, "eval_loss": 1 - s / 100, "eval_f1_macro": s / 100} for s in (5, 10)]
+    assert width(grpo, "eval_reward") > width(classification, "eval_f1_macro")
