@@ -176,7 +176,8 @@ def _arithmetic() -> datasets.Dataset:
             a += b  # no negative results
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
         question = template.format(name=rng.choice(_NAMES), a=a, b=b)
-        content = f"{question} Think briefly, then give the number inside <answer></answer>."
+        # SmolLM2-135M rambles when asked to reason first; a short format with an example it can copy works better.
+        content = f"{question} Reply with only the number inside <answer></answer>, for example <answer>5</answer>."
         prompts.append([{"role": "user", "content": content}])
         answers.append(str(value))
     return datasets.Dataset.from_dict({"prompt": prompts, "answer": answers})
