@@ -40,9 +40,10 @@ def test_job_validates_and_its_data_and_model_resolve(path):
         assert info.facts["formats"]["data.train"] and resolved.storage.path.startswith("/")
         return
     if job.task in TRL_TASKS:  # data columns only: the SmolLM2 conversion (~1 min) is the slow tests' business
+        from hfray.train.recipes.grpo.data import load_grpo_splits
         from hfray.train.recipes.trl.data import load_trl_splits
 
-        splits = load_trl_splits(job)
+        splits = load_grpo_splits(job, check=True) if job.task == "grpo" else load_trl_splits(job)
         assert len(splits["train"]) > len(splits["validation"]) > 0
         return
     if job.data.train == "builtin:bible_en_es" and bible_missing():  # optional: Debian packages

@@ -33,13 +33,13 @@ from hfray.config.tasks import (
 )
 from hfray.config.tracking import TrackingConfig
 from hfray.config.training import TrainingConfig
-from hfray.config.trl import TRL_TASKS, TrlSection
+from hfray.config.trl import GRPO_KEYS, GRPO_METRICS, TRL_TASKS, TrlSection, hashed_trl
 from hfray.errors import ConfigError, Problem
 
 # Every task a job can name; hfray.train.recipes.RECIPES maps each to the recipe that trains it.
 TASKS = ("text-classification", *LM_TASKS, *TRL_TASKS, *FINETUNE_TASKS)
 # Tasks judged by loss alone (no classification metrics by default).
-LOSS_ONLY_TASKS = (*LM_TASKS, *TRL_TASKS)
+LOSS_ONLY_TASKS = (*LM_TASKS, "sft", "dpo")
 
 
 class JobConfig(Section):
@@ -50,6 +50,7 @@ class JobConfig(Section):
         "causal-lm",
         "sft",
         "dpo",
+        "grpo",
         "token-classification",
         "question-answering",
         "seq2seq",
@@ -57,7 +58,7 @@ class JobConfig(Section):
     tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
     lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
     peft: PeftSection | None = Field(None, description="Train a PEFT adapter (LoRA, QLoRA, IA3, prefix, prompt).")
-    trl: TrlSection | None = Field(None, description="TRL data and trainer settings (sft, dpo); defaults there.")
+    trl: TrlSection | None = Field(None, description="TRL data and trainer settings (sft, dpo, grpo).")
     token_classification: TokenClassificationConfig | None = Field(None, description="Columns and settings.")
     question_answering: QuestionAnsweringConfig | None = Field(None, description="Columns and settings.")
     seq2seq: Seq2SeqConfig | None = Field(None, description="Columns, prefix and generation settings.")
@@ -76,6 +77,8 @@ class JobConfig(Section):
         relevant = self.to_dict()
         for key in ("storage", "cluster", "tracking"):
             relevant.pop(key)
+        if relevant["trl"] is not None:
+            relevant["trl"] = hashed_trl(relevant["trl"])
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -114,6 +117,9 @@ class JobConfig(Section):
         if isinstance(raw, dict) and raw.get("task") in LOSS_ONLY_TASKS:
             evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
             raw = {**raw, "evaluation": {"metrics": [], "metric_for_best_model": "loss", **evaluation}}
+        if isinstance(raw, dict) and raw.get("task") == "grpo":  # judged by the mean reward of sampled completions
+            evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+            raw = {**raw, "evaluation": {"metrics": ["reward"], "metric_for_best_model": "reward", **evaluation}}
         return evaluation_defaults(raw)  # token-classification, question-answering, seq2seq: their metrics
 
     @model_validator(mode="after")
@@ -214,18 +220,48 @@ def trl_task_problems(job: JobConfig) -> list[tuple[str, str]]:
     """(key, message) for each rule a job breaks that ties its task to the ``trl`` section."""
     if job.task not in TRL_TASKS:
         return [("trl", f"only for tasks {list(TRL_TASKS)}; this job's task is {job.task!r}")] if job.trl else []
-    problems = []
     t, ev = job.training, job.evaluation
-    if ev.metrics:
+    problems = grpo_problems(job) if job.task == "grpo" else []
+    if job.task != "grpo" and ev.metrics:
         problems.append(("evaluation.metrics", f"{job.task} jobs report losses only; set [] or leave unset"))
-    if ev.metric_for_best_model != "loss":
+    if job.task != "grpo" and ev.metric_for_best_model != "loss":
         problems.append(("evaluation.metric_for_best_model", f"must be 'loss' for {job.task}"))
     if t.class_weights != "none":
         problems.append(("training.class_weights", f"only for text-classification, not {job.task}"))
     if job.data.text_pair_column:
         problems.append(("data.text_pair_column", f"not used by {job.task}; remove it"))
-    if job.task == "dpo" and job.trl.packing:
-        problems.append(("trl.packing", "dpo compares whole chosen/rejected answers; packing is sft only"))
+    if job.task != "sft" and job.trl.packing:
+        problems.append(("trl.packing", f"{job.task} scores whole answers; packing is sft only"))
+    if job.task == "dpo" and job.trl.beta <= 0:
+        problems.append(("trl.beta", "dpo needs a positive beta"))
+    if job.task != "grpo":
+        changed = [k for k, v in hashed_trl(job.trl.to_dict()).items() if k in GRPO_KEYS]
+        problems += [(f"trl.{k}", f"grpo only; this job's task is {job.task!r}") for k in changed]
+    return problems
+
+
+def grpo_problems(job: JobConfig) -> list[tuple[str, str]]:
+    """(key, message) for each rule a grpo job breaks: rewards, evaluation, whole groups of completions."""
+    assert job.trl is not None
+    trl, t, ev, workers = job.trl, job.training, job.evaluation, job.resources.num_workers
+    problems = metric_problems("grpo", ev.metrics, GRPO_METRICS)
+    if not trl.rewards:
+        problems.append(("trl.rewards", "grpo needs at least one reward (kinds: see hfray.config.rewards)"))
+    if not any(r.weight for r in trl.rewards):
+        problems.append(("trl.rewards", "every reward has weight 0: nothing to learn from"))
+    n = trl.num_generations
+    if (t.per_device_train_batch_size * workers * t.gradient_accumulation_steps) % n:
+        problems.append(
+            (
+                "training.per_device_train_batch_size",
+                f"per_device_train_batch_size x num_workers x gradient_accumulation_steps (completions per "
+                f"optimizer step) must be a multiple of trl.num_generations ({n})",
+            )
+        )
+    if (t.per_device_eval_batch_size * workers) % n:
+        problems.append(
+            ("training.per_device_eval_batch_size", f"x num_workers must be a multiple of trl.num_generations ({n})")
+        )
     return problems
 
 

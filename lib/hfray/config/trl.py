@@ -1,4 +1,4 @@
-"""The ``trl:`` job section: data columns and trainer settings of the TRL tasks ``sft`` and ``dpo``.
+"""The ``trl:`` job section: data columns and trainer settings of the TRL tasks ``sft``, ``dpo`` and ``grpo``.
 
 Schema only (import-light); training is :mod:`hfray.train.recipes.trl`. Columns are renamed on the workers to
 the names TRL's trainers expect (``messages``; ``prompt``/``completion``; ``text``; ``prompt``/``chosen``/
@@ -7,13 +7,18 @@ the names TRL's trainers expect (``messages``; ``prompt``/``completion``; ``text
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
+from hfray.config.rewards import RewardSpec
 from hfray.config.section import Section
 
-TRL_TASKS = ("sft", "dpo")
+TRL_TASKS = ("sft", "dpo", "grpo")
+# Keys only grpo uses. Left out of a job's fingerprint while at their defaults, so that adding them did not
+# change the run names (the fingerprint hashes the validated job, defaults included) of sft and dpo jobs.
+GRPO_METRICS = ("reward",)  # evaluation.metrics of grpo (reward_std, kl, completion lengths are reported too)
+GRPO_KEYS = ("num_generations", "max_completion_length", "temperature", "rewards")
 
 
 class TrlSection(Section):
@@ -23,7 +28,7 @@ class TrlSection(Section):
         "text (plain language modelling on data.text_column); auto: the first whose columns exist.",
     )
     messages_column: str = Field("messages", description="sft: list of {role, content} turns.")
-    prompt_column: str = Field("prompt", description="sft prompt-completion and dpo: the prompt (text or turns).")
+    prompt_column: str = Field("prompt", description="sft prompt-completion, dpo and grpo: the prompt (text or turns).")
     completion_column: str = Field("completion", description="sft prompt-completion: the completion.")
     chosen_column: str = Field("chosen", description="dpo: the preferred answer.")
     rejected_column: str = Field("rejected", description="dpo: the dispreferred answer.")
@@ -35,6 +40,20 @@ class TrlSection(Section):
         None, description="sft: loss on completions only (default: yes for prompt-completion data)."
     )
     assistant_only_loss: bool = Field(False, description="sft messages: loss on assistant turns only.")
-    beta: float = Field(0.1, gt=0, description="dpo: strength of the KL penalty to the reference model.")
+    beta: float = Field(
+        0.1, ge=0, description="dpo: strength of the KL penalty to the reference model; grpo: the KL coefficient."
+    )
     loss_type: str = Field("sigmoid", description="dpo: TRL's loss_type (sigmoid, ipo, hinge, ...).")
     generation_max_new_tokens: int = Field(64, ge=1, le=4096, description="Default for hfray predict/serve.")
+    num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (one group).")
+    max_completion_length: int = Field(64, ge=1, le=8192, description="grpo: tokens generated per completion.")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of the completions.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="grpo: the rewards, summed with their weights (hfray.config.rewards)."
+    )
+
+
+def hashed_trl(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``trl`` section as the job's fingerprint hashes it: grpo's keys dropped while at their defaults."""
+    defaults = TrlSection().to_dict()
+    return {k: v for k, v in section.items() if not (k in GRPO_KEYS and v == defaults[k])}

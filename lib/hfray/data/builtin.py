@@ -152,7 +152,39 @@ def _bible_en_es() -> datasets.Dataset:
     return datasets.Dataset.from_parquet(str(cache))
 
 
+ARITHMETIC_ROWS, ARITHMETIC_SEED = 2000, 1234
+_ARITHMETIC = (
+    ("{name} has {a} apples and buys {b} more. How many apples does {name} have now?", "+"),
+    ("{name} has {a} marbles and gives away {b}. How many marbles are left?", "-"),
+    ("A box holds {a} pencils. {name} buys {b} boxes. How many pencils is that?", "*"),
+    ("{name} reads {a} pages on Monday and {b} pages on Tuesday. How many pages in total?", "+"),
+)
+_NAMES = ("Tom", "Ana", "Lee", "Sam", "Mia", "Raj", "Ola", "Ben")
+
+
+def _arithmetic() -> datasets.Dataset:
+    """Arithmetic word problems for grpo, generated (numbers drawn with a fixed seed): the user turn asks for the
+    answer inside ``<answer></answer>``, the ``answer`` column holds the true result as text."""
+    import random
+
+    rng = random.Random(ARITHMETIC_SEED)
+    prompts, answers = [], []
+    for _ in range(ARITHMETIC_ROWS):
+        template, op = rng.choice(_ARITHMETIC)
+        a, b = rng.randint(2, 20), rng.randint(1, 9)
+        if op == "-":
+            a += b  # no negative results
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        question = template.format(name=rng.choice(_NAMES), a=a, b=b)
+        # SmolLM2-135M rambles when asked to reason first; a short format with an example it can copy works better.
+        content = f"{question} Reply with only the number inside <answer></answer>, for example <answer>5</answer>."
+        prompts.append([{"role": "user", "content": content}])
+        answers.append(str(value))
+    return datasets.Dataset.from_dict({"prompt": prompts, "answer": answers})
+
+
 BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
+    "arithmetic": _arithmetic,
     "bible_en_es": _bible_en_es,
     "bbc_news": _bbc_news,
     "rotten_tomatoes": _rotten_tomatoes,

@@ -33,7 +33,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hfray.artifacts.checkpoints import stage_for_rank
 from hfray.storage.retry import retrying
 
-_TRAIN_LOG_KEYS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+# grpo also logs "reward": the mean reward of its latest training completions.
+_TRAIN_LOG_KEYS = {
+    "loss": "train_loss",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "reward": "train_reward",
+}
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:

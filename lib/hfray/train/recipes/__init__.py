@@ -24,6 +24,7 @@ RECIPES: dict[str, str] = {
     "causal-lm": "hfray.train.recipes.language_model",
     "sft": "hfray.train.recipes.trl",
     "dpo": "hfray.train.recipes.trl",
+    "grpo": "hfray.train.recipes.grpo",
 }
 
 

@@ -64,13 +64,52 @@ def diagnose(records: list[dict[str, Any]], tolerance: float = 0.05) -> dict[str
     return {**out, "verdict": verdict, "message": msg}
 
 
+# Drawn in a third panel when the log has them (grpo): the KL to the reference and the completions' length.
+EXTRA_SERIES = (
+    ("eval_kl", "KL to the reference", "tab:red"),
+    ("eval_completions/mean_length", "completion length", "tab:purple"),
+)
+
+
+def _metric_panel(ax: Any, records: list[dict[str, Any]], metric_key: str) -> bool:
+    """The chosen metric; its spread (``<metric>_std``) as a band and its training-side series when logged."""
+    metrics = _series(records, metric_key) if metric_key != "eval_loss" else []
+    if not metrics:
+        return False
+    ax.plot(*zip(*metrics, strict=True), "-o", color="tab:green", markersize=3, label=metric_key)
+    spread = dict(_series(records, f"{metric_key}_std"))
+    if spread and all(step in spread for step, _ in metrics):
+        steps = [step for step, _ in metrics]
+        low = [v - spread[step] for step, v in metrics]
+        high = [v + spread[step] for step, v in metrics]
+        ax.fill_between(steps, low, high, color="tab:green", alpha=0.15, label="± std")
+    train = _series(records, metric_key.replace("eval_", "train_", 1))
+    if train:
+        ax.plot(*zip(*train, strict=True), "--", color="tab:olive", label=metric_key.replace("eval_", "train_", 1))
+    ax.legend(fontsize=8)
+    return True
+
+
+def _extra_panel(ax: Any, found: list[tuple[str, str, str, list[tuple[int, float]]]]) -> None:
+    twin = ax
+    for i, (_, label, color, series) in enumerate(found):
+        twin = ax if i == 0 else ax.twinx()
+        twin.plot(*zip(*series, strict=True), "-o", color=color, markersize=3)
+        twin.set_ylabel(label, color=color)
+    ax.set(xlabel="optimizer step", title=" and ".join(label for _, label, _, _ in found))
+
+
 def plot(records: list[dict[str, Any]], metric_key: str, title: str, diagnosis: dict[str, Any], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    extras = [(k, label, color, s) for k, label, color in EXTRA_SERIES if (s := _series(records, k))]
+    fig, axes = plt.subplots(1, 3 if extras else 2, figsize=(16 if extras else 11, 4.5))
+    loss_ax, metric_ax = axes[0], axes[1]
+    if extras:
+        _extra_panel(axes[2], extras)
     for key, label, style in (("train_loss", "training loss", "-"), ("eval_loss", "validation loss", "-o")):
         series = _series(records, key)
         if series:
@@ -78,9 +117,7 @@ def plot(records: list[dict[str, Any]], metric_key: str, title: str, diagnosis: 
     if "best_step" in diagnosis:
         loss_ax.axvline(diagnosis["best_step"], color="grey", linestyle=":", label="best validation loss")
     loss_ax.set(xlabel="optimizer step", ylabel="loss", title="loss")
-    metrics = _series(records, metric_key) if metric_key != "eval_loss" else []
-    if metrics:
-        metric_ax.plot(*zip(*metrics, strict=True), "-o", color="tab:green", markersize=3)
+    metrics = _metric_panel(metric_ax, records, metric_key)
     metric_ax.set(
         xlabel="optimizer step", ylabel=metric_key, title=metric_key if metrics else "(no metric besides loss)"
     )

@@ -6,12 +6,13 @@ Columns are renamed to the names TRL's trainers expect (``messages``; ``prompt``
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from hfray.config import JobConfig, TrlSection
-from hfray.errors import DataError, ModelError
-from hfray.model import loading
+from hfray.errors import DataError
+from hfray.model.causal_lm import load_chat_tokenizer
+
+__all__ = ["is_conversational", "load_chat_tokenizer", "load_trl_splits", "trl_columns"]
 
 
 def _sft_columns(trl: TrlSection, fmt: str, text_column: str) -> dict[str, str]:
@@ -71,21 +72,3 @@ def is_conversational(splits: dict[str, Any]) -> bool:
     from trl.data_utils import is_conversational
 
     return bool(len(splits["train"])) and is_conversational(splits["train"][0])
-
-
-def load_chat_tokenizer(job: JobConfig) -> Any:
-    """The job's tokenizer, with ``trl.chat_template`` (a Jinja file or a tokenizer dir) when given."""
-    from transformers import AutoTokenizer
-
-    tokenizer = loading.load_tokenizer(job.model)
-    source = job.trl.chat_template if job.trl else None
-    if source:
-        path = os.path.expanduser(source)
-        if os.path.isfile(path):
-            with open(path) as f:
-                tokenizer.chat_template = f.read()
-        elif os.path.isdir(path):
-            tokenizer.chat_template = AutoTokenizer.from_pretrained(path).chat_template
-        else:
-            raise ModelError(f"trl.chat_template: {source} is neither a Jinja file nor a tokenizer dir")
-    return tokenizer

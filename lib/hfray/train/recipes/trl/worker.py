@@ -15,28 +15,13 @@ from typing import Any
 
 from hfray.artifacts.manifest import library_versions
 from hfray.config import JobConfig
-from hfray.model import language_model, loading, peft
+from hfray.model import peft
+from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 # What ``hfray predict`` / ``hfray serve`` call the exported model's task (transformers.pipeline's name).
 PIPELINE_TASK = "text-generation"
-
-
-def build_causal_lm(job: JobConfig, tokenizer: Any) -> Any:
-    """A causal LM: from ``model.architecture`` (random init) or pretrained weights (QLoRA: quantized)."""
-    from transformers import AutoModelForCausalLM
-
-    config = loading.load_config(job.model, **language_model.lm_overrides(tokenizer, job.model.architecture or {}))
-    if job.model.architecture is not None:
-        return AutoModelForCausalLM.from_config(config)
-    return AutoModelForCausalLM.from_pretrained(
-        job.model.name_or_path,
-        config=config,
-        revision=job.model.revision,
-        trust_remote_code=job.model.trust_remote_code,
-        **peft.quantized_load_kwargs(job),
-    )
 
 
 def trl_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
