@@ -244,6 +244,7 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
 
     from hfray.tune.driver import run_sweep
 
+    ray.shutdown()  # a connection an earlier test left (its cluster may lack the GPU or CPUs): hfray starts its own
     try:
         job = sweep_job(
             tmp_path,
@@ -262,6 +263,21 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
     (a0, a1), (b0, b1) = [(log[0]["time"], log[-1]["time"]) for log in logs]
     assert a0 < b1 and b0 < a1, "the two trials' reports should overlap in time"
     assert summary.best is not None and summary.best["best_value"] >= 0.9
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_sweep_refuses_a_connected_cluster_smaller_than_its_cluster_section(tmp_path, data_files):
+    """The sweep above asks for a 4-CPU, 1-GPU local cluster; a process already connected to the 2-CPU test cluster
+    must say so, not run its trials there one at a time."""
+    import ray
+
+    from hfray.errors import ResourceError
+    from hfray.tune.driver import run_sweep
+
+    job = sweep_job(tmp_path, data_files, two_trial_grid(), cluster={"num_cpus": 4, "num_gpus": 1})
+    with pytest.raises(ResourceError, match=r"cluster\.num_cpus is 4, .*connected to has 2; cluster\.num_gpus is 1"):
+        run_sweep(job)
+    assert ray.is_initialized() and not list((tmp_path / "runs").rglob("trials/*"))  # no trial started
 
 
 @pytest.mark.slow
