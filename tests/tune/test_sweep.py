@@ -214,8 +214,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     assert [t["stop_reason"] for t in summary.trials] == ["completed", "completed"]
     assert (done_run / "hfray_metrics.jsonl").read_bytes() == log_before  # not trained again
     assert (done_run / "artifact" / "hfray_manifest.json").stat().st_mtime == manifest_mtime
-    resumed = _metrics_log(str(trials_dir.parent), interrupted[0].name)
-    assert max(r["hfray_resumed_from_step"] for r in resumed) > 0  # continued from its checkpoint
+    log = _metrics_log(str(trials_dir.parent), interrupted[0].name)
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    start = resumed[0]["hfray_resumed_from_step"] if resumed else 0
+    # Continued from its checkpoint: the resumed run's first evaluation is the next one (every 6 steps), not step 6.
+    assert start > 0 and resumed[0]["step"] == start + 6, [(r["step"], r["hfray_resumed_from_step"]) for r in log]
     assert read_manifest(summary.artifact)["sweep"]["name"] == sweep_name(job)
 
 
