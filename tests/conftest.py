@@ -206,3 +206,23 @@ def lm_job(tmp_path: Path, task: str, train: Path, **sections: Any) -> dict[str,
     for section, values in sections.items():
         job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
     return job
+
+
+# ----------------------------------------------------------------------------- resumed runs
+
+
+def resumed_start(log: list[dict[str, Any]], interval: int) -> int:
+    """The step a killed or stopped run resumed from, checked against where training went on, not hfray's record.
+
+    ``hfray_resumed_from_step`` only tells the resumed worker group's reports apart. The step it names must be a
+    checkpoint the first group reported, and the resumed group's reports must continue from it: with
+    ``resume_from_checkpoint`` dropped, training restarts at step 0 and its first reports say so.
+    """
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    assert resumed, "no report came from a resumed worker group"
+    start = resumed[0]["hfray_resumed_from_step"]
+    saved = {r["step"] for r in log if r.get("checkpoint_path") and r["hfray_resumed_from_step"] == 0}
+    assert start in saved, (start, saved)
+    steps = [r["step"] for r in resumed]
+    assert steps[0] == start + interval, (start, steps)  # (HF's eval_on_start does not evaluate on a resume)
+    return start

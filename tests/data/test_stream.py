@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -69,17 +70,37 @@ def test_a_started_stream_waits_for_its_collator_and_raises_where_the_trainer_it
     from hfray.data.stream.worker import ShardStream
 
     blocks = [{"input_ids": np.full(4, i, dtype=np.int32)} for i in range(6)]
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
     ds = ray.data.from_items(blocks)
-    stream = ShardStream(ds.iterator(), batch_size=2, shuffle_buffer=0, seed=0)
-    called = threading.Event()
-    stream.start()
-    assert not called.wait(2.0)  # nothing collates before the collator exists
+    reached, called = threading.Event(), threading.Event()
+
+    class Shard:
+        """The real Ray Data iterator; it notes when its first batch reaches the stream's collate step."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def iter_torch_batches(self, collate_fn: Any, **kwargs: Any) -> Any:
+            class Noting(NumpyBatchCollateFn):
+                def __call__(self, batch: Any) -> Any:
+                    reached.set()
+                    return collate_fn(batch)
+
+            return self.inner.iter_torch_batches(collate_fn=Noting(), **kwargs)
 
     def collate(ids):
         called.set()
         return {"rows": [int(row[0]) for row in ids]}
 
+    stream = ShardStream(Shard(ds.iterator()), batch_size=2, shuffle_buffer=0, seed=0)
+    # The collator is in place but not announced: a stream that collated before set_collate would call it now.
+    stream.collate = collate
+    stream.start()
+    assert reached.wait(60.0), "the started stream never pulled a batch"
+    assert not called.wait(1.0)  # the pulled batch waits for set_collate...
     stream.set_collate(collate)
+    assert called.wait(60.0)  # ...which releases it, before anything iterates
     batches = [b["rows"] for b in itertools.islice(iter(stream), 5)]
     assert called.is_set() and sorted(r for b in batches[:3] for r in b) == list(range(6))  # epoch 0: each block once
     assert stream.epoch == 1 and len(batches) == 5  # then on into epoch 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
+from conftest import resumed_start
 from hfray.config import JobConfig
 
 pytestmark = pytest.mark.gpu
@@ -68,7 +69,10 @@ def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, 
     finally:
         done.set()
     m = summary.manifest
-    assert m["global_step"] == 12 and m["resumed_from_step"] >= 4 and m["job"]["training"]["strategy"] == strategy
+    assert m["global_step"] == 12 and m["job"]["training"]["strategy"] == strategy
+    # Resumed from a reported checkpoint and went on from its step (every 4 steps), not from step 0.
+    log = [json.loads(line) for line in (run_dir / "hfray_metrics.jsonl").read_text().splitlines() if line]
+    assert m["resumed_from_step"] == resumed_start(log, interval=4) >= 4
     assert len(m["throughput"]["peak_gpu_memory_gib_per_rank"]) == 2
     ckpt = Path(summary.checkpoints[-1])
     files = [p.name for p in ckpt.rglob("*") if p.is_file()]

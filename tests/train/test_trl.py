@@ -122,6 +122,31 @@ def test_sft_chat_packing_on_ray_lowers_loss_and_generates(ray_cluster, tmp_path
     assert out.startswith(prompt) and len(out) > len(prompt)
 
 
+def test_sft_packing_fills_the_sequences_the_trainer_gets(tmp_path, chat_tokenizer):
+    """``trl.packing``: the SFT trainer hfray builds trains on sequences of several conversations, up to max_length.
+
+    The Ray run above passes ``packing: true`` but cannot see whether it packed; here hfray's own SFT arguments and
+    trainer are built in-process (no training) and the dataset the trainer will iterate is measured.
+    """
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(96, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl={"messages_column": "conversation", "packing": True})
+    job = JobConfig.from_dict(raw)
+    tokenizer = load_chat_tokenizer(job)
+    splits = load_trl_splits(job)
+    args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
+    trainer = build_trainer(job, build_causal_lm(job, tokenizer), tokenizer, args, splits, [])
+    chats = [tokenizer.apply_chat_template(r["conversation"], tokenize=True, return_dict=True) for r in sft_rows(96, 1)]
+    single = [len(chat["input_ids"]) for chat in chats]
+    packed = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    assert max(packed) <= job.data.max_length < sum(single)
+    assert sum(packed) / len(packed) > 1.5 * (sum(single) / len(single)), (packed, single)
+    assert sum(packed) >= sum(single)  # every conversation's tokens are in, none cut off
+
+
 @pytest.mark.slow  # ~1-2 min on 2 cores: the default suite keeps the SFT and LoRA runs on Ray (CI budget)
 def test_dpo_lora_on_ray_lowers_loss_and_exports_adapter(ray_cluster, tmp_path, chat_tokenizer):
     from hfray.artifacts.loading import load_artifact_pipeline

@@ -214,8 +214,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     assert [t["stop_reason"] for t in summary.trials] == ["completed", "completed"]
     assert (done_run / "hfray_metrics.jsonl").read_bytes() == log_before  # not trained again
     assert (done_run / "artifact" / "hfray_manifest.json").stat().st_mtime == manifest_mtime
-    resumed = _metrics_log(str(trials_dir.parent), interrupted[0].name)
-    assert max(r["hfray_resumed_from_step"] for r in resumed) > 0  # continued from its checkpoint
+    log = _metrics_log(str(trials_dir.parent), interrupted[0].name)
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    start = resumed[0]["hfray_resumed_from_step"] if resumed else 0
+    # Continued from its checkpoint: the resumed run's first evaluation is the next one (every 6 steps), not step 6.
+    assert start > 0 and resumed[0]["step"] == start + 6, [(r["step"], r["hfray_resumed_from_step"]) for r in log]
     assert read_manifest(summary.artifact)["sweep"]["name"] == sweep_name(job)
 
 
@@ -244,6 +247,7 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
 
     from hfray.tune.driver import run_sweep
 
+    ray.shutdown()  # a connection an earlier test left (its cluster may lack the GPU or CPUs): hfray starts its own
     try:
         job = sweep_job(
             tmp_path,
@@ -262,6 +266,21 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, data_files):
     (a0, a1), (b0, b1) = [(log[0]["time"], log[-1]["time"]) for log in logs]
     assert a0 < b1 and b0 < a1, "the two trials' reports should overlap in time"
     assert summary.best is not None and summary.best["best_value"] >= 0.9
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_sweep_refuses_a_connected_cluster_smaller_than_its_cluster_section(tmp_path, data_files):
+    """The sweep above asks for a 4-CPU, 1-GPU local cluster; a process already connected to the 2-CPU test cluster
+    must say so, not run its trials there one at a time."""
+    import ray
+
+    from hfray.errors import ResourceError
+    from hfray.tune.driver import run_sweep
+
+    job = sweep_job(tmp_path, data_files, two_trial_grid(), cluster={"num_cpus": 4, "num_gpus": 1})
+    with pytest.raises(ResourceError, match=r"cluster\.num_cpus is 4, .*connected to has 2; cluster\.num_gpus is 1"):
+        run_sweep(job)
+    assert ray.is_initialized() and not list((tmp_path / "runs").rglob("trials/*"))  # no trial started
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ def attaches_to_running(address: str | None) -> bool:
 def connect(cfg: ClusterConfig) -> str:
     """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
     if ray.is_initialized():
+        check_connected_size(cfg)
         return "the Ray cluster this process is already connected to"
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
@@ -57,6 +58,20 @@ def connect(cfg: ClusterConfig) -> str:
         return f"Ray cluster at {address}"
     start_local_cluster(cfg.num_cpus, cfg.num_gpus, **kwargs)
     return "a local Ray cluster started by hfray"
+
+
+def check_connected_size(cfg: ClusterConfig) -> None:
+    """``cluster.num_cpus``/``num_gpus`` size the local cluster hfray would start; a process already connected to a
+    smaller cluster must not run the job there quietly (a sweep would run fewer trials at once, or none on a GPU)."""
+    total = ray.cluster_resources()
+    short = [
+        f"cluster.{field} is {want}, the Ray cluster this process is already connected to has {total.get(key, 0):g}"
+        for field, key, want in (("num_cpus", "CPU", cfg.num_cpus), ("num_gpus", "GPU", cfg.num_gpus))
+        if want is not None and total.get(key, 0.0) < want
+    ]
+    if short:
+        hint = " (call ray.shutdown() first for a local cluster of that size, or drop the setting)"
+        raise ResourceError("; ".join(short) + hint)
 
 
 def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> str:

@@ -9,7 +9,9 @@ has its model loaded (model multiplexing).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -107,6 +109,10 @@ class ModelHost:
         self.batches = 0
         self.requests = 0
         self.recent: list[str] = []  # ids only, most recent last: holding models would defeat Serve's eviction
+        # What the multiplexed loader really did: each load's model id, and weak references to the loaded
+        # models (an evicted model that nothing holds any more is gone from models_in_memory).
+        self.model_loads: deque[str] = deque(maxlen=2000)
+        self.loaded_refs: list[tuple[str, weakref.ref[LoadedModel]]] = []
         self.step_seconds = {"tokenize": 0.0, "forward": 0.0, "postprocess": 0.0}  # summed over batches
         self.graph_info: dict[str, Any] = {}
 
@@ -136,7 +142,15 @@ class ModelHost:
         model = await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length, rows)
         if model.forward is not None:
             self.graph_info[model_id] = model.forward.describe()
+        self.model_loads.append(model_id)
+        self.loaded_refs = [(m, ref) for m, ref in self.loaded_refs if ref() is not None]
+        self.loaded_refs.append((model_id, weakref.ref(model)))
         return model
+
+    def models_in_memory(self) -> list[str]:
+        """Ids of the loaded models still alive in this process (after a collection), sorted."""
+        gc.collect()
+        return sorted(m for m, ref in self.loaded_refs if ref() is not None)
 
     def _touch(self, model_id: str) -> None:
         """Mirror Serve's LRU so /v1/stats can say which models this replica holds."""
@@ -180,6 +194,8 @@ class ModelHost:
             # Totals since the replica started; divide by batches for the time per batch.
             "step_seconds": {step: round(spent, 4) for step, spent in self.step_seconds.items()},
             "models_loaded": list(self.recent),
+            "model_loads": list(self.model_loads)[-200:],  # ids the multiplexed loader loaded, in order
+            "models_in_memory": self.models_in_memory(),
             "device": self.device,
             "cuda_graphs": {m: info for m, info in self.graph_info.items() if m in self.recent},
             "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus
