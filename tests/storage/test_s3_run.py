@@ -71,6 +71,7 @@ def _kill_after_checkpoint(root: str, min_step: int, killed: dict[str, Any], don
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # ~60 s on quiet cores (its own hfray subprocess + cluster): over the default-suite budget
 def test_a_run_on_s3_checkpoints_resumes_and_exports_there(moto_s3, tmp_path, data_files, monkeypatch):
     from hfray.artifacts.loading import load_artifact_pipeline
     from hfray.artifacts.metrics_log import read_metrics_log
