@@ -19,6 +19,7 @@ from hfray.train.recipes import RECIPES, recipe_for
 SECTIONS = {
     "masked-lm": {"lm": {"pipeline": "datasets"}},
     "causal-lm": {"lm": {"pipeline": "datasets"}},
+    "grpo": {"trl": {"rewards": [{"kind": "length", "target": 32}]}},  # grpo needs a reward
 }
 
 
