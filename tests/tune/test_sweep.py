@@ -206,7 +206,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     done_run = next(trials_dir.glob("*/artifact/hfray_manifest.json")).parent.parent
     log_before = (done_run / "hfray_metrics.jsonl").read_bytes()
     manifest_mtime = (done_run / "artifact" / "hfray_manifest.json").stat().st_mtime
-    interrupted = [p for p in trials_dir.iterdir() if p != done_run]
+    interrupted = [p for p in trials_dir.iterdir() if p != done_run and not p.name.startswith(".")]  # .hfray_cache
     assert len(interrupted) == 1 and not (interrupted[0] / "artifact").exists()
 
     summary = run_sweep(job, resume=True)
