@@ -14,9 +14,30 @@ from hfray.cli import cluster, jobs, runs, serve
 from hfray.errors import HfrayError
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes flags and positionals in any order: ``hfray train JOB --fresh a=1 -v b=2``.
+
+    Plain argparse ends the positionals (``job``, ``overrides``) at the first flag; a parser with sub-commands of
+    its own (``hfray runs ...``) cannot be parsed intermixed and is parsed as before.
+    """
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        if self._inner:  # argparse's intermixed parsing calls parse_known_args itself
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        except TypeError:  # sub-commands, REMAINDER: not intermixable
+            return super().parse_known_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfray", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
 
     def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
