@@ -63,3 +63,18 @@ class SweepInterrupted(HfrayError):
     """A sweep stopped (Ctrl-C, SIGINT, job stop) before every trial ended; its state is saved."""
 
     exit_code = 130
+
+
+def user_error_in(exc: BaseException) -> HfrayError | None:
+    """The HfrayError a worker raised, inside Ray Train's ``WorkerGroupError`` (``worker_failures``) or a chain of
+    causes; None when the failure is not the user's (a lost node, an out-of-memory kill, a bug)."""
+    failures = getattr(exc, "worker_failures", None) or {0: exc}
+    for err in failures.values():
+        cause: BaseException | None = err
+        seen: set[int] = set()
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, HfrayError):
+                return cause
+            seen.add(id(cause))
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+    return None

@@ -27,7 +27,7 @@ from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.cluster import connect, start_gate
 from hfray.config import JobConfig
 from hfray.data.sources import absolute_source
-from hfray.errors import HfrayError
+from hfray.errors import user_error_in
 from hfray.model.loading import absolute_model_source
 from hfray.storage import endpoint, fs, layout
 from hfray.train import launch
@@ -118,16 +118,7 @@ def reuse_or_connect(job: JobConfig, run_name: str, started: float) -> tuple[Run
 
 def unwrap_user_error(exc: Exception) -> Exception:
     """Turn Ray's wrapper around a worker's HfrayError back into that error (no traceback for users)."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for err in failures.values():
-        cause: BaseException | None = err
-        while cause is not None:
-            if isinstance(cause, HfrayError):
-                return cause
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-            if cause is err:
-                break
-    return exc
+    return user_error_in(exc) or exc
 
 
 def fit(trainer: Any) -> Any:
