@@ -35,6 +35,12 @@ class IntermixedParser(argparse.ArgumentParser):
             self._inner = False
 
 
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="stream worker and library logs to the console")
+    loud.add_argument("-q", "--quiet", action="store_true", help="no progress; only the summary and errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job_command("train", "train a job on Ray Train (starts a local Ray cluster unless one is given)")
     p.add_argument("--fresh", action="store_true", help="start a new run even if this job ran before")
+    add_console_arguments(p)
     p.set_defaults(func=jobs.cmd_train)
 
     p = job_command("sweep", "tune a job's hyperparameters on Ray Tune (its sweep: section); exports the best")

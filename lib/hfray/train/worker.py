@@ -167,8 +167,8 @@ def resume(run: WorkerRun) -> Attempt:
 
 
 def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
-    """The HF Trainer callbacks of every recipe: Ray reports, the progress bar, the job's learning rate over a
-    resumed checkpoint's, early stopping."""
+    """The HF Trainer callbacks of every recipe: Ray reports (the driver draws progress from them), the job's
+    learning rate over a resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
@@ -177,10 +177,6 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     job = run.job
     stage = os.path.join(run.local_root, f"stage-{run.rank}")
     found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, async_upload=job.storage.async_upload)]
-    if job.tracking.progress_bar:
-        from hfray.train.callbacks.progress import ProgressBarCallback
-
-        found.append(ProgressBarCallback(run.loop_config["run_name"]))
     if attempt.resume_from:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
     t = job.training
