@@ -20,6 +20,8 @@ def chatter() -> None:
     print("[hfray] run tiny: 2 labels", flush=True)
     print(WORKER + "[hfray] step 3/12 epoch 0.09 loss 0.6935 lr 1.67e-03")
     print(WORKER + "Checkpoint successfully created at: Checkpoint(...)")
+    for pid in (7, 8):  # every rank says it resumes; the console says it once
+        print(f"(RayTrainWorker pid={pid}) [hfray] resuming from checkpoint /runs/c6 at step 6")
     print("tokenize train:  50%|#####     | 128/256\rtokenize train: 100%|##########| 256/256", file=sys.stderr)
     print("some library warning", file=sys.stderr)
 
@@ -37,7 +39,11 @@ def routed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **flags: bool) -
 def test_default_console_shows_own_lines_and_plain_progress(tmp_path, monkeypatch, capsys):
     shown, log = routed_run(tmp_path, monkeypatch)
     out, err = capsys.readouterr()
-    assert out.splitlines() == [f"[hfray] log: {shown.log_path}  (-v streams it here)", "[hfray] run tiny: 2 labels"]
+    assert out.splitlines() == [
+        f"[hfray] log: {shown.log_path}  (-v streams it here)",
+        "[hfray] run tiny: 2 labels",
+        "[hfray] resuming from checkpoint /runs/c6 at step 6",
+    ]
     # not a TTY: one plain line per report, no redraws; the rate since rank 0's step 3 line gives the ETA
     assert re.fullmatch(r"\[hfray\] step 6/12 \(50%\)  loss 0\.7000  eval_acc 0\.9100  eta \d+:\d\d\n", err), err
     for line in ("[hfray] run tiny", WORKER + "[hfray] step 3/12", "Checkpoint successfully", "some library warning"):

@@ -33,6 +33,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # rank 0's line (hfray.train.callbacks.report), as Ray forwards it: "(RayTrainWorker pid=1) [hfray] step 3/24 ..."
 _STEP = re.compile(r"\[hfray\] step (\d+)/(\d+) .*?loss ([0-9.eE+-]+)")
 _OWN = ("[hfray]", "hfray:")
+# Worker lines the console shows too (once, without Ray's prefix): a run that resumes says from where.
+_SHOWN = re.compile(r"^\([^)]*\) (\[hfray\] resuming from checkpoint .*)$")
 
 
 def log_dir() -> Path:
@@ -148,6 +150,7 @@ class Console:
         self.log = log_path.open("a", encoding="utf-8", errors="replace")
         tty = self.err.isatty() and not verbose  # -v: worker lines interleave, so plain lines
         self.progress = None if quiet else Progress(self.err, tty, metric)
+        self.shown: set[str] = set()
         self.had_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
     def line(self, line: str, stream: TextIO) -> None:
@@ -157,6 +160,9 @@ class Console:
             print(line, file=stream, flush=True)
         elif plain.startswith(_OWN) and not (self.quiet and plain.startswith("[hfray]")):
             self.say(plain, stream)
+        elif (shown := _SHOWN.match(plain)) and not self.quiet and shown[1] not in self.shown:
+            self.shown.add(shown[1])
+            self.say(shown[1], stream)
         found = _STEP.search(plain)
         if found and self.progress is not None:
             self.progress.update(int(found[1]), int(found[2]), float(found[3]))
