@@ -67,3 +67,16 @@ def test_error_lines_pass_even_when_quiet(tmp_path, monkeypatch, capsys):
     with console.routed("train", "tiny", False, True, "eval_acc"):
         print("hfray: error: data.train: row 5 has no label", file=sys.stderr)
     assert capsys.readouterr().err == "hfray: error: data.train: row 5 has no label\n"
+
+
+def test_sweep_console_keeps_tunes_table_and_logs_forwarded_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(console.LOG_DIR_ENV, str(tmp_path / "logs"))
+    with console.routed("sweep", "grid", False, False, "", driver_lines=True) as shown:
+        print("Trial status: 1 RUNNING | 1 PENDING")  # Tune's table, printed by this process
+        print("(sweep_trial pid=9, ip=10.0.0.2) " + WORKER.strip() + " [hfray] step 3/12 loss 0.7")
+        print("\x1b[36m(TrainController pid=5)\x1b[0m Requesting resources")
+    out, _ = capsys.readouterr()
+    assert out.splitlines()[1:] == ["Trial status: 1 RUNNING | 1 PENDING"]
+    log = shown.log_path.read_text()
+    assert "(sweep_trial pid=9" in log and "(TrainController pid=5) Requesting resources" in log
+    assert shown.progress is None

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_command("sweep", "tune a job's hyperparameters on Ray Tune (its sweep: section); exports the best")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--fresh", action="store_true", help="start a new sweep even if this one ran before")
+    add_console_arguments(p)
     p.set_defaults(func=jobs.cmd_sweep)
 
     p = sub.add_parser("predict", help="predict with an exported artifact (classify, tag, answer, generate)")

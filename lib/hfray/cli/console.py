@@ -33,6 +33,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # rank 0's line (hfray.train.callbacks.report), as Ray forwards it: "(RayTrainWorker pid=1) [hfray] step 3/24 ..."
 _STEP = re.compile(r"\[hfray\] step (\d+)/(\d+) .*?loss ([0-9.eE+-]+)")
 _OWN = ("[hfray]", "hfray:")
+_FORWARDED = re.compile(r"^\((\S+ )?pid=\d+")  # Ray's prefix of a line another process printed
 # Worker lines the console shows too (once, without Ray's prefix): a run that resumes says from where.
 _SHOWN = re.compile(r"^\([^)]*\) (\[hfray\] resuming from checkpoint .*)$")
 
@@ -143,13 +144,14 @@ class Router(io.TextIOBase):
 class Console:
     """The command's console and log file (see the module docstring)."""
 
-    def __init__(self, log_path: Path, verbose: bool, quiet: bool, metric: str) -> None:
+    def __init__(self, log_path: Path, verbose: bool, quiet: bool, metric: str, driver_lines: bool = False) -> None:
         self.out, self.err = sys.stdout, sys.stderr
         self.verbose, self.quiet = verbose, quiet
         self.log_path = log_path
         self.log = log_path.open("a", encoding="utf-8", errors="replace")
         tty = self.err.isatty() and not verbose  # -v: worker lines interleave, so plain lines
-        self.progress = None if quiet else Progress(self.err, tty, metric)
+        self.progress = None if quiet or not metric else Progress(self.err, tty, metric)
+        self.driver_lines = driver_lines  # every line this process prints (Tune's table), not Ray's forwarded ones
         self.shown: set[str] = set()
         self.had_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
@@ -160,6 +162,8 @@ class Console:
             print(line, file=stream, flush=True)
         elif plain.startswith(_OWN) and not (self.quiet and plain.startswith("[hfray]")):
             self.say(plain, stream)
+        elif self.driver_lines and not self.quiet and not _FORWARDED.match(plain):
+            self.say(line, stream)
         elif (shown := _SHOWN.match(plain)) and not self.quiet and shown[1] not in self.shown:
             self.shown.add(shown[1])
             self.say(shown[1], stream)
@@ -239,9 +243,15 @@ def quiet_libraries() -> None:
 
 
 @contextlib.contextmanager
-def routed(command: str, name: str, verbose: bool, quiet: bool, metric: str) -> Iterator[Console]:
-    """The command's output routed (see the module docstring) while the block runs; the log path printed first."""
-    console = Console(new_log_path(command, name), verbose, quiet, metric)
+def routed(
+    command: str, name: str, verbose: bool, quiet: bool, metric: str, driver_lines: bool = False
+) -> Iterator[Console]:
+    """The command's output routed (see the module docstring) while the block runs; the log path printed first.
+
+    ``metric``: the evaluation the progress display shows ("": no progress display); ``driver_lines``: every line
+    this process prints reaches the console (``hfray sweep``: Tune's trial table), not only hfray's own.
+    """
+    console = Console(new_log_path(command, name), verbose, quiet, metric, driver_lines)
     if not quiet:
         print(f"[hfray] log: {console.log_path}" + ("" if verbose else "  (-v streams it here)"), flush=True)
     if not verbose:

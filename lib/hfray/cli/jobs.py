@@ -101,27 +101,41 @@ def print_summary(summary: Any, out: Any) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     path, job = load(args)
-    print(f"[hfray] sweep of job {path}", flush=True)
-    from hfray.tune.driver import run_sweep
+    # Tune's trial table (printed by this process) stays on the console; trials' forwarded lines go to the log.
+    with console.routed("sweep", job.name, args.verbose, args.quiet, "", driver_lines=True) as shown:
+        print(f"[hfray] sweep of job {path}", flush=True)
+        from hfray.tune.driver import run_sweep
 
-    summary = run_sweep(job, resume=args.resume, fresh=args.fresh)
+        summary = run_sweep(job, resume=args.resume, fresh=args.fresh)
+        console.end_ray(shown)
+        return print_sweep_summary(summary, shown.out)
+
+
+def print_sweep_summary(summary: Any, out: Any) -> int:
+    """The sweep's summary on the console, last; 1 when no trial left a checkpoint to export."""
     status = "was already complete (use --fresh to sweep again)" if summary.reused else "finished"
-    print(f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
-    print(f"  sweep dir:   {summary.sweep_dir}  (tensorboard --logdir {summary.sweep_dir})")
-    print(f"  report:      {summary.sweep_dir}/sweep_report.md  (.csv, learning_curves.png)")
+    lines = [
+        f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}",
+        f"  sweep dir:   {summary.sweep_dir}  (tensorboard --logdir {summary.sweep_dir})",
+        f"  report:      {summary.sweep_dir}/sweep_report.md  (.csv, learning_curves.png)",
+    ]
     for trial in summary.trials:
         value = trial["best_value"]
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
-        print(f"    {trial['trial_id']}  {shown}  {params}  [{trial['stop_reason']}]")
-    if summary.best is None or summary.artifact is None:
-        print("  no trial left a checkpoint to export")
-        return 1
+        lines.append(f"    {trial['trial_id']}  {shown}  {params}  [{trial['stop_reason']}]")
     best = summary.best
-    print(f"  best trial:  {best['trial_id']}: {best['best_value']:.4f} at step {best['best_step']}")
-    print(f"  artifact:    {summary.artifact}")
-    print(f'  try it:      hfray predict {summary.artifact} "some text"   or   hfray serve {summary.artifact}')
-    return 0
+    if best is None or summary.artifact is None:
+        lines.append("  no trial left a checkpoint to export")
+    else:
+        lines += [
+            f"  best trial:  {best['trial_id']}: {best['best_value']:.4f} at step {best['best_step']}",
+            f"  artifact:    {summary.artifact}",
+            f'  try it:      hfray predict {summary.artifact} "some text"   or   hfray serve {summary.artifact}',
+        ]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return 0 if summary.artifact is not None and best is not None else 1
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
