@@ -174,13 +174,16 @@ class Console:
     def say(self, text: str, stream: TextIO | None = None) -> None:
         """A line on the console (above the progress bar on a terminal), and in the log file."""
         stream = stream or self.out
-        bar = self.progress.bar if self.progress is not None else None
-        if bar is not None:
-            bar.clear()
+        if self.progress is None:
             print(text, file=stream, flush=True)
-            bar.refresh()
-        else:
+            return
+        with self.progress.lock:  # the bar is redrawn from the metrics log's thread too
+            bar = self.progress.bar
+            if bar is not None:
+                bar.clear()
             print(text, file=stream, flush=True)
+            if bar is not None:
+                bar.refresh()
 
     def report(self, record: dict[str, Any]) -> None:
         """One line of the run's metrics log (a Train report)."""
