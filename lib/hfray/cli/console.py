@@ -263,6 +263,7 @@ def routed(
     try:
         yield console
     finally:
+        end_ray(console)  # also on an error: Ray's late lines (a worker's traceback) go to the log, not after it
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, Router) and stream.pending:
                 stream.write("\n")
@@ -274,7 +275,6 @@ def routed(
 def end_ray(console: Console) -> None:
     """Shut down the Ray connection this command opened, so Ray's last forwarded log lines reach the log file
     before the summary instead of the console after it (a connection that was there before is kept)."""
-    import ray
-
-    if not console.had_ray and ray.is_initialized():
+    ray = sys.modules.get("ray")
+    if ray is not None and not console.had_ray and ray.is_initialized():
         ray.shutdown()
