@@ -172,7 +172,7 @@ class Console:
             self.progress.update(int(found[1]), int(found[2]), float(found[3]))
 
     def say(self, text: str, stream: TextIO | None = None) -> None:
-        """A line on the console (above the progress bar on a terminal), and in the log file."""
+        """A line on the console, above the progress bar on a terminal (line() has logged it)."""
         stream = stream or self.out
         if self.progress is None:
             print(text, file=stream, flush=True)
@@ -234,10 +234,8 @@ def watching(console: Console, uri: str) -> Iterator[None]:
 def quiet_libraries() -> None:
     """Library chatter on the driver (datasets' and transformers' bars and warnings) only in the log file."""
     import logging
-    import warnings
 
     logging.captureWarnings(True)
-    warnings.simplefilter("default")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with contextlib.suppress(ImportError):
         import datasets
