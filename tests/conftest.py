@@ -7,6 +7,7 @@ import csv
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# hfray train's per-run console logs (hfray.cli.console): a folder of the test session's, not ~/.hfray/logs.
+os.environ.setdefault("HFRAY_LOG_DIR", tempfile.mkdtemp(prefix="hfray-test-logs-"))
 # Ray Train V2's controller consumes a worker's report only when it polls the worker group, every 2 s by
 # default, and a worker's next ray.train.report blocks until then (a result queue of size 1). hfray reports
 # at every evaluation, so the tests' short runs spent ~2 s per evaluation waiting; polling every 0.2 s lets

@@ -63,3 +63,20 @@ class SweepInterrupted(HfrayError):
     """A sweep stopped (Ctrl-C, SIGINT, job stop) before every trial ended; its state is saved."""
 
     exit_code = 130
+
+
+def user_error_in(exc: BaseException) -> HfrayError | None:
+    """The HfrayError a worker raised, inside Ray Train's ``WorkerGroupError`` (``worker_failures``) or a chain of
+    causes, or the Train controller's (``controller_failure``: e.g. storage down past ``storage.retry_s`` while it
+    writes the log); None when the failure is not the user's (a lost node, an out-of-memory kill, a bug)."""
+    failures = list((getattr(exc, "worker_failures", None) or {0: exc}).values())
+    failures += [failure] if (failure := getattr(exc, "controller_failure", None)) is not None else []
+    for err in failures:
+        cause: BaseException | None = err
+        seen: set[int] = set()
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, HfrayError):
+                return cause
+            seen.add(id(cause))
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+    return None

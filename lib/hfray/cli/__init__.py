@@ -14,9 +14,36 @@ from hfray.cli import cluster, jobs, runs, serve
 from hfray.errors import HfrayError
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes flags and positionals in any order: ``hfray train JOB --fresh a=1 -v b=2``.
+
+    Plain argparse ends the positionals (``job``, ``overrides``) at the first flag; a parser with sub-commands of
+    its own (``hfray runs ...``) cannot be parsed intermixed and is parsed as before.
+    """
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        if self._inner:  # argparse's intermixed parsing calls parse_known_args itself
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        except TypeError:  # sub-commands, REMAINDER: not intermixable
+            return super().parse_known_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="stream worker and library logs to the console")
+    loud.add_argument("-q", "--quiet", action="store_true", help="no progress; only the summary and errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfray", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
 
     def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -36,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a new run, the job's latest from now on "
         "(run the job again to resume it; an unfinished --fresh run is resumed)",
     )
+    add_console_arguments(p)
     p.set_defaults(func=jobs.cmd_train)
 
     p = job_command("sweep", "tune a job's hyperparameters on Ray Tune (its sweep: section); exports the best")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--fresh", action="store_true", help="start a new sweep even if this one ran before")
+    add_console_arguments(p)
     p.set_defaults(func=jobs.cmd_sweep)
 
     p = sub.add_parser("predict", help="predict with an exported artifact (classify, tag, answer, generate)")

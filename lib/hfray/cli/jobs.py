@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hfray import timeline
+from hfray.cli import console
 
 DEFAULT_JOB = "bbc_news_minilm.yaml"
 
@@ -62,52 +63,79 @@ def cmd_train(args: argparse.Namespace) -> int:
     timeline.mark_process_start("driver")
     path, job = load(args)  # first: a mistake in the job file is reported in a second, before heavy imports
     timeline.mark("job_validated", "driver")
-    print(f"[hfray] job {path}", flush=True)
-    from hfray.train.run import run_training
+    metric = job.evaluation.best_metric_key
+    with console.routed("train", job.name, args.verbose, args.quiet, metric) as shown:
+        print(f"[hfray] job {path}", flush=True)
+        from hfray.train.run import run_training
 
-    timeline.mark("driver_imports", "driver")
-    summary = run_training(job, fresh=args.fresh)
+        timeline.mark("driver_imports", "driver")
+        watch = (lambda uri: console.watching(shown, uri)) if job.tracking.progress_bar else None
+        summary = run_training(job, fresh=args.fresh, watch=watch)
+        console.end_ray(shown)  # Ray's last forwarded lines land in the log file, not after the summary
+        print_summary(summary, shown.out)
+    return 0
+
+
+def print_summary(summary: Any, out: Any) -> None:
+    """The run's summary, written to the console itself (past the log routing), last."""
     status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
-    print(f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
-    print(f"  run dir:     {summary.run_dir}")
-    print(f"  checkpoints: {len(summary.checkpoints)} kept" + "".join(f"\n    {c}" for c in summary.checkpoints))
-    print(f"  metrics log: {summary.run_dir}/hfray_metrics.jsonl")
-    print(f"  artifact:    {summary.artifact}")
     best = summary.manifest.get("best", {})
-    print(f"  best:        {best.get('metric')} = {best.get('value')} at step {best.get('step')}")
     final = [
         f"{k}={v:.4f}"
         for k, v in sorted(summary.metrics.items())
         if k.startswith(("eval_", "test_")) and "runtime" not in k and "per_second" not in k
     ]
-    print("  final:       " + "  ".join(final))
-    print(f'  try it:      hfray predict {summary.artifact} "some text"')
-    return 0
+    lines = [
+        f"\n[hfray] run {summary.run_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}",
+        f"  run dir:     {summary.run_dir}",
+        f"  checkpoints: {len(summary.checkpoints)} kept" + "".join(f"\n    {c}" for c in summary.checkpoints),
+        f"  metrics log: {summary.run_dir}/hfray_metrics.jsonl",
+        f"  artifact:    {summary.artifact}",
+        f"  best:        {best.get('metric')} = {best.get('value')} at step {best.get('step')}",
+        "  final:       " + "  ".join(final),
+        f'  try it:      hfray predict {summary.artifact} "some text"',
+    ]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     path, job = load(args)
-    print(f"[hfray] sweep of job {path}", flush=True)
-    from hfray.tune.driver import run_sweep
+    # Tune's trial table (printed by this process) stays on the console; trials' forwarded lines go to the log.
+    with console.routed("sweep", job.name, args.verbose, args.quiet, "", driver_lines=True) as shown:
+        print(f"[hfray] sweep of job {path}", flush=True)
+        from hfray.tune.driver import run_sweep
 
-    summary = run_sweep(job, resume=args.resume, fresh=args.fresh)
+        summary = run_sweep(job, resume=args.resume, fresh=args.fresh)
+        console.end_ray(shown)
+        return print_sweep_summary(summary, shown.out)
+
+
+def print_sweep_summary(summary: Any, out: Any) -> int:
+    """The sweep's summary on the console, last; 1 when no trial left a checkpoint to export."""
     status = "was already complete (use --fresh to sweep again)" if summary.reused else "finished"
-    print(f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}")
-    print(f"  sweep dir:   {summary.sweep_dir}  (tensorboard --logdir {summary.sweep_dir})")
-    print(f"  report:      {summary.sweep_dir}/sweep_report.md  (.csv, learning_curves.png)")
+    lines = [
+        f"\n[hfray] sweep {summary.sweep_name} {status} in {summary.wall_seconds:.1f} s on {summary.cluster}",
+        f"  sweep dir:   {summary.sweep_dir}  (tensorboard --logdir {summary.sweep_dir})",
+        f"  report:      {summary.sweep_dir}/sweep_report.md  (.csv, learning_curves.png)",
+    ]
     for trial in summary.trials:
         value = trial["best_value"]
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
-        print(f"    {trial['trial_id']}  {shown}  {params}  [{trial['stop_reason']}]")
-    if summary.best is None or summary.artifact is None:
-        print("  no trial left a checkpoint to export")
-        return 1
+        lines.append(f"    {trial['trial_id']}  {shown}  {params}  [{trial['stop_reason']}]")
     best = summary.best
-    print(f"  best trial:  {best['trial_id']}: {best['best_value']:.4f} at step {best['best_step']}")
-    print(f"  artifact:    {summary.artifact}")
-    print(f'  try it:      hfray predict {summary.artifact} "some text"   or   hfray serve {summary.artifact}')
-    return 0
+    if best is None or summary.artifact is None:
+        lines.append("  no trial left a checkpoint to export")
+    else:
+        lines += [
+            f"  best trial:  {best['trial_id']}: {best['best_value']:.4f} at step {best['best_step']}",
+            f"  artifact:    {summary.artifact}",
+            f'  try it:      hfray predict {summary.artifact} "some text"   or   hfray serve {summary.artifact}',
+        ]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return 0 if summary.artifact is not None and best is not None else 1
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

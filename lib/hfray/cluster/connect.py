@@ -15,6 +15,13 @@ from hfray.storage.endpoint import runtime_env
 # Train V2 is Ray 2.60's default; setting it pins the behaviour and documents intent.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
+# Train V2 patches ``print`` on its workers into the root logger, which Ray's worker log config writes to the
+# worker's stdout once more: every worker line reached the driver twice, and dill's ``dis`` output (it captures
+# sys.stdout to read a function's globals while datasets hashes it) escaped its capture as bytecode on the console.
+# Train V2 hands the variable from the driver to its controller and workers.
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+os.environ.setdefault(PRINT_PATCH_ENV, "0")
+
 # Train V2's controller takes a worker's report only when it polls the worker group (every 2 s by default), and
 # the worker's next ray.train.report blocks until then (a result queue of one). hfray reports at every evaluation,
 # so each evaluation could stall training up to 2 s; the tests' short runs lost ~2 s per evaluation
@@ -33,6 +40,7 @@ def job_env(address: str) -> dict[str, str]:
     env = dict(timeline.forwarded_env())  # empty unless a benchmark asked for the start-up timeline
     if address != "auto":
         env |= {"RAY_ADDRESS": address, TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)}
+        env[PRINT_PATCH_ENV] = os.environ[PRINT_PATCH_ENV]  # Tune trials start their runs from the cluster's env
     return env
 
 

@@ -24,7 +24,9 @@ class TrackingConfig(Section):
     )
     mlflow_experiment: str | None = Field(None, description="Default: the job's name.")
     learning_curve: bool = Field(True, description="<run>/learning_curve.png + .json with an overfitting diagnosis.")
-    progress_bar: bool = Field(True, description="A step progress bar on the driver's console (rank 0's steps).")
+    progress_bar: bool = Field(
+        True, description="hfray train: the progress display on the driver's console (a bar on a terminal, else lines)."
+    )
 
     @field_validator("mlflow_tracking_uri")
     @classmethod

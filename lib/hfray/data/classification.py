@@ -7,6 +7,7 @@ each worker prepares the same data again (:mod:`hfray.data.splits`) and tokenize
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import datasets
@@ -28,6 +29,27 @@ def check_columns(ds: datasets.Dataset, cfg: DataConfig, field: str, need_label:
         raise DataError(f"{field}: no column for {', '.join(missing)}; the data has columns {ds.column_names}")
     if len(ds) == 0:
         raise DataError(f"{field}: the dataset is empty")
+    if need_label:
+        check_labels_present(ds, cfg.label_column, field)
+
+
+def is_missing(value: Any) -> bool:
+    """An empty cell: None (CSV/JSON), NaN (a numeric column), or a string of blanks."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_labels_present(ds: datasets.Dataset, column: str, field: str) -> None:
+    """Every row has a label; else the rows without one (1-based data rows: a CSV's line is the row + 1)."""
+    rows = [i + 1 for i, value in enumerate(ds[column]) if is_missing(value)]
+    if rows:
+        shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        raise DataError(
+            f"{field}: {len(rows)} row{'s' if len(rows) != 1 else ''} without a value in label column "
+            f"{column!r} (data.label_column): row {shown} (rows count from 1 after the header line); "
+            f"fill them in or drop them"
+        )
 
 
 def label_names(train: datasets.Dataset, cfg: DataConfig) -> list[str]:

@@ -17,6 +17,7 @@ import datasets
 from hfray.assets import PREFIX
 from hfray.config import DataConfig
 from hfray.data.builtin import load_builtin_dataset
+from hfray.data.file_checks import diagnose, quiet_datasets
 from hfray.errors import DataError
 
 EXTENSIONS = {
@@ -74,8 +75,13 @@ def _load_files(files: list[str], fmt: str, field: str) -> datasets.Dataset:
     if fmt == "csv" and all(strip_compression(f).endswith(".tsv") for f in files):
         kwargs["delimiter"] = "\t"
     try:
-        return datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+        with quiet_datasets():  # its "Failed to read file" line would come above hfray's message
+            return datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
     except Exception as exc:  # datasets raises many types for malformed files
+        for path in files:
+            problem = diagnose(path, fmt)
+            if problem is not None:
+                raise DataError(f"{field}: {path}: {problem}") from None
         raise DataError(f"{field}: could not read {files[0]} as {fmt}: {exc}") from None
 
 

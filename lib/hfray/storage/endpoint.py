@@ -13,6 +13,7 @@ forward them, so they never show up in a job's runtime_env on the dashboard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -38,8 +39,9 @@ def forwarded_env() -> dict[str, str]:
 
 
 def check_reachable(path: str) -> None:
-    """Fail before any worker starts when URI storage cannot be reached (bucket, endpoint, credentials)."""
+    """Fail before any worker starts when storage cannot be reached (bucket, endpoint, credentials) or written."""
     if not is_uri(path):
+        check_writable(path)
         return
     try:
         fs, inner = pafs.FileSystem.from_uri(path)
@@ -49,6 +51,37 @@ def check_reachable(path: str) -> None:
         raise HfrayError(f"storage.path: cannot reach {path} ({_where()}): {exc}") from None
     if info.type == pafs.FileType.NotFound:
         raise HfrayError(f"storage.path: bucket {bucket!r} of {path} does not exist ({_where()})")
+    check_writable(path)
+
+
+def _missing_parents(path: str) -> list[str]:
+    """The local folders of ``path`` that do not exist yet, deepest first (removed again after the check)."""
+    missing = []
+    while path and not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def check_writable(path: str) -> None:
+    """Create and remove a marker file under ``path``: an unwritable folder or bucket fails here, in one line, and
+    not in Ray Train's controller with a pyarrow traceback. Local folders this creates are removed again."""
+    created = [] if is_uri(path) else _missing_parents(path)
+    fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
+    marker = f"{inner.rstrip('/')}/.hfray-write-check-{os.getpid()}"
+    try:
+        fs.create_dir(inner, recursive=True)
+        with fs.open_output_stream(marker) as stream:
+            stream.write(b"hfray")
+        fs.delete_file(marker)
+    except (OSError, ValueError) as exc:
+        where = f" ({_where()})" if is_uri(path) else ""
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise HfrayError(f"storage.path: cannot write under {path}{where}: {reason}") from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def _where() -> str:

@@ -15,6 +15,7 @@ On a running cluster, a recipe that allows it overlaps step 1 with the Ray side'
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -30,7 +31,7 @@ from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.cluster import connect, start_gate
 from hfray.config import JobConfig
 from hfray.data.sources import absolute_source
-from hfray.errors import HfrayError
+from hfray.errors import user_error_in
 from hfray.model.loading import absolute_model_source
 from hfray.storage import endpoint, fs, layout
 from hfray.train import launch
@@ -39,6 +40,8 @@ from hfray.train.tracking.driver import tracked_run
 
 # Set by Ray's job manager in the environment of a submitted job's entrypoint (ray._private.runtime_env.constants).
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Given a run's metrics log (URI), a context around ``fit``: how the CLI follows a run's reports.
+Watch = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
 @dataclass
@@ -143,24 +146,19 @@ def reuse_or_connect(job: JobConfig, run_name: str, started: float) -> tuple[Run
 
 def unwrap_user_error(exc: Exception) -> Exception:
     """Turn Ray's wrapper around a worker's (or the Train controller's) HfrayError back into that error (no traceback
-    for users): e.g. storage down past ``storage.retry_s`` while a worker uploads or the controller writes the log."""
-    failures = list((getattr(exc, "worker_failures", None) or {}).values())
-    failures += [failure] if (failure := getattr(exc, "controller_failure", None)) is not None else []
-    for err in failures:
-        cause: BaseException | None = err
-        while cause is not None:
-            if isinstance(cause, HfrayError):
-                return cause
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-            if cause is err:
-                break
-    return exc
+    for users)."""
+    return user_error_in(exc) or exc
 
 
-def fit(trainer: Any) -> Any:
-    """``trainer.fit()``; a worker's user error (HfrayError) is raised as itself, without Ray's wrapping."""
+def fit(trainer: Any, run_dir: str = "", watch: Watch | None = None) -> Any:
+    """``trainer.fit()``; a worker's user error (HfrayError) is raised as itself, without Ray's wrapping.
+
+    ``watch``: a context manager factory given the run's metrics log, around ``fit`` (the CLI's progress display).
+    """
+    watching = watch(layout.metrics_log_uri(run_dir)) if watch is not None else contextlib.nullcontext()
     try:
-        return trainer.fit()
+        with watching:
+            return trainer.fit()
     except Exception as exc:
         unwrapped = unwrap_user_error(exc)
         if unwrapped is not exc:
@@ -171,7 +169,7 @@ def fit(trainer: Any) -> Any:
 # ----------------------------------------------------------------------------- the run
 
 
-def run_checked(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
+def run_checked(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None = None) -> RunSummary:
     """Checks first, then Ray: the order for every recipe on a cluster that hfray starts itself."""
     started = time.time()
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
@@ -188,7 +186,7 @@ def run_checked(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
         timeline.mark("driver_tracking_started", "driver")
         trainer = launch.build_trainer(job, recipe, info, run_name, callbacks)
         timeline.mark("driver_trainer_built", "driver")
-        fit(trainer)
+        fit(trainer, layout.run_dir(job.storage.path, run_name), watch)
         timeline.mark("driver_fit_returned", "driver")
     return summary(job, run_name, started, where, reused=False)
 
@@ -202,7 +200,7 @@ def _finish_checks(thread: threading.Thread, box: dict[str, Any], run_dir: str, 
         raise box["error"]
 
 
-def run_gated(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
+def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None = None) -> RunSummary:
     """Ray first, checks meanwhile: storage, reuse of a finished run, Ray and the cluster's resources come first;
     then ``fit()`` starts while a thread runs the recipe's checks and opens the start gate with their result. If a
     check fails, the workers return untrained, the run's new folder is removed, nothing is tracked, and the
@@ -230,7 +228,7 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool) -> RunSummary:
             trainer = launch.build_trainer(job, recipe, None, run_name, callbacks, gate=gate.key)
             timeline.mark("driver_trainer_built", "driver")
             try:
-                fit(trainer)
+                fit(trainer, run_dir, watch)
             except BaseException:
                 _finish_checks(thread, box, run_dir, existed)  # a failed check is what went wrong, if one failed
                 raise
@@ -253,8 +251,8 @@ def overlaps_checks(job: JobConfig, recipe: Recipe) -> bool:
     return allowed and connect.attaches_to_running(job.cluster.address)
 
 
-def run(job: JobConfig, recipe: Recipe, fresh: bool = False) -> RunSummary:
+def run(job: JobConfig, recipe: Recipe, fresh: bool = False, watch: Watch | None = None) -> RunSummary:
     """Train a job end to end with its recipe; re-running a finished job returns its results without training."""
     if overlaps_checks(job, recipe):
-        return run_gated(job, recipe, fresh)
-    return run_checked(job, recipe, fresh)
+        return run_gated(job, recipe, fresh, watch)
+    return run_checked(job, recipe, fresh, watch)

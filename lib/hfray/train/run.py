@@ -13,9 +13,12 @@ from hfray.train.driver import RunSummary
 from hfray.train.recipes import recipe_for
 
 
-def run_training(job: JobConfig, fresh: bool = False) -> RunSummary:
-    """Train a job end to end; re-running a finished job returns its results without training (``fresh``: anew)."""
-    return driver.run(job, recipe_for(job.task), fresh)
+def run_training(job: JobConfig, fresh: bool = False, watch: driver.Watch | None = None) -> RunSummary:
+    """Train a job end to end; re-running a finished job returns its results without training (``fresh``: anew).
+
+    ``watch``: given the run's metrics log, a context manager around training (the CLI's progress display).
+    """
+    return driver.run(job, recipe_for(job.task), fresh, watch)
 
 
 def preflight(job: JobConfig, full: bool = True) -> tuple[JobConfig, Any]:

@@ -158,7 +158,7 @@ def torch_trainer(train_fn: Any, *, scaling_config: Any, **kwargs: Any) -> Any:
     ``kwargs``: ``DataParallelTrainer``'s (``train_loop_config``, ``run_config``, ``datasets``,
     ``dataset_config``). The backend is chosen as TorchTrainer does: nccl with GPUs, else gloo.
     """
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from hfray.train.failures import Trainer  # Ray's DataParallelTrainer; a worker's user error is not retried
 
     config = LazyTorchConfig(backend="nccl" if scaling_config.use_gpu else "gloo")
-    return DataParallelTrainer(train_fn, backend_config=config, scaling_config=scaling_config, **kwargs)
+    return Trainer(train_fn, backend_config=config, scaling_config=scaling_config, **kwargs)

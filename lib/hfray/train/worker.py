@@ -179,8 +179,8 @@ def resume(run: WorkerRun) -> Attempt:
 
 
 def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
-    """The HF Trainer callbacks of every recipe: Ray reports, the progress bar, the job's learning rate over a
-    resumed checkpoint's, early stopping."""
+    """The HF Trainer callbacks of every recipe: Ray reports (the driver draws progress from them), the job's
+    learning rate over a resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
     from hfray.train.callbacks import step_profile
@@ -191,10 +191,6 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     stage = os.path.join(run.local_root, f"stage-{run.rank}")
     upload = {"async_upload": job.storage.async_upload, "retry_s": job.storage.retry_s}
     found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, **upload)]
-    if job.tracking.progress_bar:
-        from hfray.train.callbacks.progress import ProgressBarCallback
-
-        found.append(ProgressBarCallback(run.loop_config["run_name"]))
     if attempt.resume_from:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
     if step_profile.enabled():

@@ -2,7 +2,6 @@
 
 - :mod:`~hfray.train.callbacks.report`: every evaluation to Ray, rank-aware checkpoints;
 - :mod:`~hfray.train.callbacks.throughput`: steady-state samples/s, tokens/s, MFU, peak memory;
-- :mod:`~hfray.train.callbacks.progress`: a progress bar drawn on the driver's console;
 - :mod:`~hfray.train.callbacks.hyperparams`: the job's learning rate over a resumed checkpoint's (PBT);
 - :mod:`~hfray.train.callbacks.budget`: a run resumed at ``max_steps`` trains no further step.
 
