@@ -23,7 +23,7 @@ from hfray.train.tracking.mlflow import MlflowPlan, MlflowRun, client, ensure_ml
 
 TB_DIR = "tensorboard"
 # Report keys that are bookkeeping, not metrics.
-_NOT_METRICS = {"step", "has_checkpoint", "hfray_resumed_from_step", "on_gpu", "worker_pid", "time"}
+_NOT_METRICS = {"step", "max_steps", "has_checkpoint", "hfray_resumed_from_step", "on_gpu", "worker_pid", "time"}
 
 
 class MetricsLogCallback(ray.train.UserCallback):

@@ -123,6 +123,7 @@ class RayReportCallback(TrainerCallback):
             **self.latest_train,
             **(self.pending_eval or {}),
             "step": state.global_step,
+            "max_steps": state.max_steps,  # the run's own end: a sweep scheduler does not "stop" a finished trial
             "epoch": state.epoch or 0.0,
             "has_checkpoint": int(checkpoint is not None),
             "hfray_resumed_from_step": self.resumed_from_step,
