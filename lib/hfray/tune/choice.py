@@ -96,15 +96,7 @@ def check_choice(job: JobConfig, rows: list[TrialRow], best: TrialRow | None, ar
         table.append((f"{kind}: trial {best.trial_id} at step {best.best_step}", best.best_value, exported))
         choice.summary["test"] = exported
     if job.sweep is not None and job.sweep.refit:
-        from hfray.tune.refit import refit_and_export
-
-        sweep_info = read_manifest(artifact)["sweep"]
-        choice.artifact, metrics = refit_and_export(plan, best.params, sweep_info)
-        refit_test = {k: v for k, v in metrics.items() if k.startswith("test_")}
-        rows_used = plan.prepared.sizes["train"] + plan.prepared.sizes["validation"]
-        choice.summary["refit"] = {"train_rows": rows_used, "test": refit_test}
-        table.insert(0, (f"exported: refit of trial {best.trial_id} on train + validation ({rows_used} rows)",
-                         None, refit_test))  # fmt: skip
+        _refit(choice, best, plan, table)
     if "test" in plan.prepared.splits:
         table += _test_rows(rows, plan)
         choice.sections.append(_test_section(plan, table))
@@ -112,3 +104,23 @@ def check_choice(job: JobConfig, rows: list[TrialRow], best: TrialRow | None, ar
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith(TIMINGS))
             print(f"[hfray] {name}: {shown}")
     return choice
+
+
+def _refit(choice: Choice, best: TrialRow, plan: SweepPlan, table: list[Any]) -> None:
+    """``sweep.refit``; if it fails, the selected checkpoint stays the sweep's artifact and the report says why."""
+    from hfray.tune.refit import refit_and_export
+
+    assert choice.artifact is not None
+    rows_used = plan.prepared.sizes["train"] + plan.prepared.sizes["validation"]
+    try:
+        choice.artifact, metrics = refit_and_export(plan, best.params, read_manifest(choice.artifact)["sweep"])
+    except Exception as exc:  # the trials' results and the selected model are still worth a report
+        message = f"sweep.refit failed, the selected checkpoint stays the sweep's artifact: {exc}"
+        print(f"[hfray] warning: {message}")
+        choice.summary["refit"] = {"error": str(exc)}
+        choice.sections.append(f"## Refit\n\n**{message}**\n")
+        return
+    refit_test = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    choice.summary["refit"] = {"train_rows": rows_used, "test": refit_test}
+    name = f"exported: refit of trial {best.trial_id} on train + validation ({rows_used} rows)"
+    table.insert(0, (name, None, refit_test))
