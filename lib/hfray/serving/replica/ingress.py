@@ -24,6 +24,7 @@ ingress validates before anything reaches a model replica, so a bad request neve
 # No "from __future__ import annotations": Serve rebuilds the endpoint signatures of a class-based ingress,
 # and FastAPI then cannot resolve string annotations such as "Request" (every call would be a 422).
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -31,6 +32,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from hfray.artifacts.predict import TASK_PIPELINES
@@ -51,6 +53,23 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+# split topology: a model replica dying under a request (RayActorError covers ActorDiedError and
+# ActorUnavailableError) is retried on another one; classification and embeddings are idempotent.
+MODEL_CALL_ATTEMPTS = 4
+
+
+async def call_model(handle: Any, *args: Any) -> Any:
+    """``await handle.remote(*args)``, again on another replica when the one serving it died."""
+    for attempt in range(MODEL_CALL_ATTEMPTS):
+        try:
+            return await handle.remote(*args)
+        except RayActorError:
+            if attempt == MODEL_CALL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))  # Serve's router learns of the death meanwhile
+    raise AssertionError("unreachable")
+
+
 # Tasks whose artifacts are encoders with a base model to mean-pool (/v1/embeddings).
 EMBEDDING_TASKS = ("text-classification", "fill-mask")
 
@@ -148,7 +167,7 @@ class HfrayIngress:
         if self.host is not None:
             results = await self.host.classify(model_id, texts, req.top_k)
         else:
-            results = await self._classify_handle(model_id).remote(texts, req.top_k)
+            results = await call_model(self._classify_handle(model_id), texts, req.top_k)
         return {"model": model_id, "results": results}
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
@@ -164,7 +183,7 @@ class HfrayIngress:
             vectors = await self.host.embed(entry.model_id, texts, req.normalize)
         else:
             handle = self.classifier.options(multiplexed_model_id=entry.model_id).embed
-            vectors = await handle.remote(texts, req.normalize)
+            vectors = await call_model(handle, texts, req.normalize)
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         return {"object": "list", "model": entry.model_id, "data": data}
 
