@@ -3,6 +3,8 @@
 Two topologies (``ServeConfig.topology``): ``fused`` (default), where ``HfrayIngress`` replicas hold the
 models and batch requests themselves, one Python hop per request; ``split``, where the ingress forwards to
 ``HfrayClassifier`` replicas and Serve's model multiplexing sends each request to a replica holding its model.
+In ``split``, an ingress gathers requests for ``batch_wait_timeout_s`` into one call per model replica
+(``ingress_batching``), and retries a call whose model replica died on another one (``call_model``).
 
 HTTP API (OpenAPI at ``<route_prefix>/docs``)::
 
@@ -40,7 +42,7 @@ from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica import contract
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
-from hfray.serving.replica.models import ModelHost, is_encoder
+from hfray.serving.replica.models import Job, ModelHost, is_encoder
 from hfray.serving.replica.requests import bad_request, parse_body, read_body, texts_of
 from hfray.serving.replica.task_models import check_inputs, parse_predict_body
 
@@ -96,6 +98,7 @@ class HfrayIngress:
         # The JSON of max_inputs maximal texts, plus room for escapes and the other keys.
         self.body_limit = 6 * self.cfg.max_inputs * self.cfg.max_text_chars + 4096
         self.models = contract.request_models(self.cfg)
+        self.gather = self._gatherer() if classifier is not None and self.cfg.ingress_batching else None
         self.openapi_doc: dict[str, Any] | None = None
 
     def _auth(self, request: Request) -> None:
@@ -110,14 +113,43 @@ class HfrayIngress:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _classify_handle(self, model_id: str) -> DeploymentHandle:
-        """The handle routing to replicas holding ``model_id``; kept, since making one costs per request."""
-        handle = self.handles.get(model_id)
+    def _gatherer(self) -> Any:
+        """split topology: requests gathered here for ``batch_wait_timeout_s``, one model call per model id."""
+
+        async def forward(jobs: list[Job]) -> list[list[Any]]:
+            out: list[list[Any]] = [[] for _ in jobs]
+
+            async def one_model(model_id: str) -> None:
+                members = [i for i, job in enumerate(jobs) if job[0] == model_id]
+                handle = self._model_handle(model_id, "run_jobs")
+                for i, result in zip(members, await call_model(handle, [jobs[i] for i in members]), strict=True):
+                    out[i] = result
+
+            await asyncio.gather(*(one_model(m) for m in dict.fromkeys(job[0] for job in jobs)))
+            return out
+
+        cfg = self.cfg
+        # Several gathered calls in flight: the ingress only waits on them.
+        batch = serve.batch(
+            max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_concurrent_batches=4
+        )
+        return batch(forward)
+
+    def _model_handle(self, model_id: str, method: str) -> Any:
+        """A model replica method routed to replicas holding ``model_id``; kept, since making one costs."""
+        key = f"{method}:{model_id}"
+        handle = self.handles.get(key)
         if handle is None:
             if len(self.handles) > 1024:
                 self.handles.clear()
-            handle = self.handles[model_id] = self.classifier.options(multiplexed_model_id=model_id).classify
+            handle = self.handles[key] = getattr(self.classifier.options(multiplexed_model_id=model_id), method)
         return handle
+
+    async def _on_model_replica(self, model_id: str, kind: str, texts: list[str], arg: Any) -> Any:
+        """split topology: one request's work on a model replica, gathered with others unless told not to."""
+        if self.gather is not None:
+            return await self.gather((model_id, kind, texts, arg))
+        return await call_model(self._model_handle(model_id, kind), texts, arg)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -167,7 +199,7 @@ class HfrayIngress:
         if self.host is not None:
             results = await self.host.classify(model_id, texts, req.top_k)
         else:
-            results = await call_model(self._classify_handle(model_id), texts, req.top_k)
+            results = await self._on_model_replica(model_id, "classify", texts, req.top_k)
         return {"model": model_id, "results": results}
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
@@ -182,8 +214,7 @@ class HfrayIngress:
         if self.host is not None:
             vectors = await self.host.embed(entry.model_id, texts, req.normalize)
         else:
-            handle = self.classifier.options(multiplexed_model_id=entry.model_id).embed
-            vectors = await call_model(handle, texts, req.normalize)
+            vectors = await self._on_model_replica(entry.model_id, "embed", texts, req.normalize)
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         return {"object": "list", "model": entry.model_id, "data": data}
 
@@ -220,6 +251,9 @@ class HfrayClassifier:
 
     async def embed(self, texts: list[str], normalize: bool) -> list[list[float]]:
         return await self.host.embed(serve.get_multiplexed_model_id(), texts, normalize)
+
+    async def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
+        return await self.host.run_jobs(jobs)
 
     async def stats(self) -> dict[str, Any]:
         return self.host.stats()

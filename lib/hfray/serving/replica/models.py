@@ -176,6 +176,10 @@ class ModelHost:
     async def classify(self, model_id: str, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
         return await self._batch((model_id, "classify", texts, top_k))
 
+    async def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
+        """Jobs an ingress gathered (split topology): each joins this replica's batches like a request."""
+        return list(await asyncio.gather(*(self._batch(job) for job in jobs)))
+
     async def embed(self, model_id: str, texts: list[str], normalize: bool) -> list[list[float]]:
         """Mean-pooled sentence embeddings, batched with the classification requests of the same model."""
         return await self._batch((model_id, "embed", texts, normalize))
