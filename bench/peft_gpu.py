@@ -28,22 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_common import SMOLLM2_135M_SHAPE  # noqa: E402  (a sibling module, not a package)
+
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SMOLLM2_ARCH = {  # SmolLM2-135M's config, for the random-init fallback
-    "model_type": "llama",
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-}
+SMOLLM2_ARCH = {**SMOLLM2_135M_SHAPE, "rms_norm_eps": 1e-5}  # SmolLM2-135M's config, for the random-init fallback
 
 
 def model_section(tokenizer_dir: str | None) -> tuple[dict[str, Any], str]:

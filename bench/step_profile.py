@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ import torch
 
 from hfray.model.language_model import mlm_loss_on_masked_only
 from hfray.train.callbacks.throughput import flops_per_token, peak_tflops
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_common import adamw_step  # noqa: E402  (a sibling module, not a package)
 
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -59,16 +63,7 @@ def make_step(model: torch.nn.Module, compiled: bool, device: str, mode: str | N
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     forward = torch.compile(model, mode=mode) if compiled else model
     autocast = device == "cuda" and next(model.parameters()).dtype == torch.float32
-
-    def step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
-            loss = forward(**inputs).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return adamw_step(forward, opt, device, autocast)
 
 
 def time_case(

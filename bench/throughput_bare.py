@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_common import adamw_step  # noqa: E402  (a sibling module, not a package)
 
 STARTED = time.time()
 MASK_P = 0.15
@@ -89,21 +94,10 @@ def make_step(model: Any, device: str, compiled: bool, lr: float = 1e-4) -> Any:
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, fused=device == "cuda")
-    body = model
     if compiled:  # the MLM head on masked positions has a data-dependent shape: compile the encoder only
         target = model.base_model if model.config.model_type == "bert" and hasattr(model, "cls") else model
         target.compile()
-    gpu = device == "cuda"
-
-    def step(inputs: dict[str, Any]) -> Any:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=gpu):
-            loss = body(**inputs).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return adamw_step(model, opt, device, autocast=device == "cuda")
 
 
 def run(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:

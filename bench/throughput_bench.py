@@ -51,6 +51,9 @@ from typing import Any
 
 import yaml
 
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_common import SMOLLM2_135M_SHAPE  # noqa: E402  (a sibling module, not a package)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BASE = {
@@ -66,18 +69,7 @@ BASE = {
     "clm": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
 }
 BASE["cls"] = BASE["mlm"]
-BASE["llama"] = {  # SmolLM2-135M's shape
-    "model_type": "llama",
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-    "vocab_size": 49152,
-}
+BASE["llama"] = {**SMOLLM2_135M_SHAPE, "vocab_size": 49152}
 BASE["sft"] = BASE["llama"]
 TINY = {
     "mlm": {

@@ -3,11 +3,15 @@ news corpus with tiny language models for pre-training."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +94,8 @@ def ray_cluster():
 
     from hfray.cluster.connect import start_local_cluster
 
-    start_local_cluster(2, None, configure_logging=False)
+    with session_s3_env():  # tests/storage/test_s3_run.py: S3 storage on this cluster
+        start_local_cluster(2, None, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -109,6 +114,17 @@ def check_manifest(manifest: dict[str, Any]) -> None:
 
     assert sorted(manifest) == sorted(KEYS), set(manifest) ^ set(KEYS)
     assert manifest["format"] == FORMAT and manifest["training_task"] == manifest["job"]["task"]
+
+
+def merge_sections(job: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with ``sections`` over it: a dict merges into the section of that name (one level deep), anything
+    else replaces it. The test job builders' keyword arguments."""
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(job.get(section), dict):
+            job[section] = {**job[section], **values}
+        else:
+            job[section] = values
+    return job
 
 
 def tiny_job(tmp_path: Path, data_files: dict[str, Path], **sections: Any) -> dict[str, Any]:
@@ -136,12 +152,7 @@ def tiny_job(tmp_path: Path, data_files: dict[str, Path], **sections: Any) -> di
         # A new MLflow SQLite store costs ~5 s of schema migrations; tests of tracking turn it on.
         "tracking": {"mlflow": False, "progress_bar": False},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(job.get(section), dict):
-            job[section].update(values)
-        else:
-            job[section] = values
-    return job
+    return merge_sections(job, sections)
 
 
 # ----------------------------------------------------------------------------- pre-training
@@ -206,9 +217,7 @@ def lm_job(tmp_path: Path, task: str, train: Path, **sections: Any) -> dict[str,
         "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
         "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
     }
-    for section, values in sections.items():
-        job[section] = {**job.get(section, {}), **values} if isinstance(values, dict) else values
-    return job
+    return merge_sections(job, sections)
 
 
 # ----------------------------------------------------------------------------- resumed runs
@@ -229,3 +238,95 @@ def resumed_start(log: list[dict[str, Any]], interval: int) -> int:
     steps = [r["step"] for r in resumed]
     assert steps[0] == start + interval, (start, steps)  # (HF's eval_on_start does not evaluate on a resume)
     return start
+
+
+@contextlib.contextmanager
+def worker_killed_after_checkpoint(metrics_log: str, min_step: int, poll_s: float = 0.05) -> Iterator[dict[str, Any]]:
+    """Around a run: SIGKILL the training worker that reported the latest checkpoint at ``min_step`` or later, once
+    the run's metrics log (a path or URI) lists one. Yields what it killed: ``after_step`` and ``pid``."""
+    from hfray.artifacts.metrics_log import read_metrics_log
+
+    killed: dict[str, Any] = {}
+    done = threading.Event()
+
+    def kill() -> None:
+        while not done.is_set():
+            records = read_metrics_log(metrics_log)
+            ckpts = [r for r in records if r.get("checkpoint_path") and r["step"] >= min_step]
+            if ckpts:
+                killed["after_step"], killed["pid"] = ckpts[-1]["step"], ckpts[-1]["worker_pid"]
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            done.wait(poll_s)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        killer.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- S3 storage (moto)
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# The session cluster's S3 endpoint: a port chosen now, served by moto_s3(port=S3_SESSION_PORT) in the tests that
+# use it (nothing listens there otherwise, and nothing else on the cluster reads S3).
+S3_SESSION_PORT = 0
+
+
+def boto_creds() -> dict[str, str]:
+    """boto3 keyword arguments for moto's dummy credentials (the same as ``S3_ENV``)."""
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
+    }
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str, port: int = 0) -> Iterator[str]:
+    """A moto S3 server (real HTTP on loopback) with one bucket, on ``port`` (0: a free one); yields its URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from hfray.cluster.local import free_port
+
+    port = port or free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=url, **boto_creds()).create_bucket(Bucket=bucket)
+        yield url
+    finally:
+        server.stop()
+
+
+def session_s3_url() -> str:
+    """The S3 endpoint the session cluster's processes use (its port is chosen once, on first use)."""
+    global S3_SESSION_PORT
+    if not S3_SESSION_PORT:
+        from hfray.cluster.local import free_port
+
+        S3_SESSION_PORT = free_port()
+    return f"http://127.0.0.1:{S3_SESSION_PORT}"
+
+
+@contextlib.contextmanager
+def session_s3_env() -> Iterator[None]:
+    """Around the session cluster's start: its processes get moto's dummy credentials from their environment, as a
+    real cluster's nodes get theirs, and the session's S3 endpoint, which hfray forwards in the runtime env (as
+    ``storage.endpoint_url`` does on a cluster hfray starts). This process's own environment is restored after."""
+    keys = (*S3_ENV, "AWS_ENDPOINT_URL_S3")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL_S3=session_s3_url())
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -21,37 +21,20 @@ import httpx
 import pytest
 import yaml
 
-from conftest import resumed_start, tiny_job
+from conftest import S3_ENV, boto_creds, moto_s3, resumed_start, tiny_job
 from hfray.cluster.local import LocalRayCluster, client_env, free_port, start_local_ray_cluster
 
 # Minutes on 2 shared cores (cluster start ~30-55 s, each test 2-4.5 min): behind -m slow, not the default suite.
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "hfray-test"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on loopback with one bucket; credentials are moto's dummies, from the environment."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=url, **_boto_creds()).create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
-
-
-def _boto_creds() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
-    }
+    with moto_s3(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +62,7 @@ def _write_job(path: Path, job: dict[str, Any]) -> Path:
 def _s3_keys(endpoint: str, prefix: str) -> list[str]:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_creds())
+    s3 = boto3.client("s3", endpoint_url=endpoint, **boto_creds())
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
@@ -137,7 +120,7 @@ def test_two_node_training_on_s3_storage_then_serving(two_nodes, s3_endpoint, tm
 
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds())
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **boto_creds())
     body = s3.get_object(Bucket=BUCKET, Key=f"runs/{run_name}/artifact/hfray_manifest.json")["Body"].read()
     manifest = json.loads(body)
     log = s3.get_object(Bucket=BUCKET, Key=f"runs/{run_name}/hfray_metrics.jsonl")["Body"].read().decode()

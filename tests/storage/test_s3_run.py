@@ -1,121 +1,133 @@
-"""A run whose storage is S3 (moto: a real S3 server on loopback, in this process), on a one-node local cluster.
+"""Runs whose storage is S3 (moto: a real S3 server on loopback, in this process), on a one-node local cluster.
 
-``hfray train`` runs as a subprocess that starts its own local Ray cluster (its processes get the S3 credentials
-from the environment, as a real cluster's nodes would, and the endpoint from the job's ``storage.endpoint_url``).
-Checkpoints, the metrics log and the artifact go to the bucket; a killed worker resumes from a checkpoint read
-back from it. The multi-node and failure cases are slow tests (tests/cluster/).
+Default suite: ``run_training`` in this process on the session cluster (tests/conftest.py), whose processes got
+the S3 credentials from their environment, as a real cluster's nodes would, and the server's endpoint in the
+runtime env, as hfray forwards ``storage.endpoint_url`` to a cluster it starts. Checkpoints, the metrics log and
+the artifact go to the bucket; a killed worker resumes from a checkpoint read back from it.
+
+Slow: the same through ``hfray train`` in a subprocess that starts its own local Ray cluster, where the job's
+``storage.endpoint_url`` is what points hfray's processes at the server. The multi-node and failure cases are slow
+tests too (tests/cluster/).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from conftest import resumed_start, tiny_job
-from hfray.cluster.local import free_port
+from conftest import S3_ENV, moto_s3, resumed_start, session_s3_url, tiny_job, worker_killed_after_checkpoint
+from hfray.artifacts.loading import load_artifact_pipeline
+from hfray.artifacts.metrics_log import read_metrics_log
+from hfray.config import JobConfig
+from hfray.storage import fs
+from hfray.train.run import run_training
 
-pytestmark = pytest.mark.ray  # it starts a Ray cluster (in the hfray subprocess)
+pytestmark = pytest.mark.ray  # it trains on a Ray cluster
 BUCKET = "hfray-s3-run"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+OWN_BUCKET = "hfray-s3-cli-run"
 
 
 @pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    import boto3
-    from moto.server import ThreadedMotoServer
+def session_s3() -> Iterator[str]:
+    """The S3 server at the endpoint the session Ray cluster's processes were started with."""
+    url = session_s3_url()
+    with moto_s3(BUCKET, port=int(url.rsplit(":", 1)[1])):
+        yield url
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    boto3.client("s3", endpoint_url=url, **creds).create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
+
+@pytest.fixture
+def s3_driver(monkeypatch) -> Callable[[str], None]:
+    """Points this process (the driver, and the test's own reads of the bucket) at an S3 server with moto's
+    credentials; undone after the test, with the endpoint hfray sets here from the job's ``storage.endpoint_url``."""
+
+    def point_at(url: str) -> None:
+        for key, value in S3_ENV.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
+
+    return point_at
 
 
 def _children(uri: str) -> list[str]:
     """URIs of what is directly under ``uri`` in the bucket (nothing when it does not exist yet)."""
-    import pyarrow.fs as pafs
-
-    from hfray.storage import fs
-
     fsys, path = fs.filesystem(uri)
     infos = fsys.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(fs.uri_of(fsys, info.path) for info in infos)
 
 
-def _kill_after_checkpoint(root: str, min_step: int, killed: dict[str, Any], done: threading.Event) -> None:
-    """SIGKILL the training worker once the run's metrics log on S3 lists a checkpoint at min_step or later."""
-    from hfray.artifacts.metrics_log import read_metrics_log
-    from hfray.storage import fs
-
-    while not done.is_set():
-        logs = [fs.join(run, "hfray_metrics.jsonl") for run in _children(root)]
-        records = read_metrics_log(logs[0]) if logs and fs.exists(logs[0]) else []
-        ckpts = [r for r in records if r.get("checkpoint_path") and r["step"] >= min_step]
-        if ckpts:
-            killed["after_step"], killed["pid"] = ckpts[-1]["step"], ckpts[-1]["worker_pid"]
-            os.kill(killed["pid"], signal.SIGKILL)
-            return
-        time.sleep(0.2)
+def _metrics_log(root: str, job: JobConfig) -> str:
+    return fs.join(root, job.run_name, "hfray_metrics.jsonl")
 
 
-@pytest.mark.slow  # ~60 s on quiet cores (its own hfray subprocess + cluster): over the default-suite budget
-def test_a_run_on_s3_checkpoints_resumes_and_exports_there(moto_s3, tmp_path, data_files, monkeypatch):
-    from hfray.artifacts.loading import load_artifact_pipeline
-    from hfray.artifacts.metrics_log import read_metrics_log
-
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3)  # this process's own reads of the bucket
-    root = f"s3://{BUCKET}/runs"
-    job = tiny_job(
+def _s3_job(tmp_path: Path, data_files: dict[str, Path], root: str, endpoint: str, **training: int) -> dict[str, Any]:
+    """One worker, tiny BERT, storage in the bucket; one restart allowed (the killed worker's)."""
+    return tiny_job(
         tmp_path,
         data_files,
         name="s3run",
-        training={"learning_rate": 1e-2, "max_steps": 40, "eval_steps": 10, "logging_steps": 10},
+        training={"learning_rate": 1e-2, "logging_steps": training["eval_steps"], **training},
         resources={"num_workers": 1, "cpus_per_worker": 1},
-        cluster={"num_cpus": 2},
-        storage={"path": root, "endpoint_url": moto_s3, "num_to_keep": 2, "max_failures": 1},
+        storage={"path": root, "endpoint_url": endpoint, "num_to_keep": 2, "max_failures": 1},
     )
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.pop("AWS_ENDPOINT_URL_S3")  # the job's storage.endpoint_url must be what points hfray at moto
-    killed: dict[str, Any] = {}
-    done = threading.Event()
-    killer = threading.Thread(target=_kill_after_checkpoint, args=(root, 10, killed, done), daemon=True)
-    killer.start()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "hfray", "train", str(path)], env=env, capture_output=True, text=True, timeout=400
-        )
-    finally:
-        done.set()
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _check_run_in_bucket(root: str, killed: dict[str, Any], interval: int, max_steps: int, tmp_path: Path) -> None:
+    """The run's checkpoints, metrics log and artifact are in the bucket; it resumed from a checkpoint there."""
     assert killed, "the test never found a worker to kill"
-
-    from hfray.storage import fs
-
     (run_dir,) = _children(root)
     log = read_metrics_log(fs.join(run_dir, "hfray_metrics.jsonl"))
     # Resumed from a checkpoint it had written to S3 before the kill, and went on from its step.
-    assert resumed_start(log, interval=10) >= killed["after_step"]
-    assert max(r["step"] for r in log) == 40
+    assert resumed_start(log, interval=interval) >= killed["after_step"]
+    assert {r["worker_pid"] for r in log if r["hfray_resumed_from_step"] > 0}.isdisjoint({killed["pid"]})
+    assert max(r["step"] for r in log) == max_steps
     ckpts = [p for p in _children(run_dir) if p.rsplit("/", 1)[-1].startswith("checkpoint_")]
     assert ckpts and all(p.startswith("s3://") for p in ckpts), ckpts
     # The artifact is in the bucket and loads from there as a transformers pipeline.
     pipe = load_artifact_pipeline(fs.join(run_dir, "artifact"))
     assert {p["label"] for p in pipe(["a test sentence"], top_k=None)[0]} == {"neg", "pos"}
     assert not Path(tmp_path / "runs").exists()  # nothing went to local storage
+
+
+def test_a_run_on_the_session_cluster_checkpoints_resumes_and_exports_to_s3(
+    ray_cluster, session_s3, s3_driver, tmp_path, data_files
+):
+    s3_driver(session_s3)
+    root = f"s3://{BUCKET}/runs"
+    job = JobConfig.from_dict(_s3_job(tmp_path, data_files, root, session_s3, max_steps=40, eval_steps=4))
+    with worker_killed_after_checkpoint(_metrics_log(root, job), 4, poll_s=0.2) as killed:
+        summary = run_training(job)
+    assert summary.run_dir.startswith(f"{root}/")
+    _check_run_in_bucket(root, killed, interval=4, max_steps=40, tmp_path=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def own_s3() -> Iterator[str]:
+    """An S3 server on a free port, for a cluster that ``hfray train`` starts (it knows the endpoint from the job)."""
+    with moto_s3(OWN_BUCKET) as url:
+        yield url
+
+
+@pytest.mark.slow  # ~60 s on quiet cores (its own hfray subprocess + cluster): over the default-suite budget
+def test_hfray_train_on_its_own_cluster_checkpoints_resumes_and_exports_to_s3(own_s3, s3_driver, tmp_path, data_files):
+    s3_driver(own_s3)  # this process's own reads of the bucket
+    root = f"s3://{OWN_BUCKET}/runs"
+    job = _s3_job(tmp_path, data_files, root, own_s3, max_steps=40, eval_steps=10)
+    job["cluster"] = {"num_cpus": 2}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("AWS_ENDPOINT_URL_S3")  # the job's storage.endpoint_url must be what points hfray at moto
+    with worker_killed_after_checkpoint(_metrics_log(root, JobConfig.from_dict(job)), 10, poll_s=0.2) as killed:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hfray", "train", str(path)], env=env, capture_output=True, text=True, timeout=400
+        )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_run_in_bucket(root, killed, interval=10, max_steps=40, tmp_path=tmp_path)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_peft import TINY_LLAMA
 
-from conftest import check_manifest
+from conftest import check_manifest, merge_sections
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
 
@@ -114,12 +114,7 @@ def grpo_job(tmp_path: Path, tokenizer: Path | str, **sections: Any) -> dict[str
         "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
         "tracking": {"mlflow": False, "progress_bar": False},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            job.setdefault(section, {}).update(values)
-        else:
-            job[section] = values
-    return job
+    return merge_sections(job, sections)
 
 
 def _log(run_dir: str) -> list[dict[str, Any]]:

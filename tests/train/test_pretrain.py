@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import VOCAB, check_manifest, lm_job, resumed_start
+from conftest import VOCAB, check_manifest, lm_job, resumed_start, worker_killed_after_checkpoint
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
@@ -148,10 +148,6 @@ def test_masked_lm_on_the_in_memory_datasets_path(ray_cluster, tmp_path, news):
 
 @pytest.mark.slow
 def test_killed_worker_resumes_a_ray_data_run(ray_cluster, tmp_path, news):
-    import threading
-
-    from test_train import _kill_a_worker_after_checkpoint
-
     from hfray.train.run import run_training
 
     raw = lm_job(
@@ -163,11 +159,8 @@ def test_killed_worker_resumes_a_ray_data_run(ray_cluster, tmp_path, news):
     )
     job = JobConfig.from_dict(raw)
     log_path = tmp_path / "runs" / job.run_name / layout.METRICS_LOG
-    killed: dict = {}
-    killer = threading.Thread(target=_kill_a_worker_after_checkpoint, args=(log_path, 30, killed), daemon=True)
-    killer.start()
-    summary = run_training(job)
-    killer.join(timeout=5)
+    with worker_killed_after_checkpoint(str(log_path), 30) as killed:
+        summary = run_training(job)
     assert killed, "the test never found a worker to kill"
 
     log = read_metrics_log(str(log_path))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TINY_BERT, check_manifest
+from conftest import TINY_BERT, check_manifest, merge_sections
 from hfray.artifacts.loading import load_artifact_pipeline
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.cli import main
@@ -58,12 +58,7 @@ def task_job(tmp_path: Path, task: str, files: dict[str, Path], **sections: Any)
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
         "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(job.get(section), dict):
-            job[section] = {**job[section], **values}
-        else:
-            job[section] = values
-    return job
+    return merge_sections(job, sections)
 
 
 def _files(tmp_path: Path, make: Any, n_train: int, n_val: int) -> dict[str, Path]:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import check_manifest, synthetic_rows, tiny_job
+from conftest import check_manifest, synthetic_rows, tiny_job, worker_killed_after_checkpoint
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.storage import layout
@@ -92,19 +89,6 @@ def test_early_stopping_ends_a_run_that_does_not_improve(ray_cluster, tmp_path, 
     assert len(evals) <= 4
 
 
-def _kill_a_worker_after_checkpoint(log_path: Path, min_step: int, killed: dict) -> None:
-    """SIGKILL the rank-0 training process once a checkpoint at min_step or later is in Ray storage."""
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        records = read_metrics_log(str(log_path))
-        ckpts = [r for r in records if r.get("checkpoint_path") and r["step"] >= min_step]
-        if ckpts:
-            killed["after_step"], killed["pid"] = ckpts[-1]["step"], ckpts[-1]["worker_pid"]
-            os.kill(killed["pid"], signal.SIGKILL)
-            return
-        time.sleep(0.05)
-
-
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path, data_files):
     job = JobConfig.from_dict(
         tiny_job(
@@ -115,11 +99,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path, dat
         )
     )
     log_path = tmp_path / "runs" / job.run_name / layout.METRICS_LOG
-    killed: dict = {}
-    killer = threading.Thread(target=_kill_a_worker_after_checkpoint, args=(log_path, 30, killed), daemon=True)
-    killer.start()
-    summary = run_training(job)
-    killer.join(timeout=5)
+    with worker_killed_after_checkpoint(str(log_path), 30) as killed:
+        summary = run_training(job)
     assert killed, "the test never found a worker to kill"
 
     log = _log(summary)

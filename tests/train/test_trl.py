@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_peft import TINY_LLAMA
 
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, check_manifest, synthetic_rows
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, check_manifest, merge_sections, synthetic_rows
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 
@@ -87,9 +87,7 @@ def trl_job(tmp_path: Path, tokenizer: Path, task: str, train: Path, validation:
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
         "storage": {"path": str(tmp_path / "runs"), "num_to_keep": 1, "max_failures": 0},
     }
-    for section, values in sections.items():
-        job.setdefault(section, {}).update(values)
-    return job
+    return merge_sections(job, sections)
 
 
 def _losses(run_dir: str, key: str = "train_loss") -> list[float]:

@@ -256,6 +256,20 @@ def throughput(
     }
 
 
+def trl_artifact_fields(job: JobConfig) -> dict[str, Any]:
+    """The TRL recipes' (SFT, DPO, GRPO) ``artifact_fields``: a ``text-generation`` model, generating up to
+    ``trl.generation_max_new_tokens`` by default."""
+    assert job.trl is not None
+    return {"task": "text-generation", "generation": {"max_new_tokens": job.trl.generation_max_new_tokens}}
+
+
+def trl_tokens_trained(trainer: Any) -> float | None:
+    """Tokens trained in this attempt as a TRL trainer counts them (its ``num_tokens``): across ranks, from 0 in each
+    process; prompts and completions under GRPO."""
+    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    return float(counts[-1]) if counts else None
+
+
 def manifest(
     run: WorkerRun, attempt: Attempt, trainer: Any, final: dict[str, Any], *, task: str, **fields: Any
 ) -> dict[str, Any]:

@@ -19,9 +19,6 @@ from hfray.train import worker
 from hfray.train.recipes.grpo.data import load_grpo_splits
 from hfray.train.recipes.grpo.rewards import build_rewards
 
-# What ``hfray predict`` / ``hfray serve`` call the exported model's task (transformers.pipeline's name).
-PIPELINE_TASK = "text-generation"
-
 
 def grpo_arguments(job: JobConfig, output_dir: str, use_gpu: bool, weights: list[float]) -> Any:
     """``GRPOConfig``: hfray's TrainingArguments plus the job's generation settings, KL coefficient, weights."""
@@ -63,15 +60,7 @@ def reference_path(run: worker.WorkerRun, model: Any) -> None:
         model.config._name_or_path = path
 
 
-def artifact_fields(job: JobConfig) -> dict[str, Any]:
-    assert job.trl is not None
-    return {"task": PIPELINE_TASK, "generation": {"max_new_tokens": job.trl.generation_max_new_tokens}}
-
-
-def tokens_trained(trainer: Any) -> float | None:
-    """Tokens (prompts and completions) of this attempt, counted by TRL across ranks (its ``num_tokens``)."""
-    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
-    return float(counts[-1]) if counts else None
+artifact_fields = worker.trl_artifact_fields  # the recipe's: a text-generation artifact
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -105,7 +94,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         *(run, attempt, trainer, tokenizer, final),
         **artifact_fields(job),
         peft=peft_info,
-        throughput=worker.throughput(run, attempt, trainer, tokens=tokens_trained(trainer)),
+        throughput=worker.throughput(run, attempt, trainer, tokens=worker.trl_tokens_trained(trainer)),
         data={"sizes": {k: len(v) for k, v in splits.items()}},
         versions=library_versions(["trl"]),
     )

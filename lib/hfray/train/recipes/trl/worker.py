@@ -20,9 +20,6 @@ from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
-# What ``hfray predict`` / ``hfray serve`` call the exported model's task (transformers.pipeline's name).
-PIPELINE_TASK = "text-generation"
-
 
 def trl_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
     """``SFTConfig`` / ``DPOConfig``: hfray's TrainingArguments plus the task's TRL settings."""
@@ -67,15 +64,7 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
     return DPOTrainer(model=model, ref_model=ref, **common)
 
 
-def artifact_fields(job: JobConfig) -> dict[str, Any]:
-    assert job.trl is not None
-    return {"task": PIPELINE_TASK, "generation": {"max_new_tokens": job.trl.generation_max_new_tokens}}
-
-
-def tokens_trained(trainer: Any) -> float | None:
-    """Tokens trained in this attempt: TRL counts them across ranks, from 0 in each process (its ``num_tokens``)."""
-    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
-    return float(counts[-1]) if counts else None
+artifact_fields = worker.trl_artifact_fields  # the recipe's: a text-generation artifact
 
 
 def steady_throughput(job: JobConfig, model: Any) -> Any:
@@ -112,7 +101,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         *(run, attempt, trainer, tokenizer, final),
         **artifact_fields(job),
         peft=peft_info,
-        throughput=worker.throughput(run, attempt, trainer, speed, tokens=tokens_trained(trainer)),
+        throughput=worker.throughput(run, attempt, trainer, speed, tokens=worker.trl_tokens_trained(trainer)),
         data={"sizes": {k: len(v) for k, v in splits.items()}},
         versions=library_versions(["trl"]),
     )

@@ -1,0 +1,41 @@
+"""What several bench scripts share (a sibling module, not a package: each script puts ``bench/`` on ``sys.path``).
+
+- :data:`SMOLLM2_135M_SHAPE`: SmolLM2-135M's architecture (``bench/throughput_bench.py``, ``bench/peft_gpu.py``);
+- :func:`adamw_step`: the bare PyTorch training step the runners are compared with (``bench/throughput_bare.py``,
+  ``bench/step_profile.py``).
+
+Not a test: pytest does not collect it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+SMOLLM2_135M_SHAPE: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def adamw_step(forward: Any, opt: Any, device: str, autocast: bool) -> Callable[[dict[str, Any]], Any]:
+    """One training step: ``forward(**inputs).loss`` (bf16 autocast when ``autocast``), backward, ``opt`` step, grads
+    set to None. Returns the loss."""
+    import torch
+
+    def step(inputs: dict[str, Any]) -> Any:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+            loss = forward(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
