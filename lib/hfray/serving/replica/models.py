@@ -19,6 +19,7 @@ from ray import serve
 
 from hfray.serving.catalog import ArtifactCatalog
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.onnx_model import OnnxLoadedModel, is_onnx_artifact
 
 
 def torch_placement(cfg: ServeConfig) -> tuple[str, Any]:
@@ -112,12 +113,12 @@ class ModelHost:
         # What the multiplexed loader really did: each load's model id, and weak references to the loaded
         # models (an evicted model that nothing holds any more is gone from models_in_memory).
         self.model_loads: deque[str] = deque(maxlen=2000)
-        self.loaded_refs: list[tuple[str, weakref.ref[LoadedModel]]] = []
+        self.loaded_refs: list[tuple[str, weakref.ref[Any]]] = []
         self.step_seconds = {"tokenize": 0.0, "forward": 0.0, "postprocess": 0.0}  # summed over batches
         self.graph_info: dict[str, Any] = {}
 
         # Decorated here, not on a class, because the cache size comes from the config (Ray detects this).
-        async def load(model_id: str) -> LoadedModel:
+        async def load(model_id: str) -> Any:
             return await self._load(model_id)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
@@ -135,11 +136,14 @@ class ModelHost:
     async def classify(self, model_id: str, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
         return await self._batch((model_id, texts, top_k))
 
-    async def _load(self, model_id: str) -> LoadedModel:
+    async def _load(self, model_id: str) -> LoadedModel | OnnxLoadedModel:
         # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
         entry = self.catalog.resolve(model_id)
         rows = graph_rows(self.cfg) if self.device == "cuda" else 0
-        model = await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length, rows)
+        if is_onnx_artifact(entry.path):  # hfray export --onnx: ONNX Runtime on CPU (serving.replica.onnx_model)
+            model = await asyncio.to_thread(OnnxLoadedModel, entry.path, self.cfg.max_length)
+        else:
+            model = await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length, rows)
         if model.forward is not None:
             self.graph_info[model_id] = model.forward.describe()
         self.model_loads.append(model_id)
