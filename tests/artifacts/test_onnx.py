@@ -190,3 +190,55 @@ def test_bad_input_is_one_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("hfray: error: ") and message in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_hfray_serve_answers_http_classify_with_onnx_artifacts(
+    ray_cluster: Any, trained: dict[str, Any], exported: dict[str, Path]
+) -> None:
+    """Real Serve, real HTTP: ONNX artifacts answer /v1/classify next to the PyTorch one, batched the same way."""
+    import asyncio
+    import shutil
+
+    import httpx
+    from ray import serve
+
+    from hfray.cluster.local import free_port
+    from hfray.serving.config import ServeConfig
+    from hfray.serving.driver import serve_artifacts, wait_healthy
+
+    root = trained["root"] / "served"
+    shutil.copytree(trained["artifact"], root / "pytorch")
+    shutil.copytree(exported["fp32"], root / "onnx-fp32")
+    shutil.copytree(exported["int8"], root / "onnx-int8")
+    texts, labels = validation(trained)
+    texts, labels = texts[:24], labels[:24]
+    cfg = ServeConfig(
+        artifact_root=str(root), default_model="onnx-int8", port=free_port(), max_batch_size=16,
+        batch_wait_timeout_s=0.1, num_cpus=0.5, max_length=16,
+    )  # fmt: skip
+    try:
+        url = serve_artifacts(cfg)
+        wait_healthy(url)
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*[client.post(f"{url}/v1/classify", json={"inputs": [t]}) for t in texts])
+
+        responses = asyncio.run(burst())
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        assert {r.json()["model"] for r in responses} == {"onnx-int8"}
+        predicted = np.array([["neg", "pos"].index(r.json()["results"][0][0]["label"]) for r in responses])
+        assert (predicted == labels).mean() > 0.8
+        stats = httpx.get(f"{url}/v1/stats").json()
+        assert max(stats["batch_sizes"]) > 1, stats["batch_sizes"]  # the same @serve.batch batching
+        both = {
+            model: httpx.post(f"{url}/v1/classify", json={"inputs": texts, "top_k": 2, "model": model}, timeout=120)
+            for model in ("pytorch", "onnx-fp32")
+        }
+        assert all(r.status_code == 200 for r in both.values()), {m: r.text for m, r in both.items()}
+        for got, want in zip(both["onnx-fp32"].json()["results"], both["pytorch"].json()["results"], strict=True):
+            assert [p["label"] for p in got] == [p["label"] for p in want]
+            assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-5)
+    finally:
+        serve.shutdown()
