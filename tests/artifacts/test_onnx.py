@@ -159,6 +159,22 @@ def test_onnx_replica_model_answers_like_the_pipeline(trained: dict[str, Any], e
         assert [p["score"] for p in g] == pytest.approx([p["score"] for p in w], abs=1e-5)
 
 
+def test_hfray_predict_on_onnx_artifacts(
+    trained: dict[str, Any], exported: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts, _ = validation(trained)
+    outputs = {}
+    for name, path in {"pytorch": trained["artifact"], **exported}.items():
+        capsys.readouterr()
+        assert main(["predict", str(path), *texts[:5], "--top-k", "2"]) == 0
+        outputs[name] = [json.loads(line)["predictions"] for line in capsys.readouterr().out.splitlines()]
+    assert len(outputs["pytorch"]) == 5
+    for got, want in zip(outputs["fp32"], outputs["pytorch"], strict=True):
+        assert [p["label"] for p in got] == [p["label"] for p in want]
+        assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-5)
+    assert [o[0]["label"] for o in outputs["int8"]] == [o[0]["label"] for o in outputs["pytorch"]]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -74,3 +74,22 @@ def scores_of(logits: Any, sigmoid: bool) -> Any:
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+class OnnxTextClassification:
+    """An ONNX artifact where ``hfray predict`` expects a ``transformers.pipeline("text-classification")``:
+    ``pipe(texts, top_k=k)`` -> one list of ``{label, score}`` per text, best first."""
+
+    task = "text-classification"
+
+    def __init__(self, path: str) -> None:
+        self.runner = OnnxClassifier(path)
+
+    def __call__(self, texts: list[str], top_k: int = 1) -> list[list[dict[str, Any]]]:
+        scores = scores_of(self.runner.logits(list(texts)), self.runner.sigmoid)
+        k = min(top_k, len(self.runner.labels))
+        order = (-scores).argsort(axis=-1, kind="stable")[:, :k]
+        return [
+            [{"label": self.runner.labels[j], "score": float(row[j])} for j in ix]
+            for row, ix in zip(scores, order, strict=True)
+        ]
