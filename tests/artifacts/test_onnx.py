@@ -146,6 +146,7 @@ def test_onnx_replica_model_answers_like_the_pipeline(trained: dict[str, Any], e
     """The serving replica's ONNX backend (what ``hfray serve`` loads for an ONNX artifact) in-process."""
     from transformers import pipeline
 
+    from hfray.serving.replica.models import is_encoder
     from hfray.serving.replica.onnx_model import OnnxLoadedModel
 
     texts, _ = validation(trained)
@@ -157,6 +158,8 @@ def test_onnx_replica_model_answers_like_the_pipeline(trained: dict[str, Any], e
     for g, w in zip(got, want, strict=True):
         assert [p["label"] for p in g] == [p["label"] for p in w]
         assert [p["score"] for p in g] == pytest.approx([p["score"] for p in w], abs=1e-5)
+    # /v1/embeddings pools hidden states, which the exported graph does not output: refused (a 4xx), not a 500.
+    assert is_encoder(str(trained["artifact"])) and not is_encoder(str(exported["fp32"]))
 
 
 def test_hfray_predict_on_onnx_artifacts(
@@ -253,6 +256,8 @@ def test_hfray_serve_answers_http_classify_with_onnx_artifacts(
             for model in ("pytorch", "onnx-fp32")
         }
         assert all(r.status_code == 200 for r in both.values()), {m: r.text for m, r in both.items()}
+        refused = httpx.post(f"{url}/v1/embeddings", json={"input": texts[0], "model": "onnx-fp32"}, timeout=60)
+        assert refused.status_code == 422 and refused.json()["detail"]["field"] == "model", refused.text
         for got, want in zip(both["onnx-fp32"].json()["results"], both["pytorch"].json()["results"], strict=True):
             assert [p["label"] for p in got] == [p["label"] for p in want]
             assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-5)
