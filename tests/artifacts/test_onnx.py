@@ -186,6 +186,8 @@ def test_hfray_predict_on_onnx_artifacts(
         (["{root}/nowhere", "--onnx"], "nowhere: no such artifact"),
         (["{root}/qa", "--onnx"], "ONNX export supports text-classification artifacts"),
         (["{art}-onnx", "--onnx"], "already an ONNX artifact"),
+        # A run folder stands for its artifact/ (found, so the next check speaks); never over PyTorch weights.
+        (["{root}", "--onnx", "--out", "{art}"], "holds a PyTorch model"),
     ],
 )
 def test_bad_input_is_one_clear_error(

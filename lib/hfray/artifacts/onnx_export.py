@@ -22,6 +22,7 @@ from hfray.artifacts.onnx_runtime import ONNX_FILE, OnnxClassifier
 from hfray.config import JobConfig
 from hfray.errors import ArtifactError, HfrayError
 from hfray.storage import fs
+from hfray.storage.layout import ARTIFACT_DIR, MANIFEST
 
 SUPPORTED_TASKS = ("text-classification",)
 EVAL_BATCH = 32
@@ -43,9 +44,12 @@ def check_exportable(artifact: str, manifest: dict[str, Any]) -> None:
 
 
 def export_onnx(artifact: str, out: str | None = None, int8: bool = False) -> dict[str, Any]:
-    """Export ``artifact`` (a local dir or URI) to ONNX (``int8``: dynamically quantized); returns its manifest."""
+    """Export ``artifact`` (a local dir or URI, or a run folder holding ``artifact/``) to ONNX (``int8``: dynamically
+    quantized); returns the new artifact's manifest and its location (``artifact``)."""
     if not fs.exists(artifact):
         raise ArtifactError(f"{artifact}: no such artifact")
+    if not fs.exists(fs.join(artifact, MANIFEST)) and fs.exists(fs.join(artifact, ARTIFACT_DIR, MANIFEST)):
+        artifact = fs.join(artifact, ARTIFACT_DIR)  # a run folder: its exported artifact
     manifest = read_manifest(artifact)
     check_exportable(artifact, manifest)
     dest = out or default_destination(artifact, int8)
