@@ -11,6 +11,7 @@ from typing import Any
 
 from hfray.artifacts.adapters import is_adapter, load_model
 from hfray.artifacts.manifest import read_manifest
+from hfray.artifacts.onnx_runtime import OnnxTextClassification, is_onnx_artifact
 from hfray.storage import fs
 
 
@@ -23,6 +24,8 @@ def load_artifact_pipeline(artifact: str, device: int | str | None = None) -> An
         import hfray.artifacts.pipelines  # noqa: F401  registers hfray's QA and seq2seq pipelines
 
     local = fs.download_dir(artifact, tempfile.mkdtemp(prefix="hfray-artifact-"))
+    if is_onnx_artifact(local):  # hfray export --onnx: ONNX Runtime on CPU, the pipeline's call and results
+        return OnnxTextClassification(local)
     # A PEFT adapter artifact: its base plus the adapter (merged in where it can be), else the folder itself.
     model = load_model(local, manifest, merge=True) if is_adapter(local) else local
     # Task settings the job chose (token aggregation, QA windows, seq2seq source prefix).

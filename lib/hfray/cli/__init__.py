@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from hfray.cli import cluster, jobs, runs, serve
+from hfray.cli.export import add_export_parser
 from hfray.errors import HfrayError
 
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a tokenizer is already there")
     p.set_defaults(func=jobs.cmd_tokenizer)
 
+    add_export_parser(sub)  # hfray export ARTIFACT --onnx [--int8]
     runs.add_runs_parser(sub)
     cluster.add_cluster_parser(sub)
 

@@ -19,6 +19,7 @@ from ray import serve
 
 from hfray.serving.catalog import ArtifactCatalog
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.onnx_model import OnnxLoadedModel, is_onnx_artifact
 
 # One request in a batch: (model id, "classify" | "embed", texts, top_k | normalize).
 Job = tuple[str, str, list[str], Any]
@@ -130,6 +131,8 @@ def is_encoder(path: str) -> bool:
 
     from hfray.artifacts.adapters import BASE_DIR
 
+    if is_onnx_artifact(path):  # its graph outputs logits only: no hidden states to pool
+        return False
     for folder in (path, os.path.join(path, BASE_DIR)):
         if os.path.isfile(os.path.join(folder, "config.json")):
             with open(os.path.join(folder, "config.json")) as f:
@@ -159,12 +162,12 @@ class ModelHost:
         # What the multiplexed loader really did: each load's model id, and weak references to the loaded
         # models (an evicted model that nothing holds any more is gone from models_in_memory).
         self.model_loads: deque[str] = deque(maxlen=2000)
-        self.loaded_refs: list[tuple[str, weakref.ref[LoadedModel]]] = []
+        self.loaded_refs: list[tuple[str, weakref.ref[Any]]] = []
         self.step_seconds = {"tokenize": 0.0, "forward": 0.0, "postprocess": 0.0}  # summed over batches
         self.graph_info: dict[str, Any] = {}
 
         # Decorated here, not on a class, because the cache size comes from the config (Ray detects this).
-        async def load(model_id: str) -> LoadedModel:
+        async def load(model_id: str) -> Any:
             return await self._load(model_id)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
@@ -190,11 +193,14 @@ class ModelHost:
         """Mean-pooled sentence embeddings, batched with the classification requests of the same model."""
         return await self._batch((model_id, "embed", texts, normalize))
 
-    async def _load(self, model_id: str) -> LoadedModel:
+    async def _load(self, model_id: str) -> LoadedModel | OnnxLoadedModel:
         # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
         entry = self.catalog.resolve(model_id)
         rows = graph_rows(self.cfg) if self.device == "cuda" else 0
-        model = await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length, rows)
+        if is_onnx_artifact(entry.path):  # hfray export --onnx: ONNX Runtime on CPU (serving.replica.onnx_model)
+            model = await asyncio.to_thread(OnnxLoadedModel, entry.path, self.cfg.max_length)
+        else:
+            model = await asyncio.to_thread(LoadedModel, entry.path, self.device, self.dtype, self.cfg.max_length, rows)
         if model.forward is not None:
             self.graph_info[model_id] = model.forward.describe()
         self.model_loads.append(model_id)
