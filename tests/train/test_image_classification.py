@@ -23,7 +23,7 @@ import pytest
 from conftest import check_manifest
 from hfray.cli import main
 from hfray.config import JobConfig, read_yaml
-from hfray.errors import ConfigError, DataError
+from hfray.errors import ConfigError, DataError, ModelError
 from hfray.train.run import preflight, run_training
 
 JOB_FILE = Path(__file__).parents[2] / "jobs" / "digits_vit.yaml"
@@ -106,6 +106,16 @@ def test_hfray_predict_answers_as_the_pipeline(trained, reference, digits, capsy
     assert main(["predict", trained.artifact, str(Path(paths[0]).with_suffix(".missing.png"))]) == 2
 
 
+def test_pretrained_models_pass_through(trained, digits, tmp_path) -> None:
+    """A pretrained dir (here the run's own artifact) brings its image processor; a Hub id offline is named."""
+    pretrained = {"model": {"name_or_path": trained.artifact, "architecture": None}}
+    checked, prepared = preflight(JobConfig.from_dict(digits_job(tmp_path, str(digits["train"]), **pretrained)))
+    assert prepared.labels == [str(d) for d in range(10)]
+    hub = {"model": {"name_or_path": "google/vit-base-patch16-224-in21k", "architecture": None}}
+    with pytest.raises(ModelError, match="model.name_or_path"):
+        preflight(JobConfig.from_dict(digits_job(tmp_path, str(digits["train"]), **hub)))
+
+
 @pytest.fixture(scope="module")
 def server(trained: Any) -> Iterator[str]:
     from ray import serve
@@ -185,3 +195,24 @@ def test_bad_input_is_named_before_ray_starts(tmp_path, digits) -> None:
             preflight(job)
     with pytest.raises(ConfigError, match="image_classification.augmentation.flip"):
         JobConfig.from_dict(digits_job(tmp_path, str(broken), image_classification={"augmentation": {"flip": True}}))
+
+
+def test_augmentation_changes_training_images_only_as_configured(digits) -> None:
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from hfray.data.images import augmenter
+
+    image = Image.open(next(digits["train"].glob("3/*.png"))).convert("RGB")
+    assert np.array_equal(np.asarray(augmenter()(image)), np.asarray(image))  # the defaults change nothing
+    flip = augmenter(horizontal_flip=True)
+    random.seed(0)
+    original, mirror = np.asarray(image), np.asarray(image)[:, ::-1]
+    outcomes = [("mirrored" if np.array_equal(f, mirror) else "same" if np.array_equal(f, original) else "other")
+                for f in (np.asarray(flip(image)) for _ in range(20))]  # fmt: skip
+    assert set(outcomes) == {"mirrored", "same"}, outcomes  # about half of each, nothing else
+    every = augmenter(crop_scale_min=0.5, rotation_degrees=30, brightness=0.5, contrast=0.5)
+    changed = every(image)
+    assert changed.size == image.size and not np.array_equal(np.asarray(changed), np.asarray(image))
