@@ -189,6 +189,9 @@ def test_bad_input_is_named_before_ray_starts(tmp_path, digits) -> None:
         (broken / label / "ok.png").write_bytes(png)
     (broken / "1" / "truncated.png").write_bytes(png[:20])
     cases.append(({"data": {"train": str(broken)}}, DataError, "truncated.png as an image"))
+    relative = tmp_path / "relative.csv"
+    relative.write_text("image,label\n0/ok.png,0\n1/ok.png,1\n")
+    cases.append(({"data": {"train": str(relative)}}, DataError, "'0/ok.png' is a relative path"))
     for sections, error, message in cases:
         job = JobConfig.from_dict(digits_job(tmp_path, "replaced by the case", **sections))
         with pytest.raises(error, match=re.escape(message)):

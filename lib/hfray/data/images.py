@@ -9,6 +9,7 @@ PIL only (no torchvision needed) and seeded through Python's ``random`` (``trans
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -80,8 +81,12 @@ def describe_value(value: Any) -> str:
 
 
 def check_images(ds: datasets.Dataset, column: str, key: str, field: str) -> None:
-    """Open every image of ``column``: an unreadable one fails here, naming split, row and file."""
+    """Open every image of ``column``: an unreadable one fails here, naming split, row and file. File paths must be
+    absolute: Ray workers run in another working directory."""
     for i, value in enumerate(ds[column]):
+        path = value.get("path") if isinstance(value, dict) and not value.get("bytes") else None
+        if path and not os.path.isabs(path):
+            raise DataError(f"{field} row {i}: {key} {column!r}: {path!r} is a relative path; give absolute paths")
         try:
             open_image(value)
         except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ValueError ...
