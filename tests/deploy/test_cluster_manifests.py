@@ -100,6 +100,15 @@ def test_rayservice_manifest():
     env = dict(app.runtime_env)
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     _check_runtime_env(env, train=False)
+    # Every Ray container runs HAProxy with the retries hfray serve sets (a dying replica loses no request).
+    from hfray.serving.driver import HAPROXY_RETRIES
+
+    cluster = doc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for container in (c for g in groups for c in g["template"]["spec"]["containers"]):
+        assert {e["name"]: e["value"] for e in container["env"]} | HAPROXY_RETRIES == {
+            e["name"]: e["value"] for e in container["env"]
+        }
 
 
 def test_local_cluster_script_runs_hfray_cluster():

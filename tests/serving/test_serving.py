@@ -8,6 +8,7 @@ on the same directory, and a different label set per model shows which model ans
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -115,8 +116,10 @@ def pipelines(artifact_root: Path) -> dict[str, Any]:
     return {name: pipeline("text-classification", model=str(artifact_root / name)) for name in LABELS}
 
 
-def post(url: str, body: Any, **kwargs: Any) -> httpx.Response:
-    return httpx.post(f"{url}/v1/classify", json=body, timeout=60, **kwargs)
+def post(url: str, body: Any, route: str = "/v1/classify", **kwargs: Any) -> httpx.Response:
+    # json.dumps escapes lone surrogates ("\ud800" is valid JSON); httpx's json= would fail to encode them.
+    headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
+    return httpx.post(f"{url}{route}", content=json.dumps(body), headers=headers, timeout=60, **kwargs)
 
 
 def assert_matches_pipeline(results: list[list[dict[str, Any]]], pipe: Any, texts: list[str], top_k: int) -> None:
@@ -233,11 +236,15 @@ def test_shape_buckets_give_the_pipeline_answers(artifact_root: Path, pipelines:
 # ----------------------------------------------------------------------------- bad input: 4xx naming the field
 
 BAD_BODIES = [
-    ({"inputs": ""}, 422, "inputs[0]"),
+    ({"inputs": ""}, 422, "inputs"),
+    ({"inputs": "\u0000\ud800 text"}, 422, "inputs"),  # a lone surrogate cannot be tokenized: 4xx, not 500
+    ({"inputs": ["ok", "\udfff"]}, 422, "inputs[1]"),
     ({"inputs": ["fine", "   "]}, 422, "inputs[1]"),
     ({"inputs": []}, 422, "inputs"),
     ({}, 422, "inputs"),
-    ({"inputs": "x" * (MAX_TEXT_CHARS + 1)}, 413, "inputs[0]"),
+    ({"inputs": "x" * (MAX_TEXT_CHARS + 1)}, 413, "inputs"),
+    ({"inputs": ["ok", "x" * (MAX_TEXT_CHARS + 1)]}, 413, "inputs[1]"),
+    ({"inputs": "ok", "top_k": 2.5}, 422, "top_k"),
     ({"inputs": ["ok"] * (MAX_INPUTS + 1)}, 413, "inputs"),
     ({"inputs": 5}, 422, "inputs"),
     ({"inputs": ["ok", 3]}, 422, "inputs[1]"),

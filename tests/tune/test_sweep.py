@@ -56,6 +56,7 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
             "num_samples": 1,
             "scheduler": {"type": "asha", "reduction_factor": 2},
         },
+        training={"per_device_train_batch_size": 32, "max_steps": 30, "warmup_steps": 0.4},
     )
     summary = run_sweep(job)
 
@@ -66,6 +67,9 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert any(d["action"] == "stop" and d["trial_id"] == bad["trial_id"] for d in stops), stops
     assert bad["stop_reason"].startswith("stopped early by asha"), bad
     assert bad["steps_run"] < 30
+    # Not judged before its warmup ended (0.4 x 30 = 12 steps): the default grace period, not one evaluation (6).
+    assert max(r["step"] for r in _metrics_log(summary.sweep_dir, bad["runs"][-1])) >= 12
+    assert all(d["step"] >= 12 for d in stops if d["action"] == "stop"), stops
     assert summary.best is not None and summary.best["params"]["training.learning_rate"] != BAD_LR
     assert any(t["stop_reason"] == "completed" for t in trials.values()), trials
     assert summary.best["best_value"] >= 0.9  # eval_accuracy of the exported checkpoint

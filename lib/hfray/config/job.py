@@ -21,7 +21,7 @@ from hfray.config.peft import PRETRAINING_TASKS, PeftSection
 from hfray.config.resources import ClusterConfig, ResourcesConfig
 from hfray.config.section import Section
 from hfray.config.storage import StorageConfig
-from hfray.config.sweep import SweepConfig
+from hfray.config.sweep import SweepConfig, fill_default_ranges
 from hfray.config.tasks import (
     FINETUNE_TASKS,
     SECTION_OF,
@@ -112,6 +112,11 @@ class JobConfig(Section):
             "resources": {"cpus_per_worker": 4, **resources},
             "training": {**defaults, **training},
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_default_ranges(cls, raw: Any) -> Any:
+        return fill_default_ranges(raw)  # the learning rate's range depends on the model section
 
     @model_validator(mode="before")
     @classmethod

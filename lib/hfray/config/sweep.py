@@ -5,7 +5,8 @@ The search space names job keys by their dotted path (``training.learning_rate``
 file with the sampled values written at those paths, re-validated like any job. Scheduler times
 (``grace_period``, ``max_t``, ``perturbation_interval``) count optimizer steps, the ``step`` hfray
 reports at every evaluation: steps mean the same thing for ASHA and PBT, and after a PBT exploit the
-step continues from the donor's checkpoint.
+step continues from the donor's checkpoint. They are moved up to an evaluation; their defaults are
+:func:`hfray.tune.plan.scheduler_steps`'s.
 """
 
 from __future__ import annotations
@@ -15,9 +16,44 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from hfray.config.section import Section
+from hfray.errors import ConfigError, Problem
 
 # Sections a search space may touch: what changes training, not where it runs or is stored.
 SEARCHABLE_SECTIONS = ("model", "data", "training", "evaluation", "peft")
+
+# Learning rates by how the model starts: fine-tuning pretrained weights (BERT-style papers: 1e-5..1e-4),
+# training a PEFT adapter (LoRA: ~1e-4..1e-3), or training a model built from a config (from scratch).
+LEARNING_RATES = {"pretrained": (1e-5, 1e-4), "peft": (5e-5, 1e-3), "scratch": (1e-4, 3e-3)}
+# Keys a search space may name without a range (``training.learning_rate: {}``) and what they get.
+DEFAULT_RANGES: dict[str, dict[str, Any]] = {
+    "training.warmup_steps": {"type": "uniform", "low": 0.0, "high": 0.2},  # a fraction of all steps
+    "training.weight_decay": {"type": "choice", "values": [0.0, 0.01, 0.1]},
+}
+
+
+def model_family(raw: dict[str, Any]) -> str:
+    if raw.get("peft"):
+        return "peft"
+    model = raw.get("model")
+    return "scratch" if isinstance(model, dict) and model.get("architecture") else "pretrained"
+
+
+def fill_default_ranges(raw: Any) -> Any:
+    """A job dict whose ``sweep.parameters`` entries left empty (``{}`` or null) get the default range for the key.
+
+    A key without a default is an error naming it.
+    """
+    sweep = raw.get("sweep") if isinstance(raw, dict) else None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict):
+        return raw
+    lr_low, lr_high = LEARNING_RATES[model_family(raw)]
+    defaults = {"training.learning_rate": {"type": "loguniform", "low": lr_low, "high": lr_high}, **DEFAULT_RANGES}
+    params = {k: (defaults.get(k, v) if v in ({}, None) else v) for k, v in sweep["parameters"].items()}
+    empty = [k for k, v in params.items() if v in ({}, None)]
+    if empty:
+        why = f"no default range for this key: give type and range ({', '.join(defaults)} have one)"
+        raise ConfigError([Problem(f"sweep.parameters.{k}", why) for k in empty])
+    return {**raw, "sweep": {**sweep, "parameters": params}}
 
 
 class _Range(Section):
@@ -72,19 +108,29 @@ Param = Annotated[UniformParam | LogUniformParam | RandIntParam | ChoiceParam | 
 
 class SchedulerConfig(Section):
     type: Literal["asha", "hyperband", "median", "pbt", "pb2", "fifo"] = "asha"
-    grace_period: int | None = Field(None, ge=1, description="Steps before a trial can be stopped; default: 1 eval.")
+    grace_period: int | None = Field(
+        None,
+        ge=1,
+        description="Steps before a trial can be stopped; default: the longest warmup and at least max_t/4, "
+        "on an evaluation (docs/guide.md).",
+    )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA/HyperBand: keep 1/reduction_factor per rung.")
     max_t: int | None = Field(None, ge=1, description="Steps of the longest trial; default: from the job.")
     brackets: int = Field(1, ge=1, description="ASHA brackets.")
     min_samples_required: int = Field(3, ge=1, description="median: trials needed before stopping any.")
-    perturbation_interval: int | None = Field(None, ge=1, description="PBT/PB2: steps; default: 1 eval.")
+    perturbation_interval: int | None = Field(
+        None, ge=1, description="PBT/PB2: steps; default: the longest warmup, at least 1 eval."
+    )
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: bottom fraction copies the top one.")
     resample_probability: float = Field(0.25, ge=0, le=1, description="PBT: resample instead of perturb.")
     perturbation_factors: tuple[float, float] = (1.2, 0.8)
 
 
 class SweepConfig(Section):
-    parameters: dict[str, Param] = Field(description="Dotted job key -> distribution.")
+    parameters: dict[str, Param] = Field(
+        description="Dotted job key -> distribution; {} for the default range of training.learning_rate "
+        "(log-uniform, by model family), training.warmup_steps or training.weight_decay."
+    )
     search: Literal["random", "grid", "optuna"] = Field("random", description="optuna: TPE sampler.")
     num_samples: int = Field(8, ge=1, description="Trials (random/optuna); grid: repeats of the grid.")
     initial_points: list[dict[str, Any]] = Field(
@@ -98,6 +144,11 @@ class SweepConfig(Section):
     trial_driver_cpus: float = Field(0.1, gt=0, description="CPU reserved per trial for its Train controller.")
     max_failures: int = Field(1, ge=0, description="Restarts of a failed trial (each resumes its checkpoint).")
     seed: int = 0
+    refit: bool = Field(
+        False,
+        description="Train the best configuration again on train + validation for the full budget and export "
+        "that model as the sweep's artifact (its test metrics in the report when data.test is set).",
+    )
 
     @model_validator(mode="after")
     def _space(self) -> SweepConfig:

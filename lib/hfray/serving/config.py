@@ -75,6 +75,11 @@ class ServeConfig(Section):
     ingress_num_cpus: float = Field(0, ge=0, description="split topology: the ingress mostly waits; 0 lets it share.")
     ingress_replicas: int = Field(1, ge=1, description="split topology: more when JSON handling limits throughput.")
     ingress_max_ongoing_requests: int = Field(256, ge=1)
+    ingress_batching: bool = Field(
+        True,
+        description="split topology: each ingress gathers requests (max_batch_size, batch_wait_timeout_s) into one "
+        "call per model replica, so a model replica handles a few calls per batch, not one per request.",
+    )
     access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_models_per_replica: int = Field(3, ge=1, description="Multiplexing: LRU-cached models per replica.")

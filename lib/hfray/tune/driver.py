@@ -26,6 +26,7 @@ from hfray.train.driver import RAY_JOB_ENV, latest_run
 from hfray.train.recipes import recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
 from hfray.tune import results
+from hfray.tune.choice import check_choice
 from hfray.tune.plan import SweepPlan, make_plan, sweep_name
 from hfray.tune.schedulers import build_scheduler, build_search_alg
 from hfray.tune.space import check_space, param_space
@@ -158,7 +159,7 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
     name = latest_run(storage, name, fresh, lambda n: fs.exists(fs.join(storage, n, layout.SWEEP_SUMMARY)))
     plan = make_plan(job, prepared, name, edges)
     plan.artifact_fields = recipe.artifact_fields(job)
-    plan.notes = notes
+    plan.notes = notes + plan.notes
     return job, plan
 
 
@@ -225,6 +226,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
         f"[hfray] sweep {plan.sweep_name}: {sweep.search} search, {sweep.scheduler.type} scheduler, "
         f"metric {plan.metric} ({plan.mode}), up to {plan.max_concurrent} trials at once, on {where}"
     )
+    print(f"[hfray] {results.scheduler_line(sweep.scheduler.type, plan)}")
     for note in plan.notes:
         print(f"[hfray] note: {note}")
     fit_started = time.time()
@@ -238,13 +240,16 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
         )
     best = results.best_row(rows, plan.mode)
     artifact = results.export_best(best, plan) if best else None
+    choice = check_choice(job, rows, best, artifact, plan)  # noise of the choice, data.test, sweep.refit
+    artifact = choice.artifact
     extra = {
+        **choice.summary,
         "artifact": artifact,
         "scheduler": sweep.scheduler.type,
         "search": sweep.search,
         "wall_seconds": round(time.time() - started, 1),
     }
-    results.write_report(rows, plan, best, extra)
+    results.write_report(rows, plan, best, extra, choice.sections)
     sweep_curves(job, plan.trials_storage, [run for r in rows for run in r.runs])
     trials = [results.row_dict(r) for r in rows]
     best_dict = results.row_dict(best) if best else None

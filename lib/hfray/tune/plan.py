@@ -83,6 +83,43 @@ def longest_trial_steps(job: JobConfig, edges: list[JobConfig], n_train: int) ->
     return max(total_steps(j, n_train) for j in [job, *edges])
 
 
+def warmup_steps(job: JobConfig, n_train: int) -> int:
+    """``training.warmup_steps`` in steps (HF reads a value below 1 as a fraction of all steps)."""
+    w = job.training.warmup_steps
+    return math.ceil(w * total_steps(job, n_train)) if w < 1 else int(w)
+
+
+def longest_warmup_steps(job: JobConfig, edges: list[JobConfig], n_train: int) -> int:
+    return max(warmup_steps(j, n_train) for j in [job, *edges])
+
+
+def on_eval(steps: int, interval: int) -> int:
+    """``steps`` rounded up to a whole number of evaluations: schedulers only see a trial at an evaluation."""
+    return max(1, math.ceil(steps / interval)) * interval
+
+
+def scheduler_steps(
+    job: JobConfig, eval_interval: int, max_steps: int, warmup: int
+) -> tuple[dict[str, int], list[str]]:
+    """Grace period, longest trial and PBT interval, in steps and on evaluations; notes for values moved.
+
+    Default grace period: the longest warmup the space allows, and at least a quarter of the longest trial,
+    rounded up to an evaluation. A trial is not judged while its learning rate still ramps up (at 1 eval, ASHA
+    stopped trials at the majority class mid-warmup), and with reduction factor 2 the rungs fall at 1/4 and 1/2
+    of ``max_t``: a stopped trial still cost at most a quarter of a full one.
+    """
+    s = job.sweep.scheduler  # type: ignore[union-attr]
+    notes = []
+    max_t = max(s.max_t or max_steps, eval_interval)
+    grace = s.grace_period or min(max(warmup, math.ceil(max_t / 4)), max_t)
+    interval = s.perturbation_interval or max(warmup, eval_interval)
+    aligned = {"grace_period": on_eval(grace, eval_interval), "perturbation_interval": on_eval(interval, eval_interval)}
+    for key, given in (("grace_period", s.grace_period), ("perturbation_interval", s.perturbation_interval)):
+        if given is not None and aligned[key] != given:
+            notes.append(f"sweep.scheduler.{key} {given} moved to {aligned[key]}, the next evaluation")
+    return {**aligned, "max_t": max(max_t, aligned["grace_period"])}, notes
+
+
 # ----------------------------------------------------------------------------- plan
 
 
@@ -97,6 +134,10 @@ class SweepPlan:
     mode: str
     eval_interval: int
     max_steps: int
+    warmup_steps: int = 0  # the longest warmup the space allows
+    grace_period: int = 1  # scheduler times, in steps, on evaluations (scheduler_steps)
+    max_t: int = 1
+    perturbation_interval: int = 1
     artifact_fields: dict[str, Any] = field(default_factory=dict)  # the recipe's: how the exported model loads
     needs_tune_checkpoints: bool = False
     max_concurrent: int = 1
@@ -113,6 +154,9 @@ def make_plan(job: JobConfig, prepared: Any, name: str, edges: list[JobConfig]) 
     metric, mode = sweep_metric(job)
     sweep_dir = fs.join(job.storage.path, name)
     n_train = train_rows(prepared)
+    interval, longest = eval_interval_steps(job, n_train), longest_trial_steps(job, edges, n_train)
+    warmup = longest_warmup_steps(job, edges, n_train)
+    steps, notes = scheduler_steps(job, interval, longest, warmup)
     return SweepPlan(
         sweep_name=name,
         sweep_dir=sweep_dir,
@@ -121,8 +165,11 @@ def make_plan(job: JobConfig, prepared: Any, name: str, edges: list[JobConfig]) 
         prepared=prepared,
         metric=metric,
         mode=mode,
-        eval_interval=eval_interval_steps(job, n_train),
-        max_steps=longest_trial_steps(job, edges, n_train),
+        eval_interval=interval,
+        max_steps=longest,
+        warmup_steps=warmup,
+        **steps,
         needs_tune_checkpoints=job.sweep.restores_checkpoints,  # type: ignore[union-attr]
         scheduler_log=fs.join(sweep_dir, SCHEDULER_LOG),
+        notes=notes,
     )

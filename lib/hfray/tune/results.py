@@ -134,6 +134,18 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
 # ----------------------------------------------------------------------------- report files
 
 
+def scheduler_line(kind: str, plan: SweepPlan) -> str:
+    """What the scheduler was told, in steps: shown on the console and in the report."""
+    where = f"evaluations every {plan.eval_interval} steps, longest warmup {plan.warmup_steps} steps"
+    if kind in ("asha", "median"):
+        return f"{kind}: no trial judged before step {plan.grace_period} (grace period; max_t {plan.max_t}; {where})"
+    if kind in ("pbt", "pb2"):
+        return f"{kind}: perturbation every {plan.perturbation_interval} steps ({where})"
+    if kind == "hyperband":
+        return f"hyperband: max_t {plan.max_t} steps ({where})"
+    return "fifo: every trial runs to its end"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -191,7 +203,13 @@ def _plot(rows: list[TrialRow], plan: SweepPlan, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[TrialRow], plan: SweepPlan, best: TrialRow | None, extra: dict[str, Any]) -> None:
+def write_report(
+    rows: list[TrialRow],
+    plan: SweepPlan,
+    best: TrialRow | None,
+    extra: dict[str, Any],
+    sections: list[str] | None = None,
+) -> None:
     import csv
 
     header, body = _table(rows, plan, best)
@@ -200,6 +218,8 @@ def write_report(rows: list[TrialRow], plan: SweepPlan, best: TrialRow | None, e
             csv.writer(f).writerows([header, *body])
         with open(os.path.join(stage, REPORT_MD), "w") as f:
             f.write(_markdown(header, body, f"Sweep {plan.sweep_name} ({plan.metric}, {plan.mode})"))
+            f.write(f"\nScheduler: {scheduler_line(extra['scheduler'], plan)}.\n")
+            f.writelines(f"\n{section}" for section in sections or [])
         _plot(rows, plan, os.path.join(stage, CURVES_PNG))
         summary = {
             "sweep": plan.sweep_name,

@@ -10,6 +10,7 @@ because Tune pickles the scheduler into the experiment state for ``--resume``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,9 @@ class _StopLog:
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) >= result.get("max_steps", math.inf):
+            # Its last evaluation fell on a rung: it ends on its own and exports its artifact (still ranked).
+            return TrialScheduler.CONTINUE
         if decision == TrialScheduler.STOP and self.decisions_uri:
             log_decision(
                 self.decisions_uri,
@@ -118,8 +122,7 @@ def _mutations(sweep: SweepConfig) -> dict[str, Any]:
 
 def build_scheduler(sweep: SweepConfig, plan: SweepPlan) -> TrialScheduler:
     s = sweep.scheduler
-    grace = s.grace_period or plan.eval_interval
-    max_t = max(s.max_t or plan.max_steps, grace)
+    grace, max_t, interval = plan.grace_period, plan.max_t, plan.perturbation_interval
     if s.type == "fifo":
         return FIFOScheduler()
     if s.type == "asha":
@@ -139,7 +142,7 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan) -> TrialScheduler:
     elif s.type == "pbt":
         sched = HfrayPBT(
             TIME_ATTR,
-            perturbation_interval=s.perturbation_interval or plan.eval_interval,
+            perturbation_interval=interval,
             hyperparam_mutations=_mutations(sweep),
             quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
@@ -149,7 +152,7 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan) -> TrialScheduler:
         bounds = {k: [p.low, p.high] for k, p in sweep.parameters.items()}  # type: ignore[union-attr]
         sched = HfrayPB2(
             TIME_ATTR,
-            perturbation_interval=s.perturbation_interval or plan.eval_interval,
+            perturbation_interval=interval,
             hyperparam_bounds=bounds,
             quantile_fraction=s.quantile_fraction,
         )

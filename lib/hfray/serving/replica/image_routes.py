@@ -151,6 +151,11 @@ class ImageRoutes:
         self.cfg, self.catalog, self.default_model = cfg, catalog, default_model
         self.pipelines: OrderedDict[str, tuple[Any, asyncio.Lock]] = OrderedDict()  # model path -> pipeline
 
+    def hidden(self) -> set[str]:
+        """The route, for ``/openapi.json`` to leave out while no image-classification artifact is served."""
+        serves = any(e.manifest.get("task") == TASK for e in self.catalog.entries())
+        return set() if serves else {"/v1/classify-image"}
+
     def entry(self, model: str | None) -> ModelEntry:
         model_id = model or self.default_model
         try:

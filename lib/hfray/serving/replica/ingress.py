@@ -3,6 +3,8 @@
 Two topologies (``ServeConfig.topology``): ``fused`` (default), where ``HfrayIngress`` replicas hold the
 models and batch requests themselves, one Python hop per request; ``split``, where the ingress forwards to
 ``HfrayClassifier`` replicas and Serve's model multiplexing sends each request to a replica holding its model.
+In ``split``, an ingress gathers requests for ``batch_wait_timeout_s`` into one call per model replica
+(``ingress_batching``), and retries a call whose model replica died on another one (``call_model``).
 
 HTTP API (OpenAPI at ``<route_prefix>/docs``)::
 
@@ -10,39 +12,71 @@ HTTP API (OpenAPI at ``<route_prefix>/docs``)::
     GET  /v1/models       the model ids served, with their manifests' task, labels and metrics
     POST /v1/classify     {"inputs": str | [str, ...], "top_k": 1, "model": optional id}
                           -> {"model": id, "results": [[{"label", "score"}, ... top_k], ... one per input]}
+    POST /v1/embeddings   {"input": str | [str, ...], "model": optional id, "normalize": true} (encoder models)
+                          -> {"object": "list", "model": id, "data": [{"object": "embedding", "index", "embedding"}]}
     GET  /v1/stats        batch sizes the answering model replica ran, and the models it holds
     POST /v1/predict      token-classification, QA and seq2seq models: see hfray.serving.replica.task_models
     POST /v1/classify-image  image-classification models (multipart or base64): hfray.serving.replica.image_routes
 
 Every client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``; the
 ingress validates before anything reaches a model replica, so a bad request never costs a forward pass.
+``/openapi.json`` states the request models it validates with and every error status
+(:mod:`hfray.serving.replica.contract`).
 """
 
 # No "from __future__ import annotations": Serve rebuilds the endpoint signatures of a class-based ingress,
 # and FastAPI then cannot resolve string annotations such as "Request" (every call would be a 422).
 
+import asyncio
 import hmac
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
-from hfray.serving.replica import image_routes
+from hfray.serving.replica import contract, image_routes
+from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
 from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
-from hfray.serving.replica.models import ModelHost
-from hfray.serving.replica.requests import ClassifyRequest, ClassifyResponse, bad_request, parse_classify, read_body
+from hfray.serving.replica.models import Job, ModelHost, is_encoder
+from hfray.serving.replica.requests import bad_request, parse_body, read_body, texts_of
 from hfray.serving.replica.task_models import check_inputs, parse_predict_body
 
 app = FastAPI(
     title="hfray serving",
     description="Text classification with hfray artifacts on Ray Serve. Send 'Authorization: Bearer <token>' "
     "to /v1/* when the server was started with an auth token.",
+    # Served by the ingress itself, from the request models of its own limits (contract.openapi).
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
+# split topology: a model replica dying under a request (RayActorError covers ActorDiedError and
+# ActorUnavailableError) is retried on another one; classification and embeddings are idempotent.
+MODEL_CALL_ATTEMPTS = 4
+
+
+async def call_model(handle: Any, *args: Any) -> Any:
+    """``await handle.remote(*args)``, again on another replica when the one serving it died."""
+    for attempt in range(MODEL_CALL_ATTEMPTS):
+        try:
+            return await handle.remote(*args)
+        except RayActorError:
+            if attempt == MODEL_CALL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))  # Serve's router learns of the death meanwhile
+    raise AssertionError("unreachable")
+
+
+# Tasks whose artifacts are encoders with a base model to mean-pool (/v1/embeddings).
+EMBEDDING_TASKS = ("text-classification", "fill-mask")
 
 
 @serve.deployment(name="HfrayIngress")
@@ -72,6 +106,9 @@ class HfrayIngress:
         self.handles: dict[str, DeploymentHandle] = {}
         # The JSON of max_inputs maximal texts, plus room for escapes and the other keys.
         self.body_limit = 6 * self.cfg.max_inputs * self.cfg.max_text_chars + 4096
+        self.models = contract.request_models(self.cfg)
+        self.gather = self._gatherer() if classifier is not None and self.cfg.ingress_batching else None
+        self.openapi_doc: dict[str, Any] | None = None
 
     def _auth(self, request: Request) -> None:
         if self.cfg.auth_token is None:
@@ -85,14 +122,43 @@ class HfrayIngress:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _classify_handle(self, model_id: str) -> DeploymentHandle:
-        """The handle routing to replicas holding ``model_id``; kept, since making one costs per request."""
-        handle = self.handles.get(model_id)
+    def _gatherer(self) -> Any:
+        """split topology: requests gathered here for ``batch_wait_timeout_s``, one model call per model id."""
+
+        async def forward(jobs: list[Job]) -> list[list[Any]]:
+            out: list[list[Any]] = [[] for _ in jobs]
+
+            async def one_model(model_id: str) -> None:
+                members = [i for i, job in enumerate(jobs) if job[0] == model_id]
+                handle = self._model_handle(model_id, "run_jobs")
+                for i, result in zip(members, await call_model(handle, [jobs[i] for i in members]), strict=True):
+                    out[i] = result
+
+            await asyncio.gather(*(one_model(m) for m in dict.fromkeys(job[0] for job in jobs)))
+            return out
+
+        cfg = self.cfg
+        # Several gathered calls in flight: the ingress only waits on them.
+        batch = serve.batch(
+            max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_concurrent_batches=4
+        )
+        return batch(forward)
+
+    def _model_handle(self, model_id: str, method: str) -> Any:
+        """A model replica method routed to replicas holding ``model_id``; kept, since making one costs."""
+        key = f"{method}:{model_id}"
+        handle = self.handles.get(key)
         if handle is None:
             if len(self.handles) > 1024:
                 self.handles.clear()
-            handle = self.handles[model_id] = self.classifier.options(multiplexed_model_id=model_id).classify
+            handle = self.handles[key] = getattr(self.classifier.options(multiplexed_model_id=model_id), method)
         return handle
+
+    async def _on_model_replica(self, model_id: str, kind: str, texts: list[str], arg: Any) -> Any:
+        """split topology: one request's work on a model replica, gathered with others unless told not to."""
+        if self.gather is not None:
+            return await self.gather((model_id, kind, texts, arg))
+        return await call_model(self._model_handle(model_id, kind), texts, arg)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -108,32 +174,58 @@ class HfrayIngress:
         self._auth(request)
         return self.host.stats() if self.host is not None else await self.classifier.stats.remote()
 
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        # The body is read by hand (size cap before parsing); this keeps its schema in the OpenAPI docs.
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
-            }
-        },
-    )
-    async def classify(self, request: Request) -> dict[str, Any]:
-        self._auth(request)
-        texts, top_k, model = parse_classify(await read_body(request, self.body_limit), self.cfg)
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict[str, Any]:
+        if self.openapi_doc is None:
+            hidden = (set() if self.tasks is not None else {"/v1/predict"}) | self.images.hidden()
+            root = request.scope.get("root_path", "")
+            self.openapi_doc = contract.openapi(request.app, self.cfg, root, hidden)
+        return self.openapi_doc
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="hfray serving")
+
+    def _entry(self, model: str | None, tasks: tuple[str, ...], route: str) -> Any:
+        """The catalog entry of ``model`` (default: the server's), refused unless its task is in ``tasks``."""
         model_id = model or self.default_model
         try:
             entry = self.catalog.resolve(model_id)
         except ModelIdError as exc:
             raise bad_request(exc.status, "model", str(exc)) from None
-        if entry.manifest.get("task", "text-classification") != "text-classification":
-            raise bad_request(422, "model", f"model: {model_id!r} is a {entry.manifest['task']} model")
+        task = entry.manifest.get("task", "text-classification")
+        if task not in tasks:
+            raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; {route} serves {', '.join(tasks)}")
+        return entry
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(self, request: Request) -> dict[str, Any]:
+        self._auth(request)
+        req = parse_body(await read_body(request, self.body_limit), self.models["/v1/classify"], "inputs")
+        model_id = self._entry(req.model, ("text-classification",), "/v1/classify").model_id
+        texts = texts_of(req.inputs)
         if self.host is not None:
-            results = await self.host.classify(model_id, texts, top_k)
+            results = await self.host.classify(model_id, texts, req.top_k)
         else:
-            results = await self._classify_handle(model_id).remote(texts, top_k)
+            results = await self._on_model_replica(model_id, "classify", texts, req.top_k)
         return {"model": model_id, "results": results}
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def embeddings(self, request: Request) -> dict[str, Any]:
+        """Sentence embeddings of an encoder artifact: mean-pooled last hidden states, as sentence-transformers."""
+        self._auth(request)
+        req = parse_body(await read_body(request, self.body_limit), self.models["/v1/embeddings"], "input")
+        entry = self._entry(req.model, EMBEDDING_TASKS, "/v1/embeddings")
+        if not is_encoder(entry.path):
+            raise bad_request(422, "model", f"model: {entry.model_id!r} is not an encoder; embeddings need one")
+        texts = texts_of(req.input)
+        if self.host is not None:
+            vectors = await self.host.embed(entry.model_id, texts, req.normalize)
+        else:
+            vectors = await self._on_model_replica(entry.model_id, "embed", texts, req.normalize)
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return {"object": "list", "model": entry.model_id, "data": data}
 
     @app.post("/v1/predict")
     async def predict(self, request: Request) -> dict[str, Any]:
@@ -196,6 +288,12 @@ class HfrayClassifier:
 
     async def classify(self, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
         return await self.host.classify(serve.get_multiplexed_model_id(), texts, top_k)
+
+    async def embed(self, texts: list[str], normalize: bool) -> list[list[float]]:
+        return await self.host.embed(serve.get_multiplexed_model_id(), texts, normalize)
+
+    async def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
+        return await self.host.run_jobs(jobs)
 
     async def stats(self) -> dict[str, Any]:
         return self.host.stats()

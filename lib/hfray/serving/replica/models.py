@@ -20,6 +20,9 @@ from ray import serve
 from hfray.serving.catalog import ArtifactCatalog
 from hfray.serving.config import ServeConfig
 
+# One request in a batch: (model id, "classify" | "embed", texts, top_k | normalize).
+Job = tuple[str, str, list[str], Any]
+
 
 def torch_placement(cfg: ServeConfig) -> tuple[str, Any]:
     import torch
@@ -79,7 +82,7 @@ class LoadedModel:
             if self.forward is not None:
                 logits = self.forward(dict(enc))
             else:
-                logits = self.model(**enc.to(self.device)).logits.float()
+                logits = self.model(**self._on_device(enc)).logits.float()
             scores = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
             k_max = min(max(top_ks), len(self.labels))
             values, indices = scores.topk(k_max, dim=-1)
@@ -90,6 +93,50 @@ class LoadedModel:
             for vs, ix, k in zip(values, indices, top_ks, strict=True)
         ]
         return out, {"tokenize": t1 - t0, "forward": t2 - t1, "postprocess": time.perf_counter() - t2}
+
+    def _on_device(self, enc: Any) -> dict[str, Any]:
+        """The batch on the model's device: pinned host memory and an asynchronous copy on CUDA."""
+        if self.device != "cuda":
+            return dict(enc)
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in enc.items()}
+
+    def embed_timed(self, texts: list[str], normalizes: list[bool]) -> tuple[list[list[float]], dict[str, float]]:
+        """Sentence embeddings as sentence-transformers makes them: the encoder's last hidden states, averaged
+        over the real tokens (attention mask), then scaled to length 1 where asked."""
+        import torch
+
+        t0 = time.perf_counter()
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            batch = self._on_device(enc)
+            hidden = self.model.base_model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            scale = torch.tensor(normalizes, device=pooled.device).unsqueeze(-1)
+            pooled = torch.where(scale, torch.nn.functional.normalize(pooled, p=2, dim=-1), pooled)
+            vectors = pooled.cpu().tolist()
+        t2 = time.perf_counter()
+        return vectors, {"tokenize": t1 - t0, "forward": t2 - t1, "postprocess": time.perf_counter() - t2}
+
+
+def is_encoder(path: str) -> bool:
+    """Whether the artifact's model is an encoder (BERT-like: it has a masked-LM form), so mean pooling its
+    last hidden states gives sentence embeddings; decoders and encoder-decoders do not qualify."""
+    import json
+    import os
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from hfray.artifacts.adapters import BASE_DIR
+
+    for folder in (path, os.path.join(path, BASE_DIR)):
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            with open(os.path.join(folder, "config.json")) as f:
+                config = json.load(f)
+            decoder = config.get("is_decoder") or config.get("is_encoder_decoder")
+            return not decoder and config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return False
 
 
 def _forward_inputs(model: Any) -> set[str]:
@@ -123,7 +170,7 @@ class ModelHost:
         self.get_model = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
 
         # The same for batching, whose max_concurrent_batches has no setter.
-        async def run_batch(requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
+        async def run_batch(requests: list[Job]) -> list[list[Any]]:
             return await self._run_batch(requests)
 
         self._batch = serve.batch(
@@ -133,7 +180,15 @@ class ModelHost:
         )(run_batch)
 
     async def classify(self, model_id: str, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
-        return await self._batch((model_id, texts, top_k))
+        return await self._batch((model_id, "classify", texts, top_k))
+
+    async def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
+        """Jobs an ingress gathered (split topology): each joins this replica's batches like a request."""
+        return list(await asyncio.gather(*(self._batch(job) for job in jobs)))
+
+    async def embed(self, model_id: str, texts: list[str], normalize: bool) -> list[list[float]]:
+        """Mean-pooled sentence embeddings, batched with the classification requests of the same model."""
+        return await self._batch((model_id, "embed", texts, normalize))
 
     async def _load(self, model_id: str) -> LoadedModel:
         # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
@@ -157,26 +212,27 @@ class ModelHost:
         self.recent = [m for m in self.recent if m != model_id] + [model_id]
         self.recent = self.recent[-self.cfg.max_models_per_replica :]
 
-    async def _run_batch(self, requests: list[tuple[str, list[str], int]]) -> list[list[list[dict[str, Any]]]]:
-        """One forward pass per model for all texts of all requests in the batch."""
+    async def _run_batch(self, requests: list[Job]) -> list[list[Any]]:
+        """One forward pass per model and kind (classify, embed) for all texts of all requests in the batch."""
         self.batches += 1
         self.requests += len(requests)
         self.batch_sizes.append(len(requests))
-        out: list[list[list[dict[str, Any]]]] = [[] for _ in requests]
+        out: list[list[Any]] = [[] for _ in requests]
         # Serve splits batches by multiplexed model id only in the split topology; fused batches mix models.
-        for model_id in dict.fromkeys(r[0] for r in requests):
-            members = [i for i, r in enumerate(requests) if r[0] == model_id]
+        for model_id, kind in dict.fromkeys((r[0], r[1]) for r in requests):
+            members = [i for i, r in enumerate(requests) if (r[0], r[1]) == (model_id, kind)]
             model = await self.get_model(model_id)
             self._touch(model_id)
-            texts = [t for i in members for t in requests[i][1]]
-            top_ks = [requests[i][2] for i in members for _ in requests[i][1]]
+            texts = [t for i in members for t in requests[i][2]]
+            args = [requests[i][3] for i in members for _ in requests[i][2]]
+            run = model.predict_timed if kind == "classify" else model.embed_timed
             # In a thread: the event loop keeps queueing the next batch while this one computes.
-            flat, seconds = await asyncio.to_thread(model.predict_timed, texts, top_ks)
+            flat, seconds = await asyncio.to_thread(run, texts, args)
             for step, spent in seconds.items():
                 self.step_seconds[step] += spent
             start = 0
             for i in members:
-                n = len(requests[i][1])
+                n = len(requests[i][2])
                 out[i], start = flat[start : start + n], start + n
         return out
 

@@ -1,6 +1,7 @@
-"""Request bodies of the classification API, validated in the ingress replica before anything reaches a model.
+"""Request bodies of the HTTP API, validated in the ingress replica before anything reaches a model.
 
-Every client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``.
+The models come from :mod:`hfray.serving.replica.contract` (the same ones ``/openapi.json`` states). Every
+client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``.
 """
 
 # No "from __future__ import annotations": FastAPI reads these models' annotations at run time.
@@ -9,27 +10,17 @@ import json
 from typing import Any
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from hfray.serving.config import ServeConfig
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: StrictStr | list[StrictStr] = Field(description="One text or a list of texts.")
-    top_k: StrictInt = Field(1, ge=1, description="Labels per input, best first (capped at the label count).")
-    model: StrictStr | None = Field(None, description="Model id from GET /v1/models; default: the server's.")
-
-
-class Prediction(BaseModel):
-    label: str
-    score: float
-
-
-class ClassifyResponse(BaseModel):
-    model: str
-    results: list[list[Prediction]]
+# Union branches pydantic names in an error's location; users only know their own keys.
+_BRANCHES = ("str", "int", "bool", "constrained-str", "constrained-int")
+# Over a size limit: 413, as for an oversized body. A malformed model id: 400, as the catalog answers.
+_STATUS = {"string_too_long": 413, "too_long": 413}
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "string_unicode": "not valid Unicode text (a lone surrogate cannot be encoded)",
+    "string_too_short": "text is empty",
+}
 
 
 def bad_request(status: int, field: str, error: str) -> HTTPException:
@@ -40,13 +31,21 @@ def first_problem(exc: ValidationError) -> HTTPException:
     """The most specific problem as a 4xx naming the field, e.g. ``inputs[1]`` for a number in the list."""
 
     def where(err: Any) -> list[Any]:
-        # Pydantic names union branches ("list[str]", "str") in the location; users only know their keys.
-        return [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
+        return [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
 
-    err = max(exc.errors(), key=lambda e: len(where(e)))  # the branch that got furthest into the value
+    # The branch that got furthest into the value; at equal depth, a broken rule beats a wrong type, and a
+    # misspelt key ("inputs" for "input") beats the missing one it stands for.
+    err = max(
+        exc.errors(), key=lambda e: (len(where(e)), not e["type"].endswith("_type"), e["type"] == "extra_forbidden")
+    )
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where(err)).lstrip(".") or "body"
-    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    return bad_request(422, field, f"{field}: {message}")
+    message = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+    status = _STATUS.get(err["type"], 422)
+    if err["type"] == "string_pattern_mismatch" and field == "model":
+        status, message = 400, "not a valid model id (a folder name, no '/' or '..')"
+    elif err["type"] == "string_pattern_mismatch":
+        message = "text is empty (only spaces)"
+    return bad_request(status, field, f"{field}: {message}")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -63,27 +62,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_classify(raw: bytes, cfg: ServeConfig) -> tuple[list[str], int, str | None]:
+def parse_body(raw: bytes, model: type[BaseModel], required: str) -> Any:
+    """``raw`` JSON validated by ``model`` (strict types: "2" is not a top_k, 3 is not a text)."""
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(400, "body", f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise bad_request(422, "body", "body: expected a JSON object with 'inputs'")
+        raise bad_request(422, "body", f"body: expected a JSON object with '{required}'")
     try:
-        req = ClassifyRequest.model_validate(body)  # strict types: "2" is not a top_k, 3 is not a text
+        return model.model_validate(body)
     except ValidationError as exc:
         raise first_problem(exc) from None
-    texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
-    if not texts:
-        raise bad_request(422, "inputs", "inputs: give at least one text")
-    if len(texts) > cfg.max_inputs:
-        raise bad_request(413, "inputs", f"inputs: {len(texts)} texts; at most {cfg.max_inputs} per request")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise bad_request(422, f"inputs[{i}]", f"inputs[{i}]: text is empty")
-        if len(text) > cfg.max_text_chars:
-            raise bad_request(413, f"inputs[{i}]", f"inputs[{i}]: {len(text)} characters; at most {cfg.max_text_chars}")
-    if req.top_k > cfg.max_top_k:
-        raise bad_request(422, "top_k", f"top_k: at most {cfg.max_top_k}")
-    return texts, req.top_k, req.model
+
+
+def texts_of(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else list(inputs)

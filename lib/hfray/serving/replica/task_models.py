@@ -70,9 +70,19 @@ def parse_predict_body(raw: bytes) -> PredictRequest:
 def _check_text(text: Any, field: str, cfg: ServeConfig) -> str:
     if not isinstance(text, str) or not text.strip():
         raise _problem(422, field, f"{field}: expected a non-empty text")
+    if not text.isprintable() and _unencodable(text):
+        raise _problem(422, field, f"{field}: not valid Unicode text (a lone surrogate cannot be encoded)")
     if len(text) > cfg.max_text_chars:
         raise _problem(413, field, f"{field}: {len(text)} characters; at most {cfg.max_text_chars}")
     return text
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def check_inputs(inputs: Any, task: str, cfg: ServeConfig) -> list[Any]:

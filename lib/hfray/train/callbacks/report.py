@@ -137,7 +137,7 @@ class RayReportCallback(TrainerCallback):
             **self.latest_train,
             **(self.pending_eval or {}),
             "step": state.global_step,
-            "max_steps": state.max_steps,  # the driver's progress display: step / total, ETA
+            "max_steps": state.max_steps,  # the progress display (step / total, ETA); a finished trial is not "stopped"
             "epoch": state.epoch or 0.0,
             "has_checkpoint": int(checkpoint is not None),
             "hfray_resumed_from_step": self.resumed_from_step,

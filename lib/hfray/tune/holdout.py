@@ -1,0 +1,92 @@
+"""How far a sweep's choice can be trusted: the validation metric's noise, and the chosen model on held-out data.
+
+A sweep picks the trial with the best validation score; on a small validation split the gaps between trials
+can be smaller than the score's own noise. :func:`selection` compares the gap between the best and the
+runner-up with the standard error of the metric (``sqrt(p(1-p)/n)`` for the classification metrics, a
+proportion's binomial standard error, with add-one smoothing; F1, precision and recall are treated the same way,
+an approximation) and says so when the gap is under 2 standard errors. Loss gets no standard error here.
+
+:func:`heldout_metrics` evaluates an exported artifact on ``data.test``, a split no trial was chosen on, on the
+driver with the artifact's own pipeline (text classification; other tasks report the trials' own test metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+from hfray.config import CLASSIFICATION_METRICS
+from hfray.tune.plan import SweepPlan
+
+NOISE_SE = 2.0  # a gap under this many standard errors is within the validation split's noise
+
+
+def standard_error(metric: str, value: float, n: int) -> float | None:
+    """Binomial standard error of a proportion-like metric on ``n`` rows; None for loss and other metrics."""
+    if metric.removeprefix("eval_") not in CLASSIFICATION_METRICS or n <= 0:
+        return None
+    # Add-one smoothing ((k + 1) / (n + 2)): a perfect score on a few rows is not a certainty (p = 1 gives 0).
+    p = (min(max(value, 0.0), 1.0) * n + 1) / (n + 2)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def selection(ranked: list[tuple[str, float]], plan: SweepPlan) -> dict[str, Any] | None:
+    """``ranked``: (trial id, best value), best first. The numbers behind the choice, and a warning if noisy."""
+    if len(ranked) < 2:
+        return None
+    n = plan.prepared.sizes.get("validation", 0)
+    (best_id, best), (second_id, second) = ranked[0], ranked[1]
+    se = standard_error(plan.metric, best, n)
+    out: dict[str, Any] = {
+        "metric": plan.metric,
+        "validation_rows": n,
+        "best": {"trial_id": best_id, "value": best},
+        "runner_up": {"trial_id": second_id, "value": second},
+        "gap": abs(best - second),
+        "standard_error": se,
+        "warning": None,
+    }
+    if se is None:
+        out["note"] = f"no standard error for {plan.metric}: the gap is not checked against noise"
+        return out
+    close = sum(abs(best - v) < NOISE_SE * se for _, v in ranked[1:])
+    out["within_noise"] = close
+    if out["gap"] < NOISE_SE * se:
+        out["warning"] = (
+            f"the best trial {best_id} ({plan.metric} {best:.4f}) beats the runner-up {second_id} ({second:.4f}) "
+            f"by {out['gap']:.4f}, less than {NOISE_SE:g} standard errors ({NOISE_SE:g} x {se:.4f}) of "
+            f"{plan.metric} on {n} validation rows; {close} trial(s) are within that noise of the best. "
+            "The choice among them is not reliable: use a larger validation split, data.test to check it, "
+            "or sweep.refit"
+        )
+    return out
+
+
+def heldout_metrics(artifact: str, plan: SweepPlan, job: Any) -> dict[str, float] | None:
+    """``test_<metric>`` of an artifact on the prepared test split (text classification); None without one."""
+    splits = plan.prepared.splits
+    if "test" not in splits or job.task != "text-classification":
+        return None
+    from hfray.artifacts.loading import load_artifact_pipeline
+    from hfray.train.recipes.classification.metrics import classification_metrics_fn
+
+    cfg, labels = job.data, plan.prepared.labels
+    test = splits["test"]
+    texts: list[Any] = [t or "" for t in test[cfg.text_column]]
+    if cfg.text_pair_column:
+        texts = [{"text": t, "text_pair": p or ""} for t, p in zip(texts, test[cfg.text_pair_column], strict=True)]
+    pipe = load_artifact_pipeline(artifact)
+    out = pipe(texts, batch_size=64, truncation=True, max_length=cfg.max_length)
+    predicted = [labels.index(o["label"]) for o in out]
+    onehot = [[1.0 if i == p else 0.0 for i in range(len(labels))] for p in predicted]
+    references = [labels.index(str(v)) for v in test[cfg.label_column]]
+    scores = classification_metrics_fn(job.evaluation.metrics)(
+        SimpleNamespace(predictions=onehot, label_ids=references)
+    )
+    return {f"test_{k}": v for k, v in scores.items()} | {"test_rows": float(len(test))}
+
+
+def trial_heldout_metrics(manifest: dict[str, Any]) -> dict[str, float]:
+    """The test metrics a completed trial's own artifact recorded (its final model on ``data.test``)."""
+    return {k: v for k, v in manifest.get("metrics", {}).items() if k.startswith("test_")}

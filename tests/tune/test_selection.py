@@ -1,0 +1,107 @@
+"""Selection honesty: a noisy validation split is reported with its numbers, the chosen model is scored on
+``data.test``, and ``sweep.refit`` trains the best configuration on train + validation and exports it.
+
+One real sweep on the 2-CPU session cluster (0.9-CPU worker + 0.1-CPU trial driver per trial, like
+tests/tune/test_sweep.py): two learning rates that both learn the task, a 16-row validation split, a 96-row test split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_rows, tiny_job, write_csv
+from hfray.artifacts.manifest import read_manifest
+from hfray.config import JobConfig
+from hfray.tune.holdout import standard_error
+
+
+def test_standard_error_of_accuracy_shrinks_with_rows_and_loss_has_none():
+    assert standard_error("eval_accuracy", 0.5, 100) == pytest.approx(math.sqrt(0.25 / 100))
+    assert standard_error("eval_accuracy", 0.8, 1000) < standard_error("eval_accuracy", 0.8, 100)
+    assert standard_error("eval_accuracy", 1.0, 16) > 0.05  # a perfect score on 16 rows is not a certainty
+    assert standard_error("eval_loss", 0.3, 100) is None
+
+
+def _accuracy_on(artifact: str, rows: list[dict[str, str]]) -> float:
+    from hfray.artifacts.loading import load_artifact_pipeline
+
+    pipe = load_artifact_pipeline(artifact)
+    predicted = [p["label"] for p in pipe([r["text"] for r in rows])]
+    return sum(p == r["label"] for p, r in zip(predicted, rows, strict=True)) / len(rows)
+
+
+def _checkpoint_accuracy(checkpoint: str, rows: list[dict[str, str]]) -> float:
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint)
+    predicted = [p["label"] for p in pipe([r["text"] for r in rows])]
+    return sum(p == r["label"] for p, r in zip(predicted, rows, strict=True)) / len(rows)
+
+
+def _steps_reached(run_dir: Path) -> int:
+    lines = (run_dir / "hfray_metrics.jsonl").read_text().splitlines()
+    return max(json.loads(line)["step"] for line in lines if line.strip())
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_small_validation_warns_test_metrics_are_reported_and_refit_trains_on_train_plus_validation(tmp_path, capfd):
+    from hfray.tune.driver import run_sweep
+
+    test_rows = synthetic_rows(96, seed=3)
+    files = {
+        "train": write_csv(tmp_path / "train.csv", synthetic_rows(256, seed=1)),
+        "validation": write_csv(tmp_path / "validation.csv", synthetic_rows(16, seed=2)),
+    }
+    raw = tiny_job(
+        tmp_path,
+        files,
+        resources={"num_workers": 1, "cpus_per_worker": 0.9},
+        # epochs, not max_steps: the refit's step count shows how many rows it trained on
+        training={"per_device_train_batch_size": 32, "max_steps": -1, "num_train_epochs": 6, "eval_steps": 8},
+    )
+    raw["data"]["test"] = str(write_csv(tmp_path / "test.csv", test_rows))
+    raw["sweep"] = {
+        "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, 6e-3]}},
+        "search": "grid",
+        "num_samples": 1,
+        "scheduler": {"type": "fifo"},
+        "refit": True,
+        "trial_driver_cpus": 0.1,
+        "max_concurrent_trials": 2,
+        "max_failures": 0,
+    }
+    summary = run_sweep(JobConfig.from_dict(raw))
+    out = capfd.readouterr().out
+    report = Path(summary.sweep_dir, "sweep_report.md").read_text()
+
+    # 16 validation rows: two good trials cannot be told apart; the warning gives the numbers.
+    assert "[hfray] warning: the best trial" in out
+    match = re.search(r"by (\d\.\d+), less than 2 standard errors \(2 x (\d\.\d+)\) of eval_accuracy on 16", report)
+    assert match, report
+    assert float(match.group(1)) < 2 * float(match.group(2))
+
+    # Refit: train + validation = 272 rows, 6 epochs of 9 batches of 32 -> 54 steps (the trials: 256 rows, 48 steps).
+    refit_run = Path(summary.sweep_dir, "refit")
+    assert _steps_reached(refit_run) == 54
+    assert all(_steps_reached(Path(summary.sweep_dir, "trials", t["runs"][-1])) == 48 for t in summary.trials)
+    manifest = read_manifest(summary.artifact)
+    assert manifest["data"]["sizes"]["train"] == 272
+    assert manifest["sweep"]["trial_id"] == summary.best["trial_id"] and manifest["sweep"]["refit"]["train_rows"] == 272
+
+    # data.test in the report: the exported (refit) model's accuracy as a fresh pipeline measures it, and the
+    # selected checkpoint's. (6 epochs: from the 272 rows' order this tiny model needs ~40 steps to learn the task,
+    # also under a plain HF Trainer; from the 256 rows' ~16.)
+    assert "Held-out test (data.test, 96 rows" in report
+    lines = report.splitlines()
+    refit_line = next(row for row in lines if row.startswith("| exported: refit"))
+    measured = _accuracy_on(summary.artifact, test_rows)
+    assert measured >= 0.8 and f"| {measured:.4f} |" in refit_line, (refit_line, measured)
+    selected = next(row for row in lines if row.startswith(f"| selected checkpoint: trial {summary.best['trial_id']}"))
+    checkpoint = json.loads(Path(summary.sweep_dir, "hfray_sweep.json").read_text())
+    checkpoint = next(t["best_checkpoint"] for t in checkpoint["trials"] if t["trial_id"] == summary.best["trial_id"])
+    assert f"| {_checkpoint_accuracy(checkpoint, test_rows):.4f} |" in selected, selected
