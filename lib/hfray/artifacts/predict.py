@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hfray.data.images import open_image
 from hfray.errors import HfrayError
 
 # Pipeline names (their manifests' "task") of the fine-tuning tasks beyond classification: one call per batch of
@@ -32,8 +33,22 @@ def predict_per_text(pipe: Any, texts: list[str], context: str | None) -> list[A
     return [plain_json(out) for out in outputs]
 
 
+def predict_images(pipe: Any, paths: list[str], top_k: int) -> list[Any]:
+    """The top labels of each image file (an image-classification artifact); an unreadable file names itself."""
+    images = []
+    for path in paths:
+        try:
+            images.append(open_image(path).convert("RGB"))
+        except Exception as exc:  # FileNotFoundError, PIL's UnidentifiedImageError ...
+            raise HfrayError(f"{path}: cannot read it as an image ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return plain_json(pipe(images, top_k=top_k))
+
+
 def predict(pipe: Any, texts: list[str], top_k: int = 1, context: str | None = None) -> list[Any]:
-    """One result per text, whatever the artifact's task: labels, entities, answers, masks filled, text generated."""
+    """One result per text, whatever the artifact's task: labels, entities, answers, masks filled, text generated;
+    for an image-classification artifact the texts are image files."""
+    if pipe.task == "image-classification":
+        return predict_images(pipe, texts, top_k)
     if pipe.task in TASK_PIPELINES:
         return predict_per_text(pipe, texts, context)
     if pipe.task == "fill-mask":

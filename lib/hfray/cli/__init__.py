@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict with an exported artifact (classify, tag, answer, generate)")
     p.add_argument("artifact", help="artifact dir or URI (printed at the end of hfray train)")
-    p.add_argument("texts", nargs="+")
+    p.add_argument("texts", nargs="+", help="texts; image files for an image-classification artifact")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--context", help="question-answering artifacts: the text the questions are answered from")
     p.set_defaults(func=jobs.cmd_predict)

@@ -80,6 +80,7 @@ def print_summary(summary: Any, out: Any) -> None:
     """The run's summary, written to the console itself (past the log routing), last."""
     status = "was already complete (use --fresh to train again)" if summary.reused else "finished"
     best = summary.manifest.get("best", {})
+    example = "image.png" if summary.manifest.get("task") == "image-classification" else '"some text"'
     final = [
         f"{k}={v:.4f}"
         for k, v in sorted(summary.metrics.items())
@@ -93,7 +94,7 @@ def print_summary(summary: Any, out: Any) -> None:
         f"  artifact:    {summary.artifact}",
         f"  best:        {best.get('metric')} = {best.get('value')} at step {best.get('step')}",
         "  final:       " + "  ".join(final),
-        f'  try it:      hfray predict {summary.artifact} "some text"',
+        f"  try it:      hfray predict {summary.artifact} {example}",
     ]
     out.write("\n".join(lines) + "\n")
     out.flush()
@@ -144,8 +145,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     pipe = load_artifact_pipeline(args.artifact)
     outputs = predict(pipe, args.texts, top_k=args.top_k, context=args.context)
+    key = "image" if pipe.task == "image-classification" else "text"
     for text, out in zip(args.texts, outputs, strict=True):
-        print(json.dumps({"text": text, "predictions": out}))
+        print(json.dumps({key: text, "predictions": out}))
     return 0
 
 

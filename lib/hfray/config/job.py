@@ -26,6 +26,7 @@ from hfray.config.tasks import (
     FINETUNE_TASKS,
     SECTION_OF,
     TASK_METRICS,
+    ImageClassificationConfig,
     QuestionAnsweringConfig,
     Seq2SeqConfig,
     TokenClassificationConfig,
@@ -54,6 +55,7 @@ class JobConfig(Section):
         "token-classification",
         "question-answering",
         "seq2seq",
+        "image-classification",
     ] = "text-classification"
     tokenizer: TokenizerTrainingConfig | None = Field(None, description="Train model.tokenizer: 'hfray tokenizer'.")
     lm: LMConfig | None = Field(None, description="Language-model data (masked-lm, causal-lm); defaults there.")
@@ -62,6 +64,7 @@ class JobConfig(Section):
     token_classification: TokenClassificationConfig | None = Field(None, description="Columns and settings.")
     question_answering: QuestionAnsweringConfig | None = Field(None, description="Columns and settings.")
     seq2seq: Seq2SeqConfig | None = Field(None, description="Columns, prefix and generation settings.")
+    image_classification: ImageClassificationConfig | None = Field(None, description="Image column, augmentation.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="builtin:all-MiniLM-L6-v2"))
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -283,11 +286,17 @@ def task_problems(raw: JobConfig) -> list[tuple[str, str]]:
     for task, key in SECTION_OF.items():
         if getattr(raw, key) is not None and raw.task != task:
             problems.append((key, f"only for task {task!r}; this job's task is {raw.task!r}"))
+    if raw.model.architecture is not None and raw.model.tokenizer is None and raw.task != "image-classification":
+        problems.append(("model.tokenizer", "model.architecture needs model.tokenizer (a tokenizer dir or hub id)"))
     if raw.task not in FINETUNE_TASKS:
         return problems
     key = SECTION_OF[raw.task]
     if getattr(raw, key) is None:
-        section = {"token_classification": TokenClassificationConfig, "question_answering": QuestionAnsweringConfig}
+        section = {
+            "token_classification": TokenClassificationConfig,
+            "question_answering": QuestionAnsweringConfig,
+            "image_classification": ImageClassificationConfig,
+        }
         setattr(raw, key, section.get(key, Seq2SeqConfig)())
     problems += metric_problems(raw.task, raw.evaluation.metrics, TASK_METRICS[raw.task])
     if raw.training.class_weights != "none":

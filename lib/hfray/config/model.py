@@ -18,7 +18,9 @@ class ModelConfig(Section):
     architecture: dict[str, Any] | None = Field(
         None, description="A transformers config dict with 'model_type'; the model is randomly initialised."
     )
-    tokenizer: str | None = Field(None, description="Tokenizer source; defaults to name_or_path.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer source; defaults to name_or_path. Needed with architecture (not for images)."
+    )
     revision: str | None = None
     trust_remote_code: bool = False
 
@@ -26,11 +28,8 @@ class ModelConfig(Section):
     def _one_source(self) -> ModelConfig:
         if (self.name_or_path is None) == (self.architecture is None):
             raise ValueError("set exactly one of model.name_or_path (pretrained) or model.architecture")
-        if self.architecture is not None:
-            if "model_type" not in self.architecture:
-                raise ValueError("model.architecture needs a 'model_type' key (e.g. bert, gpt2, llama)")
-            if self.tokenizer is None:
-                raise ValueError("model.architecture needs model.tokenizer (a tokenizer dir or hub id)")
+        if self.architecture is not None and "model_type" not in self.architecture:
+            raise ValueError("model.architecture needs a 'model_type' key (e.g. bert, gpt2, llama)")
         return self
 
     @property

@@ -1,7 +1,7 @@
 """Job-file sections of the fine-tuning tasks beyond text classification.
 
-``token_classification``, ``question_answering`` and ``seq2seq`` each name their data columns and the
-task's own settings. ``JobConfig`` (:mod:`hfray.config.job`) embeds them, fills each task's evaluation
+``token_classification``, ``question_answering``, ``seq2seq`` and ``image_classification`` each name their data
+columns and the task's own settings. ``JobConfig`` (:mod:`hfray.config.job`) embeds them, fills each task's evaluation
 defaults (:func:`evaluation_defaults`) and holds the rules that tie a task to its section.
 """
 
@@ -11,25 +11,29 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from hfray.config.evaluation import CLASSIFICATION_METRICS
 from hfray.config.section import Section
 
-FINETUNE_TASKS = ("token-classification", "question-answering", "seq2seq")
+FINETUNE_TASKS = ("token-classification", "question-answering", "seq2seq", "image-classification")
 # The metrics each task reports at every evaluation (as eval_<name>); evaluation.metrics picks among them.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "token-classification": ("f1", "precision", "recall", "accuracy"),  # seqeval: entity-level, token accuracy
     "question-answering": ("exact_match", "f1"),  # SQuAD v1.1: percentages, as the official script
     "seq2seq": ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum"),  # sacreBLEU 0-100, ROUGE 0-1
+    "image-classification": CLASSIFICATION_METRICS,  # scikit-learn, as text classification
 }
 _DEFAULT_EVALUATION = {
     "token-classification": {"metrics": ["f1", "precision", "recall", "accuracy"], "metric_for_best_model": "f1"},
     "question-answering": {"metrics": ["exact_match", "f1"], "metric_for_best_model": "f1"},
     "seq2seq": {"metrics": ["bleu", "rougeL"], "metric_for_best_model": "bleu"},
+    "image-classification": {"metrics": ["accuracy", "f1_macro"], "metric_for_best_model": "f1_macro"},
 }
 # The job-file key of each task's section.
 SECTION_OF = {
     "token-classification": "token_classification",
     "question-answering": "question_answering",
     "seq2seq": "seq2seq",
+    "image-classification": "image_classification",
 }
 
 
@@ -81,6 +85,32 @@ class Seq2SeqConfig(Section):
         "translation", description="The transformers.pipeline the artifact is served with."
     )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+
+class ImageAugmentation(Section):
+    """Random changes to each training image (never to evaluation images), before the image processor runs."""
+
+    crop_scale_min: float = Field(
+        1.0, gt=0, le=1, description="Random crop keeping at least this fraction of the area, resized back; 1: off."
+    )
+    rotation_degrees: float = Field(0.0, ge=0, le=180, description="Random rotation within +-this many degrees.")
+    horizontal_flip: bool = Field(False, description="Mirror half of the images (not for digits or text).")
+    brightness: float = Field(0.0, ge=0, lt=1, description="Random brightness factor in [1-x, 1+x].")
+    contrast: float = Field(0.0, ge=0, lt=1, description="Random contrast factor in [1-x, 1+x].")
+
+
+class ImageClassificationConfig(Section):
+    """Images with one label each (data.label_column): image folders, Arrow/Parquet/JSON with an image column."""
+
+    image_column: str = Field(
+        "image", description="Column holding images (datasets Image, file paths, or PNG/JPEG bytes)."
+    )
+    image_processor: str | None = Field(
+        None,
+        description="Image processor dir or Hub id; default: model.name_or_path's, or for model.architecture a "
+        "ViTImageProcessor at architecture.image_size (mean and std 0.5).",
+    )
+    augmentation: ImageAugmentation = Field(default_factory=ImageAugmentation)
 
 
 def evaluation_defaults(raw: Any) -> Any:

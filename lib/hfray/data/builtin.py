@@ -152,6 +152,25 @@ def _bible_en_es() -> datasets.Dataset:
     return datasets.Dataset.from_parquet(str(cache))
 
 
+def _digits() -> datasets.Dataset:
+    """scikit-learn's handwritten digits (``load_digits``): 1,797 real 8x8 grey images (17 levels, scaled to
+    0-255) as PNG, columns image and label ('0' ... '9'). Ships with scikit-learn: no download."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = []
+    for pixels in digits.images:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"image": images, "label": [str(t) for t in digits.target]}, features=features)
+
+
 ARITHMETIC_ROWS, ARITHMETIC_SEED = 2000, 1234
 _ARITHMETIC = (
     ("{name} has {a} apples and buys {b} more. How many apples does {name} have now?", "+"),
@@ -187,6 +206,7 @@ BUILTIN_DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
     "arithmetic": _arithmetic,
     "bible_en_es": _bible_en_es,
     "bbc_news": _bbc_news,
+    "digits": _digits,
     "rotten_tomatoes": _rotten_tomatoes,
     "rotten_tomatoes_sft": _rotten_tomatoes_sft,
     "rotten_tomatoes_dpo": _rotten_tomatoes_dpo,

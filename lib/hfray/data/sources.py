@@ -1,5 +1,6 @@
-"""Data sources: a local file, glob or directory (CSV, JSON/JSONL, Parquet, text, Arrow, or a
-``datasets.save_to_disk`` folder), ``builtin:NAME`` (data that a pip package ships), or a Hub dataset id.
+"""Data sources: a local file, glob or directory (CSV, JSON/JSONL, Parquet, text, Arrow, a
+``datasets.save_to_disk`` folder, or an image folder of class folders), ``builtin:NAME`` (data that a pip
+package ships), or a Hub dataset id.
 
 Paths are recognised by their shape, so a typo in a path fails as "file not found" and never turns into a
 Hub request. Driver and workers load the same way (the workers load again and compare fingerprints).
@@ -18,6 +19,7 @@ from hfray.assets import PREFIX
 from hfray.config import DataConfig
 from hfray.data.builtin import load_builtin_dataset
 from hfray.data.file_checks import diagnose, quiet_datasets
+from hfray.data.images import is_image_folder, load_image_folder
 from hfray.errors import DataError
 
 EXTENSIONS = {
@@ -103,6 +105,8 @@ def _load_local(path: str, fmt: str, field: str) -> datasets.Dataset:
                 raise DataError(f"{field}: dataset folder {path} has splits {list(loaded)}; point at one split")
             return loaded["train"]
         return loaded
+    if is_image_folder(p):  # class folders of images: columns image, label
+        return load_image_folder(p, field)
     files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
     if not files:
         raise DataError(f"{field}: directory {path} holds no data files")

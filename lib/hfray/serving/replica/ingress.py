@@ -16,6 +16,7 @@ HTTP API (OpenAPI at ``<route_prefix>/docs``)::
                           -> {"object": "list", "model": id, "data": [{"object": "embedding", "index", "embedding"}]}
     GET  /v1/stats        batch sizes the answering model replica ran, and the models it holds
     POST /v1/predict      token-classification, QA and seq2seq models: see hfray.serving.replica.task_models
+    POST /v1/classify-image  image-classification models (multipart or base64): hfray.serving.replica.image_routes
 
 Every client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) and ``error``; the
 ingress validates before anything reaches a model replica, so a bad request never costs a forward pass.
@@ -40,7 +41,7 @@ from ray.serve.handle import DeploymentHandle
 from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
-from hfray.serving.replica import contract
+from hfray.serving.replica import contract, image_routes
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
 from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
@@ -100,6 +101,7 @@ class HfrayIngress:
         self.catalog = ArtifactCatalog(self.cfg.artifact_root, self.cfg.models, ttl_s=1.0)
         self.default_model = self.catalog.default_id(self.cfg.default_model)
         self.lm = LMRoutes(self.cfg, self.catalog, self.default_model, lm)  # hfray.serving.replica.lm_routes
+        self.images = image_routes.ImageRoutes(self.cfg, self.catalog, self.default_model)
         self.classifier = classifier
         self.handles: dict[str, DeploymentHandle] = {}
         # The JSON of max_inputs maximal texts, plus room for escapes and the other keys.
@@ -175,7 +177,7 @@ class HfrayIngress:
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> dict[str, Any]:
         if self.openapi_doc is None:
-            hidden = set() if self.tasks is not None else {"/v1/predict"}
+            hidden = (set() if self.tasks is not None else {"/v1/predict"}) | self.images.hidden()
             root = request.scope.get("root_path", "")
             self.openapi_doc = contract.openapi(request.app, self.cfg, root, hidden)
         return self.openapi_doc
@@ -241,6 +243,11 @@ class HfrayIngress:
         inputs = check_inputs(req.inputs, task, self.cfg)
         results = await self.tasks.options(multiplexed_model_id=model_id).predict.remote(inputs)
         return {"model": model_id, "task": task, "results": results}
+
+    @app.post("/v1/classify-image", openapi_extra=image_routes.BODY)
+    async def classify_image(self, request: Request) -> dict[str, Any]:
+        self._auth(request)
+        return await self.images.classify(request)
 
     # Language models: generation, OpenAI chat/completions, fill-mask (hfray.serving.replica.lm_routes).
     @app.post("/v1/generate", openapi_extra=BODIES["generate"])

@@ -20,6 +20,7 @@ RECIPES: dict[str, str] = {
     "token-classification": "hfray.train.recipes.tasks",
     "question-answering": "hfray.train.recipes.tasks",
     "seq2seq": "hfray.train.recipes.tasks",
+    "image-classification": "hfray.train.recipes.tasks",
     "masked-lm": "hfray.train.recipes.language_model",
     "causal-lm": "hfray.train.recipes.language_model",
     "sft": "hfray.train.recipes.trl",

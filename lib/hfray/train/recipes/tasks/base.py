@@ -45,6 +45,15 @@ class TaskSpec:
     def labels(self, splits: datasets.DatasetDict, job: JobConfig) -> list[str]:
         return []
 
+    def on_load(self, ds: datasets.Dataset, job: JobConfig, field: str) -> datasets.Dataset:
+        """A split as loaded, columns checked, before splitting and fingerprinting (e.g. images kept undecoded)."""
+        return ds
+
+    def load_processor(self, job: JobConfig) -> Any:
+        """What turns raw inputs into features and is saved with the artifact: the tokenizer (images: an image
+        processor)."""
+        return loading.load_tokenizer(job.model)
+
     # ------------------------------------------------------------------ model
     def config_overrides(self, job: JobConfig, tokenizer: Any, labels: list[str]) -> dict[str, Any]:
         return {"pad_token_id": tokenizer.pad_token_id}

@@ -31,7 +31,7 @@ def prepare_task_data(job: JobConfig, spec: TaskSpec) -> PreparedData:
 
     def on_load(ds: datasets.Dataset, field: str) -> datasets.Dataset:
         check_task_columns(ds, columns, field)
-        return ds.select_columns(kept)
+        return spec.on_load(ds.select_columns(kept), job, field)
 
     loaded = load_splits(job.data, on_load)
     for name, ds in loaded.items():

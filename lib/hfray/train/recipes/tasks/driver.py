@@ -6,7 +6,7 @@ from typing import Any
 
 from hfray.config import JobConfig
 from hfray.data.splits import PreparedData
-from hfray.model import loading, peft
+from hfray.model import peft
 from hfray.train.arguments import check_training_arguments
 from hfray.train.driver import resolve_sources
 from hfray.train.recipes.tasks.data import prepare_task_data
@@ -19,7 +19,7 @@ def preflight(job: JobConfig, full: bool = True) -> tuple[JobConfig, PreparedDat
     job = resolve_sources(job)
     spec = get_task(job.task)
     prepared = prepare_data(job)
-    tokenizer = loading.load_tokenizer(job.model)
+    tokenizer = spec.load_processor(job)  # images: the image processor
     facts = spec.check_model(job, tokenizer, prepared.labels)
     peft.check_peft(job, facts["model_type"])
     return job, prepared

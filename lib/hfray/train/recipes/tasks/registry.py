@@ -24,4 +24,8 @@ def get_task(name: str) -> TaskSpec:
         from hfray.train.recipes.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask()
+    if name == "image-classification":
+        from hfray.train.recipes.tasks.image_classification import ImageClassificationTask
+
+        return ImageClassificationTask()
     raise KeyError(f"not a fine-tuning task of this recipe: {name!r}; expected one of {list(FINETUNE_TASKS)}")

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from hfray.config import JobConfig
-from hfray.model import loading, peft
+from hfray.model import peft
 from hfray.train import worker
 from hfray.train.recipes.tasks.data import prepare_task_data
 from hfray.train.recipes.tasks.registry import get_task
@@ -51,7 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = get_task(job.task)
     prepared = prepare_task_data(job, spec)
     worker.check_fingerprint(prepared.fingerprint, loop_config["data_fingerprint"], run.rank)
-    tokenizer = loading.load_tokenizer(job.model)
+    tokenizer = spec.load_processor(job)  # images: the image processor
     set_seed(job.training.seed)  # before the model exists: a fresh head (or a whole model) is randomly initialised
     model = spec.build_model(job, tokenizer, labels)
     encoded = spec.encode(prepared.splits, tokenizer, job, labels)
