@@ -123,3 +123,52 @@ def test_chat_and_fill_mask_widgets_answer_as_the_api(demo_server: str) -> None:
     body = {"model": "mlm", "inputs": "the sky is [MASK] today.", "top_k": 3}
     api = httpx.post(f"{demo_server}/v1/fill-mask", json=body, timeout=60).json()
     assert [c["label"] for c in fillers["confidences"]] == [r["token_str"] for r in api["results"][0]]
+
+
+def test_hfray_demo_is_serve_with_the_page(tmp_path: Path) -> None:
+    from hfray.cli import build_parser
+    from hfray.cli.serve import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["demo", str(tmp_path), "--port", "8123"])).ui is True
+    assert config_from_args(parser.parse_args(["serve", str(tmp_path), "--ui"])).ui is True
+    assert config_from_args(parser.parse_args(["serve", str(tmp_path)])).ui is False
+
+
+def test_without_ui_the_mount_answers_404() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from hfray.serving.replica.demo import PAGES, UI_PATH, DemoMount
+
+    assert "page" not in PAGES  # this process holds no ingress replica with ui: true
+    app = FastAPI()
+    app.mount(UI_PATH, DemoMount())
+    answer = TestClient(app).get("/ui/")
+    assert answer.status_code == 404 and answer.json()["detail"]["field"] == "ui"
+
+
+def test_image_widget_sends_the_uploaded_pixels() -> None:
+    """The image tab's call, ready for /v1/classify-image (served by the image-classification task, not here)."""
+    import asyncio
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from hfray.serving.replica.demo import classify_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def route(path: str, body: dict[str, Any]) -> dict[str, Any]:  # stands in for the route to come
+        sent.append((path, body))
+        return {"model": body["model"], "results": [[{"label": "7", "score": 0.9}, {"label": "1", "score": 0.1}]]}
+
+    shown = asyncio.run(classify_image(route, "digits", Image.fromarray(pixels), 2))
+    assert shown == {"7": 0.9, "1": 0.1}
+    path, body = sent[0]
+    assert path == "/v1/classify-image" and body["top_k"] == 2 and body["model"] == "digits"
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["inputs"]))))
+    assert (decoded == pixels).all()
