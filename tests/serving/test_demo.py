@@ -110,8 +110,9 @@ def test_ui_with_an_auth_token_is_refused(tmp_path: Path) -> None:
 
 
 def test_chat_and_fill_mask_widgets_answer_as_the_api(demo_server: str) -> None:
-    """The LM tabs through the page's own Gradio API (what their widgets send): the HTTP API's answers."""
+    """The LM tabs through the page's own Gradio API (what their widgets send): the HTTP API's answers and errors."""
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     page = Client(f"{demo_server}/ui/", verbose=False)
     reply = page.predict("Name a colour of the sky.", 8, api_name="/demo_chat_chat")
@@ -123,6 +124,10 @@ def test_chat_and_fill_mask_widgets_answer_as_the_api(demo_server: str) -> None:
     body = {"model": "mlm", "inputs": "the sky is [MASK] today.", "top_k": 3}
     api = httpx.post(f"{demo_server}/v1/fill-mask", json=body, timeout=60).json()
     assert [c["label"] for c in fillers["confidences"]] == [r["token_str"] for r in api["results"][0]]
+
+    # An API 4xx is the page's error message, word for word.
+    with pytest.raises(AppError, match=r"inputs: no \[MASK\] token to fill"):
+        page.predict("no mask here", 3, api_name="/demo_mlm_fill_mask")
 
 
 def test_hfray_demo_is_serve_with_the_page(tmp_path: Path) -> None:
