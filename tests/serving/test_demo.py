@@ -114,11 +114,15 @@ def test_chat_and_fill_mask_widgets_answer_as_the_api(demo_server: str) -> None:
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
+    from hfray.serving.replica.demo import message_text
+
     page = Client(f"{demo_server}/ui/", verbose=False)
-    reply = page.predict("Name a colour of the sky.", 8, api_name="/demo_chat_chat")
+    history, cleared = page.predict("Name a colour of the sky.", [], 8, api_name="/demo_chat_chat")
+    assert cleared == "" and [m["role"] for m in history] == ["user", "assistant"]
+    reply = message_text(history[-1]["content"])  # the Chatbot holds text parts, stripped
     body = {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "Name a colour of the sky."}]}
     api = httpx.post(f"{demo_server}/v1/chat/completions", json=body, timeout=60).json()
-    assert reply == api["choices"][0]["message"]["content"] and reply
+    assert reply and reply == api["choices"][0]["message"]["content"].strip()
 
     fillers = page.predict("the sky is [MASK] today.", 3, api_name="/demo_mlm_fill_mask")
     body = {"model": "mlm", "inputs": "the sky is [MASK] today.", "top_k": 3}

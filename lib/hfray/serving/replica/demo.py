@@ -11,6 +11,9 @@ loads nothing itself. Each model's tab gets the widget of its manifest's task (:
 - image-classification: an image upload (``/v1/classify-image``, served once that route exists),
 - token-classification, QA, seq2seq: a text box (and a context) and the JSON answer (``/v1/predict``).
 
+Every widget calls without Gradio's queue (``queue=False``): one plain HTTP request per call, which any ingress
+replica can answer, and concurrent users reach the API's batching instead of a Gradio queue of one.
+
 The ingress mounts :class:`DemoMount` at ``/ui`` when its module loads (Serve freezes the FastAPI app then); in a
 replica with ``ui: true`` the mount hands requests to this process's :class:`DemoPage`, else it answers 404.
 Gradio is imported only there: ``pip install 'hfray[demo]'``.
@@ -154,7 +157,7 @@ def text_classification_widget(api: Api, model_id: str, manifest: dict[str, Any]
     async def run(value: str, k: float) -> dict[str, float]:
         return await classify_text(api, model_id, value, int(k))
 
-    gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_classify")
+    gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_classify", queue=False)
 
 
 def fill_mask_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
@@ -168,18 +171,24 @@ def fill_mask_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     async def run(value: str, k: float) -> dict[str, float]:
         return await fill_mask(api, model_id, value, int(k))
 
-    gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_fill_mask")
+    gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_fill_mask", queue=False)
 
 
 def chat_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     import gradio as gr
 
-    max_tokens = gr.Slider(1, 512, value=128, step=1, label="Most new tokens", render=False)
+    chatbot = gr.Chatbot(label="Chat", elem_id=f"{slug(model_id)}-chat")
+    message = gr.Textbox(label="Message", elem_id=f"{slug(model_id)}-text")
+    max_tokens = gr.Slider(1, 512, value=128, step=1, label="Most new tokens")
 
-    async def run(message: str, history: list[dict[str, Any]], k: float) -> str:
-        return await chat(api, model_id, message, history, int(k))
+    async def run(text: str, history: list[dict[str, Any]], k: float) -> tuple[list[dict[str, Any]], str]:
+        reply = await chat(api, model_id, text, history or [], int(k))
+        turn = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        return [*(history or []), *turn], ""
 
-    gr.ChatInterface(run, additional_inputs=[max_tokens], api_name=f"{slug(model_id)}_chat")
+    message.submit(
+        run, [message, chatbot, max_tokens], [chatbot, message], api_name=f"{slug(model_id)}_chat", queue=False
+    )
 
 
 def image_classification_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
@@ -197,7 +206,7 @@ def image_classification_widget(api: Api, model_id: str, manifest: dict[str, Any
         except HfrayError as exc:
             raise gr.Error(str(exc)) from None
 
-    button.click(run, [image, top_k], label, api_name=f"{slug(model_id)}_classify_image")
+    button.click(run, [image, top_k], label, api_name=f"{slug(model_id)}_classify_image", queue=False)
 
 
 def predict_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
@@ -212,7 +221,7 @@ def predict_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     async def run(value: str, ctx: str) -> Any:
         return await predict(api, model_id, value, ctx if qa else None)
 
-    button.click(run, [text, context], answer, api_name=f"{slug(model_id)}_predict")
+    button.click(run, [text, context], answer, api_name=f"{slug(model_id)}_predict", queue=False)
 
 
 Widget = Callable[[Api, str, dict[str, Any]], None]
