@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hfray.errors import HfrayError
+from hfray.serving.config import ServeConfig
 
 Api = Callable[[str, dict[str, Any]], Awaitable[Any]]  # (route, JSON body) -> the route's JSON answer
 UI_PATH = "/ui"
@@ -145,10 +146,10 @@ def slug(model_id: str) -> str:
     return "demo_" + re.sub(r"[^A-Za-z0-9_]", "_", model_id)
 
 
-def text_classification_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
+def text_classification_widget(api: Api, model_id: str, manifest: dict[str, Any], cfg: ServeConfig) -> None:
     import gradio as gr
 
-    labels = len(manifest.get("labels") or []) or 5
+    labels = min(len(manifest.get("labels") or []) or 5, cfg.max_top_k)
     text = gr.Textbox(label="Text", lines=3, elem_id=f"{slug(model_id)}-text")
     top_k = gr.Slider(1, labels, value=min(3, labels), step=1, label="Labels shown")
     button = gr.Button("Classify", variant="primary", elem_id=f"{slug(model_id)}-submit")
@@ -160,11 +161,11 @@ def text_classification_widget(api: Api, model_id: str, manifest: dict[str, Any]
     gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_classify", queue=False)
 
 
-def fill_mask_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
+def fill_mask_widget(api: Api, model_id: str, manifest: dict[str, Any], cfg: ServeConfig) -> None:
     import gradio as gr
 
     text = gr.Textbox(label="Text with the model's mask token", lines=2, elem_id=f"{slug(model_id)}-text")
-    top_k = gr.Slider(1, 20, value=5, step=1, label="Fillers shown")
+    top_k = gr.Slider(1, min(20, cfg.max_top_k), value=min(5, cfg.max_top_k), step=1, label="Fillers shown")
     button = gr.Button("Fill", variant="primary", elem_id=f"{slug(model_id)}-submit")
     label = gr.Label(label="Fillers", elem_id=f"{slug(model_id)}-label")
 
@@ -174,12 +175,13 @@ def fill_mask_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     gr.on([button.click, text.submit], run, [text, top_k], label, api_name=f"{slug(model_id)}_fill_mask", queue=False)
 
 
-def chat_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
+def chat_widget(api: Api, model_id: str, manifest: dict[str, Any], cfg: ServeConfig) -> None:
     import gradio as gr
 
     chatbot = gr.Chatbot(label="Chat", elem_id=f"{slug(model_id)}-chat")
     message = gr.Textbox(label="Message", elem_id=f"{slug(model_id)}-text")
-    max_tokens = gr.Slider(1, 512, value=128, step=1, label="Most new tokens")
+    most = cfg.max_new_tokens  # the server's limit: more is the API's 422
+    max_tokens = gr.Slider(1, most, value=min(128, most), step=1, label="Most new tokens")
 
     async def run(text: str, history: list[dict[str, Any]], k: float) -> tuple[list[dict[str, Any]], str]:
         reply = await chat(api, model_id, text, history or [], int(k))
@@ -191,10 +193,10 @@ def chat_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     )
 
 
-def image_classification_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
+def image_classification_widget(api: Api, model_id: str, manifest: dict[str, Any], cfg: ServeConfig) -> None:
     import gradio as gr
 
-    labels = len(manifest.get("labels") or []) or 5
+    labels = min(len(manifest.get("labels") or []) or 5, cfg.max_top_k)
     image = gr.Image(type="pil", label="Image", elem_id=f"{slug(model_id)}-image")
     top_k = gr.Slider(1, labels, value=min(3, labels), step=1, label="Labels shown")
     button = gr.Button("Classify", variant="primary", elem_id=f"{slug(model_id)}-submit")
@@ -209,7 +211,7 @@ def image_classification_widget(api: Api, model_id: str, manifest: dict[str, Any
     button.click(run, [image, top_k], label, api_name=f"{slug(model_id)}_classify_image", queue=False)
 
 
-def predict_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
+def predict_widget(api: Api, model_id: str, manifest: dict[str, Any], cfg: ServeConfig) -> None:
     import gradio as gr
 
     qa = manifest.get("task") == "hfray-question-answering"
@@ -224,7 +226,7 @@ def predict_widget(api: Api, model_id: str, manifest: dict[str, Any]) -> None:
     button.click(run, [text, context], answer, api_name=f"{slug(model_id)}_predict", queue=False)
 
 
-Widget = Callable[[Api, str, dict[str, Any]], None]
+Widget = Callable[[Api, str, dict[str, Any], ServeConfig], None]
 # The manifest's task -> the widget of its tab. A new task is one entry here.
 WIDGETS: dict[str, Widget] = {
     "text-classification": text_classification_widget,
@@ -237,7 +239,7 @@ WIDGETS: dict[str, Widget] = {
 }
 
 
-def build_blocks(api: Api, manifests: dict[str, dict[str, Any]]) -> Any:
+def build_blocks(api: Api, manifests: dict[str, dict[str, Any]], cfg: ServeConfig) -> Any:
     """The page: one tab per model id (``manifests``: id -> manifest), each with its task's widget."""
     import gradio as gr
 
@@ -251,7 +253,7 @@ def build_blocks(api: Api, manifests: dict[str, dict[str, Any]]) -> Any:
                     if widget is None:
                         gr.Markdown(f"No demo widget for the task {task!r} yet.")
                     else:
-                        widget(api, model_id, manifest)
+                        widget(api, model_id, manifest, cfg)
     return blocks
 
 
@@ -266,7 +268,9 @@ class DemoPage:
         from fastapi import FastAPI
         from starlette.routing import Mount
 
-        self.parent = gr.mount_gradio_app(FastAPI(), blocks, path=UI_PATH, footer_links=[], run_history=False)
+        self.parent = gr.mount_gradio_app(
+            FastAPI(), blocks, path=UI_PATH, footer_links=[], run_history=False, show_error=True
+        )
         # The Gradio ASGI app itself: the ingress's own mount at /ui hands it the scope the parent's would.
         self.app = next(r.app for r in self.parent.routes if isinstance(r, Mount) and r.path == UI_PATH)
         self.lifespan: Any = None
@@ -292,7 +296,7 @@ def attach(ingress: Any) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
     entries = sorted(ingress.catalog.entries(), key=lambda e: e.model_id != ingress.default_model)
     manifests = {entry.model_id: entry.manifest for entry in entries}  # the default model's tab first
-    PAGES["page"] = DemoPage(build_blocks(IngressApi(ingress), manifests))
+    PAGES["page"] = DemoPage(build_blocks(IngressApi(ingress), manifests, ingress.cfg))
 
 
 class DemoMount:
