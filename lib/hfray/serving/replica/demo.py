@@ -312,3 +312,5 @@ class DemoMount:
 
             error = {"field": "ui", "error": "ui: this server has no demo page (hfray serve --ui, or hfray demo)"}
             await JSONResponse({"detail": error}, status_code=404)(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
