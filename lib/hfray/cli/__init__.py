@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve_arguments(p)
     p.set_defaults(func=serve.cmd_serve)
 
+    p = sub.add_parser("demo", help="serve artifacts with a Gradio demo page at /ui (hfray serve --ui; hfray[demo])")
+    serve.add_serve_arguments(p)
+    p.set_defaults(func=serve.cmd_serve, ui=True)
+
     p = job_command("tokenizer", "train the job's tokenizer section into model.tokenizer (WordPiece, BPE, Unigram)")
     p.add_argument("--force", action="store_true", help="retrain even if a tokenizer is already there")
     p.set_defaults(func=jobs.cmd_tokenizer)

@@ -62,6 +62,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTP proxy of a local cluster started here: haproxy (auto, where installed) or Serve's Python proxy",
     )
     parser.add_argument("--check", action="store_true", help="validate and list the models, start nothing")
+    parser.add_argument("--ui", action="store_true", default=None, help="the Gradio demo page at /ui (hfray demo)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -79,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             scaling[key] = getattr(args, key)
     if scaling:
         raw["autoscaling"] = scaling
+    if args.ui:
+        raw["ui"] = True
     token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
     if token:
         raw["auth_token"] = token
@@ -90,6 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hfray.serving.catalog import ArtifactCatalog
 
     cfg = config_from_args(args)
+    if cfg.ui:  # before Ray starts
+        from hfray.serving.replica.demo import require_gradio
+
+        require_gradio()
     catalog = ArtifactCatalog(cfg.artifact_root, cfg.models)
     models = [e.describe() for e in catalog.entries()]
     if not models:
@@ -103,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     url = serve_artifacts(cfg, ray_address=args.ray_address, num_cpus=args.ray_num_cpus, proxy=args.proxy)
     auth = " (bearer token required)" if cfg.auth_token else ""
-    print(f"[hfray] serving {len(models)} model(s) at {url}{auth}; API docs at {url}/docs; Ctrl-C stops", flush=True)
+    docs = f"API docs at {url}/docs" + (f"; demo page at {url}/ui/" if cfg.ui else "")
+    print(f"[hfray] serving {len(models)} model(s) at {url}{auth}; {docs}; Ctrl-C stops", flush=True)
     # SIGTERM (docker stop, systemd, kill) shuts down as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -93,6 +93,7 @@ class ServeConfig(Section):
     max_adapters: int = Field(8, ge=1, description="shared adapters: adapters loaded per base (LRU).")
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation: most new tokens per request.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Generation: most prompt tokens (chat template applied).")
+    ui: bool = Field(False, description="The Gradio demo page at <route_prefix>/ui (pip install 'hfray[demo]').")
     static_cache: bool = Field(
         False, description="On GPU: static KV cache and compiled decoding (transformers' cache_implementation)."
     )
@@ -105,6 +106,8 @@ class ServeConfig(Section):
             raise ValueError(
                 "max_ongoing_requests must be >= max_batch_size * max_concurrent_batches, or batches can never fill"
             )
+        if self.ui and self.auth_token is not None:
+            raise ValueError("ui: the demo page has no bearer-token auth; serve it without auth_token")
         for mid in [self.default_model, *(self.models or [])]:
             if mid is not None and not MODEL_ID.match(mid):
                 raise ValueError(f"model id {mid!r} is not a plain folder name")

@@ -39,6 +39,10 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(dict(args))
     # Fail here, in the driver, with a clear message, rather than as a replica crash loop.
     ArtifactCatalog(cfg.artifact_root, cfg.models).default_id(cfg.default_model)
+    if cfg.ui:
+        from hfray.serving.replica.demo import require_gradio
+
+        require_gradio()
     logging_config = {"enable_access_log": cfg.access_log}
     model_options = {
         "logging_config": logging_config,

@@ -43,6 +43,7 @@ from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica import contract, image_routes
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
+from hfray.serving.replica.demo import UI_PATH, DemoMount, attach
 from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
 from hfray.serving.replica.models import Job, ModelHost, is_encoder
@@ -58,6 +59,7 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+app.mount(UI_PATH, DemoMount())  # the Gradio demo page when ui: true (hfray.serving.replica.demo), else 404
 # split topology: a model replica dying under a request (RayActorError covers ActorDiedError and
 # ActorUnavailableError) is retried on another one; classification and embeddings are idempotent.
 MODEL_CALL_ATTEMPTS = 4
@@ -109,6 +111,8 @@ class HfrayIngress:
         self.models = contract.request_models(self.cfg)
         self.gather = self._gatherer() if classifier is not None and self.cfg.ingress_batching else None
         self.openapi_doc: dict[str, Any] | None = None
+        if self.cfg.ui:
+            attach(self)  # the demo page at /ui calls classify_body, predict_body and self.lm
 
     def _auth(self, request: Request) -> None:
         if self.cfg.auth_token is None:
@@ -202,7 +206,11 @@ class HfrayIngress:
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(self, request: Request) -> dict[str, Any]:
         self._auth(request)
-        req = parse_body(await read_body(request, self.body_limit), self.models["/v1/classify"], "inputs")
+        return await self.classify_body(await read_body(request, self.body_limit))
+
+    async def classify_body(self, raw: bytes) -> dict[str, Any]:
+        """POST /v1/classify once authorized (the demo page calls it too)."""
+        req = parse_body(raw, self.models["/v1/classify"], "inputs")
         model_id = self._entry(req.model, ("text-classification",), "/v1/classify").model_id
         texts = texts_of(req.inputs)
         if self.host is not None:
@@ -231,7 +239,11 @@ class HfrayIngress:
     async def predict(self, request: Request) -> dict[str, Any]:
         """Token classification, extractive QA and seq2seq models (see hfray.serving.replica.task_models)."""
         self._auth(request)
-        req = parse_predict_body(await read_body(request, self.body_limit))
+        return await self.predict_body(await read_body(request, self.body_limit))
+
+    async def predict_body(self, raw: bytes) -> dict[str, Any]:
+        """POST /v1/predict once authorized (the demo page calls it too)."""
+        req = parse_predict_body(raw)
         model_id = req.model or self.default_model
         try:
             entry = self.catalog.resolve(model_id)
