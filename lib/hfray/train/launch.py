@@ -14,11 +14,16 @@ from typing import Any
 
 import ray.train
 
+from hfray.cluster import prewarm
 from hfray.config import JobConfig
 from hfray.storage import layout
 from hfray.train.controller import MetricsLogCallback
 from hfray.train.recipes.base import Recipe
 from hfray.train.torch_backend import torch_trainer
+
+# What a Train worker imports while Ray boots it (hfray.cluster.prewarm): the stack every recipe's train function
+# imports first (torch, the Trainer, the collators, datasets), in dependency order.
+PREWARM_MODULES = ("torch", "datasets", "transformers", "transformers.trainer", "transformers.data.data_collator")
 
 
 def local_root(storage: str, run_name: str) -> str:
@@ -53,6 +58,7 @@ def run_config(job: JobConfig, run_name: str, callbacks: list[Any] | None = None
             checkpoint_score_order=job.evaluation.best_mode,
         ),
         failure_config=ray.train.FailureConfig(max_failures=job.storage.max_failures),
+        worker_runtime_env=prewarm.worker_env(PREWARM_MODULES),
         callbacks=[
             MetricsLogCallback(layout.metrics_log_uri(layout.run_dir(storage, run_name)), job.storage.retry_s),
             *(callbacks or []),
