@@ -30,7 +30,7 @@ from hfray.artifacts.manifest import read_manifest
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.cluster import connect, start_gate
 from hfray.config import JobConfig
-from hfray.data.sources import absolute_source
+from hfray.data.sources import absolute_source, check_exists
 from hfray.errors import user_error_in
 from hfray.model.loading import absolute_model_source
 from hfray.storage import endpoint, fs, layout
@@ -212,6 +212,8 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
     run_name = latest_run(job.storage.path, run_name, fresh, lambda run: run_is_complete(job, run))
     if run_is_complete(job, run_name):
         return summary(job, run_name, started, "none (run already complete)", reused=True)
+    for split in ("train", "validation", "test"):
+        check_exists(getattr(job.data, split), f"data.{split}")
     connected, place = threading.Event(), {"where": ""}
 
     def checks() -> dict[str, Any]:
@@ -225,8 +227,8 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
     thread, box = start_gate.check_in_background(gate, checks, ready=connected)
     place["where"] = connect.connect(job.cluster)
     timeline.mark("driver_ray_connected", "driver")
+    connect.check_fits(job.resources, job.cluster)  # raised here, the checks thread waits (a daemon) untouched
     connected.set()
-    connect.check_fits(job.resources, job.cluster)
     run_dir = layout.run_dir(job.storage.path, run_name)
     existed = fs.exists(run_dir)
     if "error" in box:  # failed while Ray was starting: no worker needed
