@@ -41,6 +41,8 @@ def one_run(prewarmed: bool, workers: int, storage: str) -> dict[str, float]:
     from hfray.train.torch_backend import torch_trainer
 
     stamp = Path(tempfile.mkdtemp(prefix="prewarm-")) / "ready"
+    env = prewarm.worker_env(PREWARM_MODULES)
+    env["env_vars"][prewarm.MIN_CPUS_ENV] = "1"  # the mechanism itself, on any host (hfray's default skips < 4 CPUs)
     trainer = torch_trainer(
         train_fn,
         train_loop_config={"modules": list(PREWARM_MODULES), "out": str(stamp)},
@@ -48,7 +50,7 @@ def one_run(prewarmed: bool, workers: int, storage: str) -> dict[str, float]:
         run_config=ray.train.RunConfig(
             name=f"prewarm-{time.time_ns()}",
             storage_path=storage,
-            worker_runtime_env=prewarm.worker_env(PREWARM_MODULES) if prewarmed else {},
+            worker_runtime_env=env if prewarmed else {},
         ),
     )
     called = time.time()

@@ -33,6 +33,8 @@ def test_train_workers_have_their_stack_before_the_train_function_and_others_not
         def loaded(self, names: list[str]) -> list[str]:
             return [m for m in names if m in sys.modules]
 
+    env = prewarm.worker_env(PREWARM_MODULES)
+    env["env_vars"][prewarm.MIN_CPUS_ENV] = "1"  # this machine may have fewer cores than the default asks for
     trainer = torch_trainer(
         report_loaded_modules,
         train_loop_config={"modules": list(PREWARM_MODULES), "out": str(tmp_path / "loaded.json")},
@@ -40,7 +42,7 @@ def test_train_workers_have_their_stack_before_the_train_function_and_others_not
         run_config=ray.train.RunConfig(
             name="prewarm",
             storage_path=str(tmp_path),
-            worker_runtime_env=prewarm.worker_env(PREWARM_MODULES),
+            worker_runtime_env=env,
         ),
     )
     trainer.fit()

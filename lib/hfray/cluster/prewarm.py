@@ -28,6 +28,10 @@ from hfray import timeline
 
 ENV = "HFRAY_PREWARM"
 HOOK = "hfray.cluster.prewarm.setup_hook"
+# On a host with fewer cores the import thread finds no idle core while Ray boots the worker: on 2 CPUs it was
+# neutral to 0.3 s slower (bench/results/startup_cpu.md); a host's own value goes in this variable.
+MIN_CPUS_ENV = "HFRAY_PREWARM_MIN_CPUS"
+MIN_CPUS = 4
 
 _thread: threading.Thread | None = None
 
@@ -43,10 +47,11 @@ def worker_env(modules: tuple[str, ...]) -> dict[str, dict[str, str]]:
 
 
 def setup_hook() -> None:
-    """Ray's worker set-up hook: start importing ``$HFRAY_PREWARM``'s modules in a background thread, if set."""
+    """Ray's worker set-up hook: start importing ``$HFRAY_PREWARM``'s modules in a background thread, if set and
+    the host has at least ``$HFRAY_PREWARM_MIN_CPUS`` (:data:`MIN_CPUS`) cores."""
     global _thread
     names = [n for n in os.environ.get(ENV, "").split(",") if n]
-    if not names or _thread is not None:
+    if not names or _thread is not None or (os.cpu_count() or 1) < int(os.environ.get(MIN_CPUS_ENV, MIN_CPUS)):
         return
     _thread = threading.Thread(target=_import_all, args=(names,), name="hfray-prewarm", daemon=True)
     _thread.start()
