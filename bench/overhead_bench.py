@@ -16,6 +16,8 @@ submit -> first step end per runner; and the ratio hfray / plain, which is what 
 
     python bench/overhead_bench.py --out /tmp/ovh --address 127.0.0.1:6390        # a running cluster
     python bench/overhead_bench.py --out /tmp/ovh --gpu --workloads mlm,cls       # GPU machine, 1 GPU worker
+    python bench/overhead_bench.py --out /tmp/ovh --runners plain,hfray-base,hfray --base-lib /tmp/base/lib
+        # before/after a change in one run: git archive BASE lib | tar -x -C /tmp/base
     python bench/overhead_bench.py --out /tmp/ovh --workloads cls --docs 2000 --repeats 3 --shared-storage [--no-cache]
         # re-runs on the same data: the tokenized-data cache (hfray.data.cache) after repeat 0, or --no-cache
 
@@ -128,7 +130,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for workload in sorted({r["workload"] for r in rows}):
         medians = {}
-        for runner in ("plain", "hfray"):
+        for runner in ("plain", "hfray", "hfray-base"):
             values = [
                 r["submit_to_first_step_end_s"]
                 for r in rows
@@ -142,6 +144,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "hfray_over_plain": round(hfray / plain, 2) if plain and hfray else None,
             "hfray_minus_plain_s": round(hfray - plain, 2) if plain and hfray else None,
         }
+        base = medians["hfray-base"]
+        if base:  # --base-lib: the "before" of a change in the same run
+            out[workload] |= {"hfray_base_s": base, "hfray_base_over_plain": round(base / plain, 2) if plain else None}
     return out
 
 
@@ -166,7 +171,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"\n### {workload}: plain {r['plain_s']} s, hfray {r['hfray_s']} s, ratio {r['hfray_over_plain']}\n"
         )
         lines += ["| runner | role | phase | t since submit s | step s |", "|---|---|---|---|---|"]
-        for runner in ("plain", "hfray"):
+        for runner in ("plain", "hfray", "hfray-base"):
             previous = 0.0
             for phase, role, t in phase_medians(result["rows"], workload, runner):
                 lines.append(f"| {runner} | {role} | {phase} | {t:.2f} | {t - previous:.2f} |")
@@ -194,6 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="all hfray repeats of a workload use one storage path (re-runs: repeat 0 fills the tokenized-data cache)",
     )
     parser.add_argument("--no-cache", action="store_true", help="data.cache_tokenized: false (the 'before' case)")
+    parser.add_argument(
+        "--base-lib", type=Path, default=None, help="runner hfray-base: hfray from this lib folder (a change's before)"
+    )
     return parser.parse_args(argv)
 
 
@@ -229,6 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         if runner == "plain"
                         else hfray_cmd(spec, args.gpu, address, out, shared, cache)
                     )
+                    if runner == "hfray-base":  # the same job with the other checkout's lib first on the path
+                        cmd = ["env", f"PYTHONPATH={args.base_lib}", *cmd]
                     row = {"workload": workload, "runner": runner, "repeat": repeat, **run_case(cmd, out, args.gpu)}
                     result["rows"].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)

@@ -86,6 +86,21 @@ def test_missing_data_file(hfray, tmp_path, data_files):
     assert_one_clear_error(proc, "data.train: file or directory not found", "absent.csv")
 
 
+def test_missing_data_file_is_reported_before_ray_starts_beside_the_checks(hfray, tmp_path, data_files):
+    # With cluster.overlap_checks (the default) Ray starts while the driver checks; a typo'd path comes first.
+    path = job_file(tmp_path, data_files, data={"validation": str(tmp_path / "absent.csv")})
+    assert_one_clear_error(hfray("train", str(path)), "data.validation: file or directory not found", "absent.csv")
+
+
+@pytest.mark.ray  # 18 s alone on 2 quiet CPUs: it boots a local Ray cluster of its own
+def test_a_check_that_fails_while_the_local_cluster_boots_is_reported_and_nothing_trains(tmp_path, data_files):
+    # Issue 19: hfray's own local cluster boots beside the driver's checks; the failed check is the error.
+    path = job_file(tmp_path, data_files, data={"label_column": "sentiment"}, cluster={"num_cpus": 2})
+    proc = hfray_process("train", str(path))
+    assert_one_clear_error(proc, "data.label_column 'sentiment'")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_missing_column(hfray, tmp_path, data_files):
     path = job_file(tmp_path, data_files, data={"label_column": "sentiment"})
     assert_one_clear_error(

@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from hfray import timeline
+from hfray.cluster import prewarm
 from hfray.config import ClusterConfig, ResourcesConfig
 from hfray.errors import HfrayError, ResourceError
 from hfray.storage.endpoint import runtime_env
@@ -44,6 +45,15 @@ def job_env(address: str) -> dict[str, str]:
     return env
 
 
+def job_runtime_env(address: str) -> dict[str, Any] | None:
+    """The job's ``runtime_env``: :func:`job_env`'s variables, the storage endpoint and the Train workers' prewarm
+    hook (:mod:`hfray.cluster.prewarm`). Under ``ray job submit`` (``auto``) the submitted runtime env rules."""
+    env = runtime_env(job_env(address))
+    if address == "auto":
+        return env or None
+    return prewarm.job_runtime_env(env)
+
+
 def attaches_to_running(address: str | None) -> bool:
     """Whether connecting uses a cluster that is already up (this process's, ``address``, ``$RAY_ADDRESS``)
     rather than starting a local one, as :func:`connect` decides."""
@@ -60,7 +70,7 @@ def connect(cfg: ClusterConfig) -> str:
     if address:
         # Workers share this process's storage endpoint (never its credentials) and job_env's variables.
         try:
-            ray.init(address=address, runtime_env=runtime_env(job_env(address)) or None, **kwargs)
+            ray.init(address=address, runtime_env=job_runtime_env(address), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
@@ -97,7 +107,7 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        env = runtime_env(job_env(address))
+        env = job_runtime_env(address)
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)

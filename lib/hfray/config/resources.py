@@ -24,6 +24,6 @@ class ClusterConfig(Section):
     check_resources: bool = Field(True, description="Refuse jobs the cluster cannot fit (off for autoscaling).")
     overlap_checks: bool = Field(
         True,
-        description="On a running cluster, start the Train workers while the driver checks the job (classification); "
-        "they wait for the checks, and train only if they pass.",
+        description="Start Ray (a local cluster's boot, the Train workers) while the driver checks the job "
+        "(classification); the workers wait for the checks, and train only if they pass.",
     )

@@ -51,6 +51,16 @@ def looks_local(spec: str) -> bool:
     )
 
 
+def check_exists(spec: str | None, field: str) -> None:
+    """A local file or folder named without wildcards exists, or the same error as the full check: the typo'd path
+    is reported in a blink, before Ray starts beside the checks (hfray.train.driver.run_gated)."""
+    if spec is None or spec.startswith(PREFIX) or "://" in spec or not looks_local(spec):
+        return
+    path = os.path.abspath(os.path.expanduser(spec))
+    if not any(ch in spec for ch in "*?[") and not os.path.exists(path):
+        raise DataError(f"{field}: file or directory not found: {path}")
+
+
 def absolute_source(spec: str | None) -> str | None:
     """Make local paths absolute on the driver: Ray workers run in another working directory."""
     if spec is None or spec.startswith(PREFIX) or not looks_local(spec):

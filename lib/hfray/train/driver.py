@@ -9,8 +9,8 @@
 4. Tracking around ``fit`` (TensorBoard, MLflow, learning curve), the Ray Train trainer (:mod:`hfray.train.launch`).
 5. A worker's user error (``HfrayError``) is raised as itself, not wrapped by Ray; the summary of the run.
 
-On a running cluster, a recipe that allows it overlaps step 1 with the Ray side's start-up
-(:func:`run_gated`: the workers wait at a start gate until the checks pass).
+A recipe that allows it overlaps step 1 with the Ray side's start-up (:func:`run_gated`): the local cluster's
+boot, and the workers, which wait at a start gate until the checks pass.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hfray.artifacts.manifest import read_manifest
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.cluster import connect, start_gate
 from hfray.config import JobConfig
-from hfray.data.sources import absolute_source
+from hfray.data.sources import absolute_source, check_exists
 from hfray.errors import user_error_in
 from hfray.model.loading import absolute_model_source
 from hfray.storage import endpoint, fs, layout
@@ -201,28 +201,38 @@ def _finish_checks(thread: threading.Thread, box: dict[str, Any], run_dir: str, 
 
 
 def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None = None) -> RunSummary:
-    """Ray first, checks meanwhile: storage, reuse of a finished run, Ray and the cluster's resources come first;
-    then ``fit()`` starts while a thread runs the recipe's checks and opens the start gate with their result. If a
-    check fails, the workers return untrained, the run's new folder is removed, nothing is tracked, and the
-    check's error is raised."""
+    """Ray and the checks at once: storage and the reuse of a finished run come first; then a thread runs the
+    recipe's checks while this one connects to Ray (or boots the local cluster) and starts ``fit()``; the checks
+    open the start gate with their result. A check that failed while Ray was connecting is raised before ``fit``;
+    one that fails later ends the workers untrained. Either way the run's new folder is removed, nothing is
+    tracked, and the check's error is raised."""
     started = time.time()
     run_name = job.run_name
     job = resolve_storage(job)
     run_name = latest_run(job.storage.path, run_name, fresh, lambda run: run_is_complete(job, run))
-    finished, where = reuse_or_connect(job, run_name, started)
-    if finished is not None:
-        return finished
-    run_dir = layout.run_dir(job.storage.path, run_name)
-    existed = fs.exists(run_dir)
+    if run_is_complete(job, run_name):
+        return summary(job, run_name, started, "none (run already complete)", reused=True)
+    for split in ("train", "validation", "test"):
+        check_exists(getattr(job.data, split), f"data.{split}")
+    connected, place = threading.Event(), {"where": ""}
 
     def checks() -> dict[str, Any]:
         checked, info = recipe.preflight(job, True)
         timeline.mark("driver_preflight", "driver")
-        print(f"[hfray] run {run_name}: {recipe.describe(checked, info)}, on {where}", flush=True)
+        connected.wait()
+        print(f"[hfray] run {run_name}: {recipe.describe(checked, info)}, on {place['where']}", flush=True)
         return launch.checked_values(checked, recipe, info)
 
     gate = start_gate.StartGate(run_name)
-    thread, box = start_gate.check_in_background(gate, checks)
+    thread, box = start_gate.check_in_background(gate, checks, ready=connected)
+    place["where"] = connect.connect(job.cluster)
+    timeline.mark("driver_ray_connected", "driver")
+    connect.check_fits(job.resources, job.cluster)  # raised here, the checks thread waits (a daemon) untouched
+    connected.set()
+    run_dir = layout.run_dir(job.storage.path, run_name)
+    existed = fs.exists(run_dir)
+    if "error" in box:  # failed while Ray was starting: no worker needed
+        _finish_checks(thread, box, run_dir, existed)
     try:
         with tracked_run(job, run_name, cancelled=lambda: thread.join() or "error" in box) as callbacks:
             trainer = launch.build_trainer(job, recipe, None, run_name, callbacks, gate=gate.key)
@@ -236,19 +246,18 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
             _finish_checks(thread, box, run_dir, existed)
     finally:
         gate.close()
-    return summary(job, run_name, started, where, reused=False)
+    return summary(job, run_name, started, place["where"], reused=False)
 
 
 def overlaps_checks(job: JobConfig, recipe: Recipe) -> bool:
-    """Whether the workers start while the driver checks: the recipe and the job (``cluster.overlap_checks``) allow
-    it, and the job attaches to a cluster that is already running (a local cluster keeps the strict order).
+    """Whether Ray starts while the driver checks: the recipe and the job (``cluster.overlap_checks``) allow it. On
+    a running cluster the workers boot meanwhile; a local cluster that hfray starts boots meanwhile too (issue 19).
 
     Not under ``ray job submit``: there the driver runs in the job's unpacked ``working_dir``, and once the Train
     actors start, the checks' first import of transformers found that directory gone (``FileNotFoundError`` from
     ``os.getcwd``; tests/cluster/test_ops_cluster.py, seen with Ray 2.60). Checks first, as before the gate, pass.
     """
-    allowed = recipe.overlaps_checks and job.cluster.overlap_checks and RAY_JOB_ENV not in os.environ
-    return allowed and connect.attaches_to_running(job.cluster.address)
+    return recipe.overlaps_checks and job.cluster.overlap_checks and RAY_JOB_ENV not in os.environ
 
 
 def run(job: JobConfig, recipe: Recipe, fresh: bool = False, watch: Watch | None = None) -> RunSummary:

@@ -24,6 +24,8 @@ import ray
 from ray.train.backend import Backend, BackendConfig
 from ray.train.v2._internal.util import TrainingFramework
 
+from hfray.cluster import prewarm
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +33,7 @@ class TorchDeviceContext:
     """``TorchConfig``'s train-function context: each worker's default CUDA device is its own GPU."""
 
     def __enter__(self) -> None:
+        prewarm.wait()  # the worker's background imports (hfray.cluster.prewarm) end before the train function runs
         import ray.train.torch
         import torch
 

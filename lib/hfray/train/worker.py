@@ -17,11 +17,14 @@ torch and transformers are imported inside the steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +87,27 @@ def compile_cache_dir(job: JobConfig) -> str | None:
     if not job.training.torch_compile or "://" in path:
         return None
     return os.path.join(os.path.abspath(os.path.expanduser(path)), ".hfray_cache", "compile")
+
+
+@contextlib.contextmanager
+def rank_zero_first(rank: int, world_size: int, enabled: bool = True) -> Iterator[None]:
+    """Rank 0 runs the body before the other ranks do (HF's ``main_process_first``, without its 30-minute timeout):
+    what it caches, the tokenized data, they then read instead of computing it again on the same cores (issue 19).
+    A no-op for one worker, without a process group, or when ``enabled`` is False (nothing is cached)."""
+    import torch.distributed as dist
+
+    if not (enabled and world_size > 1 and dist.is_initialized()):
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))  # tokenizing may take hours
+    try:
+        if rank != 0:
+            dist.barrier(group=group)
+        yield
+    finally:
+        if rank == 0:  # also when rank 0 failed: the others go on (and find no entry), Ray ends the group
+            dist.barrier(group=group)
+        dist.destroy_process_group(group)
 
 
 def check_fingerprint(fingerprint: str, expected: str, rank: int) -> None:

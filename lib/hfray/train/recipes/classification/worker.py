@@ -8,6 +8,7 @@ from typing import Any
 from hfray import timeline
 from hfray.cluster import start_gate
 from hfray.config import JobConfig
+from hfray.data import cache
 from hfray.data import classification as data
 from hfray.model import loading, peft
 from hfray.train import worker
@@ -57,7 +58,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = loading.build_classifier(job.model, labels, tokenizer, **peft.quantized_load_kwargs(job))
     model, peft_info = peft.apply_peft(model, job, run.base_copy)
     timeline.mark("worker_model")
-    encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
+    cached = job.data.cache_tokenized and cache.cache_root(job.storage.path) is not None
+    with worker.rank_zero_first(run.rank, run.world_size, enabled=cached):  # the others read rank 0's entry
+        encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
     timeline.mark("worker_tokenized")
     args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
