@@ -158,26 +158,27 @@ def test_without_ui_the_mount_answers_404() -> None:
 
 
 def test_image_widget_sends_the_uploaded_pixels() -> None:
-    """The image tab's call, ready for /v1/classify-image (served by the image-classification task, not here)."""
+    """The image tab's body passes /v1/classify-image's own parser and checks and decodes to the uploaded pixels."""
     import asyncio
-    import base64
-    import io
+    import json
 
     import numpy as np
     from PIL import Image
 
+    from hfray.serving.config import ServeConfig
     from hfray.serving.replica.demo import classify_image
+    from hfray.serving.replica.image_routes import checked, parse_json
 
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    sent: list[tuple[str, dict[str, Any]]] = []
+    parsed: list[tuple[list[Any], int, str | None]] = []
 
-    async def route(path: str, body: dict[str, Any]) -> dict[str, Any]:  # stands in for the route to come
-        sent.append((path, body))
+    async def route(path: str, body: dict[str, Any]) -> dict[str, Any]:  # the route's parsing, not its model
+        assert path == "/v1/classify-image"
+        parsed.append(checked(*parse_json(json.dumps(body).encode()), ServeConfig.from_dict({"artifact_root": "."})))
         return {"model": body["model"], "results": [[{"label": "7", "score": 0.9}, {"label": "1", "score": 0.1}]]}
 
     shown = asyncio.run(classify_image(route, "digits", Image.fromarray(pixels), 2))
     assert shown == {"7": 0.9, "1": 0.1}
-    path, body = sent[0]
-    assert path == "/v1/classify-image" and body["top_k"] == 2 and body["model"] == "digits"
-    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["inputs"]))))
-    assert (decoded == pixels).all()
+    images, top_k, model = parsed[0]
+    assert top_k == 2 and model == "digits" and len(images) == 1
+    assert (np.asarray(images[0]) == pixels).all()

@@ -8,7 +8,7 @@ loads nothing itself. Each model's tab gets the widget of its manifest's task (:
 - fill-mask: a text box and the top-k fillers (``/v1/fill-mask``),
 - text-generation (causal-lm, sft, dpo, grpo artifacts): a chat box (``/v1/chat/completions``; artifacts without
   a chat template continue the text through ``/v1/generate``),
-- image-classification: an image upload (``/v1/classify-image``, served once that route exists),
+- image-classification: an image upload (``/v1/classify-image``),
 - token-classification, QA, seq2seq: a text box (and a context) and the JSON answer (``/v1/predict``).
 
 Every widget calls without Gradio's queue (``queue=False``): one plain HTTP request per call, which any ingress
@@ -104,7 +104,7 @@ def png_base64(image: Any) -> str:
 async def classify_image(api: Api, model_id: str, image: Any, top_k: int) -> dict[str, float]:
     if image is None:
         raise HfrayError("image: upload an image first")
-    out = await api("/v1/classify-image", {"inputs": png_base64(image), "top_k": int(top_k), "model": model_id})
+    out = await api("/v1/classify-image", {"image": png_base64(image), "top_k": int(top_k), "model": model_id})
     return scores(out["results"][0])
 
 

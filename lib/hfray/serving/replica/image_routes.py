@@ -132,9 +132,14 @@ async def parse_image_request(request: Request, cfg: ServeConfig) -> tuple[list[
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise bad_request(413, "body", f"body: {declared} bytes is more than the {MAX_BODY_BYTES} allowed")
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        images, top_k, model = await parse_multipart(request, cfg)
-    else:
-        images, top_k, model = parse_json(await read_body(request, MAX_BODY_BYTES))
+        return checked(*await parse_multipart(request, cfg), cfg)
+    return checked(*parse_json(await read_body(request, MAX_BODY_BYTES)), cfg)
+
+
+def checked(
+    images: list[tuple[bytes, str]], top_k: int, model: str | None, cfg: ServeConfig
+) -> tuple[list[Any], int, str | None]:
+    """The server's limits on a parsed request; the images decoded."""
     if not images:
         raise bad_request(422, "image", "image: give at least one image")
     if len(images) > cfg.max_inputs:
@@ -179,7 +184,13 @@ class ImageRoutes:
         return found
 
     async def classify(self, request: Request) -> dict[str, Any]:
-        images, top_k, model = await parse_image_request(request, self.cfg)
+        return await self.run(*await parse_image_request(request, self.cfg))
+
+    async def classify_json(self, raw: bytes) -> dict[str, Any]:
+        """A JSON body (base64 images) already read: the demo page's path into the same checks and pipeline."""
+        return await self.run(*checked(*parse_json(raw), self.cfg))
+
+    async def run(self, images: list[Any], top_k: int, model: str | None) -> dict[str, Any]:
         entry = self.entry(model)
         pipe, lock = await self.pipeline(entry)
         top_k = min(top_k, len(entry.manifest.get("labels") or []) or top_k)

@@ -181,7 +181,7 @@ class HfrayIngress:
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> dict[str, Any]:
         if self.openapi_doc is None:
-            hidden = (set() if self.tasks is not None else {"/v1/predict"}) | self.images.hidden()
+            hidden = (set() if self.tasks is not None else {"/v1/predict"}) | self.images.hidden() | self.lm.hidden()
             root = request.scope.get("root_path", "")
             self.openapi_doc = contract.openapi(request.app, self.cfg, root, hidden)
         return self.openapi_doc
@@ -260,6 +260,10 @@ class HfrayIngress:
     async def classify_image(self, request: Request) -> dict[str, Any]:
         self._auth(request)
         return await self.images.classify(request)
+
+    async def classify_image_body(self, raw: bytes) -> dict[str, Any]:
+        """POST /v1/classify-image with a JSON body, once authorized (the demo page's image tab calls it)."""
+        return await self.images.classify_json(raw)
 
     # Language models: generation, OpenAI chat/completions, fill-mask (hfray.serving.replica.lm_routes).
     @app.post("/v1/generate", openapi_extra=BODIES["generate"])

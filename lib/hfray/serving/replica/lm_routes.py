@@ -68,6 +68,14 @@ class LMRoutes:
         self.host = LMHost(cfg) if fused else None  # fused: the models live in this replica
         self.tokenizers: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # model path -> (tokenizer, context)
 
+    def hidden(self) -> set[str]:
+        """The LM routes ``/openapi.json`` leaves out: those no served artifact's task answers (a client reading
+        the contract of a classification server should not be told it can generate)."""
+        tasks = {e.manifest.get("task") for e in self.catalog.entries()}
+        out = set() if tasks & set(GENERATION_TASKS) else {"/v1/generate", "/v1/chat/completions", "/v1/completions"}
+        out |= set() if "fill-mask" in tasks else {"/v1/fill-mask"}
+        return out | (set() if tasks & set(LM_TASKS) else {"/v1/lm/stats"})
+
     # ------------------------------------------------------------------------- shared checks
 
     def entry(self, model: str | None, tasks: tuple[str, ...], route: str) -> ModelEntry:
