@@ -212,10 +212,10 @@ def test_grpo_keys_refused_on_other_tasks_and_sft_run_names_unchanged(tmp_path):
     from hfray.config import load_job
 
     root = Path(__file__).resolve().parents[2]
-    # The run names of the shipped sft/dpo jobs, pinned after the 2026-12-04 merges (new keys with defaults
-    # from other changes renamed them once); grpo's keys at their defaults must not rename them again.
-    assert load_job(root / "jobs/smollm2_sft_lora.yaml").run_name == "smollm2-sft-lora-6257a80a"
-    assert load_job(root / "jobs/smollm2_dpo_lora.yaml").run_name == "smollm2-dpo-lora-69120755"
+    # The run names of the shipped sft/dpo jobs, pinned after the 2026-12-04 merges (sections left unset stopped
+    # counting); grpo's keys at their defaults must not rename them again.
+    assert load_job(root / "jobs/smollm2_sft_lora.yaml").run_name == "smollm2-sft-lora-26f807c4"
+    assert load_job(root / "jobs/smollm2_dpo_lora.yaml").run_name == "smollm2-dpo-lora-f1a90e07"
     raw = grpo_job(tmp_path, "t", task="sft")
     raw["task"], raw["evaluation"] = "sft", {}
     with pytest.raises(ConfigError, match=r"trl.num_generations: grpo only(.|\n)*trl.rewards: grpo only"):

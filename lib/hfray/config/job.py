@@ -82,6 +82,8 @@ class JobConfig(Section):
             relevant.pop(key)
         if relevant["trl"] is not None:
             relevant["trl"] = hashed_trl(relevant["trl"])
+        # A section left unset does not count: a new optional section (a new task's) keeps every run name.
+        relevant = {key: value for key, value in relevant.items() if value is not None}
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
