@@ -9,7 +9,6 @@ GPU machine (liger-kernel installed: ``pip install 'hfray[gpu]'``, or the device
 from __future__ import annotations
 
 import inspect
-
 from pathlib import Path
 from typing import Any
 
