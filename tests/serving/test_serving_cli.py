@@ -43,7 +43,11 @@ def test_hfray_serve_starts_its_cluster_behind_haproxy_and_stops_on_ctrl_c(tmp_p
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, timeout_s=240)
+        try:  # a cold Ray + Serve + HAProxy start beside the session's cluster: ~50 s quiet, minutes on a busy box
+            wait_healthy(url, timeout_s=420)
+        except TimeoutError as exc:
+            tail = (tmp_path / "serve.log").read_text()[-3000:]
+            raise AssertionError(f"{exc}; hfray serve exited with {proc.poll()}; its log ends:\n{tail}") from None
         assert _haproxy_pids() - before, "no HAProxy process in front of the app"
         r = httpx.post(f"{url}/v1/classify", json={"inputs": TEXTS, "top_k": 2}, timeout=60)
         assert r.status_code == 200, r.text
