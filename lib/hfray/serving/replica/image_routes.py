@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from hfray.artifacts.loading import load_artifact_pipeline
 from hfray.artifacts.predict import plain_json
 from hfray.data.images import open_image
-from hfray.serving.catalog import ArtifactCatalog, ModelEntry, ModelIdError
+from hfray.serving.catalog import ArtifactCatalog, ModelEntry
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica.models import torch_placement
-from hfray.serving.replica.requests import bad_request, first_problem, read_body
+from hfray.serving.replica.requests import bad_request, first_problem, read_body, task_entry
 
 TASK = "image-classification"
 MAX_BODY_BYTES = 16 * 2**20  # all images of one request together, encoded
@@ -162,15 +162,7 @@ class ImageRoutes:
         return set() if serves else {"/v1/classify-image"}
 
     def entry(self, model: str | None) -> ModelEntry:
-        model_id = model or self.default_model
-        try:
-            entry = self.catalog.resolve(model_id)
-        except ModelIdError as exc:
-            raise bad_request(exc.status, "model", str(exc)) from None
-        task = entry.manifest.get("task", "text-classification")
-        if task != TASK:
-            raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; /v1/classify-image serves {TASK}")
-        return entry
+        return task_entry(self.catalog, model or self.default_model, (TASK,), "/v1/classify-image")
 
     async def pipeline(self, entry: ModelEntry) -> tuple[Any, asyncio.Lock]:
         found = self.pipelines.get(entry.path)

@@ -47,7 +47,7 @@ from hfray.serving.replica.demo import UI_PATH, DemoMount, attach
 from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
 from hfray.serving.replica.models import Job, ModelHost, is_encoder
-from hfray.serving.replica.requests import bad_request, parse_body, read_body, texts_of
+from hfray.serving.replica.requests import bad_request, parse_body, read_body, task_entry, texts_of
 from hfray.serving.replica.task_models import check_inputs, parse_predict_body
 
 app = FastAPI(
@@ -193,15 +193,7 @@ class HfrayIngress:
 
     def _entry(self, model: str | None, tasks: tuple[str, ...], route: str) -> Any:
         """The catalog entry of ``model`` (default: the server's), refused unless its task is in ``tasks``."""
-        model_id = model or self.default_model
-        try:
-            entry = self.catalog.resolve(model_id)
-        except ModelIdError as exc:
-            raise bad_request(exc.status, "model", str(exc)) from None
-        task = entry.manifest.get("task", "text-classification")
-        if task not in tasks:
-            raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; {route} serves {', '.join(tasks)}")
-        return entry
+        return task_entry(self.catalog, model or self.default_model, tasks, route)
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(self, request: Request) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
-from hfray.serving.catalog import ArtifactCatalog, ModelEntry, ModelIdError
+from hfray.serving.catalog import ArtifactCatalog, ModelEntry
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica.generation import LMHost
 from hfray.serving.replica.lm_requests import (
@@ -43,7 +43,7 @@ from hfray.serving.replica.lm_requests import (
     options,
     parse,
 )
-from hfray.serving.replica.requests import bad_request
+from hfray.serving.replica.requests import bad_request, task_entry
 
 GENERATION_TASKS = ("text-generation",)
 LM_TASKS = (*GENERATION_TASKS, "fill-mask")
@@ -79,14 +79,9 @@ class LMRoutes:
     # ------------------------------------------------------------------------- shared checks
 
     def entry(self, model: str | None, tasks: tuple[str, ...], route: str) -> ModelEntry:
-        model_id = model or self.default_model
-        try:
-            entry = self.catalog.resolve(model_id)
-        except ModelIdError as exc:
-            raise bad_request(exc.status, "model", str(exc)) from None
-        task = entry.manifest.get("task", "text-classification")
-        if task not in tasks or (self.lm is None and self.host is None):
-            raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; {route} serves {tasks}")
+        entry = task_entry(self.catalog, model or self.default_model, tasks, route)
+        if self.lm is None and self.host is None:  # an LM artifact that appeared after this replica started
+            raise bad_request(422, "model", f"model: {entry.model_id!r}: restart the server to serve its LM routes")
         return entry
 
     def tokenizer(self, entry: ModelEntry) -> tuple[Any, int]:

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
+from hfray.serving.catalog import ArtifactCatalog, ModelEntry, ModelIdError
+
 # Union branches pydantic names in an error's location; users only know their own keys.
 _BRANCHES = ("str", "int", "bool", "constrained-str", "constrained-int")
 # Over a size limit: 413, as for an oversized body. A malformed model id: 400, as the catalog answers.
@@ -78,3 +80,16 @@ def parse_body(raw: bytes, model: type[BaseModel], required: str) -> Any:
 
 def texts_of(inputs: str | list[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else list(inputs)
+
+
+def task_entry(catalog: ArtifactCatalog, model_id: str, tasks: tuple[str, ...], route: str) -> ModelEntry:
+    """The catalog entry of ``model_id``, or a 4xx naming ``model``: unknown id (404), malformed (400), or a
+    model whose task ``route`` does not serve (422)."""
+    try:
+        entry = catalog.resolve(model_id)
+    except ModelIdError as exc:
+        raise bad_request(exc.status, "model", str(exc)) from None
+    task = entry.manifest.get("task", "text-classification")
+    if task not in tasks:
+        raise bad_request(422, "model", f"model: {model_id!r} is a {task} model; {route} serves {', '.join(tasks)}")
+    return entry
