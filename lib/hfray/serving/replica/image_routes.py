@@ -19,12 +19,11 @@ Every client mistake is a 4xx whose JSON ``detail`` names the ``field`` (``image
 import asyncio
 import base64
 import binascii
-import json
 from collections import OrderedDict
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from hfray.artifacts.loading import load_artifact_pipeline
 from hfray.artifacts.predict import plain_json
@@ -32,7 +31,7 @@ from hfray.data.images import open_image
 from hfray.serving.catalog import ArtifactCatalog, ModelEntry
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica.models import torch_placement
-from hfray.serving.replica.requests import bad_request, first_problem, read_body, task_entry
+from hfray.serving.replica.requests import bad_request, parse_body, read_body, task_entry
 
 TASK = "image-classification"
 MAX_BODY_BYTES = 16 * 2**20  # all images of one request together, encoded
@@ -85,16 +84,7 @@ def _from_base64(text: str, field: str) -> bytes:
 
 def parse_json(raw: bytes) -> tuple[list[tuple[bytes, str]], int, str | None]:
     """(image bytes, field) pairs, top_k and model from a JSON body."""
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(400, "body", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request(422, "body", "body: expected a JSON object with 'image' (base64), or a multipart upload")
-    try:
-        req = ImageRequest.model_validate(body)
-    except ValidationError as exc:
-        raise first_problem(exc) from None
+    req = parse_body(raw, ImageRequest, "image", " (base64), or a multipart upload")
     if isinstance(req.image, str):
         items = [(req.image, "image")]
     else:

@@ -3,19 +3,14 @@
 
 The OpenAI-compatible bodies accept the keys the ``openai`` client sends for the features served; keys for
 features not served (``n`` > 1, ``stop``, ``logprobs``, tools) are a 422 naming the key, never silently ignored.
-Every mistake is a 4xx whose JSON ``detail`` has ``field`` and ``error`` (:func:`parse`).
+Every mistake is a 4xx whose JSON ``detail`` has ``field`` and ``error`` (``requests.parse_body`` validates them).
 """
 
 # No "from __future__ import annotations": FastAPI reads these models' annotations at run time.
 
-import json
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
-
-from hfray.serving.replica.requests import bad_request, first_problem
-
-Model = TypeVar("Model", bound=BaseModel)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
 class Sampling(BaseModel):
@@ -105,20 +100,6 @@ BODIES = {
     "completions": body_schema(CompletionRequest),
     "fill-mask": body_schema(FillMaskRequest),
 }
-
-
-def parse(model: type[Model], raw: bytes) -> Model:
-    """The body as ``model``, or a 4xx naming the first offending field."""
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(400, "body", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request(422, "body", "body: expected a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise first_problem(exc) from None
 
 
 def options(req: Sampling, max_new_tokens: int, top_k: int | None = None) -> dict[str, Any]:

@@ -41,9 +41,8 @@ from hfray.serving.replica.lm_requests import (
     GenerateRequest,
     OpenAIRequest,
     options,
-    parse,
 )
-from hfray.serving.replica.requests import bad_request, task_entry
+from hfray.serving.replica.requests import bad_request, parse_body, task_entry
 
 GENERATION_TASKS = ("text-generation",)
 LM_TASKS = (*GENERATION_TASKS, "fill-mask")
@@ -134,7 +133,7 @@ class LMRoutes:
     # ------------------------------------------------------------------------- /v1/generate
 
     async def generate(self, raw: bytes) -> Any:
-        req = parse(GenerateRequest, raw)
+        req = parse_body(raw, GenerateRequest)
         entry = self.entry(req.model, GENERATION_TASKS, "/v1/generate")
         texts = self._texts(req.inputs, "inputs")
         self._check_stream(req.stream, len(texts), "inputs")
@@ -155,7 +154,7 @@ class LMRoutes:
     # ------------------------------------------------------------------------- OpenAI
 
     async def chat(self, raw: bytes) -> Any:
-        req = parse(ChatRequest, raw)
+        req = parse_body(raw, ChatRequest)
         entry = self.entry(req.model, GENERATION_TASKS, "/v1/chat/completions")
         tok, context = self.tokenizer(entry)
         if not tok.chat_template:
@@ -191,7 +190,7 @@ class LMRoutes:
         yield sse("[DONE]")
 
     async def completions(self, raw: bytes) -> Any:
-        req = parse(CompletionRequest, raw)
+        req = parse_body(raw, CompletionRequest)
         entry = self.entry(req.model, GENERATION_TASKS, "/v1/completions")
         texts = self._texts(req.prompt, "prompt")
         self._check_stream(req.stream, len(texts), "prompt")
@@ -227,7 +226,7 @@ class LMRoutes:
     # ------------------------------------------------------------------------- fill-mask, stats
 
     async def fill_mask(self, raw: bytes) -> dict[str, Any]:
-        req = parse(FillMaskRequest, raw)
+        req = parse_body(raw, FillMaskRequest)
         entry = self.entry(req.model, ("fill-mask",), "/v1/fill-mask")
         texts = self._texts(req.inputs, "inputs")
         if req.top_k > self.cfg.max_top_k:

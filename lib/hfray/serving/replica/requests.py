@@ -7,12 +7,14 @@ client mistake is a 4xx whose JSON ``detail`` has ``field`` (the offending key) 
 # No "from __future__ import annotations": FastAPI reads these models' annotations at run time.
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
 from hfray.serving.catalog import ArtifactCatalog, ModelEntry, ModelIdError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 # Union branches pydantic names in an error's location; users only know their own keys.
 _BRANCHES = ("str", "int", "bool", "constrained-str", "constrained-int")
@@ -64,14 +66,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes, model: type[BaseModel], required: str) -> Any:
-    """``raw`` JSON validated by ``model`` (strict types: "2" is not a top_k, 3 is not a text)."""
+def parse_body(raw: bytes, model: type[Model], required: str = "", alternative: str = "") -> Model:
+    """``raw`` JSON validated by ``model`` (strict types: "2" is not a top_k, 3 is not a text), or a 4xx naming the
+    first offending field; ``required`` and ``alternative`` complete the message for a body that is no object."""
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(400, "body", f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise bad_request(422, "body", f"body: expected a JSON object with '{required}'")
+        wanted = f" with '{required}'" if required else ""
+        raise bad_request(422, "body", f"body: expected a JSON object{wanted}{alternative}")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
