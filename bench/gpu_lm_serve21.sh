@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 21's GPU must-shows in ONE device call (one H200, about 9 minutes): generation tokens/s of a SmolLM2-135M-shaped
+# model (random weights, bf16, SmolLM2's real tokenizer + chat template; 64 new tokens per answer on both servers) at
+# 1/16/64 clients, hfray serve vs plain pipeline("text-generation") behind uvicorn, plus hfray's SSE time to first
+# token at 1 client; 8 LoRA adapters on one shared base vs 8 merged models (CUDA memory, parameters, req/s at 16/64
+# clients); then tests/gpu/test_serving_lm_gpu.py (HTTP == local generate in bf16, static == dynamic KV cache) in
+# the time left. The weights do not travel: the model is built from its config on the machine.
+#
+# Here, once, from the repo root:
+#   bash ../shared/device/bundle.sh                                          # .devbundle/ (45 MB)
+#   PYTHON=/work/main/.venv/bin/python bash bench/device_assets.sh .devmin   # .devmin/ (9.3 MB, with SmolLM2's tokenizer)
+# Then the device tool: kind nvidia-h200, timeout_s 600, carry [".devbundle", ".devmin"] (55 MB with the tree):
+#   bash bench/gpu_lm_serve21.sh
+# (it sources .devbundle/activate.sh itself, so its clock includes the install). Back in $OUT: versions.txt,
+# lm_serve_gpu_h200.json + lm_serve_gpu_h200.md (the table; both rewritten after every level, so a cut run keeps
+# what it measured), bench.log, test.log -> copy the json + md to bench/results/.
+# Knobs (env): LEVEL_S (seconds per level, 12), BENCH_BUDGET_S (400), SKIP_BENCH=1 (the test alone), SKIP_TEST=1.
+set -uo pipefail
+OUT=${OUT:-bench/results/gpu_run21}
+mkdir -p "$OUT"
+source .devbundle/activate.sh || { echo "activate failed"; exit 1; }
+export PYTHONPATH=$PWD/lib:$PWD/.devmin${PYTHONPATH:+:$PYTHONPATH}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+{
+  date -u +%FT%TZ
+  echo "activate took ${SECONDS}s"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  lscpu | grep -E '^(Model name|CPU\(s\)):'
+  python3 -c 'import sys, torch, transformers, peft, ray; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "transformers", transformers.__version__, "peft", peft.__version__, "ray", ray.__version__)'
+  ls -la .devmin/smollm2_tokenizer
+} 2>&1 | tee "$OUT/versions.txt"
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+budget=$(( ${BENCH_BUDGET_S:-400} < 520 - SECONDS ? ${BENCH_BUDGET_S:-400} : 520 - SECONDS ))
+echo "bench budget ${budget}s (elapsed ${SECONDS}s)" | tee -a "$OUT/versions.txt"
+timeout $((budget + 45)) python3 bench/lm_serve_bench.py --device cuda --dtype bfloat16 --model random:smollm2 \
+  --tokenizer-dir .devmin/smollm2_tokenizer --max-new-tokens 64 --concurrency 1,16,64 --stream-concurrency 1 \
+  --adapters 8 --adapter-concurrency 16,64 --seconds "${LEVEL_S:-12}" --drain-s 60 --budget-s "$budget" \
+  --proxy auto --out "$OUT/lm_serve_gpu_h200.json" > "$OUT/bench.log" 2>&1
+echo "bench exit $? at ${SECONDS}s" | tee -a "$OUT/bench.log"
+grep -E '^\{"server"|^\||Error|error' "$OUT/bench.log" | head -60
+fi
+
+left=$((585 - SECONDS))
+if [ "${SKIP_TEST:-0}" = 1 ] || [ $left -lt 90 ]; then
+  echo "test skipped (${left}s left): run it alone, same carry: SKIP_BENCH=1 bash bench/gpu_lm_serve21.sh" \
+    | tee "$OUT/test.log"
+else
+  timeout $left python3 -m pytest -m gpu tests/gpu/test_serving_lm_gpu.py -x -q -s -p no:cacheprovider \
+    > "$OUT/test.log" 2>&1
+  echo "test exit $? at ${SECONDS}s" | tee -a "$OUT/test.log"
+  tail -15 "$OUT/test.log"
+fi
