@@ -257,7 +257,7 @@ def levels(
 
     rows = []
     if left_s(args) >= args.seconds + 5:  # warm-up: loads, compilation
-        asyncio.run(closed_loop(url, 2, 3, max(10.0, left_s(args)), body, stream))
+        asyncio.run(closed_loop(url, 2, 3, min(120.0, max(10.0, left_s(args))), body, stream))
     for c in concurrency:
         if left_s(args) < args.seconds + 5:
             row = {"server": name, "concurrency": c, "skipped": "time budget spent"}
@@ -284,16 +284,23 @@ def start_baseline(artifact: Path, args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def run_baseline(artifact: Path, args: argparse.Namespace, out: list) -> None:
-    """One level per server process: requests cancelled at a level's end must not load the next one."""
-    for c in args.concurrency:
-        if left_s(args) < args.seconds + 30:
-            out.append({"server": "pipeline + uvicorn", "concurrency": c, "skipped": "time budget spent"})
-            continue
-        proc, url = start_baseline(artifact, args)
-        try:
+    """A new server process after a level that left requests unfinished: their work must not load the next level."""
+    proc = url = None
+    try:
+        for c in args.concurrency:
+            if left_s(args) < args.seconds + 30:
+                out.append({"server": "pipeline + uvicorn", "concurrency": c, "skipped": "time budget spent"})
+                continue
+            if proc is None:
+                proc, url = start_baseline(artifact, args)
             memory = lambda url=url: httpx.get(f"{url}/memory", timeout=30).json()  # noqa: E731
-            levels("pipeline + uvicorn", url, args, out, [c], extra=memory)
-        finally:
+            row = levels("pipeline + uvicorn", url, args, out, [c], extra=memory)[0]
+            if row.get("unfinished"):
+                proc.terminate()
+                proc.join()
+                proc = None
+    finally:
+        if proc is not None:
             proc.terminate()
             proc.join()
 
