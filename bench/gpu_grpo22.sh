@@ -35,21 +35,27 @@ export PYTHONPATH=/tmp/site:$PWD/lib:$PWD/.devgrpo PATH=/tmp/site/bin:$PATH
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export HFRAY_BENCH_OUT=$OUT HFRAY_SMOLLM2_TOKENIZER=$PWD/.devgrpo/smollm2_tokenizer
-GGUF=/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f .devsmol-3/part-3 ] && [ ! -f $GGUF ]; then
-  cat /tmp/smol/part-1 /tmp/smol/part-2 .devsmol-3/part-3 > $GGUF && rm -f /tmp/smol/part-1 /tmp/smol/part-2
+SMOL=${SMOL:-/tmp/smol}  # where calls 1 and 2 left the first two parts
+GGUF=$SMOL/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f .devsmol-3/part-3 ] && [ ! -f "$GGUF" ]; then
+  if cat "$SMOL/part-1" "$SMOL/part-2" .devsmol-3/part-3 > "$GGUF.part" \
+     && [ "$(sha256sum < "$GGUF.part" | cut -d' ' -f1)" = "$(cat .devsmol-3/sha256)" ]; then
+    mv "$GGUF.part" "$GGUF" && rm -f "$SMOL/part-1" "$SMOL/part-2" && echo "GGUF reassembled, sha256 ok"
+  else
+    rm -f "$GGUF.part"
+    echo "GGUF parts missing or wrong (machine given back between calls?): redo calls 1 and 2 before this one"
+  fi 2>&1 | tee -a "$OUT/versions.txt"
 fi
-[ -f $GGUF ] && export HFRAY_SMOLLM2_GGUF=$GGUF
+[ -f "$GGUF" ] && export HFRAY_SMOLLM2_GGUF=$GGUF
 {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import sys, torch, transformers, peft, trl, ray, bitsandbytes as b; print("python", sys.version.split()[0],
 "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "peft", peft.__version__,
 "trl", trl.__version__, "ray", ray.__version__, "bitsandbytes", b.__version__)'
-  ls -la /tmp/smol 2>&1
-  if [ -f $GGUF ]; then
-    [ "$(sha256sum < $GGUF | cut -d' ' -f1)" = "$(cat .devsmol-3/sha256 2>/dev/null || echo none)" ] \
-      && echo "GGUF sha256 ok" || echo "GGUF sha256 not checked or WRONG"
+  ls -la "$SMOL" 2>&1
+  if [ -f "$GGUF" ]; then
+    echo "GGUF $GGUF: SmolLM2-135M-Instruct's real weights"
   else
     echo "no GGUF: the QLoRA part trains a random-init SmolLM2 architecture; the GRPO part is skipped"
   fi

@@ -14,7 +14,8 @@
 # (it sources .devbundle/activate.sh itself, so its clock includes the install). Back in $OUT: versions.txt,
 # lm_serve_gpu_h200.json + lm_serve_gpu_h200.md (the table; both rewritten after every level, so a cut run keeps
 # what it measured), bench.log, test.log -> copy the json + md to bench/results/.
-# Knobs (env): LEVEL_S (seconds per level, 12), BENCH_BUDGET_S (400), SKIP_BENCH=1 (the test alone), SKIP_TEST=1.
+# Knobs (env): LEVEL_S (seconds per level, 12), BENCH_BUDGET_S (400), SKIP_BENCH=1 (the test alone), SKIP_TEST=1;
+# DEVICE=cpu MODEL=random:tiny DTYPE=float32 PROXY=serve for a dry run of this script on a CPU machine.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu_run21}
 mkdir -p "$OUT"
@@ -35,10 +36,11 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
 budget=$(( ${BENCH_BUDGET_S:-400} < 520 - SECONDS ? ${BENCH_BUDGET_S:-400} : 520 - SECONDS ))
 echo "bench budget ${budget}s (elapsed ${SECONDS}s)" | tee -a "$OUT/versions.txt"
-timeout $((budget + 45)) python3 bench/lm_serve_bench.py --device cuda --dtype bfloat16 --model random:smollm2 \
+timeout $((budget + 45)) python3 bench/lm_serve_bench.py --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" \
+  --model "${MODEL:-random:smollm2}" \
   --tokenizer-dir .devmin/smollm2_tokenizer --max-new-tokens 64 --concurrency 1,16,64 --stream-concurrency 1 \
   --adapters 8 --adapter-concurrency 16,64 --seconds "${LEVEL_S:-12}" --drain-s 60 --budget-s "$budget" \
-  --proxy auto --out "$OUT/lm_serve_gpu_h200.json" > "$OUT/bench.log" 2>&1
+  --proxy "${PROXY:-auto}" --out "$OUT/lm_serve_gpu_h200.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $? at ${SECONDS}s" | tee -a "$OUT/bench.log"
 grep -E '^\{"server"|^\||Error|error' "$OUT/bench.log" | head -60
 fi
@@ -48,7 +50,7 @@ if [ "${SKIP_TEST:-0}" = 1 ] || [ $left -lt 90 ]; then
   echo "test skipped (${left}s left): run it alone, same carry: SKIP_BENCH=1 bash bench/gpu_lm_serve21.sh" \
     | tee "$OUT/test.log"
 else
-  timeout $left python3 -m pytest -m gpu tests/gpu/test_serving_lm_gpu.py -x -q -s -p no:cacheprovider \
+  HFRAY_GPU_TESTS_DEVICE=${DEVICE:-cuda} timeout $left python3 -m pytest -m gpu tests/gpu/test_serving_lm_gpu.py -x -q -s -p no:cacheprovider \
     > "$OUT/test.log" 2>&1
   echo "test exit $? at ${SECONDS}s" | tee -a "$OUT/test.log"
   tail -15 "$OUT/test.log"

@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         run_hfray(base.parent, args, rows)
         if args.adapters and left_s(args) > args.seconds + 60:
             run_adapters(adapter_root(base, work, args.adapters), args, rows)
+        elif args.adapters:
+            rows.append({"server": f"{args.adapters} adapters", "skipped": "time budget spent"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
         save(rows, args)
