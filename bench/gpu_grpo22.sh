@@ -64,12 +64,13 @@ fi
 run_part() {  # name, min seconds left, pytest -k expression, extra env
   local name=$1 need=$2 expr=$3 left=$((585 - SECONDS))
   if [ $left -lt "$need" ]; then
-    echo "$name skipped (${left}s left): run it in a call of its own: bash bench/gpu_grpo22.sh $name" | tee -a "$OUT/versions.txt"
+    echo "$name skipped (${left}s left): run it in a call of its own: bash bench/gpu_grpo22.sh $name" \
+      | tee -a "$OUT/versions.txt"
     return
   fi
   echo "$name: start at ${SECONDS}s, ${left}s left" | tee -a "$OUT/versions.txt"
-  env "${@:4}" timeout $left python3 -m pytest -m gpu tests/gpu/test_grpo_gpu.py -k "$expr" -x -q -s -p no:cacheprovider \
-    --basetemp=/tmp/grpo22-$name > "$OUT/$name.log" 2>&1
+  env "${@:4}" timeout $left python3 -m pytest -m gpu tests/gpu/test_grpo_gpu.py -k "$expr" -x -q -s \
+    -p no:cacheprovider --basetemp=/tmp/grpo22-$name > "$OUT/$name.log" 2>&1
   echo "$name: exit $? at ${SECONDS}s" | tee -a "$OUT/versions.txt"
   grep -E "passed|failed|skipped|Error|assert" "$OUT/$name.log" | tail -8
   f=$(find /tmp/grpo22-$name -name hfray_metrics.jsonl 2>/dev/null | head -1)  # the curve, also of a cut run

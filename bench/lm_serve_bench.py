@@ -331,10 +331,11 @@ def run_hfray(root: Path, args: argparse.Namespace, out: list) -> None:
     from ray import serve
 
     for static in (False, True) if args.static_cache else (False,):
-        if left_s(args) < args.seconds + 30:
-            break
-        url = hfray_server(root, args, static_cache=static)
         name = "hfray serve" + (" (static cache)" if static else "")
+        if left_s(args) < args.seconds + 30:
+            out.append({"server": name, "skipped": "time budget spent"})
+            continue
+        url = hfray_server(root, args, static_cache=static)
         levels(name, url, args, out, args.concurrency, extra=lambda url=url: lm_stats(url))
         if args.stream_concurrency:
             levels(name + " streaming", url, args, out, args.stream_concurrency, stream=True)
