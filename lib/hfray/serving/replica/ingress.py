@@ -145,8 +145,9 @@ class HfrayIngress:
             return out
 
         cfg = self.cfg
-        if cfg.batcher == "continuous":  # no timer: a call leaves when one of the in-flight slots is free
-            return ContinuousBatcher(forward, cfg.max_batch_size, 0.0, cfg.ingress_calls_in_flight).submit
+        if cfg.batcher == "continuous":  # a call leaves when an in-flight slot is free, after the batch wait
+            wait = cfg.batch_wait_timeout_s
+            return ContinuousBatcher(forward, cfg.max_batch_size, wait, cfg.ingress_calls_in_flight).submit
         batch = serve.batch(
             max_batch_size=cfg.max_batch_size,
             batch_wait_timeout_s=cfg.batch_wait_timeout_s,
