@@ -17,9 +17,11 @@
 #         slot is free, so requests arriving during a forward fill the next one (@serve.batch forms one per
 #         batch_wait_timeout_s and queues it for a slot: 10.7 rows per forward in PART b). Variants, most
 #         important first (each is saved as it finishes, so a cut-off run keeps the earlier ones; ~80 s each on
-#         12-04): split with 8 ingresses (one gathered call in flight each), continuous vs @serve.batch
-#         (batcher=serve: PART b's layout, the same-run "before"), fused r8-b16 / r4-b32 with the continuous
-#         batcher, split with 12 ingresses (two calls in flight each), fused r2-b64. 64/128/256 clients, 4 s each.
+#         12-04, so the 7th is likely cut): split, 8 ingresses (one gathered call in flight each), continuous vs
+#         @serve.batch (batcher=serve: PART b's layout, the same-run "before"), then the same with the replicas'
+#         code on Serve's main loop (separate_user_loop=false: one thread hop less per request), fused r8-b16 with
+#         the continuous batcher, split with 12 ingresses (two calls in flight, main loop), fused r4-b32, r2-b64.
+#         64/128/256 clients, 4 s each.
 #
 # PART a: transformers.pipeline + uvicorn (the baseline), and today's best (r8-b16: 8 fused replicas x 1/8 GPU,
 #         batches of 16; 4,882 req/s at 64 clients on 2026-12-03).
@@ -58,9 +60,12 @@ max_concurrent_batches=2 ingress_num_cpus=1 ingress_max_ongoing_requests=256 $tu
   variants=(--only hfray
     --variant "name=split-cont-i8-f1 batcher=continuous ingress_replicas=8 num_cpus=4 ingress_calls_in_flight=1 $split"
     --variant "name=split-serve-i8 batcher=serve ingress_replicas=8 num_cpus=4 ingress_calls_in_flight=4 $split"
+    --variant "name=split-cont-i8-f1-sl batcher=continuous ingress_replicas=8 num_cpus=4 ingress_calls_in_flight=1
+separate_user_loop=false $split"
     --variant "name=fused-cont-r8-b16 replicas=8 num_gpus=0.125 max_batch_size=16 max_ongoing_requests=64 $fused"
+    --variant "name=split-cont-i12-f2-sl batcher=continuous ingress_replicas=12 num_cpus=2 ingress_calls_in_flight=2
+separate_user_loop=false $split"
     --variant "name=fused-cont-r4-b32 replicas=4 num_gpus=0.25 max_batch_size=32 max_ongoing_requests=128 $fused"
-    --variant "name=split-cont-i12-f2 batcher=continuous ingress_replicas=12 num_cpus=2 ingress_calls_in_flight=2 $split"
     --variant "name=fused-cont-r2-b64 replicas=2 num_gpus=0.5 max_batch_size=64 max_ongoing_requests=256 $fused")
 else
   split="topology=split replicas=1 num_gpus=1 num_cpus=4 max_concurrent_batches=2 ingress_num_cpus=1 $tuned"
@@ -74,4 +79,5 @@ limit=560
 [ "$PART" = c ] && limit=510  # the device call's own limit is 540 s; leave room for the grep below
 timeout ${BENCH_LIMIT_S:-$limit} python3 bench/serve_bench.py "${common[@]}" "${variants[@]}" > "$OUT/bench_$PART.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/bench_$PART.log"
+[ "$PART" = c ] && timeout 20 ray stop --force > /dev/null 2>&1  # a run cut by the timeout leaves Ray behind
 grep -E '^\{"server"|^\||Error|error' "$OUT/bench_$PART.log" | head -80

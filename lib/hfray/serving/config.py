@@ -93,6 +93,12 @@ class ServeConfig(Section):
         description="split topology, ingress_batching: gathered calls an ingress has out at once; requests "
         "arriving while they are out go into the next call, so calls grow with the load.",
     )
+    separate_user_loop: bool = Field(
+        True,
+        description="Serve runs replica code on an event loop of its own thread (its default). false: on the "
+        "replica's main loop (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 in the replicas' runtime_env), one "
+        "thread hop less per request; hfray's replicas run models and tokenizers in worker threads anyway.",
+    )
     access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_models_per_replica: int = Field(3, ge=1, description="Multiplexing: LRU-cached models per replica.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 import weakref
 from collections import deque
@@ -277,6 +278,7 @@ class ModelHost:
             "device": self.device,
             "cuda_graphs": {m: info for m, info in self.graph_info.items() if m in self.recent},
             "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus
+            "loop_thread": threading.current_thread().name,  # Serve's user-code thread, or its main loop's
             "time": time.time(),
         }
 
