@@ -76,7 +76,7 @@ batch_wait_timeout_s=0.002 ingress_max_ongoing_requests=256 $split"
 batch_wait_timeout_s=0.004 ingress_max_ongoing_requests=256 $split")
 fi
 limit=560
-[ "$PART" = c ] && limit=510  # the device call's own limit is 540 s; leave room for the grep below
+[ "$PART" = c ] && limit=500  # the device call's own limit is 540 s; leave room for the grep below
 timeout ${BENCH_LIMIT_S:-$limit} python3 bench/serve_bench.py "${common[@]}" "${variants[@]}" > "$OUT/bench_$PART.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/bench_$PART.log"
 [ "$PART" = c ] && timeout 20 ray stop --force > /dev/null 2>&1  # a run cut by the timeout leaves Ray behind
