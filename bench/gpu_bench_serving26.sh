@@ -20,7 +20,9 @@
 #         12-04, so the 7th is likely cut): split, 8 ingresses (one gathered call in flight each), continuous vs
 #         @serve.batch (batcher=serve: PART b's layout, the same-run "before"), then the same with the replicas'
 #         code on Serve's main loop (separate_user_loop=false: one thread hop less per request), fused r8-b16 with
-#         the continuous batcher, split with 12 ingresses (two calls in flight, main loop), fused r4-b32, r2-b64.
+#         the continuous batcher, split with 12 ingresses (two calls in flight, main loop), fused r4-b32 and
+#         r2-b64 with two batch slots each (c2: one batch gathers while the other runs; with one slot the
+#         continuous batcher's wait follows the forward instead of overlapping it).
 #         64/128/256 clients, 4 s each.
 #
 # PART a: transformers.pipeline + uvicorn (the baseline), and today's best (r8-b16: 8 fused replicas x 1/8 GPU,
@@ -65,8 +67,10 @@ separate_user_loop=false $split"
     --variant "name=fused-cont-r8-b16 replicas=8 num_gpus=0.125 max_batch_size=16 max_ongoing_requests=64 $fused"
     --variant "name=split-cont-i12-f2-sl batcher=continuous ingress_replicas=12 num_cpus=2 ingress_calls_in_flight=2
 separate_user_loop=false $split"
-    --variant "name=fused-cont-r4-b32 replicas=4 num_gpus=0.25 max_batch_size=32 max_ongoing_requests=128 $fused"
-    --variant "name=fused-cont-r2-b64 replicas=2 num_gpus=0.5 max_batch_size=64 max_ongoing_requests=256 $fused")
+    --variant "name=fused-cont-r4-b32-c2 replicas=4 num_gpus=0.25 max_batch_size=32 max_ongoing_requests=128
+max_concurrent_batches=2 $fused"
+    --variant "name=fused-cont-r2-b64-c2 replicas=2 num_gpus=0.5 max_batch_size=64 max_ongoing_requests=256
+max_concurrent_batches=2 $fused")
 else
   split="topology=split replicas=1 num_gpus=1 num_cpus=4 max_concurrent_batches=2 ingress_num_cpus=1 $tuned"
   variants=(--only hfray
@@ -79,5 +83,5 @@ limit=560
 [ "$PART" = c ] && limit=500  # the device call's own limit is 540 s; leave room for the grep below
 timeout ${BENCH_LIMIT_S:-$limit} python3 bench/serve_bench.py "${common[@]}" "${variants[@]}" > "$OUT/bench_$PART.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/bench_$PART.log"
-[ "$PART" = c ] && timeout 20 ray stop --force > /dev/null 2>&1  # a run cut by the timeout leaves Ray behind
+[ "$PART" = c ] && timeout 20 ray stop --force > /dev/null 2>&1  # the device machine: a run cut by the timeout leaves its Ray behind
 grep -E '^\{"server"|^\||Error|error' "$OUT/bench_$PART.log" | head -80
