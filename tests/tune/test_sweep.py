@@ -140,7 +140,9 @@ def test_a_stopped_trial_ends_its_run_and_its_process_runs_the_next_trial(tmp_pa
     trials = {t["params"]["training.learning_rate"]: t for t in summary.trials}
     bad, last = trials[BAD_LR], trials[5e-3]
     assert bad["stop_reason"].startswith("stopped early by asha"), bad
-    assert last["stop_reason"] == "completed" and trials[8e-3]["stop_reason"] == "completed", summary.trials
+    assert trials[8e-3]["stop_reason"] == "completed", summary.trials
+    # the last trial ran in the reused process and was judged like any other (ASHA may stop it too), no error
+    assert last["steps_run"] >= 12 and not last["stop_reason"].startswith(("error", "not finished")), last
     assert max(r["step"] for r in _metrics_log(summary.sweep_dir, bad["runs"][-1])) < 120
     pids = _trial_pids(summary.sweep_dir)
     assert pids[last["trial_id"]] == pids[bad["trial_id"]], pids  # the stopped trial's process ran the last one
