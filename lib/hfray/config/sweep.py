@@ -147,7 +147,7 @@ class SweepConfig(Section):
     reuse_actors: bool = Field(
         True,
         description="Run the next trial in a finished trial's process (Ray Tune's reuse_actors): one process "
-        "boot and import fewer per trial; false: a fresh process per trial.",
+        "boot and import fewer per trial; false: a fresh process per trial. Not with pbt, pb2 or hyperband.",
     )
     refit: bool = Field(
         False,

@@ -73,13 +73,15 @@ def _tune_ends_trial() -> bool:
     return bool(event is not None and event.is_set())
 
 
-def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str) -> None:
+def _forward_reports(
+    queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str, reused: bool
+) -> None:
     """Relay the bridge's reports to Tune until training ends (``ray.tune.report`` must run here)."""
     from ray.util.queue import Empty
 
     last: dict[str, Any] = {}
     while fit.is_alive() or not queue.empty():
-        if _tune_ends_trial():
+        if reused and _tune_ends_trial():
             raise TrialEnded(run)
         try:
             item = queue.get(timeout=0.5)
@@ -106,10 +108,10 @@ def replay_finished(job: JobConfig, run: str) -> bool:
     return True
 
 
-def stop_run(fit: threading.Thread, stop_file: str) -> None:
+def stop_run(fit: threading.Thread, stop_file: str | None) -> None:
     """Abort the trial's Train run, if still running, through its bridge (:mod:`hfray.tune.controller`), so a reused
     trial process starts its next trial with the cluster's CPUs free; then drop the reports it left queued."""
-    if fit.is_alive():
+    if fit.is_alive() and stop_file is not None:
         with open(stop_file, "w"):
             pass
         fit.join(timeout=RESET_WAIT_S / 2)
@@ -121,6 +123,8 @@ def stop_run(fit: threading.Thread, stop_file: str) -> None:
 
 def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
+    from ray.util.queue import Queue
+
     timeline.mark_process_start("trial")  # once per process: a reused trial actor marks it only for its first
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(RESET_WAIT_S))  # read here when Tune reuses it
     trial_id = ray.tune.get_context().get_trial_id()
@@ -137,8 +141,9 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         run = f"{trial_id}-from-{hashlib.sha256(restored.path.encode()).hexdigest()[:6]}"
     if replay_finished(job, run):
         return
-    queue = report_queue()
-    stop_file = os.path.join(tempfile.gettempdir(), f"hfray-stop-{run}-{uuid.uuid4().hex[:8]}")
+    reused = bool(context.get("reuse_actors"))  # without reuse, Ray ends a stopped trial's run with its process
+    queue = report_queue() if reused else Queue(actor_options={"num_cpus": 0})
+    stop_file = os.path.join(tempfile.gettempdir(), f"hfray-stop-{run}-{uuid.uuid4().hex[:8]}") if reused else None
     trainer = build_trainer(
         job,
         recipe,
@@ -152,12 +157,13 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     timeline.mark("trial_trainer_built", "trial", run=run)
     fit.start()
     try:
-        _forward_reports(queue, fit, context["metric"], context["attach_checkpoints"], run)
+        _forward_reports(queue, fit, context["metric"], context["attach_checkpoints"], run, reused)
     except TrialEnded:  # Tune ends this trial (a scheduler's stop) while its process lives on for the next
         stop_run(fit, stop_file)
         return
     except BaseException:
-        stop_run(fit, stop_file)
+        if stop_file is not None:
+            stop_run(fit, stop_file)
         raise
     fit.join()
     timeline.mark("trial_fit_returned", "trial", run=run)
