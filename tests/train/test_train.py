@@ -48,6 +48,8 @@ def test_two_workers_learn_report_every_eval_and_export(ray_cluster, tmp_path, d
     local = Path(local_root(job.storage.path, summary.run_name))
     assert job.storage.async_upload and len(list(local.glob("stage-*"))) == 2
     assert not list(local.glob("stage-*/rank*"))
+    # Nothing else stays on the node once storage has it: HF's checkpoint folders and the artifact's stage are gone.
+    assert sorted(p.name for p in local.iterdir()) == ["stage-0", "stage-1"]
 
     # The artifact is slim, carries a manifest, and loads with a plain transformers pipeline.
     artifact = Path(summary.artifact)

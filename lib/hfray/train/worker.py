@@ -326,3 +326,20 @@ def finish(
     stage = os.path.join(run.local_root, "artifact")
     record = manifest(run, attempt, trainer, final, **fields)
     export_artifact(trainer, tokenizer, run.loop_config["artifact_uri"], record, stage, run.rank, run.base_copy)
+    drop_local_copies(run)
+
+
+def drop_local_copies(run: WorkerRun) -> None:
+    """The node's copies of what storage now holds: HF's checkpoint folders, the artifact's stage, resume and base
+    copies (0.5-1 GB a run of a small model; 42 GB of them had piled up in one dev box's temp dir). Every rank is
+    past its export first. The ``stage-<rank>`` folders stay: an async checkpoint upload may still read them (they
+    hold hard links into HF's folders, so deleting those is safe) and Ray deletes each once uploaded."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    if run.local_rank != 0 or not os.path.isdir(run.local_root):
+        return
+    for entry in os.listdir(run.local_root):
+        if not entry.startswith("stage-"):
+            shutil.rmtree(os.path.join(run.local_root, entry), ignore_errors=True)
