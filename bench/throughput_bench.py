@@ -231,6 +231,11 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["model"]["architecture"]["attention_probs_dropout_prob"] = 0.0
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
         job["training"]["liger_kernel"] = False
+    if "noshuffle" in parts and "lm" in job:  # no local shuffle buffer in the Ray Data stream
+        job["lm"]["local_shuffle_buffer_size"] = 0
+    for part in parts:  # "prefetchN": N collated batches ready ahead of the step (lm.prefetch_batches)
+        if part.startswith("prefetch") and part[8:].isdigit() and "lm" in job:
+            job["lm"]["prefetch_batches"] = int(part[8:])
     if "datasets" in parts and workload not in ("cls", "sft"):  # no Ray Data stream: packed in memory by `datasets`
         job["lm"]["pipeline"] = "datasets"
     return job

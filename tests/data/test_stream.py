@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import lm_job
+from conftest import lm_job, merge_sections
 from hfray.config import JobConfig
 
 
@@ -110,3 +110,45 @@ def test_a_started_stream_waits_for_its_collator_and_raises_where_the_trainer_it
     failing.set_collate(lambda ids: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         next(iter(failing))
+
+
+@pytest.mark.parametrize("materialize", ["auto", "never"])
+def test_auto_materialize_reads_the_corpus_once_and_keeps_the_same_blocks(ray_cluster, tmp_path, news, materialize):
+    """A run that reads its (small) corpus more than once keeps the tokenized blocks in the object store.
+
+    The outcome: once built, the materialized stream serves epoch after epoch with the corpus file gone (nothing is
+    read or tokenized again) and holds exactly the blocks the lazy pipeline makes; the lazy one needs the file.
+    """
+    import shutil
+
+    from hfray.data.lm import block_digest
+    from hfray.data.stream.driver import build_datasets, corpus_bytes, reads_more_than_once
+    from hfray.model import loading
+    from hfray.model.builtin import resolve_model
+
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(news["txt"], corpus)
+    # 1,000 steps of 2 x 16 blocks of 64 tokens: ~8 MB of text at ~4 bytes a token, several passes over this corpus.
+    raw = lm_job(tmp_path, "masked-lm", corpus, lm={"materialize": materialize}, training={"max_steps": 1000})
+    raw["model"]["tokenizer"] = resolve_model("builtin:all-MiniLM-L6-v2")
+    del raw["tokenizer"]  # no tokenizer training: the bundled one
+    job = JobConfig.from_dict(raw)
+    once = JobConfig.from_dict(merge_sections(raw, {"training": {"max_steps": 40}}))  # ~0.3 MB of ~1 MB: one pass
+    assert reads_more_than_once(job, corpus_bytes(str(corpus))) and not reads_more_than_once(
+        once, corpus_bytes(str(corpus))
+    )
+    tokenizer = loading.load_tokenizer(job.model)
+    train = build_datasets(job, tokenizer)[0]["train"]
+    lazy = build_datasets(JobConfig.from_dict({**raw, "lm": {**raw["lm"], "materialize": "never"}}), tokenizer)[0]
+    expected = sorted(block_digest(b) for b in _ids(lazy["train"]))
+    corpus.unlink()
+    if materialize == "never":
+        with pytest.raises(Exception, match="corpus.txt"):
+            _ids(train)
+        return
+    for _epoch in range(2):
+        assert sorted(block_digest(b) for b in _ids(train)) == expected and len(expected) > 16
+
+
+def _ids(ds: Any) -> list[Any]:
+    return [row for batch in ds.iter_batches(batch_format="numpy") for row in batch["input_ids"]]

@@ -43,6 +43,10 @@ TASKS = ("text-classification", *LM_TASKS, *TRL_TASKS, *FINETUNE_TASKS)
 LOSS_ONLY_TASKS = (*LM_TASKS, "sft", "dpo")
 
 
+# Keys that change how fast a run goes, never its numbers: left out of the run's fingerprint.
+_SPEED_ONLY = (("lm", "prefetch_batches"), ("lm", "materialize"))
+
+
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     task: Literal[
@@ -82,6 +86,9 @@ class JobConfig(Section):
             relevant.pop(key)
         if relevant["trl"] is not None:
             relevant["trl"] = hashed_trl(relevant["trl"])
+        for section, key in _SPEED_ONLY:  # how fast, not what is computed: a new knob keeps every run name
+            if relevant.get(section) is not None:
+                relevant[section].pop(key, None)
         # A section left unset does not count: a new optional section (a new task's) keeps every run name.
         relevant = {key: value for key, value in relevant.items() if value is not None}
         blob = json.dumps(relevant, sort_keys=True).encode()

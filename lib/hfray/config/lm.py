@@ -82,6 +82,15 @@ class LMConfig(Section):
     local_shuffle_buffer_size: int = Field(
         256, ge=0, description="Blocks each worker shuffles locally while streaming (0: no shuffle)."
     )
+    materialize: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Keep the tokenized training blocks in Ray's object store after one pass, so later epochs do "
+        "not read and tokenize the corpus again (Ray Data's own advice for multi-epoch training). auto: when the "
+        "corpus is local or in memory and its size is under a quarter of the cluster's object store.",
+    )
+    prefetch_batches: int = Field(
+        1, ge=0, le=64, description="Collated batches each worker keeps ready ahead of the training step."
+    )
     record_shards: bool = Field(
         False, description="Each worker writes hashes of the blocks it trained on to <run>/shards/ (audit)."
     )

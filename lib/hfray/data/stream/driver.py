@@ -114,7 +114,7 @@ def build_datasets(job: JobConfig, tokenizer: Any = None) -> tuple[dict[str, Any
     if spec is not None:  # one copy in the object store, not one per task
         fn_kwargs["backend"] = ray.put(spec)
     pack = {"fn_kwargs": fn_kwargs, "batch_size": lm.tokenize_batch_size, **opts}
-    datasets: dict[str, Any] = {"train": train.map_batches(pack_batch, **pack)}
+    datasets: dict[str, Any] = {"train": materialized(train.map_batches(pack_batch, **pack), job)}
     texts = held_out_texts_here(job) if tokenizer is not None and cfg.max_eval_samples else None
     blocks = None
     if texts is not None:
@@ -136,6 +136,55 @@ def build_datasets(job: JobConfig, tokenizer: Any = None) -> tuple[dict[str, Any
             "give more held-out text (data.validation_fraction, data.max_eval_samples) or a smaller block"
         )
     return datasets, blocks
+
+
+# Share of the cluster's object store the tokenized corpus may take under lm.materialize "auto". Packed int32
+# blocks take about as many bytes as the text: ~4 characters per token (English, BPE/WordPiece), 4 bytes per id.
+_STORE_SHARE = 0.25
+_BYTES_PER_TOKEN = 4.0
+
+
+def materialized(train: Any, job: JobConfig) -> Any:
+    """``train`` computed once and kept in the object store, where ``lm.materialize`` says so.
+
+    "auto" materializes when the corpus fits a quarter of the object store and the run reads it more than once.
+
+    A lazy stream reads and tokenizes the corpus again at every epoch, and ``streaming_split`` restarts the
+    pipeline between them: on a corpus of a few epochs' worth of steps the H200 waited 44 ms of a 130 ms
+    BERT-base step for data (``bench/results/throughput_gpu_dec04_feed.md``); from the object store it waits ~7.
+    """
+    lm = job.lm
+    assert lm is not None
+    if lm.materialize == "never":
+        return train
+    if lm.materialize == "auto":
+        size = corpus_bytes(job.data.train)
+        budget = _STORE_SHARE * ray.cluster_resources().get("object_store_memory", 0.0)
+        if size > budget or not reads_more_than_once(job, size):
+            return train
+    train = train.materialize()
+    timeline.mark("driver_train_materialized", "driver")
+    return train
+
+
+def reads_more_than_once(job: JobConfig, size: float) -> bool:
+    """Whether the run's steps take more tokens than the corpus holds (estimated): else one lazy pass is cheaper."""
+    t, lm = job.training, job.lm
+    assert lm is not None
+    if t.max_steps <= 0 or size <= 0:
+        return True
+    samples = t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * job.resources.num_workers
+    return samples * lm.block_size * _BYTES_PER_TOKEN > size
+
+
+def corpus_bytes(spec: str) -> float:
+    """Bytes of text a training source holds (compressed files counted x5)."""
+    from hfray.data.sources import looks_local
+
+    if spec.startswith(PREFIX) or not looks_local(spec):
+        return 0.0  # hfray's loaders read these into this process's memory already (check_source's "memory")
+    files = local_files(spec, "data.train")
+    return float(sum(os.path.getsize(f) * (5 if f.endswith((".gz", ".bz2", ".zst", ".xz")) else 1) for f in files))
 
 
 def held_out_texts_here(job: JobConfig) -> list[str | None] | None:

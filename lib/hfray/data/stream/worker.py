@@ -32,8 +32,8 @@ class ShardStream:
     H200 start-up, ``bench/results/overhead_gpu.md``). Batches wait for :meth:`set_collate`.
     """
 
-    def __init__(self, shard: Any, batch_size: int, shuffle_buffer: int, seed: int) -> None:
-        self.shard, self.batch_size = shard, batch_size
+    def __init__(self, shard: Any, batch_size: int, shuffle_buffer: int, seed: int, prefetch: int = 1) -> None:
+        self.shard, self.batch_size, self.prefetch = shard, batch_size, prefetch
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.collate: Any = None
         self._collate_ready = threading.Event()
@@ -56,6 +56,7 @@ class ShardStream:
         return iter(
             self.shard.iter_torch_batches(
                 batch_size=self.batch_size,
+                prefetch_batches=self.prefetch,
                 collate_fn=_collate_class()(self),
                 drop_last=True,  # equal shares and equal batch shapes keep DDP ranks in step
                 local_shuffle_buffer_size=self.shuffle_buffer or None,
@@ -118,12 +119,14 @@ def _collate_class() -> type:
     return StreamCollate
 
 
-def start_shard_stream(batch_size: int, shuffle_buffer: int, seed: int, record: bool) -> ShardStream:
+def start_shard_stream(
+    batch_size: int, shuffle_buffer: int, seed: int, record: bool, prefetch: int = 1
+) -> ShardStream:
     """``ShardStream`` over ``get_dataset_shard("train")``, started (see :class:`ShardStream`)."""
     import ray.train
 
     quiet_progress()
-    stream = ShardStream(ray.train.get_dataset_shard("train"), batch_size, shuffle_buffer, seed)
+    stream = ShardStream(ray.train.get_dataset_shard("train"), batch_size, shuffle_buffer, seed, prefetch)
     if record:
         stream.blocks_seen = {}
     stream.start()

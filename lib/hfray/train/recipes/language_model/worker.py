@@ -93,7 +93,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stream = None
     if lm.pipeline == "ray-data":
         stream = stream_worker.start_shard_stream(
-            t.per_device_train_batch_size, lm.local_shuffle_buffer_size, t.seed + run.rank, lm.record_shards
+            t.per_device_train_batch_size,
+            lm.local_shuffle_buffer_size,
+            t.seed + run.rank,
+            lm.record_shards,
+            lm.prefetch_batches,
         )
     from transformers import set_seed
 
