@@ -220,30 +220,27 @@ class LMHost:
             return generate_batch(gen.model, gen.tokenizer, prompts, options, self.device)
 
     async def stream(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
-        """Text pieces as they are decoded, then a dict with the token counts and the finish reason."""
-        from transformers import TextIteratorStreamer
+        """Text pieces as they are decoded, then a dict with the token counts and the finish reason.
+
+        The decoding thread hands each piece to this event loop (``AsyncTextIteratorStreamer``): no executor thread
+        blocks on a queue per piece, which cost a thread hand-off per token."""
+        from transformers import AsyncTextIteratorStreamer
 
         tokenizer = await asyncio.to_thread(self._tokenizer, self.catalog.resolve(model_id))
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["result"] = self._generate_locked(model_id, [prompt_ids], {**options, "streamer": streamer})[0]
-            except Exception as exc:  # the stream ends; the error goes to the client below
-                outcome["error"] = exc
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True, name="hfray-lm-stream")
-        thread.start()
-        pieces = iter(streamer)
-        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+        streamer = AsyncTextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        outcome = asyncio.create_task(in_new_thread(self._stream_locked, model_id, prompt_ids, options, streamer))
+        async for piece in streamer:
             if piece:
                 yield piece
-        await asyncio.to_thread(thread.join)
-        if "error" in outcome:
-            raise outcome["error"]
-        yield {k: v for k, v in outcome["result"].items() if k != "text"}
+        result = await outcome  # the decoding error, if any, is raised here
+        yield {k: v for k, v in result.items() if k != "text"}
+
+    def _stream_locked(self, model_id: str, prompt_ids: list[int], options: dict[str, Any], streamer: Any) -> Any:
+        try:
+            return self._generate_locked(model_id, [prompt_ids], {**options, "streamer": streamer})[0]
+        except Exception:
+            streamer.end()  # the stream ends; the error goes to the client through ``outcome``
+            raise
 
     async def fill_mask(self, model_id: str, texts: list[str], top_k: int) -> list[Any]:
         def run() -> list[Any]:
