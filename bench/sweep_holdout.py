@@ -9,16 +9,23 @@ scored on the same unseen test rows:
 - ``asha``: the same sweep (same seed, so the same sampled configurations) under ASHA.
 
 The test accuracy of a sweep is its exported model's (``hfray_sweep.json``: ``test``, or ``refit.test`` with
-``sweep.refit=true``). Wall time is each command's own, end to end.
+``sweep.refit=true``). Wall time is each command's own, end to end. With ``sweep.refit=true`` one sweep gives two
+rows: its selected checkpoint (wall time without the refit) and the refit (the whole sweep's wall time).
 
-    PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml \\
-        --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [section.key=value ...]
+    PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml [section.key=value ...] \\
+        --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [--only single asha]
+
+v2 (issue 28: the refit as a contender, cheaper ASHA):
+    PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml sweep.refit=true \\
+        sweep.num_samples=8 sweep.scheduler.reduction_factor=3 --only single asha \\
+        --out bench/results/sweep_cpu_holdout_v2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -59,33 +66,53 @@ def run_single(job_path: str, overrides: list[str]) -> dict[str, Any]:
     }
 
 
-def run_sweep_kind(job_path: str, scheduler: str, overrides: list[str]) -> dict[str, Any]:
+def run_sweep_kind(job_path: str, scheduler: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """One sweep's rows: its exported model, or (``sweep.refit``) its selected checkpoint and then the refit."""
     job = load_job(job_path, [*overrides, f"sweep.scheduler.type={scheduler}"])
     started = time.time()
     summary = run_sweep(job, fresh=True)
+    wall = round(time.time() - started, 1)
     with open(os.path.join(summary.sweep_dir, "hfray_sweep.json")) as f:
         report = json.load(f)
-    test = (report.get("refit") or {}).get("test") or report.get("test") or {}
+    refit = report.get("refit") or {}
     selection = report.get("selection") or {}
-    return {
-        "contender": f"sweep, {'random search' if scheduler == 'fifo' else scheduler}",
-        "wall_seconds": round(time.time() - started, 1),
+    name = f"sweep, {'random search' if scheduler == 'fifo' else scheduler}"
+    row = {
+        "contender": name,
+        "wall_seconds": wall,
         "validation_accuracy": summary.best["best_value"] if summary.best else None,
-        "test_accuracy": test.get("test_accuracy"),
+        "test_accuracy": (report.get("test") or {}).get("test_accuracy"),
         "params": summary.best["params"] if summary.best else None,
         "stopped_early": sum(t["stop_reason"].startswith("stopped early") for t in summary.trials),
         "trials": len(summary.trials),
+        "trial_seconds": round(sum(t["seconds"] for t in summary.trials), 1),
         "noise_warning": bool(selection.get("warning")),
+        "selection": selection,
         "sweep_dir": summary.sweep_dir,
     }
+    if not refit.get("test"):
+        return [row]
+    selected = {**row, "contender": f"{name}, selected checkpoint", "wall_seconds": wall - refit["seconds"]}
+    refitted = {**row, "contender": f"{name} + refit on train+validation ({refit['train_rows']} rows)"}
+    refitted.update(test_accuracy=refit["test"].get("test_accuracy"), refit_seconds=refit["seconds"])
+    return [selected, refitted]
 
 
 def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
+def _se(p: Any, n: int) -> str:
+    return f"{math.sqrt(p * (1 - p) / n):.4f}" if isinstance(p, float) and n else "n/a"
+
+
+def _gain(r: dict[str, Any], single: dict[str, Any]) -> str:
+    a, b = r["test_accuracy"], single["test_accuracy"]
+    return f"{100 * (a - b):+.1f}" if isinstance(a, float) and isinstance(b, float) else "n/a"
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    base = results[0]["wall_seconds"]
+    base, single, n_test = results[0]["wall_seconds"], results[0], meta["rows"]["test"]
     lines = [
         "# Sweep vs one default run, on held-out test rows",
         "",
@@ -93,14 +120,16 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Machine: {meta['machine']}; versions: {meta['versions']}  ",
         f"Rows: {meta['rows']}",
         "",
-        "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | wall s | x single |",
-        "|---|---|---|---|---|---|",
+        "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | test SE | test points vs "
+        "first row | wall s | x first row |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         trials = f"{r['trials']} ({r['stopped_early']})" if "trials" in r else "1"
         lines.append(
             f"| {r['contender']} | {trials} | {_num(r['validation_accuracy'])} | {_num(r['test_accuracy'])} | "
-            f"{r['wall_seconds']:.0f} | {r['wall_seconds'] / base:.1f} |"
+            f"{_se(r['test_accuracy'], n_test)} | {_gain(r, single)} | {r['wall_seconds']:.0f} | "
+            f"{r['wall_seconds'] / base:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -127,9 +156,11 @@ def main() -> None:
     results = []
     if "single" in args.only:
         results.append(run_single(args.job, overrides))
-    results += [run_sweep_kind(args.job, s, overrides) for s in ("fifo", "asha") if s in args.only]
+    for scheduler in ("fifo", "asha"):
+        if scheduler in args.only:
+            results += run_sweep_kind(args.job, scheduler, overrides)
     meta = {
-        "command": " ".join(["python bench/sweep_holdout.py", args.job, *args.overrides]),
+        "command": " ".join(["python bench/sweep_holdout.py", args.job, *args.overrides, "--only", *args.only]),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "versions": library_versions(),
         "rows": sizes,

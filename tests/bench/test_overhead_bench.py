@@ -35,6 +35,29 @@ def test_marks_are_written_only_when_asked_for(tmp_path: Path, monkeypatch: pyte
     assert [(r["phase"], r["role"]) for r in rows] == [("a", "rank0"), ("b", "driver")] and rows[0]["extra"] == 1
 
 
+def test_each_run_of_a_process_gets_its_own_marks_for_the_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI or trial process's first run starts at its process start; a later run (a reused trial actor, a
+    notebook) at its own run start; marks are kept without HFRAY_TIMELINE."""
+    monkeypatch.delenv(timeline.ENV, raising=False)
+    monkeypatch.setattr(timeline, "_LOCAL", [])
+    timeline.mark("earlier", "driver", at=0.5)
+    timeline.mark("process_start", "trial", at=1.0)
+    timeline.mark("trial_start", "trial", at=3.0)
+    timeline.mark("trial_trainer_built", "trial", at=4.5)
+    assert [m["phase"] for m in timeline.run_marks()] == ["process_start", "trial_start", "trial_trainer_built"]
+    timeline.mark("trial_start", "trial", at=10.0)
+    timeline.mark("trial_trainer_built", "trial", at=11.0)
+    second = timeline.run_marks()
+    assert [m["phase"] for m in second] == ["trial_start", "trial_trainer_built"]
+    worker = [{"phase": "first_step_end", "role": "rank0", "t": 12.5}]
+    rows = timeline.phases(second + worker)
+    assert [(r["phase"], r["s"], r["dt"]) for r in rows] == [
+        ("trial_start", 0, 0),
+        ("trial_trainer_built", 1.0, 1.0),
+        ("first_step_end", 2.5, 1.5),
+    ]
+
+
 def test_bench_summarizes_marks_and_compares_runners() -> None:
     bench = _bench_module()
     marks = [

@@ -198,13 +198,16 @@ def test_multiplexing_three_artifacts(server: dict[str, Any], pipelines: dict[st
 
 
 def test_split_topology_routes_each_model_to_a_model_replica(server: dict[str, Any], pipelines: dict[str, Any]) -> None:
-    """topology: split puts HfrayClassifier replicas behind the ingress; answers are the same as fused ones."""
+    """topology: split puts HfrayClassifier replicas behind the ingress; answers are the same as fused ones.
+    Its replicas run their code on Serve's main loop (separate_user_loop false, set through runtime_env)."""
     from ray import serve
 
     from hfray.serving.driver import serve_artifacts
 
     name = "hfray-split"
-    cfg = serve_config_for(server["root"], server["port"], route_prefix="/split", topology="split", num_cpus=0.25)
+    cfg = serve_config_for(
+        server["root"], server["port"], route_prefix="/split", topology="split", num_cpus=0.25, separate_user_loop=False
+    )
     url = serve_artifacts(cfg, app_name=name)
     try:
         wait_healthy(url)
@@ -215,6 +218,7 @@ def test_split_topology_routes_each_model_to_a_model_replica(server: dict[str, A
             assert_matches_pipeline(r.json()["results"], pipelines[model], TEXTS, top_k=2)
         stats = httpx.get(f"{url}/v1/stats").json()
         assert stats["topology"] == "split" and stats["models_loaded"] == ["beta", "gamma"]
+        assert "user_code" not in stats["loop_thread"], stats["loop_thread"]  # not Serve's separate loop thread
     finally:
         serve.delete(name)
 

@@ -61,6 +61,14 @@ def test_two_workers_learn_report_every_eval_and_export(ray_cluster, tmp_path, d
     # Both workers' tokenized data went to one cache entry next to the runs (hfray.data.cache): later runs read it.
     assert len(list((Path(job.storage.path) / ".hfray_cache" / "tokenized").iterdir())) == 1
     assert manifest["metrics"]["eval_accuracy"] >= 0.9
+    # Where the start-up went, for every run (no HFRAY_TIMELINE needed): the driver's phases, then rank 0's, in
+    # order, all within the run's own wall time.
+    phases = [(p["phase"], p["role"]) for p in manifest["timeline"]]
+    landmarks = [("driver_run_start", "driver"), ("driver_ray_connected", "driver"), ("process_start", "rank0")]
+    landmarks += [("worker_imports", "rank0"), ("worker_tokenized", "rank0"), ("first_step_end", "rank0")]
+    assert [p for p in phases if p in landmarks] == landmarks, phases
+    seconds = [p["s"] for p in manifest["timeline"]]
+    assert seconds == sorted(seconds) and seconds[0] == 0 and 0 < seconds[-1] < summary.wall_seconds
 
     from transformers import pipeline
 

@@ -73,6 +73,8 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert summary.best is not None and summary.best["params"]["training.learning_rate"] != BAD_LR
     assert any(t["stop_reason"] == "completed" for t in trials.values()), trials
     assert summary.best["best_value"] >= 0.9  # eval_accuracy of the exported checkpoint
+    # sweep.reuse_actors: later trials ran in the processes of finished ones (Tune's own result files say where)
+    assert len(set().union(*_trial_pids(summary.sweep_dir).values())) < 4
 
     # The exported best model is a slim artifact that predicts.
     manifest = read_manifest(summary.artifact)
@@ -103,6 +105,47 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     # Re-running the finished sweep trains nothing.
     again = run_sweep(job)
     assert again.reused and again.artifact == summary.artifact
+
+
+def _trial_pids(sweep_dir: str) -> dict[str, set[int]]:
+    """The process each trial's function ran in, from Ray Tune's own result files (its ``pid`` key)."""
+    pids = {}
+    for path in Path(sweep_dir).glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        pids[path.parent.name.removeprefix("trial_")] = {r["pid"] for r in rows}
+    return pids
+
+
+@pytest.mark.slow  # ~2 min on 2 loaded cores: three trials one after another
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_stopped_trial_ends_its_run_and_its_process_runs_the_next_trial(tmp_path, data_files):
+    """sweep.reuse_actors: ASHA stops the bad trial, whose process then runs the last trial; the stopped trial's
+    Train run does not train on in the background (its own metrics log ends early) and nothing errors."""
+    from hfray.tune.driver import run_sweep
+
+    job = sweep_job(
+        tmp_path,
+        data_files,
+        {
+            "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, BAD_LR, 5e-3]}},
+            "search": "grid",
+            "num_samples": 1,
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "reduction_factor": 2, "grace_period": 12},
+        },
+        training={"per_device_train_batch_size": 32, "max_steps": 120, "eval_steps": 6},
+    )
+    summary = run_sweep(job)
+
+    trials = {t["params"]["training.learning_rate"]: t for t in summary.trials}
+    bad, last = trials[BAD_LR], trials[5e-3]
+    assert bad["stop_reason"].startswith("stopped early by asha"), bad
+    assert trials[8e-3]["stop_reason"] == "completed", summary.trials
+    # the last trial ran in the reused process and was judged like any other (ASHA may stop it too), no error
+    assert last["steps_run"] >= 12 and not last["stop_reason"].startswith(("error", "not finished")), last
+    assert max(r["step"] for r in _metrics_log(summary.sweep_dir, bad["runs"][-1])) < 120
+    pids = _trial_pids(summary.sweep_dir)
+    assert pids[last["trial_id"]] == pids[bad["trial_id"]], pids  # the stopped trial's process ran the last one
 
 
 def _metrics_log(sweep_dir: str, run: str) -> list[dict[str, Any]]:

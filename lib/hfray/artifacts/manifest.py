@@ -23,6 +23,8 @@ every key of :data:`KEYS` (``None`` or empty where a task has nothing to say):
 ``pipeline_kwargs``         task settings ``transformers.pipeline`` gets (aggregation, QA windows, source prefix)
 ``generation``              generation defaults for predict and serve (``{}`` when the task generates nothing)
 ``sweep``                   the sweep that chose this model (name, trial, params, checkpoint), or ``None``
+``timeline``                the run's start-up phases (:func:`hfray.timeline.phases`: driver marks, then rank
+                            0's, seconds since the first), or ``None`` (an artifact exported by a sweep)
 ``job``                     the job as trained (a ``JobConfig`` dict)
 ``versions``                library versions; ``created_at``: UTC time of writing
 =========================== =====================================================================================
@@ -62,6 +64,7 @@ KEYS = (
     "pipeline_kwargs",
     "generation",
     "sweep",
+    "timeline",
     "job",
     "versions",
     "created_at",
@@ -100,7 +103,7 @@ def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
     """A manifest of any format as the current schema: format 1 named the job's task ``hfray_task`` (pre-training,
     fine-tuning tasks), ``training_task`` (TRL) or not at all (classification, where it is ``task``)."""
     if manifest.get("format") == FORMAT:
-        return manifest
+        return {**{key: _EMPTY.get(key) for key in KEYS}, **manifest}  # keys added since, as their empty value
     out = {key: manifest.get(key, _EMPTY.get(key)) for key in KEYS}
     job_task = (manifest.get("job") or {}).get("task")
     out["training_task"] = manifest.get("training_task") or manifest.get("hfray_task") or job_task or out["task"]

@@ -144,6 +144,11 @@ class SweepConfig(Section):
     trial_driver_cpus: float = Field(0.1, gt=0, description="CPU reserved per trial for its Train controller.")
     max_failures: int = Field(1, ge=0, description="Restarts of a failed trial (each resumes its checkpoint).")
     seed: int = 0
+    reuse_actors: bool = Field(
+        True,
+        description="Run the next trial in a finished trial's process (Ray Tune's reuse_actors): one process "
+        "boot and import fewer per trial; false: a fresh process per trial. Not with pbt, pb2 or hyperband.",
+    )
     refit: bool = Field(
         False,
         description="Train the best configuration again on train + validation for the full budget and export "

@@ -59,6 +59,12 @@ class ServeConfig(Section):
     max_concurrent_batches: int = Field(
         1, ge=1, le=8, description="Batches in flight per replica: >1 overlaps tokenizing one with the GPU's work."
     )
+    batcher: Literal["continuous", "serve"] = Field(
+        "continuous",
+        description="continuous: a batch forms when one of max_concurrent_batches slots is free, so requests "
+        "arriving meanwhile fill the next one (hfray.serving.replica.batcher). serve: Ray Serve's @serve.batch, "
+        "which forms a batch every batch_wait_timeout_s and queues it for a slot (small batches under load).",
+    )
     topology: Literal["fused", "split"] = Field(
         "fused",
         description="fused: the HTTP ingress replicas hold the models (one hop per request; any replica loads any "
@@ -79,6 +85,19 @@ class ServeConfig(Section):
         True,
         description="split topology: each ingress gathers requests (max_batch_size, batch_wait_timeout_s) into one "
         "call per model replica, so a model replica handles a few calls per batch, not one per request.",
+    )
+    ingress_calls_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="split topology, ingress_batching: gathered calls an ingress has out at once; requests "
+        "arriving while they are out go into the next call, so calls grow with the load.",
+    )
+    separate_user_loop: bool = Field(
+        True,
+        description="Serve runs replica code on an event loop of its own thread (its default). false: on the "
+        "replica's main loop (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 in the replicas' runtime_env), one "
+        "thread hop less per request; hfray's replicas run models and tokenizers in worker threads anyway.",
     )
     access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")

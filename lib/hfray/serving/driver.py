@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported in the functions: `hfray --help` must not pay for 
     from hfray.serving.config import ServeConfig
 
 DEFAULT_APP_NAME = "hfray"
+USER_LOOP_FLAG = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"  # ServeConfig.separate_user_loop
 TOKEN_ENV = "HFRAY_SERVE_TOKEN"  # hfray serve reads the bearer token from this variable (never a flag)
 
 
@@ -44,10 +45,12 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
 
         require_gradio()
     logging_config = {"enable_access_log": cfg.access_log}
+    # separate_user_loop false: Serve reads this flag when a replica's process starts, so it goes in runtime_env.
+    same_loop = {} if cfg.separate_user_loop else {"runtime_env": {"env_vars": {USER_LOOP_FLAG: "0"}}}
     model_options = {
         "logging_config": logging_config,
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **same_loop},
     }
     tasks = None
     if serves_tasks(cfg):  # token-classification, QA, seq2seq artifacts: POST /v1/predict (replica.task_models)
@@ -66,7 +69,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Any:
         logging_config=logging_config,
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus, **same_loop},
     ).bind(classifier, cfg.to_dict(), tasks, lm)
 
 

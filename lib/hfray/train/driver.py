@@ -172,6 +172,7 @@ def fit(trainer: Any, run_dir: str = "", watch: Watch | None = None) -> Any:
 def run_checked(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None = None) -> RunSummary:
     """Checks first, then Ray: the order for every recipe on a cluster that hfray starts itself."""
     started = time.time()
+    timeline.mark("driver_run_start", "driver", at=started)
     run_name = job.run_name  # from the job as written: resolved paths differ between machines
     job, info = recipe.preflight(job, True)
     timeline.mark("driver_preflight", "driver")
@@ -207,6 +208,7 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
     one that fails later ends the workers untrained. Either way the run's new folder is removed, nothing is
     tracked, and the check's error is raised."""
     started = time.time()
+    timeline.mark("driver_run_start", "driver", at=started)
     run_name = job.run_name
     job = resolve_storage(job)
     run_name = latest_run(job.storage.path, run_name, fresh, lambda run: run_is_complete(job, run))

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray.train
 
+from hfray import timeline
 from hfray.cluster import prewarm
 from hfray.config import JobConfig
 from hfray.storage import layout
@@ -100,6 +101,7 @@ def build_trainer(
         "local_root": local_root(storage, run_name),
         "artifact_uri": layout.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
+        "timeline": timeline.run_marks(),  # the driver's start-up marks, for the manifest's phases
     }
     loop_config.update({"start_gate": gate} if gate is not None else checked_values(job, recipe, info))
     extra: dict[str, Any] = {}

@@ -311,6 +311,7 @@ def manifest(
         resumed_from_step=attempt.resumed_step,
         train_seconds_this_attempt=round(attempt.seconds, 2),
         model={"parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())},  # ZeRO-3: ds_numel
+        timeline=timeline.phases(run.loop_config.get("timeline", []) + timeline.run_marks()),
         **fields,
     )
 

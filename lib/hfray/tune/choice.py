@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,7 @@ def _refit(choice: Choice, best: TrialRow, plan: SweepPlan, table: list[Any]) ->
 
     assert choice.artifact is not None
     rows_used = plan.prepared.sizes["train"] + plan.prepared.sizes["validation"]
+    started = time.time()
     try:
         choice.artifact, metrics = refit_and_export(plan, best.params, read_manifest(choice.artifact)["sweep"])
     except Exception as exc:  # the trials' results and the selected model are still worth a report
@@ -121,6 +123,7 @@ def _refit(choice: Choice, best: TrialRow, plan: SweepPlan, table: list[Any]) ->
         choice.sections.append(f"## Refit\n\n**{message}**\n")
         return
     refit_test = {k: v for k, v in metrics.items() if k.startswith("test_")}
-    choice.summary["refit"] = {"train_rows": rows_used, "test": refit_test}
+    seconds = round(time.time() - started, 1)
+    choice.summary["refit"] = {"train_rows": rows_used, "test": refit_test, "seconds": seconds}
     name = f"exported: refit of trial {best.trial_id} on train + validation ({rows_used} rows)"
     table.insert(0, (name, None, refit_test))

@@ -70,6 +70,7 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
         "trials_storage": plan.trials_storage,
         "metric": plan.metric,
         "attach_checkpoints": plan.needs_tune_checkpoints,
+        "reuse_actors": reuses_actors(sweep),
     }
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(sweep_trial, context=context), {"CPU": sweep.trial_driver_cpus}
@@ -88,6 +89,9 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
             num_samples=sweep.num_samples,
             max_concurrent_trials=plan.max_concurrent,
             time_budget_s=sweep.time_budget_s,
+            # A finished trial's process (Python, Ray, hfray's trial imports, its report queue) runs the next trial:
+            # one process boot fewer per trial (bench/results/sweep_trials_cpu.md); not for PBT, PB2, HyperBand.
+            reuse_actors=reuses_actors(sweep),
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -101,6 +105,12 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
             verbose=1,
         ),
     )
+
+
+def reuses_actors(sweep: Any) -> bool:
+    """``sweep.reuse_actors``, except for schedulers that restore checkpoints into trials (PBT, PB2, HyperBand): with
+    the reuse path, PBT's slow test saw no exploit (its donor had no checkpoint yet); they keep a process per trial."""
+    return bool(sweep.reuse_actors and not sweep.restores_checkpoints)
 
 
 def _trial_name(trial: Any) -> str:

@@ -13,13 +13,17 @@ Ray job). The trial then replays its reports from the run's metrics log, and not
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
+import uuid
 from typing import Any
 
 import ray
 import ray.train
 import ray.tune
 
+from hfray import timeline
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.storage import layout
@@ -29,6 +33,18 @@ from hfray.train.recipes import recipe_for
 from hfray.tune.controller import TuneBridgeCallback
 from hfray.tune.space import trial_job_dict
 
+_QUEUE: list[Any] = []  # this trial process's report queue: a reused trial actor (reuse_actors) keeps it
+
+
+def report_queue() -> Any:
+    """The queue the Train controller's bridge puts reports on; one actor per trial process, not per trial (empty
+    between trials: the trial drains it until its fit has returned, and every put blocks until it is queued)."""
+    from ray.util.queue import Queue
+
+    if not _QUEUE:
+        _QUEUE.append(Queue(actor_options={"num_cpus": 0}))
+    return _QUEUE[0]
+
 
 def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
     try:
@@ -37,12 +53,36 @@ def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
         outcome["error"] = exc
 
 
-def _forward_reports(queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str) -> None:
+# Tune reuses a trial process (reuse_actors) only once its previous trial's function has returned, and waits this
+# long for it (Ray's default is 2 s); a stopped trial first aborts its Train run (stop_run).
+RESET_WAIT_S = 60
+
+
+class TrialEnded(Exception):
+    """Tune ended this trial (a scheduler's stop, then the process's reuse for another trial)."""
+
+
+def _tune_ends_trial() -> bool:
+    """Whether Tune asked this trial's function to end (it does so before reusing the process for another trial).
+    Ray has no public call for it: its function-trainable session's stop event, as Ray's own Tune integration reads
+    the session (``ray.tune.integration.ray_train``)."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    event = getattr(session, "stop_event", None)
+    return bool(event is not None and event.is_set())
+
+
+def _forward_reports(
+    queue: Any, fit: threading.Thread, metric: str, attach_checkpoints: bool, run: str, reused: bool
+) -> None:
     """Relay the bridge's reports to Tune until training ends (``ray.tune.report`` must run here)."""
     from ray.util.queue import Empty
 
     last: dict[str, Any] = {}
     while fit.is_alive() or not queue.empty():
+        if reused and _tune_ends_trial():
+            raise TrialEnded(run)
         try:
             item = queue.get(timeout=0.5)
         except Empty:
@@ -68,11 +108,27 @@ def replay_finished(job: JobConfig, run: str) -> bool:
     return True
 
 
+def stop_run(fit: threading.Thread, stop_file: str | None) -> None:
+    """Abort the trial's Train run, if still running, through its bridge (:mod:`hfray.tune.controller`), so a reused
+    trial process starts its next trial with the cluster's CPUs free; then drop the reports it left queued."""
+    if fit.is_alive() and stop_file is not None:
+        with open(stop_file, "w"):
+            pass
+        fit.join(timeout=RESET_WAIT_S / 2)
+        os.remove(stop_file)
+    queue = report_queue()
+    while not queue.empty():
+        queue.get_nowait()
+
+
 def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
     from ray.util.queue import Queue
 
+    timeline.mark_process_start("trial")  # once per process: a reused trial actor marks it only for its first
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(RESET_WAIT_S))  # read here when Tune reuses it
     trial_id = ray.tune.get_context().get_trial_id()
+    timeline.mark("trial_start", "trial", run=trial_id)
     raw = trial_job_dict(context["job"], config, context["trials_storage"])
     job = JobConfig.from_dict(raw, source=f"job of trial {trial_id}")
     recipe = recipe_for(job.task)
@@ -85,19 +141,31 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         run = f"{trial_id}-from-{hashlib.sha256(restored.path.encode()).hexdigest()[:6]}"
     if replay_finished(job, run):
         return
-    queue = Queue(actor_options={"num_cpus": 0})
+    reused = bool(context.get("reuse_actors"))  # without reuse, Ray ends a stopped trial's run with its process
+    queue = report_queue() if reused else Queue(actor_options={"num_cpus": 0})
+    stop_file = os.path.join(tempfile.gettempdir(), f"hfray-stop-{run}-{uuid.uuid4().hex[:8]}") if reused else None
     trainer = build_trainer(
         job,
         recipe,
         info,
         run,
-        callbacks=[TuneBridgeCallback(queue)],
+        callbacks=[TuneBridgeCallback(queue, stop_file)],
         init_checkpoint=ray.train.Checkpoint(restored.path, restored.filesystem) if restored else None,
     )
     outcome: dict[str, Any] = {}
     fit = threading.Thread(target=_fit_in_thread, args=(trainer, outcome), daemon=True, name="hfray-fit")
+    timeline.mark("trial_trainer_built", "trial", run=run)
     fit.start()
-    _forward_reports(queue, fit, context["metric"], context["attach_checkpoints"], run)
+    try:
+        _forward_reports(queue, fit, context["metric"], context["attach_checkpoints"], run, reused)
+    except TrialEnded:  # Tune ends this trial (a scheduler's stop) while its process lives on for the next
+        stop_run(fit, stop_file)
+        return
+    except BaseException:
+        if stop_file is not None:
+            stop_run(fit, stop_file)
+        raise
     fit.join()
+    timeline.mark("trial_fit_returned", "trial", run=run)
     if "error" in outcome:
         raise outcome["error"]

@@ -3,8 +3,9 @@
 Two topologies (``ServeConfig.topology``): ``fused`` (default), where ``HfrayIngress`` replicas hold the
 models and batch requests themselves, one Python hop per request; ``split``, where the ingress forwards to
 ``HfrayClassifier`` replicas and Serve's model multiplexing sends each request to a replica holding its model.
-In ``split``, an ingress gathers requests for ``batch_wait_timeout_s`` into one call per model replica
-(``ingress_batching``), and retries a call whose model replica died on another one (``call_model``).
+In ``split``, an ingress gathers requests into one call per model replica while its previous calls are out
+(``ingress_batching``, ``ingress_calls_in_flight``), and retries a call whose model replica died on another
+one (``call_model``).
 
 HTTP API (OpenAPI at ``<route_prefix>/docs``)::
 
@@ -42,6 +43,7 @@ from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica import contract, image_routes
+from hfray.serving.replica.batcher import ContinuousBatcher
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
 from hfray.serving.replica.demo import UI_PATH, DemoMount, attach
 from hfray.serving.replica.lm_requests import BODIES
@@ -127,7 +129,8 @@ class HfrayIngress:
             )
 
     def _gatherer(self) -> Any:
-        """split topology: requests gathered here for ``batch_wait_timeout_s``, one model call per model id."""
+        """split topology: requests gathered here into one model call per model id, with at most
+        ``ingress_calls_in_flight`` calls out; what arrives meanwhile goes into the next call."""
 
         async def forward(jobs: list[Job]) -> list[list[Any]]:
             out: list[list[Any]] = [[] for _ in jobs]
@@ -142,9 +145,13 @@ class HfrayIngress:
             return out
 
         cfg = self.cfg
-        # Several gathered calls in flight: the ingress only waits on them.
+        if cfg.batcher == "continuous":  # a call leaves when an in-flight slot is free, after the batch wait
+            wait = cfg.batch_wait_timeout_s
+            return ContinuousBatcher(forward, cfg.max_batch_size, wait, cfg.ingress_calls_in_flight).submit
         batch = serve.batch(
-            max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_concurrent_batches=4
+            max_batch_size=cfg.max_batch_size,
+            batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+            max_concurrent_batches=cfg.ingress_calls_in_flight,
         )
         return batch(forward)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 import weakref
 from collections import deque
@@ -19,6 +20,7 @@ from ray import serve
 
 from hfray.serving.catalog import ArtifactCatalog
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.batcher import ContinuousBatcher
 from hfray.serving.replica.onnx_model import OnnxLoadedModel, is_onnx_artifact
 
 # One request in a batch: (model id, "classify" | "embed", texts, top_k | normalize).
@@ -172,26 +174,41 @@ class ModelHost:
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
 
-        # The same for batching, whose max_concurrent_batches has no setter.
+        self.submit_many = self._batcher()
+
+    def _batcher(self) -> Any:
+        """``submit_many(jobs)``: each job joins the batches as one request (``ServeConfig.batcher``)."""
+        cfg = self.cfg
+        if cfg.batcher == "continuous":  # a batch forms when a slot is free (hfray.serving.replica.batcher)
+            return ContinuousBatcher(
+                self._run_batch, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.max_concurrent_batches
+            ).submit_many
+
+        # Serve's @serve.batch, decorated here because its settings come from the config (Ray detects this).
         async def run_batch(requests: list[Job]) -> list[list[Any]]:
             return await self._run_batch(requests)
 
-        self._batch = serve.batch(
+        batch = serve.batch(
             max_batch_size=cfg.max_batch_size,
             batch_wait_timeout_s=cfg.batch_wait_timeout_s,
             max_concurrent_batches=cfg.max_concurrent_batches,
         )(run_batch)
 
+        async def submit_many(jobs: list[Job]) -> list[list[Any]]:
+            return list(await asyncio.gather(*(batch(job) for job in jobs)))
+
+        return submit_many
+
     async def classify(self, model_id: str, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
-        return await self._batch((model_id, "classify", texts, top_k))
+        return (await self.submit_many([(model_id, "classify", texts, top_k)]))[0]
 
     async def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
         """Jobs an ingress gathered (split topology): each joins this replica's batches like a request."""
-        return list(await asyncio.gather(*(self._batch(job) for job in jobs)))
+        return await self.submit_many(jobs)
 
     async def embed(self, model_id: str, texts: list[str], normalize: bool) -> list[list[float]]:
         """Mean-pooled sentence embeddings, batched with the classification requests of the same model."""
-        return await self._batch((model_id, "embed", texts, normalize))
+        return (await self.submit_many([(model_id, "embed", texts, normalize)]))[0]
 
     async def _load(self, model_id: str) -> LoadedModel | OnnxLoadedModel:
         # The ingress resolved this id already; resolving again keeps the replica safe if called directly.
@@ -261,6 +278,7 @@ class ModelHost:
             "device": self.device,
             "cuda_graphs": {m: info for m, info in self.graph_info.items() if m in self.recent},
             "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS from the replica's num_cpus
+            "loop_thread": threading.current_thread().name,  # Serve's user-code thread, or its main loop's
             "time": time.time(),
         }
 
