@@ -10,10 +10,9 @@
 
 Requests arrive as prompt token ids (the ingress applied the chat template and checked the lengths,
 :mod:`hfray.serving.lm_routes`). Non-streaming requests are batched and grouped by model id and
-sampling settings: one left-padded ``generate`` per group. A batch is every request that arrived while the last one
-decoded (at most ``max_batch_size``): not ``serve.batch``, which forms the next batch from the arrivals of
-``batch_wait_timeout_s`` as soon as the last one is *formed* and queues it behind the running one, so under load its
-batches stay as small as a few milliseconds of arrivals (issue 21's first H200 run: 16 clients, 0.94 req/s).
+sampling settings: one left-padded ``generate`` per group, batched by
+:class:`~hfray.serving.replica.batcher.ContinuousBatcher` (a batch is what waited while the last one decoded, not
+``serve.batch``'s few milliseconds of arrivals; issue 21's first H200 run: 16 clients, 0.94 req/s).
 Streaming requests run one ``generate`` each with a ``TextIteratorStreamer``. One lock covers loading, adapter
 switching and ``generate`` on a replica: an adapter switch (or an eviction) must not happen in the middle of another
 request's decoding.
@@ -38,7 +37,10 @@ from hfray.artifacts.loading import load_artifact_pipeline
 from hfray.artifacts.predict import plain_json
 from hfray.serving.catalog import ArtifactCatalog, ModelEntry
 from hfray.serving.config import ServeConfig
+from hfray.serving.replica.batcher import ContinuousBatcher
 from hfray.serving.replica.models import torch_placement
+
+LM_WAIT_S = 0.02  # least wait for more requests before a generation batch starts
 
 
 def base_identity(entry: ModelEntry) -> str:
@@ -94,9 +96,11 @@ class LMHost:
         self.adapter_base: dict[str, str] = {}  # adapter model id -> its base's identity (hashing it costs)
         self.tokenizers: dict[str, Any] = {}
         self.lock = threading.Lock()  # loads, set_adapter and generate one at a time: set_adapter is model-wide
-        self.waiting: list[tuple[str, list[int], dict[str, Any], asyncio.Future[Any]]] = []
-        self.drainer: asyncio.Task[None] | None = None
         self.batches = self.batched_requests = 0
+        # One slot: generate holds the lock anyway. A batch lasts seconds, so waiting LM_WAIT_S for more costs ~1%
+        # and lets the clients of the batch that just ended rejoin the waiting ones (not alternate in half batches).
+        wait = max(cfg.batch_wait_timeout_s, LM_WAIT_S)
+        self.batcher = ContinuousBatcher(self._run_counted, cfg.max_batch_size, wait)
 
     # ------------------------------------------------------------------------- loading
 
@@ -162,41 +166,12 @@ class LMHost:
     # ------------------------------------------------------------------------- generation
 
     async def generate(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> dict[str, Any]:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append((model_id, prompt_ids, options, done))
-        if self.drainer is None or self.drainer.done():
-            self.drainer = asyncio.create_task(self._drain())
-        return await done
+        return await self.batcher.submit((model_id, prompt_ids, options))
 
-    async def _gather(self) -> None:
-        """Waits while requests keep arriving: until none came for ``batch_wait_timeout_s`` (at most 10 such waits)
-        or a batch is full. The clients of the batch that just ended come back a few milliseconds later; this lets
-        them join the waiting ones instead of alternating with them in half-size batches."""
-        for _ in range(10):
-            before = len(self.waiting)
-            await asyncio.sleep(self.cfg.batch_wait_timeout_s)
-            if len(self.waiting) == before or len(self.waiting) >= self.cfg.max_batch_size:
-                return
-
-    async def _drain(self) -> None:
-        """Batches of the waiting requests until none wait: each batch takes what arrived while the last decoded."""
-        while self.waiting:
-            await self._gather()
-            batch = self.waiting[: self.cfg.max_batch_size]
-            del self.waiting[: len(batch)]
-            self.batches += 1
-            self.batched_requests += len(batch)
-            try:
-                results = await self._run_batch([(m, p, o) for m, p, o, _ in batch])
-            except Exception as exc:  # every request of the batch gets the error
-                results = [exc] * len(batch)
-            for (*_, done), result in zip(batch, results, strict=True):
-                if done.done():  # the client went away
-                    continue
-                if isinstance(result, Exception):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
+    async def _run_counted(self, requests: list[tuple[str, list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
+        self.batches += 1
+        self.batched_requests += len(requests)
+        return await self._run_batch(requests)
 
     async def _run_batch(self, requests: list[tuple[str, list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{} for _ in requests]
@@ -220,27 +195,30 @@ class LMHost:
             return generate_batch(gen.model, gen.tokenizer, prompts, options, self.device)
 
     async def stream(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
-        """Text pieces as they are decoded, then a dict with the token counts and the finish reason.
-
-        The decoding thread hands each piece to this event loop (``AsyncTextIteratorStreamer``): no executor thread
-        blocks on a queue per piece, which cost a thread hand-off per token."""
-        from transformers import AsyncTextIteratorStreamer
+        """Text pieces as they are decoded, then a dict with the token counts and the finish reason."""
+        from transformers import TextIteratorStreamer
 
         tokenizer = await asyncio.to_thread(self._tokenizer, self.catalog.resolve(model_id))
-        streamer = AsyncTextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        outcome = asyncio.create_task(in_new_thread(self._stream_locked, model_id, prompt_ids, options, streamer))
-        async for piece in streamer:
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = self._generate_locked(model_id, [prompt_ids], {**options, "streamer": streamer})[0]
+            except Exception as exc:  # the stream ends; the error goes to the client below
+                outcome["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True, name="hfray-lm-stream")
+        thread.start()
+        pieces = iter(streamer)
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
             if piece:
                 yield piece
-        result = await outcome  # the decoding error, if any, is raised here
-        yield {k: v for k, v in result.items() if k != "text"}
-
-    def _stream_locked(self, model_id: str, prompt_ids: list[int], options: dict[str, Any], streamer: Any) -> Any:
-        try:
-            return self._generate_locked(model_id, [prompt_ids], {**options, "streamer": streamer})[0]
-        except Exception:
-            streamer.end()  # the stream ends; the error goes to the client through ``outcome``
-            raise
+        await asyncio.to_thread(thread.join)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield {k: v for k, v in outcome["result"].items() if k != "text"}
 
     async def fill_mask(self, model_id: str, texts: list[str], top_k: int) -> list[Any]:
         def run() -> list[Any]:
