@@ -335,6 +335,22 @@ def lm_stats(url: str) -> dict[str, Any]:
     return {"parameters": stats["parameters"], "cuda_memory_allocated": stats["cuda_memory_allocated"]}
 
 
+def batch_stats(url: str) -> Any:
+    """lm_stats plus the mean batch of non-streaming requests since the last call (the level and its warm-up)."""
+    seen = {"batches": 0, "batched_requests": 0}
+
+    def stats() -> dict[str, Any]:
+        raw = httpx.get(f"{url}/v1/lm/stats", timeout=60).json()
+        batches, requests = (
+            raw.get("batches", 0) - seen["batches"],
+            raw.get("batched_requests", 0) - seen["batched_requests"],
+        )
+        seen.update(batches=raw.get("batches", 0), batched_requests=raw.get("batched_requests", 0))
+        return {**lm_stats(url), "mean_batch": round(requests / batches, 1) if batches else None}
+
+    return stats
+
+
 def run_hfray(root: Path, args: argparse.Namespace, out: list) -> None:
     from ray import serve
 
@@ -344,7 +360,7 @@ def run_hfray(root: Path, args: argparse.Namespace, out: list) -> None:
             out.append({"server": name, "skipped": "time budget spent"})
             continue
         url = hfray_server(root, args, static_cache=static)
-        levels(name, url, args, out, args.concurrency, extra=lambda url=url: lm_stats(url))
+        levels(name, url, args, out, args.concurrency, extra=batch_stats(url))
         if args.stream_concurrency:
             levels(name + " streaming", url, args, out, args.stream_concurrency, stream=True)
         serve.delete(DEFAULT_APP_NAME)  # not serve.shutdown(): a new Serve instance right after races the old one
@@ -380,7 +396,8 @@ def save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     keys = ["server", "concurrency", "req_per_s", "tokens_per_s", "tokens_per_request", "p50_ms", "p99_ms"]
-    keys += ["ttft_p50_ms", "requests", "unfinished", "errors", "parameters", "cuda_memory_allocated", "skipped"]
+    keys += ["ttft_p50_ms", "mean_batch", "requests", "unfinished", "errors", "parameters", "cuda_memory_allocated"]
+    keys += ["skipped"]
     v = args.versions
     lines = [f"# LM serving: {args.model}, {args.max_new_tokens} new tokens per answer, greedy", ""]
     where = v.get("gpu") or platform.processor() or platform.machine()

@@ -230,6 +230,42 @@ def test_openapi_documents_the_lm_request_bodies(server: str) -> None:
     assert {"/v1/generate", "/v1/completions", "/v1/fill-mask"} <= set(paths)
 
 
+def test_requests_arriving_while_a_batch_decodes_form_the_next_batch(lm_root: Path) -> None:
+    """No Ray: the replica's LMHost. One request decodes (held at the host's lock) while three more arrive; those
+    three are one batch, not three (serve.batch cut them into batches of a few milliseconds of arrivals)."""
+    import asyncio
+
+    import torch
+
+    from hfray.serving.replica.generation import LMHost
+
+    host = LMHost(ServeConfig(artifact_root=str(lm_root), max_new_tokens=32))
+    tok, model = local_model(lm_root / "chat")
+    prompts = [tok(t)["input_ids"] for t in ("The sky is", "Water is", "Grass is", "Snow is")]
+    opts = {"max_new_tokens": MAX_NEW, "do_sample": False}
+
+    async def scenario() -> list[Any]:
+        host.lock.acquire()  # the first batch waits here, inside its decoding thread
+        try:
+            first = asyncio.create_task(host.generate("chat", prompts[0], opts))
+            for _ in range(1000):
+                if host.batches:
+                    break
+                await asyncio.sleep(0.01)
+            rest = [asyncio.create_task(host.generate("chat", p, opts)) for p in prompts[1:]]
+            await asyncio.sleep(0.05)  # they arrive while the first batch decodes
+        finally:
+            host.lock.release()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(scenario())
+    assert (host.batches, host.batched_requests) == (2, 4)
+    for prompt, result in zip(prompts, results, strict=True):  # a batch of 3, left-padded, answers as one alone
+        ids = torch.tensor([prompt])
+        want = model.generate(input_ids=ids, do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id)
+        assert result["text"] == tok.decode(want[0, len(prompt) :], skip_special_tokens=True)
+
+
 def test_hfray_serve_flags_choose_how_adapters_are_served(tmp_path: Path) -> None:
     import argparse
 

@@ -249,7 +249,7 @@ class LMRoutes:
     # ------------------------------------------------------------------------- streaming
 
     async def _generate_all(self, model_id: str, prompts: list[list[int]], opts: list[dict[str, Any]]) -> list[Any]:
-        """One call per prompt, all at once: the replica batches them (``@serve.batch``)."""
+        """One call per prompt, all at once: the replica batches them (``LMHost.generate``)."""
         calls = [self._call("generate", model_id, p, o) for p, o in zip(prompts, opts, strict=True)]
         return list(await asyncio.gather(*calls))
 
