@@ -75,6 +75,15 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert summary.best["best_value"] >= 0.9  # eval_accuracy of the exported checkpoint
     # sweep.reuse_actors: later trials ran in the processes of finished ones (Tune's own result files say where)
     assert len(set().union(*_trial_pids(summary.sweep_dir).values())) < 4
+    # No trial, stopped or finished, left HF's checkpoint folders on the node: storage holds what is kept.
+    from hfray.train.launch import local_root
+
+    for trial in trials.values():
+        for run in trial["runs"]:
+            local = Path(local_root(os.path.join(summary.sweep_dir, "trials"), run))
+            assert not local.exists() or all(p.name.startswith("stage-") for p in local.iterdir()), list(
+                local.iterdir()
+            )
 
     # The exported best model is a slim artifact that predicts.
     manifest = read_manifest(summary.artifact)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from hfray.config import JobConfig
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.storage import fs, layout
 from hfray.train.driver import RAY_JOB_ENV, latest_run
+from hfray.train.launch import local_root
 from hfray.train.recipes import recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
 from hfray.tune import results
@@ -220,6 +222,14 @@ def _check_restorable(plan: SweepPlan, resume: bool) -> bool:
     return resume
 
 
+def drop_trial_local_files(trials_storage: str, runs: list[str]) -> None:
+    """The trials' node-local folders on this node once Tune is done (HF's checkpoint folders: ~0.5 GB a MiniLM
+    trial): an ASHA-stopped trial's workers are killed before their own clean-up (train.worker.drop_local_copies).
+    Storage holds every checkpoint kept; workers of trials on other nodes keep theirs."""
+    for run in runs:
+        shutil.rmtree(local_root(trials_storage, run), ignore_errors=True)
+
+
 def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> SweepSummary:
     """Sweep a job end to end: checks, trials on Ray Tune, best checkpoint exported, report written."""
     started = time.time()
@@ -243,6 +253,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     grid = fit_sweep(build_tuner(job, plan, resume))
     budget_hit = bool(sweep.time_budget_s and time.time() - fit_started >= 0.98 * sweep.time_budget_s)
     rows = results.trial_rows(grid, plan, budget_hit)
+    drop_trial_local_files(plan.trials_storage, [run for r in rows for run in r.runs])
     if _interrupted(rows, expected_trials(sweep), budget_hit):
         raise SweepInterrupted(
             f"sweep {plan.sweep_name} interrupted; finished trials and checkpoints are kept. "
