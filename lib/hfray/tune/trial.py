@@ -39,11 +39,16 @@ _QUEUE: list[Any] = []  # this trial process's report queue: a reused trial acto
 def report_queue() -> Any:
     """The queue the Train controller's bridge puts reports on; one actor per trial process, not per trial (empty
     between trials: the trial drains it until its fit has returned, and every put blocks until it is queued)."""
+    if not _QUEUE:
+        _QUEUE.append(new_queue())
+    return _QUEUE[0]
+
+
+def new_queue() -> Any:
+    """A report queue of its own (a trial process that Tune does not reuse): an actor holding no CPU."""
     from ray.util.queue import Queue
 
-    if not _QUEUE:
-        _QUEUE.append(Queue(actor_options={"num_cpus": 0}))
-    return _QUEUE[0]
+    return Queue(actor_options={"num_cpus": 0})
 
 
 def _fit_in_thread(trainer: Any, outcome: dict[str, Any]) -> None:
@@ -123,8 +128,6 @@ def stop_run(fit: threading.Thread, stop_file: str | None) -> None:
 
 def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
-    from ray.util.queue import Queue
-
     timeline.mark_process_start("trial")  # once per process: a reused trial actor marks it only for its first
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(RESET_WAIT_S))  # read here when Tune reuses it
     trial_id = ray.tune.get_context().get_trial_id()
@@ -142,7 +145,7 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     if replay_finished(job, run):
         return
     reused = bool(context.get("reuse_actors"))  # without reuse, Ray ends a stopped trial's run with its process
-    queue = report_queue() if reused else Queue(actor_options={"num_cpus": 0})
+    queue = report_queue() if reused else new_queue()
     stop_file = os.path.join(tempfile.gettempdir(), f"hfray-stop-{run}-{uuid.uuid4().hex[:8]}") if reused else None
     trainer = build_trainer(
         job,

@@ -89,3 +89,26 @@ class ContinuousBatcher(Generic[T, R]):
 
     def describe(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "wait_s": self.wait_s, "slots": self.slots}
+
+
+def batched(
+    run: Callable[[list[T]], Awaitable[Sequence[R]]], kind: str, max_batch_size: int, wait_s: float, slots: int
+) -> Callable[[Sequence[T]], Awaitable[list[R]]]:
+    """``submit_many(items)``: each item joins ``run``'s batches as one request, batched the way ``ServeConfig.batcher``
+    (``kind``) says: ``continuous`` (:class:`ContinuousBatcher`) or ``serve`` (Ray Serve's ``@serve.batch``)."""
+    if kind == "continuous":
+        return ContinuousBatcher(run, max_batch_size, wait_s, slots).submit_many
+    from ray import serve
+
+    # Decorated here, on a plain function, because the settings come from the config (Serve detects this).
+    async def run_batch(items: list[T]) -> Sequence[R]:
+        return await run(items)
+
+    batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s, max_concurrent_batches=slots)(
+        run_batch
+    )
+
+    async def submit_many(items: Sequence[T]) -> list[R]:
+        return list(await asyncio.gather(*(batch(item) for item in items)))
+
+    return submit_many

@@ -10,8 +10,8 @@
 
 Requests arrive as prompt token ids (the ingress applied the chat template and checked the lengths,
 :mod:`hfray.serving.lm_routes`). Non-streaming requests are batched and grouped by model id and
-sampling settings: one left-padded ``generate`` per group, batched by
-:class:`~hfray.serving.replica.batcher.ContinuousBatcher` (a batch is what waited while the last one decoded, not
+sampling settings: one left-padded ``generate`` per group, batched as ``ServeConfig.batcher`` says (default:
+:class:`~hfray.serving.replica.batcher.ContinuousBatcher`: a batch is what waited while the last one decoded, not
 ``serve.batch``'s few milliseconds of arrivals; issue 21's first H200 run: 16 clients, 0.94 req/s).
 Streaming requests run one ``generate`` each with a ``TextIteratorStreamer``. One lock covers loading, adapter
 switching and ``generate`` on a replica: an adapter switch (or an eviction) must not happen in the middle of another
@@ -37,7 +37,7 @@ from hfray.artifacts.loading import load_artifact_pipeline
 from hfray.artifacts.predict import plain_json
 from hfray.serving.catalog import ArtifactCatalog, ModelEntry
 from hfray.serving.config import ServeConfig
-from hfray.serving.replica.batcher import ContinuousBatcher
+from hfray.serving.replica.batcher import batched
 from hfray.serving.replica.models import torch_placement
 
 LM_WAIT_S = 0.02  # least wait for more requests before a generation batch starts
@@ -100,7 +100,7 @@ class LMHost:
         # One slot: generate holds the lock anyway. A batch lasts seconds, so waiting LM_WAIT_S for more costs ~1%
         # and lets the clients of the batch that just ended rejoin the waiting ones (not alternate in half batches).
         wait = max(cfg.batch_wait_timeout_s, LM_WAIT_S)
-        self.batcher = ContinuousBatcher(self._run_counted, cfg.max_batch_size, wait)
+        self.submit_many = batched(self._run_counted, cfg.batcher, cfg.max_batch_size, wait, 1)
 
     # ------------------------------------------------------------------------- loading
 
@@ -166,7 +166,7 @@ class LMHost:
     # ------------------------------------------------------------------------- generation
 
     async def generate(self, model_id: str, prompt_ids: list[int], options: dict[str, Any]) -> dict[str, Any]:
-        return await self.batcher.submit((model_id, prompt_ids, options))
+        return (await self.submit_many([(model_id, prompt_ids, options)]))[0]
 
     async def _run_counted(self, requests: list[tuple[str, list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
         self.batches += 1

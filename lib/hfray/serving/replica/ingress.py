@@ -43,7 +43,7 @@ from hfray.artifacts.predict import TASK_PIPELINES
 from hfray.serving.catalog import ArtifactCatalog, ModelIdError
 from hfray.serving.config import ServeConfig
 from hfray.serving.replica import contract, image_routes
-from hfray.serving.replica.batcher import ContinuousBatcher
+from hfray.serving.replica.batcher import batched
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
 from hfray.serving.replica.demo import UI_PATH, DemoMount, attach
 from hfray.serving.replica.lm_requests import BODIES
@@ -145,15 +145,15 @@ class HfrayIngress:
             return out
 
         cfg = self.cfg
-        if cfg.batcher == "continuous":  # a call leaves when an in-flight slot is free, after the batch wait
-            wait = cfg.batch_wait_timeout_s
-            return ContinuousBatcher(forward, cfg.max_batch_size, wait, cfg.ingress_calls_in_flight).submit
-        batch = serve.batch(
-            max_batch_size=cfg.max_batch_size,
-            batch_wait_timeout_s=cfg.batch_wait_timeout_s,
-            max_concurrent_batches=cfg.ingress_calls_in_flight,
+        # A call leaves when one of ingress_calls_in_flight slots is free (continuous), after the batch wait.
+        submit_many = batched(
+            forward, cfg.batcher, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.ingress_calls_in_flight
         )
-        return batch(forward)
+
+        async def submit(job: Job) -> list[Any]:
+            return (await submit_many([job]))[0]
+
+        return submit
 
     def _model_handle(self, model_id: str, method: str) -> Any:
         """A model replica method routed to replicas holding ``model_id``; kept, since making one costs."""

@@ -20,7 +20,7 @@ from ray import serve
 
 from hfray.serving.catalog import ArtifactCatalog
 from hfray.serving.config import ServeConfig
-from hfray.serving.replica.batcher import ContinuousBatcher
+from hfray.serving.replica.batcher import batched
 from hfray.serving.replica.onnx_model import OnnxLoadedModel, is_onnx_artifact
 
 # One request in a batch: (model id, "classify" | "embed", texts, top_k | normalize).
@@ -179,25 +179,9 @@ class ModelHost:
     def _batcher(self) -> Any:
         """``submit_many(jobs)``: each job joins the batches as one request (``ServeConfig.batcher``)."""
         cfg = self.cfg
-        if cfg.batcher == "continuous":  # a batch forms when a slot is free (hfray.serving.replica.batcher)
-            return ContinuousBatcher(
-                self._run_batch, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.max_concurrent_batches
-            ).submit_many
-
-        # Serve's @serve.batch, decorated here because its settings come from the config (Ray detects this).
-        async def run_batch(requests: list[Job]) -> list[list[Any]]:
-            return await self._run_batch(requests)
-
-        batch = serve.batch(
-            max_batch_size=cfg.max_batch_size,
-            batch_wait_timeout_s=cfg.batch_wait_timeout_s,
-            max_concurrent_batches=cfg.max_concurrent_batches,
-        )(run_batch)
-
-        async def submit_many(jobs: list[Job]) -> list[list[Any]]:
-            return list(await asyncio.gather(*(batch(job) for job in jobs)))
-
-        return submit_many
+        return batched(
+            self._run_batch, cfg.batcher, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.max_concurrent_batches
+        )
 
     async def classify(self, model_id: str, texts: list[str], top_k: int) -> list[list[dict[str, Any]]]:
         return (await self.submit_many([(model_id, "classify", texts, top_k)]))[0]
