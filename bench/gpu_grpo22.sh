@@ -21,7 +21,8 @@
 # QLoRA alone, on any machine (fresh: SmolLM2's architecture with random weights, saved and loaded 4-bit like the
 # real ones): carry [".devbundle", ".devgrpo"] (61 MB), timeout_s 600:   bash bench/gpu_grpo22.sh qlora
 # Extra part grpo-qlora: the GRPO job on a 4-bit base (GRPO_QLORA_STEPS, default 30).
-# Knobs (env): GRPO_STEPS (60: the shipped job's max_steps; evaluations at 0 and every third).
+# Knobs (env): GRPO_STEPS (60: the shipped job's max_steps; evaluations at 0 and every third), GRPO_EVAL_ROWS
+# (validation prompts per evaluation; the job's 32 cost ~67 s an evaluation on an H200: 60 steps did not fit 567 s).
 # Back in $OUT: versions.txt, <part>.log, grpo_gpu.json + grpo_gpu.md (rewritten after every run), and the GRPO
 # runs' hfray_metrics.jsonl (the reward curve, also when a run is cut by the time limit).
 set -uo pipefail
@@ -79,7 +80,7 @@ run_part() {  # name, min seconds left, pytest -k expression, extra env
 
 for part in "$@"; do
   case $part in
-    grpo) run_part grpo 240 "reward_rises and not qlora" HFRAY_GRPO_STEPS="${GRPO_STEPS:-60}" ;;
+    grpo) run_part grpo 240 "reward_rises and not qlora" HFRAY_GRPO_STEPS="${GRPO_STEPS:-60}" HFRAY_GRPO_EVAL_ROWS="${GRPO_EVAL_ROWS:-}" ;;
     qlora) run_part qlora 150 "qlora_sft" ;;
     grpo-qlora) run_part grpo-qlora 240 "reward_rises and qlora" HFRAY_GRPO_STEPS="${GRPO_QLORA_STEPS:-30}" ;;
     *) echo "unknown part $part (grpo, qlora, grpo-qlora)" ;;

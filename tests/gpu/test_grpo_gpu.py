@@ -26,8 +26,11 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
-GPU = ["resources.gpus_per_worker=1", "resources.num_workers=1", "resources.cpus_per_worker=4"]
+GPU = ["resources.gpus_per_worker=1", "resources.num_workers=1", "resources.cpus_per_worker=4",
+       "tracking.mlflow=false"]  # mlflow is not carried to the GPU machine
 GRPO_STEPS = int(os.environ.get("HFRAY_GRPO_STEPS", "60"))
+# Each evaluation samples 8 completions of every validation prompt with HF generate (~67 s for the job's 32 on an H200).
+GRPO_EVAL_ROWS = os.environ.get("HFRAY_GRPO_EVAL_ROWS")
 SMOLLM2_ARCH = {
     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
     "num_key_value_heads": 3, "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
@@ -145,6 +148,8 @@ def test_shipped_grpo_job_reward_rises_on_gpu(gpu_cluster, tmp_path, method, smo
     every = max(1, GRPO_STEPS // 3)
     overrides = [f"peft.method={method}", "training.precision=bf16", f"training.max_steps={GRPO_STEPS}",
                  f"training.eval_steps={every}"]  # fmt: skip
+    if GRPO_EVAL_ROWS:
+        overrides.append(f"data.max_eval_samples={GRPO_EVAL_ROWS}")
     summary, curve, row = _train("jobs/grpo_arithmetic.yaml", overrides, tmp_path, "eval_reward", smollm2)
     _record(f"grpo_arithmetic_{method}", row)
     assert [s for s, _ in curve] == list(range(0, GRPO_STEPS + 1, every)), curve
