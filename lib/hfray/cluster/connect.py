@@ -108,10 +108,31 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         env = job_runtime_env(address)
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs)
+        init_local(dict(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs))
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return address
+
+
+def init_local(init_kwargs: dict[str, Any]) -> None:
+    """``ray.init`` of a new local cluster, tried twice: Ray gives its raylet a fixed 30 s to register with the GCS
+    (``ray/_private/node.py``), which an overloaded machine can miss once; a second miss is reported without
+    Ray's traceback."""
+    for attempt in (1, 2):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                raise HfrayError(
+                    f"the local Ray cluster did not start: its raylet missed Ray's 30 s start-up window twice "
+                    f"(load average {load:.1f} on {os.cpu_count()} CPUs). Retry when the machine is less busy, or "
+                    "start one with `ray start --head` and pass cluster.address"
+                ) from None
 
 
 def required_resources(res: ResourcesConfig) -> dict[str, float]:
