@@ -15,10 +15,16 @@
 # It sources .devbundle/activate.sh itself (its clock includes the install) and sets PYTHONPATH=$PWD/lib:$PWD/.devmin,
 # HF_HUB_OFFLINE=1. Back in $OUT: versions.txt, lm_serve_gpu_h200.json + .md (the table; both rewritten after every
 # level, so a cut run keeps what it measured), bench.log, test.log; copy the json + md to bench/results/.
-# Timing: the benchmark skips the levels that would end after BENCH_BUDGET_S (a row says so), so it ends by ~450 s;
-# the test gets what is left until 570 s (it needs ~80-120 s) or is skipped.
-# Knobs (env): LEVEL_S (seconds per level, 12), BENCH_BUDGET_S (380), ADAPTER_C (adapter levels, "64"),
-# SKIP_BENCH=1 (the test alone), SKIP_TEST=1; DEVICE=cpu MODEL=random:tiny DTYPE=float32 PROXY=serve: a CPU dry run.
+# Timing (one call <= 560 s): the benchmark runs hfray (1/16/64 clients, SSE at 1), then 8 adapters shared vs merged,
+# then the plain pipeline (1/16/64; its drain per level BASE_DRAIN "20,60,30": at 16 clients its answers all end
+# together after ~60 s, at 64 none would within a call: the row says unfinished). Levels that would end after
+# BENCH_BUDGET_S are skipped (a row says so); the whole bench is cut at CALL_S - 15 = 545 s. The GPU test (2 passed on the H200
+# on Dec 4) is skipped unless >= 100 s are left: alone, same carry: SKIP_BENCH=1 bash bench/gpu_lm_serve21.sh.
+# Two calls instead of one (each <= 300 s, same carry): PART=hfray,adapters CALL_S=300 bash bench/gpu_lm_serve21.sh,
+# then PART=baseline CALL_S=300 OUT=$OUT/b bash bench/gpu_lm_serve21.sh (CALL_S: the call's seconds, default 560).
+# Knobs (env): LEVEL_S (seconds per level, 10), DRAIN_S (hfray levels, 40), BASE_DRAIN, BENCH_BUDGET_S (480),
+# ADAPTER_C (adapter levels, "64"), PART, SKIP_BENCH=1 (the test alone), SKIP_TEST=1;
+# DEVICE=cpu MODEL=random:tiny DTYPE=float32 PROXY=serve: a CPU dry run.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu_run21}
 mkdir -p "$OUT"
@@ -37,19 +43,21 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 } 2>&1 | tee "$OUT/versions.txt"
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-budget=$(( ${BENCH_BUDGET_S:-380} < 500 - SECONDS ? ${BENCH_BUDGET_S:-380} : 500 - SECONDS ))
+CALL_S=${CALL_S:-560}
+budget=$(( ${BENCH_BUDGET_S:-480} < CALL_S - 35 - SECONDS ? ${BENCH_BUDGET_S:-480} : CALL_S - 35 - SECONDS ))
 echo "bench budget ${budget}s (elapsed ${SECONDS}s)" | tee -a "$OUT/versions.txt"
-timeout $((budget + 45)) python3 bench/lm_serve_bench.py --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" \
+timeout $((CALL_S - 15 - SECONDS)) python3 bench/lm_serve_bench.py --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" \
   --model "${MODEL:-random:smollm2}" \
   --tokenizer-dir .devmin/smollm2_tokenizer --max-new-tokens 64 --concurrency 1,16,64 --stream-concurrency 1 \
-  --adapters 8 --adapter-concurrency "${ADAPTER_C:-64}" --seconds "${LEVEL_S:-12}" --drain-s 60 --budget-s "$budget" \
+  --adapters 8 --adapter-concurrency "${ADAPTER_C:-64}" --seconds "${LEVEL_S:-10}" --drain-s "${DRAIN_S:-40}" --budget-s "$budget" \
+  --parts "${PART:-hfray,adapters,baseline}" --baseline-drain-s "${BASE_DRAIN:-20,60,30}" \
   --proxy "${PROXY:-auto}" --out "$OUT/lm_serve_gpu_h200.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $? at ${SECONDS}s" | tee -a "$OUT/bench.log"
 grep -E '^\{"server"|^\||Error|error' "$OUT/bench.log" | head -60
 fi
 
-left=$((570 - SECONDS))
-if [ "${SKIP_TEST:-0}" = 1 ] || [ $left -lt 80 ]; then
+left=$((${CALL_S:-560} - 5 - SECONDS))
+if [ "${SKIP_TEST:-0}" = 1 ] || [ $left -lt 100 ]; then
   echo "test skipped (SKIP_TEST=${SKIP_TEST:-0}, ${left}s left): alone, same carry: SKIP_BENCH=1 bash bench/gpu_lm_serve21.sh" \
     | tee "$OUT/test.log"
 else
