@@ -115,24 +115,21 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
 
 
 def init_local(init_kwargs: dict[str, Any]) -> None:
-    """``ray.init`` of a new local cluster, tried twice: Ray gives its raylet a fixed 30 s to register with the GCS
-    (``ray/_private/node.py``), which an overloaded machine can miss once; a second miss is reported without
-    Ray's traceback."""
-    for attempt in (1, 2):
-        try:
-            ray.init(**init_kwargs)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc):
-                raise
-            ray.shutdown()
-            if attempt == 2:
-                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-                raise HfrayError(
-                    f"the local Ray cluster did not start: its raylet missed Ray's 30 s start-up window twice "
-                    f"(load average {load:.1f} on {os.cpu_count()} CPUs). Retry when the machine is less busy, or "
-                    "start one with `ray start --head` and pass cluster.address"
-                ) from None
+    """``ray.init`` of a new local cluster. Ray gives its raylet a fixed 30 s to register with the GCS
+    (``ray/_private/node.py``), which an overloaded machine can miss; that is reported without Ray's traceback.
+    Not retried: the half-started GCS of the failed attempt keeps its port, and a second ``ray.init`` finds it
+    and fails on a session-name mismatch (seen on this project's 2-core box)."""
+    try:
+        ray.init(**init_kwargs)
+    except Exception as exc:  # Ray raises a bare Exception for this
+        if "timed out during startup" not in str(exc):
+            raise
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        raise HfrayError(
+            f"the local Ray cluster did not start: its raylet missed Ray's 30 s start-up window (load average "
+            f"{load:.1f} on {os.cpu_count()} CPUs). Retry when the machine is less busy, or start one with "
+            "`ray start --head` and pass cluster.address"
+        ) from None
 
 
 def required_resources(res: ResourcesConfig) -> dict[str, float]:
