@@ -240,9 +240,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     job = sweep_job(
         tmp_path,
         data_files,
-        two_trial_grid(max_concurrent_trials=1),
-        # Enough steps after trial 2's first checkpoint that it cannot finish before the interrupt lands: with
-        # fs uploaded in the background (storage.async_upload) 30 steps of this tiny model could.
+        # Trial 1 only has to finish; trial 2 needs enough steps after its first checkpoint that it cannot finish
+        # before the interrupt lands: with fs uploaded in the background (storage.async_upload) 30 steps could.
+        two_trial_grid(
+            max_concurrent_trials=1, parameters={"training.max_steps": {"type": "grid", "values": [24, 90]}}
+        ),
         training={"per_device_train_batch_size": 32, "max_steps": 90},
     )
     job_file = tmp_path / "sweep.yaml"
