@@ -25,6 +25,13 @@
 #         continuous batcher's wait follows the forward instead of overlapping it).
 #         64/128/256 clients, 4 s each.
 #
+# PART d (ONE call, under 540 s; carry [".devbundle", ".devmin"]): CPU per request, issue 26h. Fused r8 was
+#         CPU-bound on 2026-12-03 (~2 ms of Python per request, 16 cores). Today's default path (FastAPI routes,
+#         replica code on Serve's user-code thread: hot_routes=false separate_user_loop=true) against the new one
+#         (hot_routes: /v1/classify answered by an ASGI middleware ahead of FastAPI; separate_user_loop=false: no
+#         thread hop per request), alternated (today, new, today again, new again), then the new path with 12
+#         replicas x 1/12 GPU (more cores for Python). 64/128/256 clients, 4 s each; ~80 s per variant.
+#   source .devbundle/activate.sh && PART=d bash bench/gpu_bench_serving26.sh
 # PART a: transformers.pipeline + uvicorn (the baseline), and today's best (r8-b16: 8 fused replicas x 1/8 GPU,
 #         batches of 16; 4,882 req/s at 64 clients on 2026-12-03).
 # PART b: the new topology: several HTTP ingress replicas (no model) feeding ONE GPU-owning model replica through
@@ -47,9 +54,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAG
 } 2>&1 | tee "$OUT/versions.txt"
 
 levels=1,8,32,64,128,256
-[ "$PART" = c ] && levels=64,128,256
+[ "$PART" = c ] || [ "$PART" = d ] && levels=64,128,256
 common=(--model bert-base --device cuda --dtype bf16 --ray-num-cpus 16 --concurrency $levels
-        --requests 10000000 --max-seconds ${LEVEL_SECONDS:-$([ "$PART" = c ] && echo 4 || echo 5)} --warmup 64 --client-procs 6 --num-cpus 1
+        --requests 10000000 --max-seconds ${LEVEL_SECONDS:-$([ "$PART" = c ] || [ "$PART" = d ] && echo 4 || echo 5)} --warmup 64 --client-procs 6 --num-cpus 1
         --proxy haproxy --out "$OUT/serve_gpu26_$PART.json")
 tuned="cuda_graphs=true access_log=false"
 if [ "$PART" = a ]; then
@@ -71,6 +78,18 @@ separate_user_loop=false $split"
 max_concurrent_batches=2 $fused"
     --variant "name=fused-cont-r2-b64-c2 replicas=2 num_gpus=0.5 max_batch_size=64 max_ongoing_requests=256
 max_concurrent_batches=2 $fused")
+elif [ "$PART" = d ]; then
+  r8="topology=fused batcher=continuous replicas=8 num_gpus=0.125 max_batch_size=16 max_ongoing_requests=64
+batch_wait_timeout_s=0.002 $tuned"
+  today="hot_routes=false separate_user_loop=true"
+  new="hot_routes=true separate_user_loop=false"
+  variants=(--only hfray
+    --variant "name=today-r8-b16 $today $r8"
+    --variant "name=new-r8-b16 $new $r8"
+    --variant "name=today2-r8-b16 $today $r8"
+    --variant "name=new2-r8-b16 $new $r8"
+    --variant "name=new-r12-b16 $new topology=fused batcher=continuous replicas=12 num_gpus=0.0833 max_batch_size=16
+max_ongoing_requests=64 batch_wait_timeout_s=0.002 $tuned")
 else
   split="topology=split replicas=1 num_gpus=1 num_cpus=4 max_concurrent_batches=2 ingress_num_cpus=1 $tuned"
   variants=(--only hfray
@@ -80,8 +99,8 @@ batch_wait_timeout_s=0.002 ingress_max_ongoing_requests=256 $split"
 batch_wait_timeout_s=0.004 ingress_max_ongoing_requests=256 $split")
 fi
 limit=560
-[ "$PART" = c ] && limit=500  # the device call's own limit is 540 s; leave room for the grep below
+[ "$PART" = c ] || [ "$PART" = d ] && limit=500  # the device call's own limit is 540 s; leave room for the grep below
 timeout ${BENCH_LIMIT_S:-$limit} python3 bench/serve_bench.py "${common[@]}" "${variants[@]}" > "$OUT/bench_$PART.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/bench_$PART.log"
-[ "$PART" = c ] && timeout 20 ray stop --force > /dev/null 2>&1  # the device machine: a run cut by the timeout leaves its Ray behind
+[ "$PART" = c ] || [ "$PART" = d ] && timeout 20 ray stop --force > /dev/null 2>&1  # the device machine: a run cut by the timeout leaves its Ray behind
 grep -E '^\{"server"|^\||Error|error' "$OUT/bench_$PART.log" | head -80

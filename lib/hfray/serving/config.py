@@ -99,6 +99,11 @@ class ServeConfig(Section):
         "replica's main loop (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 in the replicas' runtime_env), one "
         "thread hop less per request; hfray's replicas run models and tokenizers in worker threads anyway.",
     )
+    hot_routes: bool = Field(
+        True,
+        description="POST /v1/classify and /v1/embeddings answered by a plain ASGI middleware ahead of FastAPI's "
+        "routing (same validation, answers and errors; less CPU per request: hfray.serving.replica.hot_routes).",
+    )
     access_log: bool = Field(True, description="Serve's per-request log lines; off saves CPU at high request rates.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     max_models_per_replica: int = Field(3, ge=1, description="Multiplexing: LRU-cached models per replica.")

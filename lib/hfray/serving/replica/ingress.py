@@ -46,6 +46,7 @@ from hfray.serving.replica import contract, image_routes
 from hfray.serving.replica.batcher import batched
 from hfray.serving.replica.contract import ClassifyResponse, EmbeddingsResponse
 from hfray.serving.replica.demo import UI_PATH, DemoMount, attach
+from hfray.serving.replica.hot_routes import HotRouteMiddleware, HotRoutes, register
 from hfray.serving.replica.lm_requests import BODIES
 from hfray.serving.replica.lm_routes import LMRoutes
 from hfray.serving.replica.models import Job, ModelHost, is_encoder
@@ -62,6 +63,8 @@ app = FastAPI(
     redoc_url=None,
 )
 app.mount(UI_PATH, DemoMount())  # the Gradio demo page when ui: true (hfray.serving.replica.demo), else 404
+# POST /v1/classify and /v1/embeddings without FastAPI's per-request machinery when ServeConfig.hot_routes is on.
+app.add_middleware(HotRouteMiddleware)
 # split topology: a model replica dying under a request (RayActorError covers ActorDiedError and
 # ActorUnavailableError) is retried on another one; classification and embeddings are idempotent.
 MODEL_CALL_ATTEMPTS = 4
@@ -115,11 +118,17 @@ class HfrayIngress:
         self.openapi_doc: dict[str, Any] | None = None
         if self.cfg.ui:
             attach(self)  # the demo page at /ui calls classify_body, predict_body and self.lm
+        hot = {"/v1/classify": self.classify_body, "/v1/embeddings": self.embeddings_body}
+        register(HotRoutes(hot, self._authorize, self.body_limit) if self.cfg.hot_routes else None)
 
     def _auth(self, request: Request) -> None:
+        self._authorize(request.headers.get("authorization", ""))
+
+    def _authorize(self, authorization: str) -> None:
+        """Raises 401 unless ``authorization`` (the header's value) is the server's bearer token, when it has one."""
         if self.cfg.auth_token is None:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = authorization.partition(" ")
         # compare_digest: the time taken must not reveal how much of a guess was right.
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.cfg.auth_token.encode()):
             raise HTTPException(
@@ -222,7 +231,11 @@ class HfrayIngress:
     async def embeddings(self, request: Request) -> dict[str, Any]:
         """Sentence embeddings of an encoder artifact: mean-pooled last hidden states, as sentence-transformers."""
         self._auth(request)
-        req = parse_body(await read_body(request, self.body_limit), self.models["/v1/embeddings"], "input")
+        return await self.embeddings_body(await read_body(request, self.body_limit))
+
+    async def embeddings_body(self, raw: bytes) -> dict[str, Any]:
+        """POST /v1/embeddings once authorized."""
+        req = parse_body(raw, self.models["/v1/embeddings"], "input")
         entry = self._entry(req.model, EMBEDDING_TASKS, "/v1/embeddings")
         if not is_encoder(entry.path):
             raise bad_request(422, "model", f"model: {entry.model_id!r} is not an encoder; embeddings need one")
