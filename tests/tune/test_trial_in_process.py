@@ -48,6 +48,7 @@ def _tune_pids(sweep_dir: str) -> dict[str, set[int]]:
     return pids
 
 
+@pytest.mark.slow  # 76 s alone at load ~10; the default suite's ASHA sweep (test_sweep.py) runs this path (auto)
 @pytest.mark.usefixtures("ray_cluster")
 def test_in_process_trials_train_store_checkpoints_export_the_best_and_asha_stops_one(tmp_path, data_files):
     from hfray.artifacts.loading import load_artifact_pipeline
