@@ -38,8 +38,10 @@ def _role() -> tuple[str, str | None]:
     train = sys.modules.get("ray.train")  # never imported here: a plain script must not pay for Ray
     if train is None:
         return "driver", None
+    # An in-process run (hfray.train.local) answers through hfray.train.session: Ray's refuses a Tune trial's process.
+    session = sys.modules.get("hfray.train.session")
     try:
-        context = train.get_context()
+        context = (session.get_context if session is not None else train.get_context)()
         return f"rank{context.get_world_rank()}", context.get_experiment_name()
     except Exception:  # not inside a Train worker
         return "driver", None

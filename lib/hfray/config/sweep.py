@@ -149,6 +149,13 @@ class SweepConfig(Section):
         description="Run the next trial in a finished trial's process (Ray Tune's reuse_actors): one process "
         "boot and import fewer per trial; false: a fresh process per trial. Not with pbt, pb2 or hyperband.",
     )
+    trial_in_process: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Train a one-worker trial in its Tune trial process (Ray Train's local mode, no Train controller "
+        "or worker processes: hfray.train.local). auto: when resources.num_workers is 1, the scheduler is not "
+        "pbt, pb2 or hyperband and the task streams no Ray Data; always: the same, an error otherwise; never: a "
+        "Ray Train run per trial.",
+    )
     refit: bool = Field(
         False,
         description="Train the best configuration again on train + validation for the full budget and export "

@@ -33,13 +33,14 @@ def local_root(storage: str, run_name: str) -> str:
     return os.path.join(tempfile.gettempdir(), "hfray", f"{run_name}-{key}")
 
 
-def scaling_config(job: JobConfig) -> ray.train.ScalingConfig:
+def scaling_config(job: JobConfig, in_process: bool = False) -> ray.train.ScalingConfig:
+    """The job's workers; ``in_process``: none (Ray's local mode, :mod:`hfray.train.local`)."""
     res = job.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
         per_worker["GPU"] = res.gpus_per_worker
     return ray.train.ScalingConfig(
-        num_workers=res.num_workers,
+        num_workers=0 if in_process else res.num_workers,
         use_gpu=res.gpus_per_worker > 0,
         resources_per_worker=per_worker,
         placement_strategy=res.placement_strategy,
@@ -88,8 +89,11 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     init_checkpoint: ray.train.Checkpoint | None = None,
     gate: str | None = None,
+    in_process: bool = False,
 ) -> Any:
     """The Ray Train trainer of a run; ``init_checkpoint``: start from another run's checkpoint (PBT).
+
+    ``in_process``: a one-worker run in the process that calls ``fit()`` (:mod:`hfray.train.local`), no Ray Data.
 
     ``gate`` (a start gate's key) instead of ``info``: the workers get :func:`checked_values` from the gate.
     """
@@ -101,7 +105,8 @@ def build_trainer(
         "local_root": local_root(storage, run_name),
         "artifact_uri": layout.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
-        "timeline": timeline.run_marks(),  # the driver's start-up marks, for the manifest's phases
+        "timeline": [] if in_process else timeline.run_marks(),  # the driver's marks (in process: the worker's)
+        "in_process": in_process,
     }
     loop_config.update({"start_gate": gate} if gate is not None else checked_values(job, recipe, info))
     extra: dict[str, Any] = {}
@@ -109,12 +114,20 @@ def build_trainer(
         streamed = recipe.ray_datasets(job, info)
         loop_config.update(streamed.loop_config)
         extra = {"datasets": streamed.datasets, "dataset_config": streamed.dataset_config}
-    return torch_trainer(
+    if in_process:
+        from hfray.train.local import InProcessTrainer
+
+        assert not extra, "in-process runs take no Ray Data datasets"
+    trainer = torch_trainer(
         recipe.train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=scaling_config(job),
+        scaling_config=scaling_config(job, in_process),
+        trainer_cls=InProcessTrainer if in_process else None,
         # A streaming recipe starts its Ray Data stream before its imports, so the stream's tasks boot meanwhile;
         # the prewarm would hold that start back (MLM on 2 CPUs: first step 1.1 s later, startup_cpu.md).
         run_config=run_config(job, run_name, callbacks, prewarm_workers=not extra.get("datasets")),
         **extra,
     )
+    if in_process:
+        trainer.retry_s = job.storage.retry_s  # its uploads retry as a worker's (storage.retry_s)
+    return trainer

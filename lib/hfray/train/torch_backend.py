@@ -155,13 +155,14 @@ class LazyTorchBackend(Backend):
             logger.warning("torch process group shutdown timed out after %s s", timeout_s)
 
 
-def torch_trainer(train_fn: Any, *, scaling_config: Any, **kwargs: Any) -> Any:
+def torch_trainer(train_fn: Any, *, scaling_config: Any, trainer_cls: type | None = None, **kwargs: Any) -> Any:
     """``ray.train.torch.TorchTrainer(train_fn, ...)`` with :class:`LazyTorchConfig`: no torch import here.
 
     ``kwargs``: ``DataParallelTrainer``'s (``train_loop_config``, ``run_config``, ``datasets``,
-    ``dataset_config``). The backend is chosen as TorchTrainer does: nccl with GPUs, else gloo.
+    ``dataset_config``). The backend is chosen as TorchTrainer does: nccl with GPUs, else gloo. ``trainer_cls``: a
+    subclass of hfray's trainer (:class:`hfray.train.local.InProcessTrainer`).
     """
     from hfray.train.failures import Trainer  # Ray's DataParallelTrainer; a worker's user error is not retried
 
     config = LazyTorchConfig(backend="nccl" if scaling_config.use_gpu else "gloo")
-    return Trainer(train_fn, backend_config=config, scaling_config=scaling_config, **kwargs)
+    return (trainer_cls or Trainer)(train_fn, backend_config=config, scaling_config=scaling_config, **kwargs)

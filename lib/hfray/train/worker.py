@@ -35,6 +35,7 @@ from hfray.artifacts.export import export_artifact
 from hfray.artifacts.manifest import build_manifest
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
+from hfray.train import session
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def start(loop_config: dict[str, Any]) -> WorkerRun:
     """The job as the driver checked it (re-validated here) and this worker's rank; imports nothing heavy, so a
     recipe can start its data stream before it imports torch."""
     job = JobConfig.from_dict(loop_config["job"], source="job (on worker)")
-    ctx = ray.train.get_context()
+    ctx = session.get_context()
     return WorkerRun(job, loop_config, ctx.get_world_rank(), ctx.get_local_rank(), ctx.get_world_size())
 
 
@@ -147,7 +148,7 @@ def resume_dir(run: WorkerRun) -> tuple[str | None, int]:
     """
     import pyarrow.fs
 
-    ckpt, init = ray.train.get_checkpoint(), run.loop_config.get("init_checkpoint")
+    ckpt, init = session.get_checkpoint(), run.loop_config.get("init_checkpoint")
     if ckpt is not None and isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
         path, source = ckpt.path, ckpt.path  # read in place: HF only reads a checkpoint it resumes from
     elif ckpt is not None:
@@ -174,7 +175,7 @@ def localize_best(resume_from: str, local_rank: int) -> None:
         best = json.load(f).get("best_model_checkpoint")
     if local_rank == 0 and best and not os.path.isdir(best):
         step = int(best.rsplit("-", 1)[-1])
-        for reported in ray.train.get_all_reported_checkpoints():
+        for reported in session.get_all_reported_checkpoints():
             if int(reported.metrics.get("step", -1)) == step:
                 reported.checkpoint.to_directory(best)
                 break
@@ -219,6 +220,10 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
     if step_profile.enabled():
         found.append(step_profile.StepProfileCallback())
+    if run.loop_config.get("in_process"):  # the caller may end the run early (a sweep's scheduler)
+        from hfray.train.local import stop_callback
+
+        found.append(stop_callback())
     t = job.training
     if t.early_stopping_patience:
         found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))

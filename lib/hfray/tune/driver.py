@@ -73,10 +73,11 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
         "metric": plan.metric,
         "attach_checkpoints": plan.needs_tune_checkpoints,
         "reuse_actors": reuses_actors(sweep),
+        "in_process": plan.in_process,
     }
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(sweep_trial, context=context), {"CPU": sweep.trial_driver_cpus}
-    )
+    # An in-process trial trains in its trial process, which then holds the worker's resources as well.
+    held = per_trial_resources(job) if plan.in_process else {"CPU": sweep.trial_driver_cpus}
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(sweep_trial, context=context), held)
     if resume:
         return ray.tune.Tuner.restore(plan.sweep_dir, trainable, resume_unfinished=True, resume_errored=True)
     scheduler = build_scheduler(sweep, plan)
@@ -113,6 +114,23 @@ def reuses_actors(sweep: Any) -> bool:
     """``sweep.reuse_actors``, except for schedulers that restore checkpoints into trials (PBT, PB2, HyperBand): with
     the reuse path, PBT's slow test saw no exploit (its donor had no checkpoint yet); they keep a process per trial."""
     return bool(sweep.reuse_actors and not sweep.restores_checkpoints)
+
+
+def in_process_trials(job: JobConfig) -> bool:
+    """``sweep.trial_in_process``: whether each trial trains in its Tune trial process (:mod:`hfray.train.local`);
+    ``always`` where that cannot be is a config error naming why."""
+    sweep = job.sweep
+    assert sweep is not None
+    why = []
+    if job.resources.num_workers != 1:
+        why.append(f"resources.num_workers is {job.resources.num_workers} (one worker trains in process)")
+    if sweep.restores_checkpoints:
+        why.append(f"the {sweep.scheduler.type} scheduler restores checkpoints into trials")
+    if recipe_for(job.task).ray_datasets is not None:
+        why.append(f"{job.task} streams Ray Data to its workers")
+    if sweep.trial_in_process == "always" and why:
+        raise ConfigError([Problem("sweep.trial_in_process", f"'always' cannot be met: {'; '.join(why)}")])
+    return sweep.trial_in_process != "never" and not why
 
 
 def _trial_name(trial: Any) -> str:
@@ -166,11 +184,13 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         job = JobConfig.from_dict(raw)
         notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
     edges = check_space(job)
+    in_process = in_process_trials(job)
     job, prepared = recipe.preflight(job, True)
     storage = job.storage.path
     name = latest_run(storage, name, fresh, lambda n: fs.exists(fs.join(storage, n, layout.SWEEP_SUMMARY)))
     plan = make_plan(job, prepared, name, edges)
     plan.artifact_fields = recipe.artifact_fields(job)
+    plan.in_process = in_process
     plan.notes = notes + plan.notes
     return job, plan
 

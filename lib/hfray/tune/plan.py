@@ -141,6 +141,7 @@ class SweepPlan:
     artifact_fields: dict[str, Any] = field(default_factory=dict)  # the recipe's: how the exported model loads
     needs_tune_checkpoints: bool = False
     max_concurrent: int = 1
+    in_process: bool = False  # each trial trains in its Tune trial process (sweep.trial_in_process)
     scheduler_log: str = ""
     notes: list[str] = field(default_factory=list)
 

@@ -12,6 +12,7 @@ Ray job). The trial then replays its reports from the run's metrics log, and not
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import tempfile
@@ -29,6 +30,7 @@ from hfray.config import JobConfig
 from hfray.storage import layout
 from hfray.train.driver import fit, run_is_complete
 from hfray.train.launch import build_trainer
+from hfray.train.local import RunStopped, run_in_process
 from hfray.train.recipes import recipe_for
 from hfray.tune.controller import TuneBridgeCallback
 from hfray.tune.space import trial_job_dict
@@ -99,6 +101,41 @@ def _forward_reports(
         ray.tune.report(metrics, checkpoint=ckpt if (attach_checkpoints and ckpt is not None) else None)
 
 
+class InProcessReport(ray.train.UserCallback):
+    """An in-process trial's reports to Tune (:mod:`hfray.train.local` calls it in the trial's own thread, as the
+    Train controller calls :class:`~hfray.tune.controller.TuneBridgeCallback`); a trial Tune ends stops its run here
+    or at its next step."""
+
+    def __init__(self, metric: str, attach_checkpoints: bool, run: str) -> None:
+        self.metric, self.attach, self.run = metric, attach_checkpoints, run
+        self.last: dict[str, Any] = {}
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        item = dict(metrics[0]) if metrics else {}
+        # A report without the sweep metric (a bare save) carries the latest one: schedulers need it.
+        self.last = {**self.last, **item} if self.metric not in item else item
+        report = {**self.last, "hfray_run": self.run, "checkpoint_path": checkpoint.path if checkpoint else None}
+        ray.tune.report(report, checkpoint=checkpoint if (self.attach and checkpoint is not None) else None)
+        if _tune_ends_trial():
+            raise RunStopped(f"Tune ended trial run {self.run}")
+
+
+def train_in_process(job: JobConfig, info: Any, run: str, context: dict[str, Any], restored: Any) -> None:
+    """The trial's run in this process (``sweep.trial_in_process``): no Train controller or worker processes; a
+    stop from Tune (a scheduler's) ends it at its next step, nothing exported."""
+    report = InProcessReport(context["metric"], context["attach_checkpoints"], run)
+    init = ray.train.Checkpoint(restored.path, restored.filesystem) if restored else None
+    trainer = build_trainer(job, recipe_for(job.task), info, run, [report], init_checkpoint=init, in_process=True)
+    timeline.mark("trial_trainer_built", "trial", run=run)
+    try:
+        run_in_process(trainer, _tune_ends_trial)
+    except RunStopped as stopped:
+        print(f"[hfray] trial run {run} stopped: {stopped}", flush=True)
+    finally:
+        gc.collect()  # the trial's model and optimizer, before this process runs the next trial
+    timeline.mark("trial_fit_returned", "trial", run=run)
+
+
 def replay_finished(job: JobConfig, run: str) -> bool:
     """When ``run`` (this trial's Train run) is complete: its reports to Tune again, from its metrics log, as the
     trial sent them (the sweep's report and best checkpoint read them); nothing is trained or written."""
@@ -143,6 +180,9 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     if restored is not None:
         run = f"{trial_id}-from-{hashlib.sha256(restored.path.encode()).hexdigest()[:6]}"
     if replay_finished(job, run):
+        return
+    if context.get("in_process"):
+        train_in_process(job, info, run, context, restored)
         return
     reused = bool(context.get("reuse_actors"))  # without reuse, Ray ends a stopped trial's run with its process
     queue = report_queue() if reused else new_queue()

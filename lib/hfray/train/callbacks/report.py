@@ -32,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfray.artifacts.checkpoints import stage_for_rank
 from hfray.storage.retry import retrying
+from hfray.train import session
 
 # grpo also logs "reward": the mean reward of its latest training completions.
 _TRAIN_LOG_KEYS = {
@@ -151,7 +152,7 @@ class RayReportCallback(TrainerCallback):
         # Ray sends this report (and any after it, in order) once the upload is done, and waits for the last
         # upload before the train function's end counts as finished.
         modes = ray.train.CheckpointUploadMode
-        ray.train.report(
+        session.report(
             _clean(metrics),
             checkpoint=checkpoint,
             checkpoint_dir_name=self._dir_name(state, checkpoint),
