@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_sweep import sweep_job
 
-from conftest import check_manifest, tiny_job
+from conftest import check_manifest
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
@@ -23,15 +24,8 @@ BAD_LR = 1e-7
 
 
 def in_process_job(tmp_path: Path, data_files: dict[str, Path], sweep: dict[str, Any], **sections: Any) -> JobConfig:
-    defaults: dict[str, Any] = {
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.9},
-        "storage": {"num_to_keep": 2, "max_failures": 0},
-        "training": {"per_device_train_batch_size": 32, "max_steps": 30},
-    }
-    raw = tiny_job(tmp_path, data_files, **{**defaults, **sections})
-    raw["sweep"] = {"trial_driver_cpus": 0.1, "max_concurrent_trials": 2, "max_failures": 0, **sweep}
-    raw["sweep"].setdefault("trial_in_process", "always")
-    return JobConfig.from_dict(raw)
+    """test_sweep's tiny sweep job, its trials in process unless ``sweep`` says otherwise."""
+    return sweep_job(tmp_path, data_files, {"trial_in_process": "always", **sweep}, **sections)
 
 
 def _log(trials_dir: Path, run: str) -> list[dict[str, Any]]:
