@@ -74,7 +74,7 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert any(t["stop_reason"] == "completed" for t in trials.values()), trials
     assert summary.best["best_value"] >= 0.9  # eval_accuracy of the exported checkpoint
     # sweep.reuse_actors: later trials ran in the processes of finished ones (Tune's own result files say where)
-    assert len(set().union(*_trial_pids(summary.sweep_dir).values())) < 4
+    assert len(set().union(*trial_pids(summary.sweep_dir).values())) < 4
     # No trial, stopped or finished, left HF's checkpoint folders on the node: storage holds what is kept.
     from hfray.train.launch import local_root
 
@@ -116,7 +116,7 @@ def test_asha_stops_the_bad_learning_rate_and_exports_the_best(tmp_path, data_fi
     assert again.reused and again.artifact == summary.artifact
 
 
-def _trial_pids(sweep_dir: str) -> dict[str, set[int]]:
+def trial_pids(sweep_dir: str) -> dict[str, set[int]]:
     """The process each trial's function ran in, from Ray Tune's own result files (its ``pid`` key)."""
     pids = {}
     for path in Path(sweep_dir).glob("trial_*/result.json"):
@@ -153,7 +153,7 @@ def test_a_stopped_trial_ends_its_run_and_its_process_runs_the_next_trial(tmp_pa
     # the last trial ran in the reused process and was judged like any other (ASHA may stop it too), no error
     assert last["steps_run"] >= 12 and not last["stop_reason"].startswith(("error", "not finished")), last
     assert max(r["step"] for r in _metrics_log(summary.sweep_dir, bad["runs"][-1])) < 120
-    pids = _trial_pids(summary.sweep_dir)
+    pids = trial_pids(summary.sweep_dir)
     assert pids[last["trial_id"]] == pids[bad["trial_id"]], pids  # the stopped trial's process ran the last one
 
 

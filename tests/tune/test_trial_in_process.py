@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sweep import sweep_job
+from test_sweep import sweep_job, trial_pids
 
 from conftest import check_manifest
 from hfray.artifacts.manifest import read_manifest
@@ -31,15 +31,6 @@ def in_process_job(tmp_path: Path, data_files: dict[str, Path], sweep: dict[str,
 def _log(trials_dir: Path, run: str) -> list[dict[str, Any]]:
     text = (trials_dir / run / "hfray_metrics.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _tune_pids(sweep_dir: str) -> dict[str, set[int]]:
-    """The process each trial's function ran in, from Ray Tune's own result files (its ``pid`` key)."""
-    pids = {}
-    for path in Path(sweep_dir).glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        pids[path.parent.name.removeprefix("trial_")] = {r["pid"] for r in rows}
-    return pids
 
 
 @pytest.mark.slow  # 76 s alone at load ~10; the default suite's ASHA sweep (test_sweep.py) runs this path (auto)
@@ -64,7 +55,7 @@ def test_in_process_trials_train_store_checkpoints_export_the_best_and_asha_stop
     trials = {t["params"]["training.learning_rate"]: t for t in summary.trials}
 
     # Trained in the Tune trial's own process: rank 0's pid in every report is the pid Tune recorded for the trial.
-    pids = _tune_pids(summary.sweep_dir)
+    pids = trial_pids(summary.sweep_dir)
     for trial in trials.values():
         worker_pids = {r["worker_pid"] for r in _log(trials_dir, trial["runs"][-1])}
         assert worker_pids == pids[trial["trial_id"]], (worker_pids, pids)
