@@ -14,8 +14,9 @@
 #   2. carry [".devsmol-2"], timeout_s 120:
 #        cp .devsmol-2/part-2 /tmp/smol/ && ls -la /tmp/smol
 #   3. carry [".devsmol-3", ".devgrpo"], timeout_s 600:
-#        bash bench/gpu_grpo22.sh grpo qlora
-#      GRPO with LoRA first (about 4-5 min expected), then QLoRA SFT vs LoRA SFT if 150 s are left.
+#        GRPO_EVAL_ROWS=16 bash bench/gpu_grpo22.sh grpo qlora
+#      GRPO with LoRA first (~6 min on 2026-12-04 with 16 evaluation prompts), then QLoRA SFT vs LoRA SFT if 150 s
+#      are left (it was not: 202 s left; call 4).
 #   4. only if call 3 says "qlora skipped": carry [".devgrpo"], timeout_s 600:   bash bench/gpu_grpo22.sh qlora
 #      (real weights: call 3 converted the GGUF into ~/.cache/hfray on that machine).
 # QLoRA alone, on any machine (fresh: SmolLM2's architecture with random weights, saved and loaded 4-bit like the

@@ -137,6 +137,38 @@ def test_qlora_sft_uses_less_memory_than_bf16_lora_and_its_adapter_generates(gpu
     assert (artifact / "adapter_config.json").is_file()
     pipe = load_artifact_pipeline(str(artifact), device=0)
     assert pipe("Is this movie review fresh or rotten? A triumph.", max_new_tokens=4)[0]["generated_text"]
+    answer, usage = _served_chat(artifact)  # the QLoRA adapter behind hfray serve, over HTTP on the GPU
+    assert answer.strip() and usage["completion_tokens"] > 0, (answer, usage)
+    _record_served("sft_qlora", answer, usage)
+
+
+def _served_chat(artifact: Path) -> tuple[str, dict[str, Any]]:
+    """One greedy chat turn from the artifact deployed on Serve (the test's cluster, one GPU)."""
+    import httpx
+    from ray import serve
+
+    from hfray.cluster.local import free_port
+    from hfray.serving.driver import serve_artifacts, wait_healthy
+
+    try:
+        url = serve_artifacts(str(artifact), port=free_port(), num_gpus=1, num_cpus=1, dtype="bf16")
+        wait_healthy(url, timeout_s=300)
+        model = httpx.get(f"{url}/v1/models", timeout=60).json()["default"]
+        body = {"model": model, "messages": [{"role": "user", "content": "Name a fruit."}], "temperature": 0,
+                "max_tokens": 16}  # fmt: skip
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"], r.json()["usage"]
+    finally:
+        serve.shutdown()
+
+
+def _record_served(name: str, answer: str, usage: dict[str, Any]) -> None:
+    out = Path(os.environ.get("HFRAY_BENCH_OUT", ROOT / "bench" / "results"))
+    path = out / "grpo_gpu.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    rows.setdefault(name, {})["served_over_http"] = {"answer": answer, "usage": usage}
+    path.write_text(json.dumps(rows, indent=2))
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
