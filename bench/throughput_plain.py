@@ -9,8 +9,9 @@ sides are measured alike. One process (``python``) or one per GPU (``torchrun --
     torchrun --nproc_per_node 2 bench/throughput_plain.py --spec SPEC.json --out RESULT.json
 
 ``sft``: TRL's own ``SFTTrainer`` (LoRA r 16 on all linear layers, packing to ``seq`` tokens) on the CSV's text.
+``dpo``: TRL's own ``DPOTrainer`` (the same LoRA) on fixed-length preference pairs (``bench/throughput_dpo.py``).
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft), architecture, tokenizer, data, steps, batch, seq.
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch, seq.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 STARTED = time.time()
@@ -165,6 +168,12 @@ def main() -> None:
         spec = json.load(f)
     if spec["workload"] == "sft":
         return _sft_main(spec, cli.out)
+    if spec["workload"] == "dpo":
+        sys.path.append(str(Path(__file__).resolve().parent))
+        import throughput_dpo
+
+        throughput_dpo.plain_main(spec, cli.out, STARTED)
+        return None
     gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=os.path.join(os.path.dirname(cli.out), "plain-output"),
