@@ -50,12 +50,13 @@ args=(--out "$WORK" --workloads "${WORKLOADS:-dpo,sft,llama}" --runners "${RUNNE
 left=$((CALL_S - 15 - SECONDS))
 echo "bench: ${left}s left; python3 bench/throughput_bench.py ${args[*]} ${EXTRA:-}" | tee -a "$OUT/versions.txt"
 # Its own process group, so that the runner it has started (a subprocess) is stopped with it at the deadline.
-setsid python3 bench/throughput_bench.py "${args[@]}" ${EXTRA:-} > "$OUT/bench.log" 2>&1 &
+group=$(command -v setsid || true)
+$group python3 bench/throughput_bench.py "${args[@]}" ${EXTRA:-} > "$OUT/bench.log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt $((CALL_S - 15)) ]; do sleep 2; done
 if kill -0 "$pid" 2>/dev/null; then
   echo "deadline: stopping the bench at ${SECONDS}s" | tee -a "$OUT/versions.txt"
-  kill -TERM -- "-$pid" 2>/dev/null; sleep 3; kill -KILL -- "-$pid" 2>/dev/null
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; sleep 3; kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
 fi
 wait "$pid" 2>/dev/null; echo "bench exit $? at ${SECONDS}s" | tee -a "$OUT/versions.txt"
 cp "$WORK"/throughput.json "$WORK"/throughput.md "$OUT/" 2>/dev/null || echo "no table written" | tee -a "$OUT/versions.txt"

@@ -47,10 +47,15 @@ def lengths(seq: int) -> tuple[int, int]:
 
 def single_token_words(tokenizer: Any, words: list[str], n: int = 400) -> list[str]:
     """Up to ``n`` words that the tokenizer encodes, after a space, as one token each (so texts have exact lengths)."""
-    out = [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    out: list[str] = []
+    for word in words:
+        if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
+            out.append(word)
+            if len(out) == n:
+                break
     if len(out) < 2:
         raise RuntimeError(f"dpo data: only {len(out)} single-token words in the tokenizer")
-    return out[:n]
+    return out
 
 
 def write_preferences(work: Path, tokenizer_path: str, seq: int, rows: int, seed: int = 0) -> dict[str, str]:
