@@ -171,34 +171,14 @@ def run_bare(spec: dict[str, Any], model: Any, device: str, compiled: bool) -> t
 
 def dpo_trainer(spec: dict[str, Any], gpu: bool, out_dir: str, callbacks: list[Any]) -> Any:
     """TRL's DPOTrainer as its docs show it: a preference dataset, a LoRA config (reference = adapter disabled)."""
+    from bench_common import trl_arguments, trl_model_and_tokenizer
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    arch = dict(spec["architecture"])
-    arch.setdefault("vocab_size", len(tokenizer))
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
+    model, tokenizer = trl_model_and_tokenizer(spec)
     train = load_dataset("json", data_files={"train": spec["data"]["dpo_train"]})["train"]
-    args = DPOConfig(
-        output_dir=out_dir,
-        max_steps=spec["steps"],
-        per_device_train_batch_size=spec["batch"],
-        learning_rate=spec.get("learning_rate", 1e-4),
-        beta=BETA,
-        max_length=spec["seq"],
-        bf16=gpu,
-        fp16=False,
-        use_cpu=not gpu,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        report_to="none",
-        disable_tqdm=True,
-    )
+    args = DPOConfig(**trl_arguments(spec, gpu, out_dir), beta=BETA)
     lora = LoraConfig(task_type="CAUSAL_LM", **LORA)
     return DPOTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora, callbacks=callbacks
