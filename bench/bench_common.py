@@ -2,7 +2,9 @@
 
 - :data:`SMOLLM2_135M_SHAPE`: SmolLM2-135M's architecture (``bench/throughput_bench.py``, ``bench/peft_gpu.py``);
 - :func:`adamw_step`: the bare PyTorch training step the runners are compared with (``bench/throughput_bare.py``,
-  ``bench/step_profile.py``).
+  ``bench/step_profile.py``);
+- :func:`trl_model_and_tokenizer`, :func:`trl_arguments`: what the TRL baselines (``SFTTrainer``, ``DPOTrainer``) of
+  ``bench/throughput_plain.py`` / ``bench/throughput_dpo.py`` share.
 
 Not a test: pytest does not collect it.
 """
@@ -39,3 +41,35 @@ def adamw_step(forward: Any, opt: Any, device: str, autocast: bool) -> Callable[
         return loss
 
     return step
+
+
+def trl_model_and_tokenizer(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """(model from the spec's architecture, the spec's tokenizer with a pad token), as a TRL user builds them."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    arch = dict(spec["architecture"])
+    arch.setdefault("vocab_size", len(tokenizer))
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    return AutoModelForCausalLM.from_config(config), tokenizer
+
+
+def trl_arguments(spec: dict[str, Any], gpu: bool, out_dir: str) -> dict[str, Any]:
+    """The TRL config keys both baselines set (TRL's defaults otherwise: its gradient checkpointing stays on)."""
+    return {
+        "output_dir": out_dir,
+        "max_steps": spec["steps"],
+        "per_device_train_batch_size": spec["batch"],
+        "learning_rate": spec.get("learning_rate", 1e-4),
+        "bf16": gpu,
+        "fp16": False,
+        "use_cpu": not gpu,
+        "max_length": spec["seq"],
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": 50,
+        "report_to": "none",
+        "disable_tqdm": True,
+    }

@@ -5,12 +5,13 @@ autocast (GPU), ``torch.compile`` (GPU; ``--eager`` or CPU: eager), a loop of ``
 zero_grad``. What hfray's step can reach on the device: ``hfray / bare`` in the bench's table is the share of it
 that hfray keeps. Masked-LM runs its head on masked positions only (exactly 15% of each block: static shapes
 for the compiled graph), as hfray does; LoRA SFT trains a LoRA adapter (r 16, all linear layers) on a
-causal LM. Timed with the same ``ThroughputCallback`` as the other runners (its hooks called by hand), so the
-warm-up rule, MFU formula and peak memory are the same. One process, one device:
+causal LM; LoRA DPO runs ``bench/throughput_dpo.py``'s step (reference and policy log-probs, sigmoid loss).
+Timed with the same ``ThroughputCallback`` as the other runners (its hooks called by hand), so the warm-up rule,
+MFU formula and peak memory are the same. One process, one device:
 
     python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager]
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft), architecture, steps, batch, seq; optional
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, steps, batch, seq; optional
 tokenizer (the vocabulary size when the architecture has none), learning_rate (1e-4, as the other runners).
 """
 
@@ -25,7 +26,8 @@ from types import SimpleNamespace
 from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_common import adamw_step  # noqa: E402  (a sibling module, not a package)
+import throughput_dpo  # noqa: E402
+from bench_common import adamw_step  # noqa: E402  (sibling modules, not a package)
 
 STARTED = time.time()
 MASK_P = 0.15
@@ -57,7 +59,7 @@ def build_model(spec: dict[str, Any]) -> tuple[Any, float]:
         config.num_labels = 2
         return AutoModelForSequenceClassification.from_config(config), 1.0
     model = AutoModelForCausalLM.from_config(config)
-    if workload == "sft":
+    if workload in ("sft", "dpo"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
@@ -109,10 +111,13 @@ def run(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     model, head_fraction = build_model(spec)
     model.to(device).train()
-    base = model.get_base_model() if spec["workload"] == "sft" else model
-    speed = ThroughputCallback(spec["seq"], flops_per_token(base, spec["seq"], head_fraction))
-    batches = make_batches(spec, model.config.vocab_size, device)
-    step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4))
+    base = model.get_base_model() if spec["workload"] in ("sft", "dpo") else model
+    if spec["workload"] == "dpo":  # its own step, batches of pairs and counts (bench/throughput_dpo.py)
+        step, speed, batches = throughput_dpo.run_bare(spec, model, device, compiled and device == "cuda")
+    else:
+        speed = ThroughputCallback(spec["seq"], flops_per_token(base, spec["seq"], head_fraction))
+        batches = make_batches(spec, model.config.vocab_size, device)
+        step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     args = SimpleNamespace(world_size=1, per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1)
     state = SimpleNamespace(max_steps=spec["steps"], is_world_process_zero=True)

@@ -3,14 +3,16 @@
 Workloads (``--workloads``): ``mlm`` BERT-base masked-LM pre-training, ``clm`` GPT-2-small causal-LM
 pre-training, ``llama`` a Llama-shaped causal LM (SmolLM2-135M's shape) pre-training, ``cls`` BERT-base
 sequence-classification fine-tuning, ``sft`` LoRA SFT (r 16, all linear layers) of the SmolLM2-135M shape on
-packed text; all from configs (random weights), sequence ``--seq`` tokens, ``--batch`` samples per GPU, bf16 on
-GPU. Runners per workload and GPU count N (``--gpus``):
+packed text, ``dpo`` LoRA DPO (same LoRA) of that shape on fixed-length preference pairs (``--batch`` = pairs,
+``--seq`` = prompt + completion; ``bench/throughput_dpo.py`` says how its tokens and FLOPs are counted); all from
+configs (random weights), sequence ``--seq`` tokens, ``--batch`` samples per GPU, bf16 on GPU. Runners per workload
+and GPU count N (``--gpus``):
 
 * ``bare`` (N = 1): ``bench/throughput_bare.py``, the model's training step alone (fused AdamW, bf16 autocast,
   ``torch.compile``, random tokens on the device; no Trainer, no Ray, no data): the ceiling. ``--bare-variants
   eager`` adds the uncompiled step;
 * ``plain``: ``bench/throughput_plain.py`` in one process (N = 1) or under ``torchrun --nproc_per_node N``
-  (``sft``: TRL's own ``SFTTrainer`` with the same LoRA and packing);
+  (``sft``: TRL's own ``SFTTrainer`` with the same LoRA and packing; ``dpo``: TRL's own ``DPOTrainer``);
 * ``hfray``: ``hfray train JOB cluster.address=...`` (a subprocess, as a user submits it) on a Ray cluster
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
@@ -28,6 +30,7 @@ minus steady-state training time. Writes ``throughput.json`` and ``throughput.md
 
     python bench/throughput_bench.py --out bench/results/throughput_gpu            # GPU machine, ~8 min
     python bench/throughput_bench.py --workloads llama,sft --seq 1024 --batch 32 --gpus 1 --out $OUT/dec
+    bash bench/gpu_speed18.sh                       # GPU machine, one call: dpo, sft (and llama) bare/plain/hfray
     python bench/throughput_bench.py --smoke --out /tmp/tp                          # CPU smoke (the test's mode)
 
 Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
@@ -52,7 +55,8 @@ from typing import Any
 import yaml
 
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_common import SMOLLM2_135M_SHAPE  # noqa: E402  (a sibling module, not a package)
+import throughput_dpo  # noqa: E402
+from bench_common import SMOLLM2_135M_SHAPE  # noqa: E402  (sibling modules, not a package)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -70,7 +74,7 @@ BASE = {
 }
 BASE["cls"] = BASE["mlm"]
 BASE["llama"] = {**SMOLLM2_135M_SHAPE, "vocab_size": 49152}
-BASE["sft"] = BASE["llama"]
+BASE["sft"] = BASE["dpo"] = BASE["llama"]
 TINY = {
     "mlm": {
         "model_type": "bert",
@@ -93,8 +97,9 @@ TINY["llama"] = {
     "max_position_embeddings": 128,
     "tie_word_embeddings": True,
 }
-TINY["sft"] = TINY["llama"]
+TINY["sft"] = TINY["dpo"] = TINY["llama"]
 TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "text-classification", "sft": "sft"}
+TASKS["dpo"] = "dpo"
 LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
 
 
@@ -135,8 +140,12 @@ def write_corpus(work: Path, docs: int, seed: int = 0) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str, str]:
-    """hfray's own tokenizer training: WordPiece for BERT workloads, byte-level BPE for GPT-2."""
+def tokenizer_of(workload: str) -> str:
+    return {"mlm": "bert", "cls": "bert", "clm": "gpt2"}.get(workload, "llama")
+
+
+def train_tokenizers(work: Path, data: dict[str, str], smoke: bool, names: set[str] | None = None) -> dict[str, str]:
+    """hfray's own tokenizer training: WordPiece for BERT workloads, byte-level BPE for GPT-2 (only ``names``)."""
     from hfray.config import JobConfig
     from hfray.data.tokenizer_training import train_tokenizer
 
@@ -146,6 +155,8 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool) -> dict[str,
         ("gpt2", "gpt2", "causal-lm", "bpe", 50257),
         ("llama", "gpt2", "causal-lm", "bpe", 49152),  # byte-level BPE within SmolLM2's vocabulary size
     ):
+        if names is not None and name not in names:
+            continue
         path = work / f"tokenizer-{name}"
         job = JobConfig.from_dict(
             {
@@ -174,7 +185,7 @@ def spec_for(workload: str, args: argparse.Namespace, data: dict[str, str], toke
         "steps": args.steps,
         "batch": args.batch,
         "seq": args.seq,
-        "tokenizer": tokenizers[{"mlm": "bert", "cls": "bert", "clm": "gpt2"}.get(workload, "llama")],
+        "tokenizer": tokenizers[tokenizer_of(workload)],
     }
 
 
@@ -214,12 +225,14 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         }
         job["trl"] = {"format": "text", "packing": True}
         job["peft"] = dict(LORA)
+    elif workload == "dpo":  # fixed-length preference pairs (bench/throughput_dpo.py), the same LoRA
+        job.update(throughput_dpo.hfray_sections(spec, LORA))
     else:
         job["data"] = {"train": spec["data"]["train"], "validation": spec["data"]["validation"], "max_eval_samples": 16}
         job["lm"] = {"block_size": spec["seq"], "tokenize_num_cpus": 1 if gpu else 0.25}
     if variant == "hf":  # the plain script's settings: what is left is Ray Train's own cost
         job["training"].update(dataloader_num_workers=0, group_by_length=False)
-        if workload not in ("cls", "sft"):
+        if workload not in ("cls", "sft", "dpo"):
             job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
@@ -236,7 +249,7 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     for part in parts:  # "prefetchN": N collated batches ready ahead of the step (lm.prefetch_batches)
         if part.startswith("prefetch") and part[8:].isdigit() and "lm" in job:
             job["lm"]["prefetch_batches"] = int(part[8:])
-    if "datasets" in parts and workload not in ("cls", "sft"):  # no Ray Data stream: packed in memory by `datasets`
+    if "datasets" in parts and "lm" in job:  # no Ray Data stream: packed in memory by `datasets`
         job["lm"]["pipeline"] = "datasets"
     return job
 
@@ -425,7 +438,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or args.smoke else "1")).split(",")]
     work = args.out / "work"
     data = write_corpus(work, args.docs or (60 if args.smoke else 4000))
-    tokenizers = train_tokenizers(work, data, args.smoke)
+    tokenizers = train_tokenizers(work, data, args.smoke, {tokenizer_of(w) for w in args.workloads.split(",")})
+    if "dpo" in args.workloads.split(","):  # preference pairs of seq tokens a sequence, one epoch of the run
+        rows = max(64, min(2048, args.steps * args.batch))
+        data.update(throughput_dpo.write_preferences(work, tokenizers["llama"], args.seq, rows))
     address = args.address or _start_cluster()
     result: dict[str, Any] = {
         "machine": machine(),

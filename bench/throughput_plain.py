@@ -9,8 +9,9 @@ sides are measured alike. One process (``python``) or one per GPU (``torchrun --
     torchrun --nproc_per_node 2 bench/throughput_plain.py --spec SPEC.json --out RESULT.json
 
 ``sft``: TRL's own ``SFTTrainer`` (LoRA r 16 on all linear layers, packing to ``seq`` tokens) on the CSV's text.
+``dpo``: TRL's own ``DPOTrainer`` (the same LoRA) on fixed-length preference pairs (``bench/throughput_dpo.py``).
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft), architecture, tokenizer, data, steps, batch, seq.
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch, seq.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_common import trl_arguments, trl_model_and_tokenizer  # noqa: E402  (a sibling module, not a package)
 
 STARTED = time.time()
 
@@ -101,33 +107,11 @@ def _sft_trainer(spec: dict[str, Any], gpu: bool, out_dir: str, callbacks: list[
     """TRL's SFTTrainer as its docs show it: a text dataset, a LoRA config, packing."""
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    arch = dict(spec["architecture"])
-    arch.setdefault("vocab_size", len(tokenizer))
-    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    model = AutoModelForCausalLM.from_config(config)
+    model, tokenizer = trl_model_and_tokenizer(spec)
     train = load_dataset("csv", data_files={"train": spec["data"]["train_csv"]})["train"].select_columns(["text"])
-    args = SFTConfig(
-        output_dir=out_dir,
-        max_steps=spec["steps"],
-        per_device_train_batch_size=spec["batch"],
-        learning_rate=1e-4,
-        bf16=gpu,
-        fp16=False,
-        use_cpu=not gpu,
-        max_length=spec["seq"],
-        packing=True,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        report_to="none",
-        disable_tqdm=True,
-    )
+    args = SFTConfig(**trl_arguments(spec, gpu, out_dir), packing=True)
     lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules="all-linear")
     return SFTTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora, callbacks=callbacks
@@ -165,6 +149,11 @@ def main() -> None:
         spec = json.load(f)
     if spec["workload"] == "sft":
         return _sft_main(spec, cli.out)
+    if spec["workload"] == "dpo":
+        import throughput_dpo
+
+        throughput_dpo.plain_main(spec, cli.out, STARTED)
+        return None
     gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=os.path.join(os.path.dirname(cli.out), "plain-output"),

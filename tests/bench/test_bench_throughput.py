@@ -23,7 +23,7 @@ def _bench_module():
     return module
 
 
-def _smoke(tmp_path: Path, workloads: str, gpus: str) -> dict:
+def _smoke(tmp_path: Path, workloads: str, gpus: str, runners: str = "plain,hfray") -> dict:
     import ray
 
     args = argparse.Namespace(
@@ -31,7 +31,7 @@ def _smoke(tmp_path: Path, workloads: str, gpus: str) -> dict:
         smoke=True,
         workloads=workloads,
         gpus=gpus,
-        runners="plain,hfray",
+        runners=runners,
         hfray_variants="",
         steps=12,
         batch=4,
@@ -45,8 +45,9 @@ def _smoke(tmp_path: Path, workloads: str, gpus: str) -> dict:
 def _check_row(row: dict, seq: int = 32) -> None:
     assert "error" not in row, row.get("log_tail")
     assert row["samples_per_second"] > 0 and row["steady_steps"] >= 5
-    if row["workload"] != "cls":  # packed LM blocks: every sample is one full block
-        assert row["tokens_per_second"] == pytest.approx(row["samples_per_second"] * seq, rel=1e-4)  # rounded
+    if row["workload"] != "cls":  # packed LM blocks: every sample is one full block; a DPO pair is two
+        per_sample = 2 * seq if row["workload"] == "dpo" else seq
+        assert row["tokens_per_second"] == pytest.approx(row["samples_per_second"] * per_sample, rel=1e-4)  # rounded
     assert 0 < row["submit_to_first_step_s"] < row["wall_s"]
     assert row["flops_per_token"] > 0 and row["mfu"] is None  # no GPU peak to divide by on CPU
 
@@ -78,3 +79,15 @@ def test_smoke_bench_all_workloads_with_torchrun_and_two_hfray_workers(ray_clust
         _check_row(row)
         if row["gpus"] == 2:
             assert row["scaling_efficiency"] > 0
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: TRL's DPOTrainer alone and under hfray
+def test_smoke_bench_dpo_counts_pairs_alike_in_the_bare_step_trl_and_hfray(ray_cluster, tmp_path: Path) -> None:
+    result = _smoke(tmp_path, "dpo", "1", runners="bare,plain,hfray")
+    rows = {r["runner"]: r for r in result["rows"]}
+    assert set(rows) == {"bare", "plain", "hfray"}
+    for row in rows.values():
+        _check_row(row)
+    # the same FLOPs per token for all three (hfray's model also holds TRL's frozen copy of the adapter)
+    assert len({r["flops_per_token"] for r in rows.values()}) == 1
+    assert rows["hfray"]["vs_bare_1gpu"] > 0 and rows["hfray"]["vs_plain_1gpu"] > 0

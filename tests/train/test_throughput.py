@@ -115,3 +115,33 @@ def test_memoized_parameter_count_is_counted_once_and_leaves_trainable_counts_li
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)
     assert model.num_parameters(only_trainable=True) < trainable  # freezing still shows
+
+
+def test_dpo_pairs_count_both_sequences_cut_at_max_length_and_one_adapter() -> None:
+    """A DPO pair's tokens are prompt + chosen and prompt + rejected, each cut at max_length; FLOPs = 4/3 x the
+    training count with the head at completion positions; TRL's frozen 'ref' adapter copy is not the policy's."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hfray.train.callbacks.throughput import count_dpo_pairs
+
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules="all-linear")
+    one = get_peft_model(LlamaForCausalLM(config), lora)
+    two = get_peft_model(LlamaForCausalLM(config), lora)
+    two.add_adapter("ref", lora)  # what TRL's DPOTrainer does to a model wrapped before it
+    pairs = Dataset.from_dict(
+        {"prompt_ids": [[1] * 6, [1] * 10], "chosen_ids": [[2] * 4, [2] * 4], "rejected_ids": [[3] * 2, [3] * 8]}
+    )
+    # sequences 10, 8 | 14 -> 12, 18 -> 12: 42 tokens, 10 of them completions (4 + 2 | 2 + 2 after the cut)
+    speeds = [ThroughputCallback(0.0), ThroughputCallback(0.0)]
+    for speed, model in zip(speeds, (one, two), strict=True):
+        count_dpo_pairs(speed, pairs, model, max_length=12)
+        assert speed.tokens_per_sample == 21.0
+    expected = flops_per_token(one.get_base_model(), round(42 / 4), 10 / 42) * 4 / 3
+    assert speeds[0].flops_per_token == pytest.approx(expected)
+    assert speeds[1].flops_per_token == pytest.approx(expected)
+    assert flops_per_token(two.get_base_model(), 10) > flops_per_token(one.get_base_model(), 10)

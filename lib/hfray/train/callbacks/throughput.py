@@ -12,6 +12,11 @@ number in a comparison is measured the same way.
   forward and backward), where N_matmul counts the weights of the linear layers; the output head's share
   is scaled by the fraction of tokens that need it (an MLM loss needs logits for masked tokens only).
   Embedding lookups, norms and softmax are left out, as in the PaLM / Megatron accounting.
+* DPO (:func:`preference_counts`): a sample is a preference pair; its tokens are those of both sequences (prompt +
+  chosen, prompt + rejected; no padding), as TRL's ``num_tokens`` counts them. A step is the policy's forward and
+  backward on both sequences plus the reference's forward on both, so FLOPs per token = 4/3 x the count above
+  (forward = a third of forward + backward), the head counted at completion positions only (TRL's fused head
+  computes logits there alone), at the pairs' mean sequence length.
 """
 
 from __future__ import annotations
@@ -47,19 +52,61 @@ def peak_tflops(device_name: str | None) -> float | None:
     return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
 
 
-def flops_per_token(model: Any, seq_len: int, head_fraction: float = 1.0) -> float:
-    """Training FLOPs per token by the formula in the module docstring."""
+def flops_per_token(
+    model: Any, seq_len: int, head_fraction: float = 1.0, skip_adapters: frozenset[str] = frozenset()
+) -> float:
+    """Training FLOPs per token by the formula in the module docstring; the linear layers of the PEFT adapters named
+    in ``skip_adapters`` (e.g. TRL's frozen ``ref`` copy of a DPO adapter) are not counted."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_params = head.weight.numel() if head is not None else 0
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+    matmul = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] not in skip_adapters
+    )
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     body = matmul - head_params
     return 6.0 * body + 6.0 * head_params * head_fraction + 12.0 * layers * hidden * seq_len
+
+
+def preference_counts(
+    model: Any,
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    max_length: int | None = None,
+    skip_adapters: frozenset[str] = frozenset(),
+) -> tuple[float, float]:
+    """(tokens per pair, FLOPs per token) of a DPO step over pairs of these token lengths (module docstring); each
+    sequence cut at ``max_length`` as TRL's collator cuts it (``keep_start``)."""
+    cap = max_length or 2**62
+    seqs = [min(p + c, cap) for p, c in zip(prompt, chosen, strict=True)]
+    seqs += [min(p + r, cap) for p, r in zip(prompt, rejected, strict=True)]
+    tokens = sum(seqs)
+    completion = tokens - 2 * sum(min(p, cap) for p in prompt)
+    pairs = max(1, len(prompt))
+    if not tokens:
+        return 0.0, 0.0
+    seq = round(tokens / (2 * pairs))
+    return tokens / pairs, flops_per_token(model, seq, completion / tokens, skip_adapters) * 4 / 3
+
+
+def count_dpo_pairs(speed: ThroughputCallback, dataset: Any, model: Any, max_length: int, rows: int = 4096) -> None:
+    """Set ``speed``'s tokens per pair and FLOPs per token from the first ``rows`` pairs of a dataset TRL's
+    ``DPOTrainer`` tokenized (columns ``prompt_ids``, ``chosen_ids``, ``rejected_ids``). ``model``: the policy; a
+    PEFT model's inactive adapters (the ``ref`` copy TRL adds to a model wrapped before it) are not counted."""
+    data = dataset.select(range(min(rows, len(dataset)))).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    lengths = {k: [len(x) for x in data[k]] for k in data.column_names}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inactive = frozenset(getattr(model, "peft_config", {})) - frozenset(getattr(model, "active_adapters", ()))
+    speed.tokens_per_sample, speed.flops_per_token = preference_counts(
+        base, lengths["prompt_ids"], lengths["chosen_ids"], lengths["rejected_ids"], max_length, inactive
+    )
 
 
 def peak_memory_per_rank() -> list[int]:

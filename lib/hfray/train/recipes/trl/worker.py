@@ -3,8 +3,9 @@
 - sft data: chat ``messages`` (rendered with the tokenizer's chat template), ``prompt``/``completion``
   (loss on the completion by default) or plain ``text``; ``trl.packing`` packs into ``data.max_length``.
 - dpo data: ``prompt``/``chosen``/``rejected`` (strings or chat turns). With a PEFT adapter the reference
-  model is the base with the adapter switched off (TRL's own mechanism); without one it is a frozen copy
-  of the starting weights.
+  is TRL's: for the model hfray wraps before handing it over, TRL 1.16 adds a frozen copy of the fresh adapter
+  (``ref``; a fresh LoRA adds nothing, so that is the base); without one it is a frozen copy of the starting
+  weights. The steady-state throughput counts pairs (``hfray.train.callbacks.throughput.count_dpo_pairs``).
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ artifact_fields = worker.trl_artifact_fields  # the recipe's: a text-generation 
 
 def steady_throughput(job: JobConfig, model: Any) -> Any:
     """Packed SFT: the steady-state callback (rows of data.max_length tokens: an upper bound, BFD packing leaves
-    some rows short); None otherwise (the manifest keeps TRL's own token count)."""
+    some rows short); DPO: the callback, its counts set from the tokenized pairs (``count_dpo_pairs``); None
+    otherwise (the manifest keeps TRL's own token count)."""
+    from hfray.train.callbacks.throughput import ThroughputCallback, callback_for_model
+
+    if job.task == "dpo":
+        return ThroughputCallback(0.0, memoize_parameters=True)
     if job.task != "sft" or not job.trl or not job.trl.packing:
         return None
-    from hfray.train.callbacks.throughput import callback_for_model
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return callback_for_model(base, job.data.max_length, job.data.max_length)
 
@@ -95,6 +99,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     speed = steady_throughput(job, model)
     callbacks = worker.callbacks(run, attempt) + ([speed] if speed else [])
     trainer = build_trainer(job, model, tokenizer, args, splits, callbacks)
+    if job.task == "dpo":
+        from hfray.train.callbacks.throughput import count_dpo_pairs
+
+        count_dpo_pairs(speed, trainer.train_dataset, model, job.data.max_length)
     attempt = worker.train(trainer, attempt)
     final = worker.final_eval_metrics(trainer, splits["validation"])
     worker.finish(
