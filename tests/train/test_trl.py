@@ -145,6 +145,38 @@ def test_sft_packing_fills_the_sequences_the_trainer_gets(tmp_path, chat_tokeniz
     assert sum(packed) >= sum(single)  # every conversation's tokens are in, none cut off
 
 
+def test_dpo_lora_reference_is_the_base_and_one_adapter_trains(tmp_path, chat_tokenizer):
+    """hfray's DPO trainer with a fresh LoRA: no second ("ref") adapter, the reference log-probs TRL computes are
+    the base model's, and they equal the policy's before the first step (a fresh LoRA is the identity)."""
+    import torch
+
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
+
+    train = write_jsonl(tmp_path / "dpo_train.jsonl", dpo_rows(16, 1))
+    val = write_jsonl(tmp_path / "dpo_val.jsonl", dpo_rows(8, 2))
+    trl = {"prompt_column": "question", "chosen_column": "good", "rejected_column": "bad"}
+    raw = trl_job(tmp_path, chat_tokenizer, "dpo", train, val, trl=trl, peft={"method": "lora", "r": 8})
+    job = JobConfig.from_dict(raw)
+    tokenizer = load_chat_tokenizer(job)
+    model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
+    args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
+    trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+    assert list(trainer.model.peft_config) == ["default"]
+    with torch.no_grad():  # one LoRA weight off zero: the policy moves, the reference (base) must not
+        next(p for n, p in trainer.model.named_parameters() if "lora_B" in n).add_(0.5)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ids = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        policy = trainer.model(**ids).logits
+        with trainer.model.disable_adapter():
+            base = trainer.model(**ids).logits
+            base_ref = trainer.compute_ref_log_probs(trainer.model, batch)
+    assert not torch.allclose(policy, base)  # the moved adapter changes the policy
+    ref = trainer.compute_ref_log_probs(trainer.model, batch)  # what TRL's loss uses, adapter enabled around it
+    assert all(torch.allclose(r, b) for r, b in zip(ref, base_ref, strict=True))
+
+
 @pytest.mark.slow  # ~1-2 min on 2 cores: the default suite keeps the SFT and LoRA runs on Ray (CI budget)
 def test_dpo_lora_on_ray_lowers_loss_and_exports_adapter(ray_cluster, tmp_path, chat_tokenizer):
     from hfray.artifacts.loading import load_artifact_pipeline

@@ -2,10 +2,10 @@
 
 - sft data: chat ``messages`` (rendered with the tokenizer's chat template), ``prompt``/``completion``
   (loss on the completion by default) or plain ``text``; ``trl.packing`` packs into ``data.max_length``.
-- dpo data: ``prompt``/``chosen``/``rejected`` (strings or chat turns). With a PEFT adapter the reference
-  is TRL's: for the model hfray wraps before handing it over, TRL 1.16 adds a frozen copy of the fresh adapter
-  (``ref``; a fresh LoRA adds nothing, so that is the base); without one it is a frozen copy of the starting
-  weights. The steady-state throughput counts pairs (``hfray.train.callbacks.throughput.count_dpo_pairs``).
+- dpo data: ``prompt``/``chosen``/``rejected`` (strings or chat turns). With a LoRA/QLoRA adapter the reference
+  is the base with adapters disabled (:func:`drop_identity_reference`); with another adapter TRL's frozen copy of
+  it (``ref``); without one a frozen copy of the starting weights. The steady-state throughput counts pairs
+  (``hfray.train.callbacks.throughput.count_dpo_pairs``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,19 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
     # Without an adapter TRL would reload the reference from the config's path (none for a model built
     # from a config): hand it a frozen copy of the starting weights instead.
     ref = None if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
-    return DPOTrainer(model=model, ref_model=ref, **common)
+    trainer = DPOTrainer(model=model, ref_model=ref, **common)
+    drop_identity_reference(trainer.model, job)
+    return trainer
+
+
+def drop_identity_reference(model: Any, job: JobConfig) -> None:
+    """TRL 1.16, handed a PEFT model, adds ``ref``: a frozen copy of the adapter, for the reference pass. hfray's
+    LoRA/QLoRA adapter is always fresh, and a fresh LoRA is the identity (B = 0), so that reference is the base
+    with adapters disabled, which TRL uses when no ``ref`` exists: the reference pass skips the adapter's matmuls,
+    and checkpoints and the artifact hold one adapter, not two. Other methods (prompt/prefix tuning) are not the
+    identity when fresh: they keep TRL's copy."""
+    if job.peft is not None and job.peft.method in ("lora", "qlora") and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
 
 
 artifact_fields = worker.trl_artifact_fields  # the recipe's: a text-generation artifact
