@@ -133,9 +133,10 @@ PROXIES = ("auto", "haproxy", "serve")
 HAPROXY_RETRY_ON = "conn-failure empty-response junk-response response-timeout 502 503 504"
 # HAProxy can replay only a request it had received whole before it sent the first byte to the replica; a
 # client that writes the headers and the body in two sends (httpx, most HTTP libraries) often gets its
-# headers forwarded alone, and then a replica killed mid-request costs the client a 500 (issue 26: 4 of ~170
-# requests, log state SH--, 0 retries). `option http-buffer-request` makes HAProxy wait for the whole body
-# first. Serve's template has no setting for it, but renders RAY_SERVE_HAPROXY_RETRY_ON verbatim as the
+# headers forwarded alone, and then a replica killed mid-request costs the client a 500 (log state SH--, no
+# retry), or, if HAProxy had reused an idle connection to that replica, a closed connection with no response and
+# no log line (HAProxy's abort_keep_alive) (issue 26). `option http-buffer-request` makes HAProxy wait for the
+# whole body first. Serve's template has no setting for it, but renders RAY_SERVE_HAPROXY_RETRY_ON verbatim as the
 # `retry-on` line of its `defaults` section, so the option rides on the next line of that value
 # (tests/serving/test_serving_failover.py checks the rendered config with `haproxy -c`). A request over
 # tune.bufsize (16 KiB, RAY_SERVE_HAPROXY_TUNE_BUFSIZE) is forwarded unbuffered and never retried.
