@@ -129,10 +129,20 @@ PROXIES = ("auto", "haproxy", "serve")
 # HAProxy retries a request on another replica (option redispatch, in Serve's template) when the replica's
 # connection fails, closes with no answer (a replica killed mid-request), or answers 502/503/504 (a replica
 # shutting down, or full). Serve's default is conn-failure only, because a retried request may run twice:
-# every hfray route is side-effect-free inference, so running one twice costs only compute. HAProxy buffers
-# the request to replay it; one over tune.bufsize (16 KiB) is never retried (RAY_SERVE_HAPROXY_TUNE_BUFSIZE).
+# every hfray route is side-effect-free inference, so running one twice costs only compute.
+HAPROXY_RETRY_ON = "conn-failure empty-response junk-response response-timeout 502 503 504"
+# HAProxy can replay only a request it had received whole before it sent the first byte to the replica; a
+# client that writes the headers and the body in two sends (httpx, most HTTP libraries) often gets its
+# headers forwarded alone, and then a replica killed mid-request costs the client a 500 (log state SH--, no
+# retry), or, if HAProxy had reused an idle connection to that replica, a closed connection with no response and
+# no log line (HAProxy's abort_keep_alive) (issue 26). `option http-buffer-request` makes HAProxy wait for the
+# whole body first. Serve's template has no setting for it, but renders RAY_SERVE_HAPROXY_RETRY_ON verbatim as the
+# `retry-on` line of its `defaults` section, so the option rides on the next line of that value
+# (tests/serving/test_serving_failover.py checks the rendered config with `haproxy -c`). A request over
+# tune.bufsize (16 KiB, RAY_SERVE_HAPROXY_TUNE_BUFSIZE) is forwarded unbuffered and never retried.
+HAPROXY_BUFFER_REQUEST = "option http-buffer-request"
 HAPROXY_RETRIES = {
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response response-timeout 502 503 504",
+    "RAY_SERVE_HAPROXY_RETRY_ON": f"{HAPROXY_RETRY_ON}\n    {HAPROXY_BUFFER_REQUEST}",
     "RAY_SERVE_HAPROXY_RETRIES": "3",
 }
 
