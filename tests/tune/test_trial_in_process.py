@@ -59,11 +59,14 @@ def test_in_process_trials_train_store_checkpoints_export_the_best_and_asha_stop
     for trial in trials.values():
         worker_pids = {r["worker_pid"] for r in _log(trials_dir, trial["runs"][-1])}
         assert worker_pids == pids[trial["trial_id"]], (worker_pids, pids)
-    # ... and learned: the good trials' loss fell and they finished with their artifact.
+    # ... and learned: the good trials' loss fell; the better one finished with its artifact. (The other may reach
+    # ASHA's rung at step 12 after the better one recorded 1.0 there, and be stopped: the two run at once and race,
+    # and a trial of this tiny model trains its 30 steps in well under a second.)
+    assert trials[8e-3]["stop_reason"] == "completed", trials[8e-3]
     for lr in (8e-3, 5e-3):
         log = _log(trials_dir, trials[lr]["runs"][-1])
         losses = [r["train_loss"] for r in log if "train_loss" in r]
-        assert trials[lr]["stop_reason"] == "completed" and losses[-1] < losses[0], (trials[lr], losses)
+        assert losses[-1] < losses[0] and not trials[lr]["stop_reason"].startswith("error"), (trials[lr], losses)
         # checkpoints went to the run's storage, retention kept at most num_to_keep (+ the latest) of them
         stored = [r["checkpoint_path"] for r in log if r.get("checkpoint_path")]
         kept = sorted(p.name for p in (trials_dir / trials[lr]["runs"][-1]).glob("checkpoint_step_*"))
