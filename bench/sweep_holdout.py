@@ -8,6 +8,11 @@ scored on the same unseen test rows:
 - ``random``: ``hfray sweep`` with the FIFO scheduler (every trial runs to its end);
 - ``asha``: the same sweep (same seed, so the same sampled configurations) under ASHA.
 
+Every model is then scored again on the same test rows, row by row, against the first row's (the single run): the
+paired difference in accuracy, its standard error (from the rows one model gets right and the other wrong) and
+z = difference / SE. A paired comparison is what "clearly better on the same rows" means; the per-model SE column
+(one accuracy's binomial SE) overstates the noise of a difference between two models on the same rows.
+
 The test accuracy of a sweep is its exported model's (``hfray_sweep.json``: ``test``, or ``refit.test`` with
 ``sweep.refit=true``). Wall time is each command's own, end to end. With ``sweep.refit=true`` one sweep gives two
 rows: its selected checkpoint (wall time without the refit) and the refit (the whole sweep's wall time).
@@ -24,6 +29,7 @@ v2 (issue 28: the refit as a contender, cheaper ASHA):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -63,6 +69,7 @@ def run_single(job_path: str, overrides: list[str]) -> dict[str, Any]:
         "validation_accuracy": metrics.get("eval_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
         "params": {"training.learning_rate": job.training.learning_rate},
+        "model": summary.artifact,
     }
 
 
@@ -89,13 +96,53 @@ def run_sweep_kind(job_path: str, scheduler: str, overrides: list[str]) -> list[
         "noise_warning": bool(selection.get("warning")),
         "selection": selection,
         "sweep_dir": summary.sweep_dir,
+        "model": summary.artifact,
     }
     if not refit.get("test"):
         return [row]
+    best_ckpt = next(t["best_checkpoint"] for t in report["trials"] if t["trial_id"] == report["best_trial"])
     selected = {**row, "contender": f"{name}, selected checkpoint", "wall_seconds": wall - refit["seconds"]}
+    selected["model"] = best_ckpt
     refitted = {**row, "contender": f"{name} + refit on train+validation ({refit['train_rows']} rows)"}
     refitted.update(test_accuracy=refit["test"].get("test_accuracy"), refit_seconds=refit["seconds"])
     return [selected, refitted]
+
+
+def correct_rows(model: str, test_csv: str, max_length: int) -> list[bool]:
+    """Which test rows ``model`` (an hfray artifact, or a Trainer checkpoint folder) gets right."""
+    with open(test_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if os.path.exists(os.path.join(model, "hfray_manifest.json")):
+        from hfray.artifacts.loading import load_artifact_pipeline
+
+        pipe = load_artifact_pipeline(model)
+    else:
+        from transformers import pipeline
+
+        pipe = pipeline("text-classification", model=model, tokenizer=model)
+    out = pipe([r["text"] or "" for r in rows], batch_size=64, truncation=True, max_length=max_length)
+    return [o["label"] == r["label"] for o, r in zip(out, rows, strict=True)]
+
+
+def paired(results: list[dict[str, Any]], test_csv: str, max_length: int) -> None:
+    """Each row's ``paired_vs_first``: accuracy gain over the first row on the same test rows, its SE, z, and the
+    rows only this model (wins) or only the first (losses) gets right."""
+    hits = [correct_rows(r["model"], test_csv, max_length) for r in results]
+    n = len(hits[0])
+    for r, mine in zip(results, hits, strict=True):
+        wins = sum(a and not b for a, b in zip(mine, hits[0], strict=True))
+        losses = sum(b and not a for a, b in zip(mine, hits[0], strict=True))
+        se = math.sqrt(max(wins + losses - (wins - losses) ** 2 / n, 0.0)) / n
+        gain = (wins - losses) / n
+        r["rescored_test_accuracy"] = sum(mine) / n
+        r["paired_vs_first"] = {"gain": gain, "se": se, "z": gain / se if se else None, "wins": wins, "losses": losses}
+
+
+def _paired(r: dict[str, Any]) -> str:
+    p = r.get("paired_vs_first")
+    if not p or p["z"] is None:
+        return "-"
+    return f"{100 * p['gain']:+.1f} ± {100 * p['se']:.1f} (z {p['z']:.1f}; {p['wins']}/{p['losses']})"
 
 
 def _num(value: Any) -> str:
@@ -121,14 +168,14 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Rows: {meta['rows']}",
         "",
         "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | test SE | test points vs "
-        "first row | wall s | x first row |",
-        "|---|---|---|---|---|---|---|---|",
+        "first row | paired: points ± SE (z; rows won/lost) | wall s | x first row |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         trials = f"{r['trials']} ({r['stopped_early']})" if "trials" in r else "1"
         lines.append(
             f"| {r['contender']} | {trials} | {_num(r['validation_accuracy'])} | {_num(r['test_accuracy'])} | "
-            f"{_se(r['test_accuracy'], n_test)} | {_gain(r, single)} | {r['wall_seconds']:.0f} | "
+            f"{_se(r['test_accuracy'], n_test)} | {_gain(r, single)} | {_paired(r)} | {r['wall_seconds']:.0f} | "
             f"{r['wall_seconds'] / base:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -159,6 +206,10 @@ def main() -> None:
     for scheduler in ("fifo", "asha"):
         if scheduler in args.only:
             results += run_sweep_kind(args.job, scheduler, overrides)
+    try:
+        paired(results, files["test"], load_job(args.job, overrides).data.max_length)
+    except Exception as exc:  # the contenders' own numbers are still worth writing
+        print(f"paired re-scoring failed: {exc!r}")
     meta = {
         "command": " ".join(["python bench/sweep_holdout.py", args.job, *args.overrides, "--only", *args.only]),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

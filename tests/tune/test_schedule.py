@@ -14,6 +14,7 @@ import pytest
 
 from conftest import tiny_job
 from hfray.config import JobConfig
+from hfray.tune.holdout import no_skill
 from hfray.tune.plan import on_eval, scheduler_steps
 from hfray.tune.space import check_space
 
@@ -76,6 +77,44 @@ def test_the_longest_warmup_in_the_space_sets_the_grace_period(tmp_path, data_fi
 def _steps_reached(sweep_dir: str, run: str) -> int:
     log = Path(sweep_dir, "trials", run, "hfray_metrics.jsonl").read_text().splitlines()
     return max(json.loads(line)["step"] for line in log if line.strip())
+
+
+def test_a_trial_that_learned_nothing_stops_even_as_the_first_at_its_rung(tmp_path, data_files):
+    """Ray's ASHA promotes the first trial to reach a rung whatever it scores (no rival recorded there yet): in
+    bench/results/sweep_cpu_holdout_v3.md a trial stuck at the majority class ran its full 188 steps that way."""
+    from types import SimpleNamespace
+
+    import datasets
+    from ray.tune.schedulers import TrialScheduler
+
+    from hfray.tune.plan import make_plan
+    from hfray.tune.schedulers import build_scheduler
+
+    labels = ["neg", "pos"]
+    splits = {
+        "train": datasets.Dataset.from_dict({"label": ["pos"] * 6 + ["neg"] * 4}),
+        "validation": datasets.Dataset.from_dict({"label": ["pos"] * 7 + ["neg"] * 3}),
+    }
+    prepared = SimpleNamespace(splits=splits, labels=labels, sizes={"train": 10, "validation": 10})
+    job = _job(tmp_path, data_files, {"max_steps": 24}, {"type": "asha", "grace_period": 12})
+    # what always predicting the training split's majority label ('pos') scores on validation
+    assert no_skill(job, prepared, "eval_accuracy") == pytest.approx(0.7)
+    assert no_skill(job, prepared, "eval_f1_macro") == pytest.approx(0.5 * 2 * 0.7 / 1.7)
+    assert no_skill(job, prepared, "eval_loss") is None
+
+    def first_at_the_rung(no_skill_value: float | None, accuracy: float) -> str:
+        plan = make_plan(job, prepared, "sweep", [])
+        plan.no_skill = no_skill_value
+        scheduler = build_scheduler(job.sweep, plan)  # type: ignore[arg-type]
+        scheduler.set_search_properties("eval_accuracy", "max")  # as Tune does from its TuneConfig
+        trial = SimpleNamespace(trial_id="t0", config={})
+        scheduler.on_trial_add(None, trial)
+        result = {"step": 12, "max_steps": 24, "eval_accuracy": accuracy}
+        return scheduler.on_trial_result(None, trial, result)
+
+    assert first_at_the_rung(None, 0.7) == TrialScheduler.CONTINUE  # Ray's ASHA alone: no rival, promoted
+    assert first_at_the_rung(0.7, 0.7) == TrialScheduler.STOP
+    assert first_at_the_rung(0.7, 0.8) == TrialScheduler.CONTINUE
 
 
 @pytest.mark.slow  # ~1.5 min alone on 2 loaded cores; the default suite checks warmup in test_sweep.py's ASHA test

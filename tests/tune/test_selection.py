@@ -18,6 +18,7 @@ from conftest import synthetic_rows, tiny_job, write_csv
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
 from hfray.tune.holdout import standard_error
+from hfray.tune.refit import refit_evaluations, refit_resources
 
 
 def test_standard_error_of_accuracy_shrinks_with_rows_and_loss_has_none():
@@ -25,6 +26,22 @@ def test_standard_error_of_accuracy_shrinks_with_rows_and_loss_has_none():
     assert standard_error("eval_accuracy", 0.8, 1000) < standard_error("eval_accuracy", 0.8, 100)
     assert standard_error("eval_accuracy", 1.0, 16) > 0.05  # a perfect score on 16 rows is not a certainty
     assert standard_error("eval_loss", 0.3, 100) is None
+
+
+def test_refit_takes_the_cpus_the_trials_held_and_evaluates_a_few_times():
+    one = {"num_workers": 1, "cpus_per_worker": 0.9, "gpus_per_worker": 0}
+    # two trials of 0.9 + 0.1 CPU at once on a 2-CPU node: the refit's one worker gets 2 (torch threads follow)
+    assert refit_resources(one, 2.0, 2.0)["cpus_per_worker"] == 2
+    assert refit_resources(one, 8.0, 4.0)["cpus_per_worker"] == 4  # at most one node's
+    assert refit_resources(one, 0.5, 2.0)["cpus_per_worker"] == 0.9  # never fewer than a trial had
+    for kept in ({**one, "num_workers": 2}, {**one, "gpus_per_worker": 0.25}):
+        assert refit_resources(kept, 8.0, 8.0) == kept
+    steps = {"eval_strategy": "steps", "eval_steps": 25, "checkpoint_every_n_evals": 2}
+    # 207 steps (3,300 rows of batch 16): every 75 steps (75, 150, and the final evaluation), a checkpoint at each
+    assert refit_evaluations(steps, 207) == {**steps, "eval_steps": 75, "checkpoint_every_n_evals": 1}
+    assert refit_evaluations(steps, 40)["eval_steps"] == 25
+    epoch = {"eval_strategy": "epoch", "eval_steps": None, "checkpoint_every_n_evals": 1}
+    assert refit_evaluations(epoch, 500) == epoch
 
 
 def _accuracy_on(artifact: str, rows: list[dict[str, str]]) -> float:
@@ -88,6 +105,11 @@ def test_small_validation_warns_test_metrics_are_reported_and_refit_trains_on_tr
     # Refit: train + validation = 272 rows, 6 epochs of 9 batches of 32 -> 54 steps (the trials: 256 rows, 48 steps).
     refit_run = Path(summary.sweep_dir, "refit")
     assert _steps_reached(refit_run) == 54
+    # ... alone on the 2-CPU cluster after two trials of 0.9 + 0.1 CPU: one worker with 2 CPUs, evaluated every 24 steps
+    refit_job = read_manifest(str(refit_run / "artifact"))["job"]
+    assert refit_job["resources"]["cpus_per_worker"] == 2 and refit_job["training"]["eval_steps"] == 24
+    evaluated = [json.loads(line)["step"] for line in (refit_run / "hfray_metrics.jsonl").read_text().splitlines()]
+    assert {24, 48} <= set(evaluated) and not {8, 16, 32, 40} & set(evaluated), evaluated
     assert all(_steps_reached(Path(summary.sweep_dir, "trials", t["runs"][-1])) == 48 for t in summary.trials)
     manifest = read_manifest(summary.artifact)
     assert manifest["data"]["sizes"]["train"] == 272

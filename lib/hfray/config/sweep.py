@@ -121,6 +121,12 @@ class SchedulerConfig(Section):
     perturbation_interval: int | None = Field(
         None, ge=1, description="PBT/PB2: steps; default: the longest warmup, at least 1 eval."
     )
+    stop_no_skill: bool = Field(
+        True,
+        description="asha/median, classification metrics: from the grace period on, stop a trial that scores no "
+        "better on validation than always predicting the most frequent training label (ASHA stops it at any rung "
+        "that has a rival, but promotes the first trial to reach a rung whatever it scores).",
+    )
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: bottom fraction copies the top one.")
     resample_probability: float = Field(0.25, ge=0, le=1, description="PBT: resample instead of perturb.")
     perturbation_factors: tuple[float, float] = (1.2, 0.8)

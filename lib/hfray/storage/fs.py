@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pyarrow.fs as pafs
 
@@ -72,6 +73,21 @@ def upload_dir(local: str, uri: str) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def move_dir(local: str, uri: str) -> None:
+    """``local`` becomes ``uri`` (replacing it): a rename where ``uri`` is a local path on the same filesystem (no
+    bytes copied), else :func:`upload_dir` and ``local`` removed."""
+    if not is_uri(uri):
+        os.makedirs(os.path.dirname(uri), exist_ok=True)
+        shutil.rmtree(uri, ignore_errors=True)
+        try:
+            os.rename(local, uri)
+            return
+        except OSError:  # another filesystem (EXDEV): copied below
+            pass
+    upload_dir(local, uri)
+    shutil.rmtree(local, ignore_errors=True)
 
 
 def download_dir(uri: str, local: str) -> str:

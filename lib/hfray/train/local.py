@@ -12,8 +12,10 @@ the start: no resume from storage), ``get_all_reported_checkpoints`` is empty, `
 ``RunConfig.callbacks`` and ``FailureConfig`` are not used. hfray needs all of these, so :class:`InProcessFnUtils`
 (Ray's ``LocalTrainFnUtils``, set by :class:`InProcessController`) adds them back, in hfray's terms:
 
-* every reported checkpoint is copied to the run's storage folder as Ray names it (``<run>/checkpoint_step_...``)
-  before the report counts; ``storage.num_to_keep`` by the best metric as Ray's checkpoint manager keeps them (the
+* every reported checkpoint is put in the run's storage folder as Ray names it (``<run>/checkpoint_step_...``)
+  before the report counts: moved (a rename, no bytes copied) when its local folder is left to the run (Ray's
+  ASYNC upload mode, hfray's ``storage.async_upload``) and storage is a local path on the same filesystem, else
+  copied; ``storage.num_to_keep`` by the best metric as Ray's checkpoint manager keeps them (the
   latest is always kept, for a resume);
 * the run's ``UserCallback`` s (the metrics log, tracking, a sweep's report to Tune) get every report, with the
   stored checkpoint, as the Train controller would call them;
@@ -29,7 +31,6 @@ datasets are not supported here (a streaming recipe's shards are iterators of a 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -87,10 +88,10 @@ class InProcessFnUtils(LocalTrainFnUtils):
                checkpoint_upload_fn: Any = None, validation: Any = False) -> None:  # fmt: skip
         stored = None
         if checkpoint is not None:
-            stored = self._store(checkpoint, checkpoint_dir_name or f"checkpoint_{len(self.kept):06d}")
             drop_local = delete_local_checkpoint_after_upload
-            if drop_local or (drop_local is None and checkpoint_upload_mode == ray.train.CheckpointUploadMode.ASYNC):
-                shutil.rmtree(checkpoint.path, ignore_errors=True)  # as Ray's upload: the caller left it to us
+            if drop_local is None:  # as Ray's upload: an ASYNC checkpoint's folder is left to us
+                drop_local = checkpoint_upload_mode == ray.train.CheckpointUploadMode.ASYNC
+            stored = self._store(checkpoint, checkpoint_dir_name or f"checkpoint_{len(self.kept):06d}", drop_local)
             self._retain(metrics, stored)
         super().report(metrics, stored)
         if stored is None:
@@ -98,9 +99,12 @@ class InProcessFnUtils(LocalTrainFnUtils):
         for callback in self.callbacks:
             callback.after_report(None, [dict(metrics)], stored)
 
-    def _store(self, checkpoint: Any, name: str) -> ray.train.Checkpoint:
+    def _store(self, checkpoint: Any, name: str, move: bool) -> ray.train.Checkpoint:
+        """The checkpoint in the run's storage folder; ``move``: its local folder is ours, so on a local storage path
+        it is renamed into place (no copy: the report waits for this), else copied and removed."""
         uri = fs.join(self.run_dir, name)
-        retrying(lambda: fs.upload_dir(checkpoint.path, uri), f"upload of checkpoint {name}", self.retry_s)
+        place = fs.move_dir if move else fs.upload_dir
+        retrying(lambda: place(checkpoint.path, uri), f"upload of checkpoint {name}", self.retry_s)
         filesystem, path = fs.filesystem(uri)
         return ray.train.Checkpoint(path, filesystem)
 

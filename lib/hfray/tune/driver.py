@@ -27,7 +27,7 @@ from hfray.train.driver import RAY_JOB_ENV, latest_run
 from hfray.train.launch import local_root
 from hfray.train.recipes import recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
-from hfray.tune import results
+from hfray.tune import holdout, results
 from hfray.tune.choice import check_choice
 from hfray.tune.plan import SweepPlan, make_plan, sweep_name
 from hfray.tune.schedulers import build_scheduler, build_search_alg
@@ -191,6 +191,8 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
     plan = make_plan(job, prepared, name, edges)
     plan.artifact_fields = recipe.artifact_fields(job)
     plan.in_process = in_process
+    if job.sweep.scheduler.type in ("asha", "median") and job.sweep.scheduler.stop_no_skill and plan.mode == "max":
+        plan.no_skill = holdout.no_skill(job, prepared, plan.metric)
     plan.notes = notes + plan.notes
     return job, plan
 

@@ -13,6 +13,7 @@ driver with the artifact's own pipeline (text classification; other tasks report
 from __future__ import annotations
 
 import math
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,6 +62,25 @@ def selection(ranked: list[tuple[str, float]], plan: SweepPlan) -> dict[str, Any
             "or sweep.refit"
         )
     return out
+
+
+def no_skill(job: Any, prepared: Any, metric: str) -> float | None:
+    """``metric`` on the validation split of always predicting the training split's most frequent label: what a
+    trial that learned nothing scores (text and image classification with a classification metric; else None)."""
+    splits = getattr(prepared, "splits", None)
+    name = metric.removeprefix("eval_")
+    if name not in CLASSIFICATION_METRICS or splits is None or "validation" not in splits:
+        return None
+    labels, column = list(prepared.labels), job.data.label_column
+    train, validation = splits["train"][column], splits["validation"][column]
+    if not train or not validation or any(isinstance(v, (list, tuple)) for v in train[:1]):
+        return None
+    from hfray.train.recipes.classification.metrics import classification_metrics_fn
+
+    majority = labels.index(str(Counter(str(v) for v in train).most_common(1)[0][0]))
+    constant = [[1.0 if i == majority else 0.0 for i in range(len(labels))]] * len(validation)
+    references = [labels.index(str(v)) for v in validation]
+    return classification_metrics_fn([name])(SimpleNamespace(predictions=constant, label_ids=references))[name]
 
 
 def heldout_metrics(artifact: str, plan: SweepPlan, job: Any) -> dict[str, float] | None:

@@ -142,6 +142,7 @@ class SweepPlan:
     needs_tune_checkpoints: bool = False
     max_concurrent: int = 1
     in_process: bool = False  # each trial trains in its Tune trial process (sweep.trial_in_process)
+    no_skill: float | None = None  # the metric of a trial that learned nothing (holdout.no_skill); None: not checked
     scheduler_log: str = ""
     notes: list[str] = field(default_factory=list)
 

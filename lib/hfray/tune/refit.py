@@ -10,11 +10,22 @@ trial's job, stored as ``<sweep>/refit``, with:
   the learning curve only; ``evaluation.load_best_model_at_end`` is off, so nothing is selected on them and the
   exported model is the one at the end of the full budget;
 - ``data.test`` unchanged: the run's artifact records its test metrics.
+
+Cheaper than a full run, with the same training (same rows, hyperparameters and steps):
+
+- :func:`refit_resources`: the refit runs alone where the sweep ran several trials at once, so a one-worker CPU job
+  gets the CPUs the sweep's concurrent trials held (at most one node's), whole: torch's intra-op threads follow
+  ``resources.cpus_per_worker`` (``hfray.train.worker.limit_threads``); on 2 cores two trials of 0.9 + 0.1 CPU
+  give the refit 2 threads instead of 1. GPU and multi-worker jobs keep the trials' resources.
+- :func:`refit_evaluations`: its evaluations select nothing (they are on rows it trains on), so it evaluates (and
+  checkpoints, for a resume) about :data:`REFIT_EVALUATIONS` times, on a multiple of the trials' interval, instead
+  of at every interval; its final evaluation and test metrics are unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,11 +37,41 @@ from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.storage import fs, layout
 from hfray.train.run import run_training
-from hfray.tune.plan import SweepPlan
+from hfray.tune.plan import SweepPlan, total_steps
 from hfray.tune.space import trial_job_dict
 
 REFIT_RUN, REFIT_DATA = "refit", "refit_data"
 WRITERS = {"auto": "parquet", "parquet": "parquet", "csv": "csv", "json": "json"}
+REFIT_EVALUATIONS = 3  # a learning curve's worth; each with its checkpoint, so a failed refit resumes
+
+
+def refit_resources(resources: dict[str, Any], sweep_cpus: float, node_cpus: float) -> dict[str, Any]:
+    """``resources`` of the refit (module doc): a one-worker CPU job gets ``min(sweep_cpus, node_cpus)`` CPUs, whole
+    (never fewer than the trials had); ``sweep_cpus``: what the sweep's concurrent trials held at once."""
+    if resources["num_workers"] != 1 or resources["gpus_per_worker"] > 0:
+        return resources
+    cpus = math.floor(min(sweep_cpus, node_cpus) + 1e-9)
+    return {**resources, "cpus_per_worker": max(resources["cpus_per_worker"], cpus)}
+
+
+def refit_evaluations(training: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``training`` of the refit (module doc): about :data:`REFIT_EVALUATIONS` evaluations over its ``steps``, each with
+    a checkpoint, on a multiple of the trials' ``eval_steps``; ``eval_strategy: epoch`` is left as it is."""
+    if training["eval_strategy"] != "steps":
+        return training
+    every = int(training["eval_steps"])
+    times = max(1, math.ceil(steps / REFIT_EVALUATIONS / every))
+    return {**training, "eval_steps": every * times, "checkpoint_every_n_evals": 1}
+
+
+def sweep_cpus(plan: SweepPlan) -> tuple[float, float]:
+    """CPUs the sweep's concurrent trials held, and the largest live node's CPUs (Ray is connected)."""
+    import ray
+
+    res, sweep = plan.base_job["resources"], plan.base_job["sweep"]
+    per_trial = res["num_workers"] * res["cpus_per_worker"] + sweep["trial_driver_cpus"]
+    nodes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return plan.max_concurrent * per_trial, max(nodes, default=0.0)
 
 
 def _write(ds: datasets.Dataset, fmt: str, folder: str, name: str, dest: str) -> str:
@@ -58,20 +99,29 @@ def write_refit_data(plan: SweepPlan, data_format: str) -> dict[str, str]:
     return uris
 
 
-def refit_job(plan: SweepPlan, params: dict[str, Any]) -> JobConfig:
+def refit_job(plan: SweepPlan, params: dict[str, Any], cpus: tuple[float, float] = (0.0, 0.0)) -> JobConfig:
+    """The refit's job; ``cpus``: :func:`sweep_cpus` (the default keeps the trials' resources)."""
     raw = trial_job_dict(plan.base_job, params, plan.sweep_dir)
     uris = write_refit_data(plan, raw["data"]["format"])
     raw["data"].update(train=uris["train"], validation=uris["validation"], max_train_samples=None)
     raw["evaluation"]["load_best_model_at_end"] = False
     raw["storage"]["run_name"] = REFIT_RUN
+    raw["resources"] = refit_resources(raw["resources"], *cpus)
+    rows = plan.prepared.sizes["train"] + plan.prepared.sizes["validation"]
+    steps = total_steps(JobConfig.from_dict(raw, source="the sweep's refit job"), rows)
+    raw["training"] = refit_evaluations(raw["training"], steps)
     return JobConfig.from_dict(raw, source="the sweep's refit job")
 
 
 def refit_and_export(plan: SweepPlan, params: dict[str, Any], sweep_info: dict[str, Any]) -> tuple[str, dict]:
     """Train the refit run and copy its artifact to ``<sweep>/artifact``. Returns that path and the run's metrics."""
-    job = refit_job(plan, params)
+    job = refit_job(plan, params, sweep_cpus(plan))
     rows = plan.prepared.sizes["train"] + plan.prepared.sizes["validation"]
-    print(f"[hfray] sweep.refit: training the best configuration on train + validation ({rows} rows)")
+    every = f"{job.training.eval_steps} steps" if job.training.eval_strategy == "steps" else "epoch"
+    print(
+        f"[hfray] sweep.refit: training the best configuration on train + validation ({rows} rows), "
+        f"{job.resources.cpus_per_worker:g} CPU(s) per worker, an evaluation every {every}"
+    )
     summary = run_training(job)
     dest = fs.join(plan.sweep_dir, layout.ARTIFACT_DIR)
     with tempfile.TemporaryDirectory(prefix="hfray-refit-artifact-") as stage:

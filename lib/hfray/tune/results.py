@@ -76,6 +76,7 @@ def _stop_reason(
         reason = f"error: {str(result.error).strip().splitlines()[-1][:160]}"
     elif stops:
         reason = f"stopped early by {stops[-1]['scheduler']} at step {stops[-1]['step']}"
+        reason += f": {stops[-1]['reason']}" if stops[-1].get("reason") else ""
         reason += " (as its last steps finished)" if finished else ""
     elif finished:
         reason = "completed"
@@ -138,7 +139,10 @@ def scheduler_line(kind: str, plan: SweepPlan) -> str:
     """What the scheduler was told, in steps: shown on the console and in the report."""
     where = f"evaluations every {plan.eval_interval} steps, longest warmup {plan.warmup_steps} steps"
     if kind in ("asha", "median"):
-        return f"{kind}: no trial judged before step {plan.grace_period} (grace period; max_t {plan.max_t}; {where})"
+        line = f"{kind}: no trial judged before step {plan.grace_period} (grace period; max_t {plan.max_t}; {where})"
+        if plan.no_skill is not None:
+            line += f"; from then on a trial at or below {plan.metric} {plan.no_skill:.4f} (one label predicted) stops"
+        return line
     if kind in ("pbt", "pb2"):
         return f"{kind}: perturbation every {plan.perturbation_interval} steps ({where})"
     if kind == "hyperband":
