@@ -77,12 +77,17 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"random:{dest}"
 
 
-def _record(name: str, row: dict[str, Any]) -> None:
-    """One run's numbers into $HFRAY_BENCH_OUT/grpo_gpu.json and a markdown table beside it."""
+def _results() -> tuple[Path, dict[str, Any]]:
+    """$HFRAY_BENCH_OUT/grpo_gpu.json and the rows recorded in it so far."""
     out = Path(os.environ.get("HFRAY_BENCH_OUT", ROOT / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "grpo_gpu.json"
-    rows = json.loads(path.read_text()) if path.is_file() else {}
+    return path, json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record(name: str, row: dict[str, Any]) -> None:
+    """One run's numbers into $HFRAY_BENCH_OUT/grpo_gpu.json and a markdown table beside it."""
+    path, rows = _results()
     rows[name] = row
     path.write_text(json.dumps(rows, indent=2))
     import torch
@@ -92,7 +97,7 @@ def _record(name: str, row: dict[str, Any]) -> None:
     for key, r in rows.items():
         curve = ", ".join(f"{s}: {v:.3f}" for s, v in r["curve"])
         lines.append(f"| {key} | {r['steps']} | {r['tokens_per_second']} | {r['peak_gib']} | {curve} | {r['wall_s']} |")
-    (out / "grpo_gpu.md").write_text("\n".join(lines) + "\n")
+    path.with_name("grpo_gpu.md").write_text("\n".join(lines) + "\n")
 
 
 def _train(
@@ -164,9 +169,7 @@ def _served_chat(artifact: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _record_served(name: str, answer: str, usage: dict[str, Any]) -> None:
-    out = Path(os.environ.get("HFRAY_BENCH_OUT", ROOT / "bench" / "results"))
-    path = out / "grpo_gpu.json"
-    rows = json.loads(path.read_text()) if path.is_file() else {}
+    path, rows = _results()
     rows.setdefault(name, {})["served_over_http"] = {"answer": answer, "usage": usage}
     path.write_text(json.dumps(rows, indent=2))
 

@@ -174,7 +174,7 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan) -> TrialScheduler:
             quantile_fraction=s.quantile_fraction,
         )
     sched.decisions_uri = plan.scheduler_log
-    if s.type in ("asha", "median") and s.stop_no_skill and plan.no_skill is not None:
+    if plan.no_skill is not None:  # set by the sweep's driver for asha/median with stop_no_skill only
         n = plan.prepared.sizes.get("validation", 0)
         sched.no_skill, sched.grace, sched.watched = plan.no_skill, grace, plan.metric
         sched.tolerance = 0.5 / n if n else 0.0  # half a row: a score equal to the constant prediction's
