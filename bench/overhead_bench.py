@@ -113,16 +113,23 @@ def plain_cmd(spec: dict[str, Any], out: Path) -> list[str]:
 
 
 def hfray_cmd(
-    spec: dict[str, Any], gpu: bool, address: str, out: Path, storage: Path | None = None, cache: bool = True
+    spec: dict[str, Any],
+    gpu: bool,
+    address: str,
+    out: Path,
+    storage: Path | None = None,
+    cache: bool = True,
+    extra: list[str] | None = None,
 ) -> list[str]:
     """``storage``: one storage path for every repeat (re-runs on the same data: the tokenized-data cache of the
-    first serves the others); ``cache``: ``data.cache_tokenized``."""
+    first serves the others); ``cache``: ``data.cache_tokenized``; ``extra``: more ``key=value`` overrides."""
     out.mkdir(parents=True, exist_ok=True)
     job = tb.hfray_job(spec, 1, gpu, storage or out / "runs", "default")
     job["training"].update(eval_steps=max(spec["steps"], 1), logging_steps=max(spec["steps"], 1))
     job.setdefault("data", {})["cache_tokenized"] = cache
     (out / "job.yaml").write_text(yaml.safe_dump(job))
-    return [sys.executable, "-m", "hfray", "train", str(out / "job.yaml"), f"cluster.address={address}", "--fresh"]
+    cmd = [sys.executable, "-m", "hfray", "train", str(out / "job.yaml"), f"cluster.address={address}", "--fresh"]
+    return [*cmd, *(extra or [])]
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="all hfray repeats of a workload use one storage path (re-runs: repeat 0 fills the tokenized-data cache)",
     )
+    parser.add_argument("--set", action="append", default=[], help="one more key=value for hfray (repeatable)")
     parser.add_argument("--no-cache", action="store_true", help="data.cache_tokenized: false (the 'before' case)")
     parser.add_argument(
         "--base-lib", type=Path, default=None, help="runner hfray-base: hfray from this lib folder (a change's before)"
@@ -235,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cmd = (
                         plain_cmd(spec, out)
                         if runner == "plain"
-                        else hfray_cmd(spec, args.gpu, address, out, shared, cache)
+                        else hfray_cmd(spec, args.gpu, address, out, shared, cache, getattr(args, "set", []))
                     )
                     if runner == "hfray-base":  # the same job with the other checkout's lib first on the path
                         cmd = ["env", f"PYTHONPATH={args.base_lib}", *cmd]

@@ -146,6 +146,10 @@ class JobConfig(Section):
         if self.task in TRL_TASKS and self.trl is None:
             self.trl = TrlSection()
         problems = lm_task_problems(self) + peft_job_problems(self) + trl_task_problems(self) + task_problems(self)
+        if self.resources.launch == "task" and self.resources.num_workers != 1:
+            problems.append(
+                ("resources.launch", f"'task' runs one worker; resources.num_workers is {self.resources.num_workers}")
+            )
         if self.task == "text-classification":
             problems += metric_problems(self.task, self.evaluation.metrics, CLASSIFICATION_METRICS)
         if problems:

@@ -34,7 +34,7 @@ from hfray.data.sources import absolute_source, check_exists
 from hfray.errors import user_error_in
 from hfray.model.loading import absolute_model_source
 from hfray.storage import endpoint, fs, layout
-from hfray.train import launch
+from hfray.train import in_task, launch
 from hfray.train.recipes.base import Recipe
 from hfray.train.tracking.driver import tracked_run
 
@@ -264,6 +264,7 @@ def overlaps_checks(job: JobConfig, recipe: Recipe) -> bool:
 
 def run(job: JobConfig, recipe: Recipe, fresh: bool = False, watch: Watch | None = None) -> RunSummary:
     """Train a job end to end with its recipe; re-running a finished job returns its results without training."""
+    in_task.check_launch(job, recipe.ray_datasets is not None)
     if overlaps_checks(job, recipe):
         return run_gated(job, recipe, fresh, watch)
     return run_checked(job, recipe, fresh, watch)

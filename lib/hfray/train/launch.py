@@ -98,6 +98,7 @@ def build_trainer(
     ``gate`` (a start gate's key) instead of ``info``: the workers get :func:`checked_values` from the gate.
     """
     storage = job.storage.path
+    in_task = not in_process and job.resources.launch == "task"  # the same runner, in one Ray task (in_task.py)
     loop_config: dict[str, Any] = {
         "job": job.to_dict(),
         "run_name": run_name,
@@ -106,7 +107,7 @@ def build_trainer(
         "artifact_uri": layout.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
         "timeline": [] if in_process else timeline.run_marks(),  # the driver's marks (in process: the worker's)
-        "in_process": in_process,
+        "in_process": in_process or in_task,
     }
     loop_config.update({"start_gate": gate} if gate is not None else checked_values(job, recipe, info))
     extra: dict[str, Any] = {}
@@ -114,20 +115,25 @@ def build_trainer(
         streamed = recipe.ray_datasets(job, info)
         loop_config.update(streamed.loop_config)
         extra = {"datasets": streamed.datasets, "dataset_config": streamed.dataset_config}
-    if in_process:
+    local = in_process or in_task
+    if local:
         from hfray.train.local import InProcessTrainer
 
         assert not extra, "in-process runs take no Ray Data datasets"
     trainer = torch_trainer(
         recipe.train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=scaling_config(job, in_process),
-        trainer_cls=InProcessTrainer if in_process else None,
+        scaling_config=scaling_config(job, local),
+        trainer_cls=InProcessTrainer if local else None,
         # A streaming recipe starts its Ray Data stream before its imports, so the stream's tasks boot meanwhile;
         # the prewarm would hold that start back (MLM on 2 CPUs: first step 1.1 s later, startup_cpu.md).
         run_config=run_config(job, run_name, callbacks, prewarm_workers=not extra.get("datasets")),
         **extra,
     )
-    if in_process:
+    if local:
         trainer.retry_s = job.storage.retry_s  # its uploads retry as a worker's (storage.retry_s)
+    if in_task:
+        from hfray.train.in_task import TaskTrainer
+
+        return TaskTrainer(trainer, job, run_name)
     return trainer

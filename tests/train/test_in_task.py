@@ -1,0 +1,73 @@
+"""``resources.launch: task``: a one-worker run in ONE Ray task (hfray.train.in_task), no Train controller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import lm_job, synthetic_rows, tiny_job, worker_killed_after_checkpoint
+from hfray.artifacts.metrics_log import read_metrics_log
+from hfray.config import JobConfig
+from hfray.errors import ConfigError
+from hfray.storage import layout
+from hfray.train.run import run_training
+
+
+def _train_controllers() -> set[str]:
+    """Ray Train controller actors the cluster has seen (alive or dead), by id (GCS's actor table)."""
+    import ray
+
+    return {a for a, info in ray._private.state.actors().items() if info.get("ActorClassName") == "TrainController"}
+
+
+def test_a_one_worker_task_run_learns_resumes_after_its_process_dies_and_exports(ray_cluster, tmp_path, data_files):
+    job = JobConfig.from_dict(
+        tiny_job(
+            tmp_path,
+            data_files,
+            training={
+                "learning_rate": 8e-3,
+                "per_device_train_batch_size": 32,
+                "max_steps": 60,
+                "eval_steps": 10,
+                "logging_steps": 10,
+            },
+            resources={"num_workers": 1, "cpus_per_worker": 1, "launch": "task"},
+            storage={"max_failures": 1, "num_to_keep": 2},
+        )
+    )
+    controllers = _train_controllers()
+    log_path = Path(job.storage.path) / job.run_name / layout.METRICS_LOG
+    with worker_killed_after_checkpoint(str(log_path), 20) as killed:
+        summary = run_training(job)
+    assert killed, "the test never found the task's process to kill"
+    assert _train_controllers() == controllers, "a Ray Train controller started for a task run"
+
+    log = read_metrics_log(layout.metrics_log_uri(summary.run_dir))
+    resumed = [r for r in log if r["hfray_resumed_from_step"] > 0]
+    assert resumed, "no report came from the retried task"
+    start = resumed[0]["hfray_resumed_from_step"]
+    assert start >= killed["after_step"] and resumed[0]["step"] == start + 10  # the next step trained, from there
+    assert {r["worker_pid"] for r in resumed}.isdisjoint({killed["pid"]})
+    assert summary.manifest["global_step"] == 60
+    evals = [r for r in log if "eval_loss" in r]
+    assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"]
+
+    from transformers import pipeline
+
+    held_out = synthetic_rows(40, seed=99)
+    predictions = pipeline("text-classification", model=summary.artifact)([r["text"] for r in held_out])
+    assert sum(p["label"] == r["label"] for p, r in zip(predictions, held_out, strict=True)) >= 36
+
+
+def test_task_launch_needs_one_worker(tmp_path, data_files):
+    with pytest.raises(ConfigError, match=r"resources\.launch.*num_workers is 2"):
+        JobConfig.from_dict(tiny_job(tmp_path, data_files, resources={"num_workers": 2, "launch": "task"}))
+
+
+def test_task_launch_refuses_a_task_that_streams_ray_data_before_ray_starts(tmp_path, data_files):
+    raw = lm_job(tmp_path, "masked-lm", tmp_path / "no-such-corpus.txt", resources={"num_workers": 1, "launch": "task"})
+    # The refusal comes before anything reads the (missing) corpus, trains a tokenizer or connects to Ray.
+    with pytest.raises(ConfigError, match=r"resources\.launch.*'task' cannot run masked-lm: it streams Ray Data"):
+        run_training(JobConfig.from_dict(raw))
