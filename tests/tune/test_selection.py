@@ -91,6 +91,19 @@ def _checkpoint_accuracy(checkpoint: str, rows: list[dict[str, str]]) -> float:
     return sum(p == r["label"] for p, r in zip(predicted, rows, strict=True)) / len(rows)
 
 
+def _driver_test_accuracy(artifact: str, rows: list[dict[str, str]], raw: dict[str, Any]) -> float:
+    from types import SimpleNamespace
+
+    import datasets
+
+    from hfray.tune.holdout import heldout_metrics
+
+    prepared = SimpleNamespace(splits={"test": datasets.Dataset.from_list(rows)}, labels=["neg", "pos"])
+    scores = heldout_metrics(artifact, SimpleNamespace(prepared=prepared), JobConfig.from_dict(raw))  # type: ignore[arg-type]
+    assert scores is not None
+    return scores["test_accuracy"]
+
+
 def _steps_reached(run_dir: Path) -> int:
     lines = (run_dir / "hfray_metrics.jsonl").read_text().splitlines()
     return max(json.loads(line)["step"] for line in lines if line.strip())
@@ -161,3 +174,6 @@ def test_small_validation_warns_test_metrics_are_reported_and_refit_trains_on_tr
     # ... taken from the best trial's own artifact (FIFO: it completed and exported that checkpoint's weights with its
     # test metrics, loss included), not scored again on the driver (whose pipeline has no loss)
     assert "test_loss" in sweep_json["test"], sweep_json["test"]
+    # ... and the driver's pipeline, which scores a selected checkpoint no trial exported, measures the same
+    best_artifact = str(Path(checkpoint).parent / "artifact")
+    assert _driver_test_accuracy(best_artifact, test_rows, raw) == pytest.approx(sweep_json["test"]["test_accuracy"])
