@@ -193,3 +193,17 @@ def test_final_validation_metrics_reuse_the_logged_evaluation_of_the_exported_we
     assert final_eval_metrics(trainer(False, 50, history[:3]), "validation") == {"eval_loss": 9.0}
     assert final_eval_metrics(trainer(False, None, [], last=8), "validation") == {"eval_loss": 9.0}
     assert evaluated == ["validation", "validation"]
+
+
+def test_test_rows_are_scored_shortest_first_and_none_is_lost():
+    import datasets
+
+    from hfray.train.recipes.classification.worker import shortest_first
+
+    ids = [[1] * n for n in (9, 3, 64, 3, 20)]
+    rows = datasets.Dataset.from_dict({"input_ids": ids, "label": [0, 1, 0, 1, 1]})
+    ordered = shortest_first(rows)
+    assert [len(x) for x in ordered["input_ids"]] == [3, 3, 9, 20, 64]
+    assert sorted(zip(map(len, ordered["input_ids"]), ordered["label"], strict=True)) == sorted(
+        zip(map(len, ids), rows["label"], strict=True)
+    )
