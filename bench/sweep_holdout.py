@@ -18,7 +18,8 @@ The test accuracy of a sweep is its exported model's (``hfray_sweep.json``: ``te
 rows: its selected checkpoint (wall time without the refit) and the refit (the whole sweep's wall time).
 
     PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml [section.key=value ...] \\
-        --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [--only single asha]
+        --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [--only single asha] \\
+        [--split-seed 0]
 
 v2 (issue 28: the refit as a contender, cheaper ASHA):
     PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml sweep.refit=true \\
@@ -165,7 +166,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; versions: {meta['versions']}  ",
-        f"Rows: {meta['rows']}",
+        f"Rows: {meta['rows']}; split seed: {meta.get('split_seed', 0)}",
         "",
         "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | test SE | test points vs "
         "first row | paired: points ± SE (z; rows won/lost) | wall s | x first row |",
@@ -190,10 +191,11 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=300)
     parser.add_argument("--test", type=int, default=1281)
     parser.add_argument("--only", nargs="*", default=["single", "fifo", "asha"])
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / validation / test split")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="hfray-sweep-holdout-")
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
-    files = write_splits(folder, sizes)
+    files = write_splits(folder, sizes, seed=args.split_seed)
     overrides = [
         *(f"data.{k}={v}" for k, v in files.items()),
         "data.max_train_samples=null",
@@ -211,10 +213,21 @@ def main() -> None:
     except Exception as exc:  # the contenders' own numbers are still worth writing
         print(f"paired re-scoring failed: {exc!r}")
     meta = {
-        "command": " ".join(["python bench/sweep_holdout.py", args.job, *args.overrides, "--only", *args.only]),
+        "command": " ".join(
+            [
+                "python bench/sweep_holdout.py",
+                args.job,
+                *args.overrides,
+                "--only",
+                *args.only,
+                "--split-seed",
+                str(args.split_seed),
+            ]
+        ),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "versions": library_versions(),
         "rows": sizes,
+        "split_seed": args.split_seed,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(f"{args.out}.json", "w") as f:

@@ -163,3 +163,47 @@ def test_failed_checks_on_a_running_cluster_end_the_started_workers_untrained(ra
     summary = run_training(good)
     assert [r["step"] for r in _log(summary) if "eval_loss" in r] == [6, 12]
     assert not any(p.name.startswith(bad.run_name) for p in runs.iterdir())
+
+
+def test_final_validation_metrics_reuse_the_logged_evaluation_of_the_exported_weights():
+    from types import SimpleNamespace
+
+    from hfray.train.worker import final_eval_metrics
+
+    history = [
+        {"step": 25, "loss": 0.6},
+        {"step": 25, "eval_loss": 0.5, "eval_accuracy": 0.7},
+        {"step": 50, "eval_loss": 0.4, "eval_accuracy": 0.8},
+        {"step": 54, "eval_loss": 0.45, "eval_accuracy": 0.75},  # HF's evaluation at the last step
+    ]
+    evaluated: list[str] = []
+
+    def trainer(load_best: bool, best_step: int | None, log: list[dict], last: int = 54) -> SimpleNamespace:
+        state = SimpleNamespace(log_history=log, best_global_step=best_step, global_step=last)
+        return SimpleNamespace(
+            state=state,
+            args=SimpleNamespace(load_best_model_at_end=load_best),
+            evaluate=lambda dataset, metric_key_prefix: evaluated.append(dataset) or {"eval_loss": 9.0},
+        )
+
+    assert final_eval_metrics(trainer(True, 50, history), "validation")["eval_accuracy"] == 0.8  # the best's weights
+    assert final_eval_metrics(trainer(False, 50, history), "validation")["eval_accuracy"] == 0.75  # the last step's
+    assert not evaluated
+    # the last step was not evaluated (no evaluations, or a history without it): one more pass
+    assert final_eval_metrics(trainer(False, 50, history[:3]), "validation") == {"eval_loss": 9.0}
+    assert final_eval_metrics(trainer(False, None, [], last=8), "validation") == {"eval_loss": 9.0}
+    assert evaluated == ["validation", "validation"]
+
+
+def test_test_rows_are_scored_shortest_first_and_none_is_lost():
+    import datasets
+
+    from hfray.train.recipes.classification.worker import shortest_first
+
+    ids = [[1] * n for n in (9, 3, 64, 3, 20)]
+    rows = datasets.Dataset.from_dict({"input_ids": ids, "label": [0, 1, 0, 1, 1]})
+    ordered = shortest_first(rows)
+    assert [len(x) for x in ordered["input_ids"]] == [3, 3, 9, 20, 64]
+    assert sorted(zip(map(len, ordered["input_ids"]), ordered["label"], strict=True)) == sorted(
+        zip(map(len, ids), rows["label"], strict=True)
+    )

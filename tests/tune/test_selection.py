@@ -11,13 +11,14 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import synthetic_rows, tiny_job, write_csv
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
-from hfray.tune.holdout import standard_error
+from hfray.tune.holdout import selected_trial_test, standard_error
 from hfray.tune.refit import refit_evaluations, refit_resources
 
 
@@ -44,6 +45,36 @@ def test_refit_takes_the_cpus_the_trials_held_and_evaluates_a_few_times():
     assert refit_evaluations(epoch, 500) == epoch
 
 
+def test_the_selected_checkpoint_reuses_its_trials_test_metrics_only_when_the_trial_exported_those_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from hfray.artifacts.manifest import FORMAT
+
+    run = tmp_path / "trials" / "t_00003"
+    (run / "artifact").mkdir(parents=True)
+    checkpoint = str(run / "checkpoint_step_00000150")
+    metrics = {"eval_accuracy": 0.80, "test_accuracy": 0.7916, "test_loss": 0.45, "test_runtime": 17.6}
+
+    def plan(swept: str = "training.learning_rate", splits: tuple[str, ...] = ("train", "validation", "test")) -> Any:
+        prepared = SimpleNamespace(splits=dict.fromkeys(splits), sizes={"test": 1281})
+        return SimpleNamespace(prepared=prepared, base_job={"sweep": {"parameters": {swept: {}}}})
+
+    def trial_exported(best_step: int, load_best: bool) -> None:
+        manifest = {"format": FORMAT, "job": {"evaluation": {"load_best_model_at_end": load_best}},
+                    "best": {"step": best_step, "metric": "accuracy"}, "metrics": metrics}  # fmt: skip
+        (run / "artifact" / "hfray_manifest.json").write_text(json.dumps(manifest))
+
+    assert selected_trial_test(checkpoint, 150, plan()) is None  # the trial was stopped early: no artifact
+    trial_exported(150, load_best=True)
+    reused = {"test_accuracy": 0.7916, "test_loss": 0.45, "test_rows": 1281}  # no timings
+    assert selected_trial_test(checkpoint, 150, plan()) == reused
+    assert selected_trial_test(checkpoint, 125, plan()) is None  # the trial's best is another step: other weights
+    assert selected_trial_test(checkpoint, 150, plan(swept="data.max_length")) is None  # its test rows may differ
+    assert selected_trial_test(checkpoint, 150, plan(splits=("train", "validation"))) is None  # no data.test
+    trial_exported(150, load_best=False)  # its artifact holds its last step's weights
+    assert selected_trial_test(checkpoint, 150, plan()) is None
+
+
 def _accuracy_on(artifact: str, rows: list[dict[str, str]]) -> float:
     from hfray.artifacts.loading import load_artifact_pipeline
 
@@ -58,6 +89,19 @@ def _checkpoint_accuracy(checkpoint: str, rows: list[dict[str, str]]) -> float:
     pipe = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint)
     predicted = [p["label"] for p in pipe([r["text"] for r in rows])]
     return sum(p == r["label"] for p, r in zip(predicted, rows, strict=True)) / len(rows)
+
+
+def _driver_test_accuracy(artifact: str, rows: list[dict[str, str]], raw: dict[str, Any]) -> float:
+    from types import SimpleNamespace
+
+    import datasets
+
+    from hfray.tune.holdout import heldout_metrics
+
+    prepared = SimpleNamespace(splits={"test": datasets.Dataset.from_list(rows)}, labels=["neg", "pos"])
+    scores = heldout_metrics(artifact, SimpleNamespace(prepared=prepared), JobConfig.from_dict(raw))  # type: ignore[arg-type]
+    assert scores is not None
+    return scores["test_accuracy"]
 
 
 def _steps_reached(run_dir: Path) -> int:
@@ -124,6 +168,12 @@ def test_small_validation_warns_test_metrics_are_reported_and_refit_trains_on_tr
     measured = _accuracy_on(summary.artifact, test_rows)
     assert measured >= 0.8 and f"| {measured:.4f} |" in refit_line, (refit_line, measured)
     selected = next(row for row in lines if row.startswith(f"| selected checkpoint: trial {summary.best['trial_id']}"))
-    checkpoint = json.loads(Path(summary.sweep_dir, "hfray_sweep.json").read_text())
-    checkpoint = next(t["best_checkpoint"] for t in checkpoint["trials"] if t["trial_id"] == summary.best["trial_id"])
+    sweep_json = json.loads(Path(summary.sweep_dir, "hfray_sweep.json").read_text())
+    checkpoint = next(t["best_checkpoint"] for t in sweep_json["trials"] if t["trial_id"] == summary.best["trial_id"])
     assert f"| {_checkpoint_accuracy(checkpoint, test_rows):.4f} |" in selected, selected
+    # ... taken from the best trial's own artifact (FIFO: it completed and exported that checkpoint's weights with its
+    # test metrics, loss included), not scored again on the driver (whose pipeline has no loss)
+    assert "test_loss" in sweep_json["test"], sweep_json["test"]
+    # ... and the driver's pipeline, which scores a selected checkpoint no trial exported, measures the same
+    best_artifact = str(Path(checkpoint).parent / "artifact")
+    assert _driver_test_accuracy(best_artifact, test_rows, raw) == pytest.approx(sweep_json["test"]["test_accuracy"])

@@ -248,16 +248,19 @@ def train(trainer: Any, attempt: Attempt) -> Attempt:
 
 
 def final_eval_metrics(trainer: Any, validation: Any) -> dict[str, Any]:
-    """Validation metrics of the model being exported.
+    """Validation metrics of the model being exported, from the log history when it has them.
 
-    With load_best_model_at_end the exported weights are the best checkpoint's, whose evaluation is
-    already in the log history: reuse it instead of paying for one more pass over the validation set.
+    With load_best_model_at_end the exported weights are the best checkpoint's, whose evaluation is already in the
+    log history; without it they are the last step's, which HF evaluates at the end of a step-evaluated run (and
+    an epoch-evaluated one at its last step): either is reused instead of one more pass over the validation set
+    (a sweep's refit, ``load_best_model_at_end: false``, paid it twice).
     """
     state = trainer.state
-    if trainer.args.load_best_model_at_end and state.best_global_step:
-        for entry in state.log_history:
-            if entry.get("step") == state.best_global_step and "eval_loss" in entry:
-                return dict(entry)
+    loaded_best = trainer.args.load_best_model_at_end and state.best_global_step
+    step = state.best_global_step if loaded_best else state.global_step
+    for entry in state.log_history:
+        if entry.get("step") == step and "eval_loss" in entry:
+            return dict(entry)
     return trainer.evaluate(validation, metric_key_prefix="eval")
 
 

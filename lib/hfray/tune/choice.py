@@ -91,7 +91,10 @@ def check_choice(job: JobConfig, rows: list[TrialRow], best: TrialRow | None, ar
     if best is None or artifact is None:
         return choice
     table = []
-    exported = holdout.heldout_metrics(artifact, plan, job)
+    exported = None
+    if best.best_checkpoint is not None:  # the trial measured these weights on data.test already
+        exported = holdout.selected_trial_test(best.best_checkpoint, best.best_step, plan)
+    exported = exported or holdout.heldout_metrics(artifact, plan, job)
     if exported is not None:
         kind = "selected checkpoint" if job.sweep is not None and job.sweep.refit else "exported"
         table.append((f"{kind}: trial {best.trial_id} at step {best.best_step}", best.best_value, exported))
