@@ -76,7 +76,8 @@ def user_error_in(exc: BaseException) -> HfrayError | None:
         seen: set[int] = set()
         while cause is not None and id(cause) not in seen:
             if isinstance(cause, HfrayError):
-                return cause
+                inner = getattr(cause, "cause", None)  # Ray's RayTaskError(HfrayError) is both: the user's is inside
+                return inner if isinstance(inner, HfrayError) else cause
             seen.add(id(cause))
             cause = cause.__cause__ or getattr(cause, "cause", None)
     return None

@@ -34,12 +34,14 @@ def failing_loop(loop_config: dict[str, Any]) -> None:
     raise RuntimeError("a crash that is not the user's")
 
 
-def run_failing(tmp_path: Path, data_files: dict[str, Path], name: str) -> int:
+def run_failing(tmp_path: Path, data_files: dict[str, Path], name: str, launch: str = "train") -> int:
     from hfray.train.driver import run
     from hfray.train.recipes import recipe_for
 
     job = JobConfig.from_dict(
-        tiny_job(tmp_path, data_files, name=name, resources={"num_workers": 1}, storage={"max_failures": 2})
+        tiny_job(
+            tmp_path, data_files, name=name, resources={"num_workers": 1, "launch": launch}, storage={"max_failures": 2}
+        )
     )
     recipe = dataclasses.replace(recipe_for(job.task), train_loop_per_worker=failing_loop)
     with pytest.raises(Exception) as raised:
@@ -52,10 +54,12 @@ def run_failing(tmp_path: Path, data_files: dict[str, Path], name: str) -> int:
     return attempts
 
 
-def test_a_worker_data_error_ends_the_run_after_one_attempt(ray_cluster, tmp_path, data_files):
-    assert run_failing(tmp_path, data_files, "user-error") == 1
+@pytest.mark.parametrize("launch", ["train", "task"])  # task: one Ray task, hfray's in-process runner
+def test_a_worker_data_error_ends_the_run_after_one_attempt(ray_cluster, tmp_path, data_files, launch):
+    assert run_failing(tmp_path, data_files, "user-error", launch) == 1
 
 
 @pytest.mark.slow  # 74 s on 2 loaded cores: three worker-group starts
-def test_other_worker_failures_are_still_retried(ray_cluster, tmp_path, data_files):
-    assert run_failing(tmp_path, data_files, "crash") == 3  # max_failures=2: three attempts
+@pytest.mark.parametrize("launch", ["train", "task"])
+def test_other_worker_failures_are_still_retried(ray_cluster, tmp_path, data_files, launch):
+    assert run_failing(tmp_path, data_files, "crash", launch) == 3  # max_failures=2: three attempts
