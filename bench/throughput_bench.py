@@ -32,6 +32,12 @@ minus steady-state training time. Writes ``throughput.json`` and ``throughput.md
     python bench/throughput_bench.py --workloads llama,sft --seq 1024 --batch 32 --gpus 1 --out $OUT/dec
     bash bench/gpu_speed18.sh                       # GPU machine, one call: dpo, sft (and llama) bare/plain/hfray
     python bench/throughput_bench.py --smoke --out /tmp/tp                          # CPU smoke (the test's mode)
+    python bench/throughput_bench.py --cpu --workloads cls --runners plain,hfray --out /tmp/tpc  # CPU, real size
+
+``--cpu``: real sizes on the CPU. ``cls`` then fine-tunes the pretrained all-MiniLM-L6-v2 (``builtin:``, its own
+tokenizer) instead of a BERT-base config; ``--gpus`` counts hfray's Ray Train workers, each with the machine's cores /
+N CPUs (torch threads), and ``--batch`` is the global batch (N workers x batch / N); the plain runner is one process
+with torch's default threads (all cores).
 
 Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
 own tokenizer training (WordPiece for BERT, byte-level BPE for GPT-2), so it runs offline. The models keep
@@ -100,6 +106,7 @@ TINY["llama"] = {
 TINY["sft"] = TINY["dpo"] = TINY["llama"]
 TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "text-classification", "sft": "sft"}
 TASKS["dpo"] = "dpo"
+CPU_MODELS = {"cls": "builtin:all-MiniLM-L6-v2"}  # --cpu: a real pretrained model of CPU size
 LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
 
 
@@ -178,15 +185,21 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool, names: set[s
 
 def spec_for(workload: str, args: argparse.Namespace, data: dict[str, str], tokenizers: dict[str, str]) -> dict:
     arch = (TINY if args.smoke else BASE)[workload]
-    return {
+    spec = {
         "workload": workload,
         "architecture": arch,
         "data": data,
         "steps": args.steps,
         "batch": args.batch,
         "seq": args.seq,
-        "tokenizer": tokenizers[tokenizer_of(workload)],
+        "tokenizer": tokenizers.get(tokenizer_of(workload)),
     }
+    pretrained = CPU_MODELS.get(workload) if getattr(args, "cpu", False) else None
+    if pretrained:  # a real model and its own tokenizer (hfray resolves builtin: names; the plain script too)
+        from hfray.model.builtin import resolve_model
+
+        spec.update(model=pretrained, tokenizer=resolve_model(pretrained), architecture=None)
+    return {**spec, "cpu": getattr(args, "cpu", False)}
 
 
 def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: str) -> dict[str, Any]:
@@ -197,18 +210,20 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         "model": {"architecture": spec["architecture"], "tokenizer": spec["tokenizer"]},
         "training": {
             "max_steps": steps,
-            "per_device_train_batch_size": spec["batch"],
+            "per_device_train_batch_size": spec["batch"] // n if spec.get("cpu") else spec["batch"],
             "learning_rate": 1e-4,
             "eval_strategy": "steps",
             "eval_steps": steps,
             "logging_steps": 50,
         },
-        "resources": {"num_workers": n, **({"gpus_per_worker": 1} if gpu else {"cpus_per_worker": 0.5})},
+        "resources": {"num_workers": n, **_worker_resources(spec, n, gpu)},
         "storage": {"path": str(storage), "num_to_keep": 1, "max_failures": 0},
         # hfray's tracking defaults where their packages are installed (the GPU machine's bundle has no MLflow
         # and no matplotlib: there only TensorBoard logs, which the plain runner does not do at all).
         "tracking": {"mlflow": _installed("mlflow"), "learning_curve": _installed("matplotlib")},
     }
+    if spec.get("model"):
+        job["model"] = {"name_or_path": spec["model"]}
     if workload == "cls":
         job["data"] = {
             "train": spec["data"]["train_csv"],
@@ -252,6 +267,15 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if "datasets" in parts and "lm" in job:  # no Ray Data stream: packed in memory by `datasets`
         job["lm"]["pipeline"] = "datasets"
     return job
+
+
+def _worker_resources(spec: dict[str, Any], n: int, gpu: bool) -> dict[str, Any]:
+    """A GPU each; --cpu: the machine's cores shared out (torch threads = the worker's CPUs); smoke: half a CPU."""
+    if gpu:
+        return {"gpus_per_worker": 1}
+    if spec.get("cpu"):
+        return {"cpus_per_worker": max(1, (os.cpu_count() or 1) // n)}
+    return {"cpus_per_worker": 0.5}
 
 
 def _installed(module: str) -> bool:
@@ -409,6 +433,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the bench still runs")
+    parser.add_argument("--cpu", action="store_true", help="real sizes on CPU (cls: pretrained MiniLM-L6; see above)")
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="bare,plain,hfray")
@@ -425,7 +450,7 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="a running Ray cluster; default: start one")
     args = parser.parse_args()
     args.steps = args.steps or (12 if args.smoke else 300)
-    args.batch = args.batch or (4 if args.smoke else 64)
+    args.batch = args.batch or (4 if args.smoke else 32 if args.cpu else 64)
     args.seq = min(args.seq, 32) if args.smoke else args.seq
     run(args)
 
@@ -434,11 +459,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    gpu = torch.cuda.is_available() and not args.smoke
-    counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or args.smoke else "1")).split(",")]
+    cpu_mode = args.smoke or getattr(args, "cpu", False)
+    gpu = torch.cuda.is_available() and not cpu_mode
+    counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or cpu_mode else "1")).split(",")]
     work = args.out / "work"
     data = write_corpus(work, args.docs or (60 if args.smoke else 4000))
-    tokenizers = train_tokenizers(work, data, args.smoke, {tokenizer_of(w) for w in args.workloads.split(",")})
+    own = {w for w in args.workloads.split(",") if not (getattr(args, "cpu", False) and w in CPU_MODELS)}
+    tokenizers = train_tokenizers(work, data, args.smoke, {tokenizer_of(w) for w in own})
     if "dpo" in args.workloads.split(","):  # preference pairs of seq tokens a sequence, one epoch of the run
         rows = max(64, min(2048, args.steps * args.batch))
         data.update(throughput_dpo.write_preferences(work, tokenizers["llama"], args.seq, rows))
@@ -456,7 +483,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "bare" in args.runners and n == 1:  # one device: the ceiling the other runners are held to
                 bare_variants = [v for v in getattr(args, "bare_variants", "").split(",") if v]
                 cases += [("bare", v) for v in ["default", *bare_variants]]
-            cases += [("plain", "default")] if "plain" in args.runners else []
+            one_process = getattr(args, "cpu", False) and n > 1  # --cpu: plain is one process on all cores
+            cases += [("plain", "default")] if "plain" in args.runners and not one_process else []
             if "hfray" in args.runners:
                 variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if n == 1 else [])
                 cases += [("hfray", v) for v in variants]
