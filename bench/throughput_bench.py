@@ -17,8 +17,9 @@ and GPU count N (``--gpus``):
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
-  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``) and
-  ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the GPU is synchronised
+  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
+  ``bf16`` (``training.precision=bf16``: autocast on CPU too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
+  phase in the row's ``step_profile``; the GPU is synchronised
   at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
   (``compile-exact-nodrop``).
 
@@ -35,9 +36,9 @@ minus steady-state training time. Writes ``throughput.json`` and ``throughput.md
     python bench/throughput_bench.py --cpu --workloads cls --runners plain,hfray --out /tmp/tpc  # CPU, real size
 
 ``--cpu``: real sizes on the CPU. ``cls`` then fine-tunes the pretrained all-MiniLM-L6-v2 (``builtin:``, its own
-tokenizer) instead of a BERT-base config; ``--gpus`` counts hfray's Ray Train workers, each with the machine's cores /
-N CPUs (torch threads), and ``--batch`` is the global batch (N workers x batch / N); the plain runner is one process
-with torch's default threads (all cores).
+tokenizer) instead of a BERT-base config; ``--gpus`` counts processes: hfray's Ray Train workers, each with the
+machine's cores / N CPUs (torch threads), and for N > 1 the plain script under ``torchrun`` (which sets
+``OMP_NUM_THREADS=1``); ``--batch`` is the global batch (N processes x batch / N). N = 1: one process, all cores.
 
 Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
 own tokenizer training (WordPiece for BERT, byte-level BPE for GPT-2), so it runs offline. The models keep
@@ -257,6 +258,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use
         job["model"]["architecture"] = {**spec["architecture"], "hidden_dropout_prob": 0.0}
         job["model"]["architecture"]["attention_probs_dropout_prob"] = 0.0
+    if "bf16" in parts:  # bf16 autocast (CPU too: AVX512-BF16 / AMX hosts); the default on GPU
+        job["training"]["precision"] = "bf16"
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
         job["training"]["liger_kernel"] = False
     if "noshuffle" in parts and "lm" in job:  # no local shuffle buffer in the Ray Data stream
@@ -320,6 +323,9 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     profile.unlink(missing_ok=True)
     env = {"HFRAY_STEP_PROFILE": str(profile)} if "profile" in variant.split("-") else {}
     row = _timed(cmd, out, manifest, env)
+    if "error" not in row:  # the run's last evaluation: variants that change the numerics are compared on it
+        metrics = json.loads(manifest().read_text()).get("metrics") or {}
+        row.update({k: metrics[k] for k in ("eval_loss", "eval_accuracy") if k in metrics})
     if profile.is_file():  # ms per step by phase (synchronised: that run's throughput is not the steady one)
         row["step_profile"] = json.loads(profile.read_text().splitlines()[-1])["ms_per_step"]
     return row
@@ -483,18 +489,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "bare" in args.runners and n == 1:  # one device: the ceiling the other runners are held to
                 bare_variants = [v for v in getattr(args, "bare_variants", "").split(",") if v]
                 cases += [("bare", v) for v in ["default", *bare_variants]]
-            one_process = getattr(args, "cpu", False) and n > 1  # --cpu: plain is one process on all cores
-            cases += [("plain", "default")] if "plain" in args.runners and not one_process else []
+            cases += [("plain", "default")] if "plain" in args.runners else []
             if "hfray" in args.runners:
-                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if n == 1 else [])
+                every_n = n == 1 or getattr(args, "cpu", False)  # --cpu: the variants for each layout
+                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if every_n else [])
                 cases += [("hfray", v) for v in variants]
             for runner, variant in cases:
                 out = args.out / "cases" / f"{workload}-{runner}-{variant}-{n}"
                 out.mkdir(parents=True, exist_ok=True)
                 if runner == "bare":
                     row = run_bare(spec, out, variant)
-                elif runner == "plain":
-                    row = run_plain(spec, n, out)
+                elif runner == "plain":  # --cpu, N > 1: torchrun's N x 1 thread, the global batch split as hfray's
+                    row = run_plain({**spec, "batch": spec["batch"] // n} if spec["cpu"] else spec, n, out)
                 else:
                     row = run_hfray(spec, n, gpu, address, out, variant)
                 name = runner if variant == "default" else f"{runner}-{variant}"
