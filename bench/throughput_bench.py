@@ -17,8 +17,9 @@ and GPU count N (``--gpus``):
   that is already running, N workers x 1 GPU, hfray's defaults; ``--hfray-variants`` adds, for N = 1, ``hf``
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
-  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``) and
-  ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the GPU is synchronised
+  architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
+  ``bf16`` (``training.precision=bf16``: autocast on CPU too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
+  phase in the row's ``step_profile``; the GPU is synchronised
   at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
   (``compile-exact-nodrop``).
 
@@ -32,6 +33,12 @@ minus steady-state training time. Writes ``throughput.json`` and ``throughput.md
     python bench/throughput_bench.py --workloads llama,sft --seq 1024 --batch 32 --gpus 1 --out $OUT/dec
     bash bench/gpu_speed18.sh                       # GPU machine, one call: dpo, sft (and llama) bare/plain/hfray
     python bench/throughput_bench.py --smoke --out /tmp/tp                          # CPU smoke (the test's mode)
+    python bench/throughput_bench.py --cpu --workloads cls --runners plain,hfray --out /tmp/tpc  # CPU, real size
+
+``--cpu``: real sizes on the CPU. ``cls`` then fine-tunes the pretrained all-MiniLM-L6-v2 (``builtin:``, its own
+tokenizer) instead of a BERT-base config; ``--gpus`` counts processes: hfray's Ray Train workers, each with the
+machine's cores / N CPUs (torch threads), and for N > 1 the plain script under ``torchrun`` (which sets
+``OMP_NUM_THREADS=1``); ``--batch`` is the global batch (N processes x batch / N). N = 1: one process, all cores.
 
 Data: a synthetic corpus (Zipf-distributed pseudo-words, seeded) and tokenizers trained on it with hfray's
 own tokenizer training (WordPiece for BERT, byte-level BPE for GPT-2), so it runs offline. The models keep
@@ -100,6 +107,7 @@ TINY["llama"] = {
 TINY["sft"] = TINY["dpo"] = TINY["llama"]
 TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "text-classification", "sft": "sft"}
 TASKS["dpo"] = "dpo"
+CPU_MODELS = {"cls": "builtin:all-MiniLM-L6-v2"}  # --cpu: a real pretrained model of CPU size
 LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
 
 
@@ -178,15 +186,21 @@ def train_tokenizers(work: Path, data: dict[str, str], smoke: bool, names: set[s
 
 def spec_for(workload: str, args: argparse.Namespace, data: dict[str, str], tokenizers: dict[str, str]) -> dict:
     arch = (TINY if args.smoke else BASE)[workload]
-    return {
+    spec = {
         "workload": workload,
         "architecture": arch,
         "data": data,
         "steps": args.steps,
         "batch": args.batch,
         "seq": args.seq,
-        "tokenizer": tokenizers[tokenizer_of(workload)],
+        "tokenizer": tokenizers.get(tokenizer_of(workload)),
     }
+    pretrained = CPU_MODELS.get(workload) if getattr(args, "cpu", False) else None
+    if pretrained:  # a real model and its own tokenizer (hfray resolves builtin: names; the plain script too)
+        from hfray.model.builtin import resolve_model
+
+        spec.update(model=pretrained, tokenizer=resolve_model(pretrained), architecture=None)
+    return {**spec, "cpu": getattr(args, "cpu", False)}
 
 
 def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: str) -> dict[str, Any]:
@@ -197,18 +211,20 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         "model": {"architecture": spec["architecture"], "tokenizer": spec["tokenizer"]},
         "training": {
             "max_steps": steps,
-            "per_device_train_batch_size": spec["batch"],
+            "per_device_train_batch_size": spec["batch"] // n if spec.get("cpu") else spec["batch"],
             "learning_rate": 1e-4,
             "eval_strategy": "steps",
             "eval_steps": steps,
             "logging_steps": 50,
         },
-        "resources": {"num_workers": n, **({"gpus_per_worker": 1} if gpu else {"cpus_per_worker": 0.5})},
+        "resources": {"num_workers": n, **_worker_resources(spec, n, gpu)},
         "storage": {"path": str(storage), "num_to_keep": 1, "max_failures": 0},
         # hfray's tracking defaults where their packages are installed (the GPU machine's bundle has no MLflow
         # and no matplotlib: there only TensorBoard logs, which the plain runner does not do at all).
         "tracking": {"mlflow": _installed("mlflow"), "learning_curve": _installed("matplotlib")},
     }
+    if spec.get("model"):
+        job["model"] = {"name_or_path": spec["model"]}
     if workload == "cls":
         job["data"] = {
             "train": spec["data"]["train_csv"],
@@ -242,6 +258,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use
         job["model"]["architecture"] = {**spec["architecture"], "hidden_dropout_prob": 0.0}
         job["model"]["architecture"]["attention_probs_dropout_prob"] = 0.0
+    if "bf16" in parts:  # bf16 autocast (CPU too: AVX512-BF16 / AMX hosts); the default on GPU
+        job["training"]["precision"] = "bf16"
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
         job["training"]["liger_kernel"] = False
     if "noshuffle" in parts and "lm" in job:  # no local shuffle buffer in the Ray Data stream
@@ -252,6 +270,15 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if "datasets" in parts and "lm" in job:  # no Ray Data stream: packed in memory by `datasets`
         job["lm"]["pipeline"] = "datasets"
     return job
+
+
+def _worker_resources(spec: dict[str, Any], n: int, gpu: bool) -> dict[str, Any]:
+    """A GPU each; --cpu: the machine's cores shared out (torch threads = the worker's CPUs); smoke: half a CPU."""
+    if gpu:
+        return {"gpus_per_worker": 1}
+    if spec.get("cpu"):
+        return {"cpus_per_worker": max(1, (os.cpu_count() or 1) // n)}
+    return {"cpus_per_worker": 0.5}
 
 
 def _installed(module: str) -> bool:
@@ -296,6 +323,9 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     profile.unlink(missing_ok=True)
     env = {"HFRAY_STEP_PROFILE": str(profile)} if "profile" in variant.split("-") else {}
     row = _timed(cmd, out, manifest, env)
+    if "error" not in row:  # the run's last evaluation: variants that change the numerics are compared on it
+        metrics = json.loads(manifest().read_text()).get("metrics") or {}
+        row.update({k: metrics[k] for k in ("eval_loss", "eval_accuracy") if k in metrics})
     if profile.is_file():  # ms per step by phase (synchronised: that run's throughput is not the steady one)
         row["step_profile"] = json.loads(profile.read_text().splitlines()[-1])["ms_per_step"]
     return row
@@ -409,6 +439,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the bench still runs")
+    parser.add_argument("--cpu", action="store_true", help="real sizes on CPU (cls: pretrained MiniLM-L6; see above)")
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="bare,plain,hfray")
@@ -425,7 +456,7 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="a running Ray cluster; default: start one")
     args = parser.parse_args()
     args.steps = args.steps or (12 if args.smoke else 300)
-    args.batch = args.batch or (4 if args.smoke else 64)
+    args.batch = args.batch or (4 if args.smoke else 32 if args.cpu else 64)
     args.seq = min(args.seq, 32) if args.smoke else args.seq
     run(args)
 
@@ -434,11 +465,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    gpu = torch.cuda.is_available() and not args.smoke
-    counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or args.smoke else "1")).split(",")]
+    cpu_mode = args.smoke or getattr(args, "cpu", False)
+    gpu = torch.cuda.is_available() and not cpu_mode
+    counts = [int(n) for n in (args.gpus or ("1,2" if torch.cuda.device_count() > 1 or cpu_mode else "1")).split(",")]
     work = args.out / "work"
     data = write_corpus(work, args.docs or (60 if args.smoke else 4000))
-    tokenizers = train_tokenizers(work, data, args.smoke, {tokenizer_of(w) for w in args.workloads.split(",")})
+    own = {w for w in args.workloads.split(",") if not (getattr(args, "cpu", False) and w in CPU_MODELS)}
+    tokenizers = train_tokenizers(work, data, args.smoke, {tokenizer_of(w) for w in own})
     if "dpo" in args.workloads.split(","):  # preference pairs of seq tokens a sequence, one epoch of the run
         rows = max(64, min(2048, args.steps * args.batch))
         data.update(throughput_dpo.write_preferences(work, tokenizers["llama"], args.seq, rows))
@@ -458,15 +491,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cases += [("bare", v) for v in ["default", *bare_variants]]
             cases += [("plain", "default")] if "plain" in args.runners else []
             if "hfray" in args.runners:
-                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if n == 1 else [])
+                every_n = n == 1 or getattr(args, "cpu", False)  # --cpu: the variants for each layout
+                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if every_n else [])
                 cases += [("hfray", v) for v in variants]
             for runner, variant in cases:
                 out = args.out / "cases" / f"{workload}-{runner}-{variant}-{n}"
                 out.mkdir(parents=True, exist_ok=True)
                 if runner == "bare":
                     row = run_bare(spec, out, variant)
-                elif runner == "plain":
-                    row = run_plain(spec, n, out)
+                elif runner == "plain":  # --cpu, N > 1: torchrun's N x 1 thread, the global batch split as hfray's
+                    row = run_plain({**spec, "batch": spec["batch"] // n} if spec["cpu"] else spec, n, out)
                 else:
                     row = run_hfray(spec, n, gpu, address, out, variant)
                 name = runner if variant == "default" else f"{runner}-{variant}"

@@ -11,7 +11,8 @@ sides are measured alike. One process (``python``) or one per GPU (``torchrun --
 ``sft``: TRL's own ``SFTTrainer`` (LoRA r 16 on all linear layers, packing to ``seq`` tokens) on the CSV's text.
 ``dpo``: TRL's own ``DPOTrainer`` (the same LoRA) on fixed-length preference pairs (``bench/throughput_dpo.py``).
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch, seq.
+SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch, seq;
+``model`` (``--cpu`` cls): a pretrained model, loaded from the ``tokenizer`` folder its ``builtin:`` name resolves to.
 """
 
 from __future__ import annotations
@@ -81,10 +82,15 @@ def _model_and_data(spec: dict[str, Any], args: Any) -> tuple[Any, Any, Any, flo
     )
 
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    workload = spec["workload"]
+    if spec.get("model"):  # --cpu: a pretrained model with a fresh head (spec["tokenizer"] is its folder)
+        train, n_labels = _cls_dataset(spec, tokenizer, args)
+        model = AutoModelForSequenceClassification.from_pretrained(spec["tokenizer"], num_labels=n_labels)
+        lengths = [len(x) for x in train["input_ids"]]
+        return model, train, DataCollatorWithPadding(tokenizer), sum(lengths) / len(lengths), 1.0
     arch = dict(spec["architecture"])
     arch.setdefault("vocab_size", len(tokenizer))
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    workload = spec["workload"]
     if workload == "cls":
         train, n_labels = _cls_dataset(spec, tokenizer, args)
         config.num_labels = n_labels

@@ -91,3 +91,23 @@ def test_smoke_bench_dpo_counts_pairs_alike_in_the_bare_step_trl_and_hfray(ray_c
     # the same FLOPs per token for all three (hfray's model also holds TRL's frozen copy of the adapter)
     assert len({r["flops_per_token"] for r in rows.values()}) == 1
     assert rows["hfray"]["vs_bare_1gpu"] > 0 and rows["hfray"]["vs_plain_1gpu"] > 0
+
+
+def test_cpu_mode_runs_pretrained_minilm_with_the_cores_shared_out_and_the_same_global_batch(tmp_path: Path) -> None:
+    """``--cpu``: plain and hfray load the same pretrained MiniLM; N workers split the cores and the batch."""
+    import os
+
+    bench = _bench_module()
+    args = argparse.Namespace(smoke=False, cpu=True, steps=30, batch=32, seq=128)
+    data = {k: str(tmp_path / k) for k in ("train", "validation", "train_csv", "validation_csv")}
+    spec = bench.spec_for("cls", args, data, {})  # no tokenizer trained: MiniLM brings its own
+    assert spec["model"] == "builtin:all-MiniLM-L6-v2" and spec["architecture"] is None
+    assert (Path(spec["tokenizer"]) / "config.json").is_file()  # the plain script loads the model from it
+    cores = os.cpu_count() or 1
+    for n in (1, 2):
+        job = bench.hfray_job(spec, n, False, tmp_path / "runs", "default")
+        assert job["model"] == {"name_or_path": "builtin:all-MiniLM-L6-v2"}
+        assert job["resources"] == {"num_workers": n, "cpus_per_worker": max(1, cores // n)}
+        assert job["training"]["per_device_train_batch_size"] * n == 32
+    smoke = bench.spec_for("cls", argparse.Namespace(smoke=True, steps=12, batch=4, seq=32), data, {"bert": "tok"})
+    assert bench.hfray_job(smoke, 2, False, tmp_path, "default")["resources"]["cpus_per_worker"] == 0.5

@@ -65,7 +65,11 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(None, ge=1, description="Required when eval_strategy is 'steps'.")
     checkpoint_every_n_evals: int = Field(1, ge=1, description="A checkpoint is saved every N evaluations.")
     logging_steps: int = Field(10, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 on GPU, fp32 on CPU. bf16 also trains on CPU (autocast): 1.42x fp32 for MiniLM on an "
+        "AVX512-BF16 CPU (bench/results/throughput_cpu_dec04.md).",
+    )
     gradient_checkpointing: bool = False
     strategy: Literal["ddp", "zero2", "zero3", "zero3-offload", "fsdp"] = Field(
         "ddp",
