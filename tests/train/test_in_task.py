@@ -61,7 +61,13 @@ def test_a_one_worker_task_run_learns_resumes_after_its_process_dies_and_exports
     assert sum(p["label"] == r["label"] for p, r in zip(predictions, held_out, strict=True)) >= 36
 
 
-def test_task_launch_needs_one_worker(tmp_path, data_files):
+def test_task_launch_needs_one_worker_and_keeps_the_run_name(tmp_path, data_files):
+    # How a run starts is not what it computes: the same run (name) either way, so one resumes the other.
+    names = {
+        JobConfig.from_dict(tiny_job(tmp_path, data_files, resources={"num_workers": 1, "launch": launch})).run_name
+        for launch in ("train", "task")
+    }
+    assert len(names) == 1
     with pytest.raises(ConfigError, match=r"resources\.launch.*num_workers is 2"):
         JobConfig.from_dict(tiny_job(tmp_path, data_files, resources={"num_workers": 2, "launch": "task"}))
 

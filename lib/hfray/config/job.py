@@ -44,7 +44,7 @@ LOSS_ONLY_TASKS = (*LM_TASKS, "sft", "dpo")
 
 
 # Keys that change how fast a run goes, never its numbers: left out of the run's fingerprint.
-_SPEED_ONLY = (("lm", "prefetch_batches"), ("lm", "materialize"))
+_SPEED_ONLY = (("lm", "prefetch_batches"), ("lm", "materialize"), ("resources", "launch"))
 
 
 class JobConfig(Section):
