@@ -113,3 +113,20 @@ def test_a_piped_run_prints_plain_lines(ray_cluster, tmp_path, data_files):
     assert re.search(r"^\[hfray\] step 6/12 \(50%\)  loss \S+  eval_accuracy \S+", proc.stderr, re.M), proc.stderr
     assert re.search(r"^\[hfray\] step 12/12 \(100%\)", proc.stderr, re.M), proc.stderr
     check_log_file(proc.stdout.splitlines()[0])
+
+
+def test_a_step_line_forwarded_after_the_run_ended_draws_no_new_bar():
+    # Ray forwards a worker's last step lines asynchronously: with resources.launch=task fit() returned before they
+    # arrived, and the bar came back below the run's summary (seen in tests/cli's terminal test under that launch).
+    import io
+
+    from hfray.cli.console import Progress
+
+    out = io.StringIO()
+    progress = Progress(out, True, "eval_accuracy")
+    progress.update(3, 12, 0.69)
+    progress.close()
+    drawn = out.getvalue()
+    assert "3/12" in drawn
+    progress.update(12, 12, 0.68)
+    assert out.getvalue() == drawn and progress.bar is None

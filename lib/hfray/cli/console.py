@@ -64,10 +64,13 @@ class Progress:
     lock: threading.Lock = field(default_factory=threading.Lock)
     printed_at: int = -1
     first: tuple[int, float] | None = None  # the first step seen and when: the ETA's rate
+    closed: bool = False  # a worker's step line that Ray forwards after the run ended draws no new bar
 
     def update(self, step: int, total: int = 0, loss: float | None = None, evaluation: float | None = None) -> None:
         """A step line (``evaluation`` None) or a report; plain output prints one line per evaluated report."""
         with self.lock:
+            if self.closed:
+                return
             self.total = total or self.total
             self.loss = loss if loss is not None else self.loss
             self.evaluation = evaluation if evaluation is not None else self.evaluation
@@ -112,6 +115,7 @@ class Progress:
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
