@@ -99,6 +99,7 @@ def build_trainer(
     """
     storage = job.storage.path
     in_task = not in_process and job.resources.launch == "task"  # the same runner, in one Ray task (in_task.py)
+    local = in_process or in_task  # Ray Train's local mode through hfray.train.local, here or in that task
     loop_config: dict[str, Any] = {
         "job": job.to_dict(),
         "run_name": run_name,
@@ -107,7 +108,7 @@ def build_trainer(
         "artifact_uri": layout.artifact_uri(storage, run_name),
         "init_checkpoint": init_checkpoint,
         "timeline": [] if in_process else timeline.run_marks(),  # the driver's marks (in process: the worker's)
-        "in_process": in_process or in_task,
+        "in_process": local,
     }
     loop_config.update({"start_gate": gate} if gate is not None else checked_values(job, recipe, info))
     extra: dict[str, Any] = {}
@@ -115,7 +116,6 @@ def build_trainer(
         streamed = recipe.ray_datasets(job, info)
         loop_config.update(streamed.loop_config)
         extra = {"datasets": streamed.datasets, "dataset_config": streamed.dataset_config}
-    local = in_process or in_task
     if local:
         from hfray.train.local import InProcessTrainer
 
