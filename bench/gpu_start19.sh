@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 19 on one GPU, in ONE device call (<= 560 s): submit -> first step for the two one-worker launches
+# (resources.launch=task vs train) against the plain script in the same call, then one real `hfray train` of the
+# MiniLM job on the GPU each way (the in-process runner in a Ray task had never run on a GPU).
+# Device call: kind nvidia-h200, timeout_s 600, carry [".devbundle", ".devmin"], command:
+#   bash bench/gpu_start19.sh
+# Back in $OUT: versions.txt, ovh_{task,train}_*.{json,md}, e2e_{task,train}.log.
+set -uo pipefail
+OUT=${OUT:-/tmp/gs19}; WORK=${WORK:-/tmp/gs19-work}
+mkdir -p "$OUT" "$WORK"
+source .devbundle/activate.sh >/dev/null 2>&1 || { echo "activate failed"; exit 1; }
+export PYTHONPATH=$PWD/lib:$PWD/.devmin${PYTHONPATH:+:$PYTHONPATH}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
+{ date -u +%FT%TZ; echo "activate took ${SECONDS}s"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  nproc; python3 -c 'import torch, transformers, ray; print(torch.__version__, transformers.__version__, ray.__version__)'
+} 2>&1 | tee "$OUT/versions.txt"
+for launch in task train; do
+  timeout ${OVH_S:-170} python3 bench/overhead_bench.py --out "$WORK/ovh_$launch" --gpu --workloads cls \
+    --repeats ${REPEATS:-2} --shared-storage --set resources.launch=$launch 2>&1 | grep -v '^{' | tail -30
+  for f in "$WORK/ovh_$launch"/*.json "$WORK/ovh_$launch"/*.md; do
+    [ -f "$f" ] && cp "$f" "$OUT/ovh_${launch}_$(basename "$f")"; done
+  echo "== after overhead $launch: ${SECONDS}s"
+done
+for launch in task train; do
+  start=$SECONDS
+  timeout ${E2E_S:-110} python3 -m hfray train jobs/rotten_tomatoes_minilm.yaml resources.num_workers=1 \
+    resources.gpus_per_worker=1 resources.launch=$launch storage.path=$WORK/runs --fresh > "$OUT/e2e_$launch.log" 2>&1
+  echo "== e2e $launch rc=$? wall $((SECONDS - start))s"; tail -15 "$OUT/e2e_$launch.log"
+done
