@@ -4,7 +4,7 @@
 # MiniLM job on the GPU each way (the in-process runner in a Ray task had never run on a GPU).
 # Device call: kind nvidia-h200, timeout_s 600, carry [".devbundle", ".devmin"], command:
 #   bash bench/gpu_start19.sh
-# Back in $OUT: versions.txt, ovh_{task,train}_*.{json,md}, e2e_{task,train}.log.
+# Back in $OUT: versions.txt, ovh_{task,train}_*.{json,md}, e2e_{task,train}.log. PART=ovh|e2e|all (default all).
 set -uo pipefail
 OUT=${OUT:-/tmp/gs19}; WORK=${WORK:-/tmp/gs19-work}
 mkdir -p "$OUT" "$WORK"
@@ -14,16 +14,24 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHO
 { date -u +%FT%TZ; echo "activate took ${SECONDS}s"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   nproc; python3 -c 'import torch, transformers, ray; print(torch.__version__, transformers.__version__, ray.__version__)'
 } 2>&1 | tee "$OUT/versions.txt"
+PART=${PART:-all}  # ovh | e2e | all
 for launch in task train; do
+  [[ $PART == e2e ]] && break
   timeout ${OVH_S:-170} python3 bench/overhead_bench.py --out "$WORK/ovh_$launch" --gpu --workloads cls \
     --repeats ${REPEATS:-2} --shared-storage --set resources.launch=$launch 2>&1 | grep -v '^{' | tail -30
   for f in "$WORK/ovh_$launch"/*.json "$WORK/ovh_$launch"/*.md; do
     [ -f "$f" ] && cp "$f" "$OUT/ovh_${launch}_$(basename "$f")"; done
   echo "== after overhead $launch: ${SECONDS}s"
 done
+# The builtin datasets are not on the GPU machine: a learnable CSV (bench/e2e_csv.py) and the tiny BERT smoke job.
+[[ $PART == ovh ]] || python3 bench/e2e_csv.py "$WORK/e2e.csv" 4000
 for launch in task train; do
+  [[ $PART == ovh ]] && break
   start=$SECONDS
-  timeout ${E2E_S:-110} python3 -m hfray train jobs/rotten_tomatoes_minilm.yaml resources.num_workers=1 \
-    resources.gpus_per_worker=1 resources.launch=$launch storage.path=$WORK/runs --fresh > "$OUT/e2e_$launch.log" 2>&1
-  echo "== e2e $launch rc=$? wall $((SECONDS - start))s"; tail -15 "$OUT/e2e_$launch.log"
+  timeout ${E2E_S:-110} python3 -m hfray train jobs/tiny_bert_smoke.yaml data.train="$WORK/e2e.csv" \
+    resources.num_workers=1 resources.gpus_per_worker=1 resources.launch=$launch training.max_steps=300 \
+    training.eval_steps=100 storage.path=$WORK/runs_$launch --fresh > "$OUT/e2e_$launch.log" 2>&1
+  echo "== e2e $launch rc=$? wall $((SECONDS - start))s"; tail -14 "$OUT/e2e_$launch.log"
+  art=$(ls -d "$WORK"/runs_$launch/*/artifact 2>/dev/null | head -1)
+  [ -n "$art" ] && timeout 60 python3 -m hfray predict "$art" "a superb and moving film" "dull and tedious plot" 2>&1 | tail -4
 done
