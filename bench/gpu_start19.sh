@@ -4,6 +4,7 @@
 # MiniLM job on the GPU each way (the in-process runner in a Ray task had never run on a GPU).
 # Device call: kind nvidia-h200, timeout_s 600, carry [".devbundle", ".devmin"], command:
 #   bash bench/gpu_start19.sh
+# E2E_EXTRA: more overrides (tracking.mlflow=false where mlflow is not installed).
 # Back in $OUT: versions.txt, ovh_{task,train}_*.{json,md}, e2e_{task,train}.log. PART=ovh|e2e|all (default all).
 set -uo pipefail
 OUT=${OUT:-/tmp/gs19}; WORK=${WORK:-/tmp/gs19-work}
@@ -30,7 +31,7 @@ for launch in task train; do
   start=$SECONDS
   timeout ${E2E_S:-110} python3 -m hfray train jobs/tiny_bert_smoke.yaml data.train="$WORK/e2e.csv" \
     resources.num_workers=1 resources.gpus_per_worker=1 resources.launch=$launch training.max_steps=300 \
-    training.eval_steps=100 storage.path=$WORK/runs_$launch --fresh > "$OUT/e2e_$launch.log" 2>&1
+    training.eval_steps=100 storage.path=$WORK/runs_$launch ${E2E_EXTRA:-} --fresh > "$OUT/e2e_$launch.log" 2>&1
   echo "== e2e $launch rc=$? wall $((SECONDS - start))s"; tail -14 "$OUT/e2e_$launch.log"
   art=$(ls -d "$WORK"/runs_$launch/*/artifact 2>/dev/null | head -1)
   [ -n "$art" ] && timeout 60 python3 -m hfray predict "$art" "a superb and moving film" "dull and tedious plot" 2>&1 | tail -4
