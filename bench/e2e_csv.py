@@ -11,8 +11,29 @@ import csv
 import random
 import sys
 
-FILLER = "the a film plot actor scene story music was is and of it with long short night city old new".split()
-CUES = {"fresh": "great superb moving delightful".split(), "rotten": "awful dull tedious clumsy".split()}
+FILLER = [
+    "the",
+    "a",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "music",
+    "was",
+    "is",
+    "and",
+    "of",
+    "it",
+    "with",
+    "long",
+    "short",
+    "night",
+    "city",
+    "old",
+    "new",
+]
+CUES = {"fresh": ["great", "superb", "moving", "delightful"], "rotten": ["awful", "dull", "tedious", "clumsy"]}
 
 
 def main(path: str, rows: int = 4000) -> None:

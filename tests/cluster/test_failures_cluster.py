@@ -81,7 +81,15 @@ def three_nodes() -> Iterator[LocalRayCluster]:
     cluster.stop()
 
 
-def _job(tmp_path: Path, data_files: dict[str, Path], s3: S3Server, name: str, every: int = 1, **storage: Any) -> Path:
+def _job(
+    tmp_path: Path,
+    data_files: dict[str, Path],
+    s3: S3Server,
+    name: str,
+    every: int = 1,
+    launch: str = "auto",
+    **storage: Any,
+) -> Path:
     """A one-worker job on the S3 server; a checkpoint every ``every`` evaluations."""
     raw = tiny_job(
         tmp_path,
@@ -94,7 +102,7 @@ def _job(tmp_path: Path, data_files: dict[str, Path], s3: S3Server, name: str, e
             "logging_steps": 10,
             "checkpoint_every_n_evals": every,
         },
-        resources={"num_workers": 1, "cpus_per_worker": 1},
+        resources={"num_workers": 1, "cpus_per_worker": 1, "launch": launch},
         storage={"path": f"s3://{BUCKET}/{name}", "endpoint_url": s3.url, "num_to_keep": 2, **storage},
         tracking={"mlflow": False},
     )
@@ -216,16 +224,19 @@ def test_storage_down_past_the_retry_budget_stops_with_the_last_checkpoint_intac
 # ----------------------------------------------------------------------------- a node lost
 
 
-def _worker_node_pid(cluster: LocalRayCluster) -> int:
-    """The pid of the `ray start` process of the node that runs the (one) alive Ray Train worker."""
-    actors = httpx.get(
-        f"{cluster.dashboard_url}/api/v0/actors",
-        params={"filter_keys": "class_name", "filter_predicates": "=", "filter_values": "RayTrainWorker",
-                "detail": "1", "limit": "100"},
-        timeout=30,
-    ).json()["data"]["result"]["result"]  # fmt: skip
-    alive = [a["node_id"] for a in actors if a["state"] == "ALIVE"]
-    assert len(alive) == 1, actors
+def _worker_node_pid(cluster: LocalRayCluster, launch: str) -> int:
+    """The pid of the `ray start` process of the node that runs the run's one worker: the alive Ray Train worker
+    (``launch: train``) or the running ``hfray-run:`` task (``task``)."""
+    if launch == "train":
+        params = {"filter_keys": "class_name", "filter_predicates": "=", "filter_values": "RayTrainWorker"}
+        found = httpx.get(f"{cluster.dashboard_url}/api/v0/actors", params={**params, "detail": "1", "limit": "100"},
+                          timeout=30).json()["data"]["result"]["result"]  # fmt: skip
+        alive = [a["node_id"] for a in found if a["state"] == "ALIVE"]
+    else:
+        found = httpx.get(f"{cluster.dashboard_url}/api/v0/tasks", params={"detail": "1", "limit": "1000"},
+                          timeout=30).json()["data"]["result"]["result"]  # fmt: skip
+        alive = [t["node_id"] for t in found if t["name"].startswith("hfray-run:") and t["state"] == "RUNNING"]
+    assert len(alive) == 1, found
     nodes = httpx.get(f"{cluster.dashboard_url}/api/v0/nodes", params={"detail": "1"}, timeout=30).json()
     for node in nodes["data"]["result"]["result"]:
         if node["node_id"] == alive[0]:
@@ -234,13 +245,14 @@ def _worker_node_pid(cluster: LocalRayCluster) -> int:
     raise AssertionError(f"node {alive[0]} not found")
 
 
-def test_worker_node_lost_mid_run_continues_on_the_other_node(three_nodes, s3, tmp_path, data_files):
-    """SIGKILL every process of the node running the Train worker: Ray Train restarts the worker on the other node,
-    which resumes from the last checkpoint in S3 and finishes the full step count."""
-    name = "nodeloss"
-    proc = _train(three_nodes, _job(tmp_path, data_files, s3, name, max_failures=2))
+@pytest.mark.parametrize("launch", ["train", "task"])  # task: the default (auto) for one worker
+def test_worker_node_lost_mid_run_continues_on_the_other_node(three_nodes, s3, tmp_path, data_files, launch):
+    """SIGKILL every process of the node running the run's worker: Ray Train restarts the worker (or Ray retries the
+    run's task) on the other node, which resumes from the last checkpoint in S3 and finishes the full step count."""
+    name = f"nodeloss-{launch}"
+    proc = _train(three_nodes, _job(tmp_path, data_files, s3, name, launch=launch, max_failures=2))
     last = _wait_for_checkpoint(s3, name, proc)
-    pid = _worker_node_pid(three_nodes)
+    pid = _worker_node_pid(three_nodes, launch)
     os.killpg(pid, signal.SIGKILL)  # the node's raylet, object store and workers: the node is gone
     assert proc.wait(timeout=900) == 0, _output(tmp_path)[-5000:]
 

@@ -11,6 +11,7 @@ from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
 from hfray.storage import layout
+from hfray.train.in_task import resolve_launch
 from hfray.train.run import run_training
 
 
@@ -65,7 +66,7 @@ def test_task_launch_needs_one_worker_and_keeps_the_run_name(tmp_path, data_file
     # How a run starts is not what it computes: the same run (name) either way, so one resumes the other.
     names = {
         JobConfig.from_dict(tiny_job(tmp_path, data_files, resources={"num_workers": 1, "launch": launch})).run_name
-        for launch in ("train", "task")
+        for launch in ("auto", "train", "task")
     }
     assert len(names) == 1
     with pytest.raises(ConfigError, match=r"resources\.launch.*num_workers is 2"):
@@ -77,3 +78,15 @@ def test_task_launch_refuses_a_task_that_streams_ray_data_before_ray_starts(tmp_
     # The refusal comes before anything reads the (missing) corpus, trains a tokenizer or connects to Ray.
     with pytest.raises(ConfigError, match=r"resources\.launch.*'task' cannot run masked-lm: it streams Ray Data"):
         run_training(JobConfig.from_dict(raw))
+
+
+def test_auto_runs_one_worker_in_a_task_and_several_workers_or_a_stream_through_train(tmp_path, data_files):
+    def launch(workers: int, streams_ray_data: bool, **resources: object) -> str:
+        raw = tiny_job(tmp_path, data_files, resources={"num_workers": workers, **resources})
+        return resolve_launch(JobConfig.from_dict(raw), streams_ray_data).resources.launch
+
+    assert JobConfig.from_dict(tiny_job(tmp_path, data_files)).resources.launch == "auto"  # the default
+    assert launch(1, False) == "task"
+    assert launch(2, False) == "train"
+    assert launch(1, True) == "train"  # MLM/CLM pre-training streams Ray Data to a Train worker group
+    assert launch(1, False, launch="train") == "train"  # an explicit choice stays

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from conftest import synthetic_rows, tiny_job, write_csv
 from hfray.config import JobConfig
+from hfray.errors import ConfigError
+from hfray.train.arguments import check_training_arguments
 from hfray.train.tracking.curves import diagnose
 
 STEPS = [6, 12, 18, 24]
@@ -164,3 +167,14 @@ def test_a_failed_run_is_killed_in_mlflow_and_its_resubmission_continues_it(tmp_
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "eval_accuracy")] == [0.5]
     assert ensure_mlflow_run(driver.mlflow_plan).run_id == run.info.run_id  # one run per run name
+
+
+def test_mlflow_on_but_not_installed_is_refused_before_training(tmp_path, data_files, monkeypatch):
+    # It was found at the run's first checkpoint, after training (seen on a GPU host whose environment lacked it).
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` and find_spec see when it is missing
+    job = JobConfig.from_dict(tiny_job(tmp_path, data_files, tracking={"mlflow": True}))
+    with pytest.raises(ConfigError, match=r"MLflow is not installed.*set tracking\.mlflow=false") as err:
+        check_training_arguments(job)  # every recipe's driver checks, before any worker trains
+    assert [p.location for p in err.value.problems] == ["tracking.mlflow"]
+    monkeypatch.delitem(sys.modules, "mlflow")
+    check_training_arguments(job)  # installed: no problem

@@ -15,12 +15,13 @@ class ResourcesConfig(Section):
     cpus_per_worker: float = Field(1, gt=0, description="Default 4 on GPU jobs (data loading, tokenizing), 1 on CPU.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     accelerator_type: str | None = None
-    launch: Literal["train", "task"] = Field(
-        "train",
-        description="How the job's workers start. train: a Ray Train run (a controller and a worker group; "
-        "storage.max_failures restarts the group). task (one worker only): the worker's function in ONE Ray task "
-        "holding the worker's resources, through hfray's in-process runner (hfray.train.local): no Train "
-        "controller or worker-group processes to boot (seconds less start-up, bench/results/overhead_*.md); "
+    launch: Literal["auto", "train", "task"] = Field(
+        "auto",
+        description="How the job's workers start. auto: task for one worker (train when the task streams Ray Data), "
+        "else train. train: a Ray Train run (a controller and a worker group; storage.max_failures restarts the "
+        "group; the run shows in the Ray dashboard's Train view). task (one worker only): the worker's function in "
+        "ONE Ray task holding the worker's resources, through hfray's in-process runner (hfray.train.local): no "
+        "Train controller or worker-group processes to boot (seconds less start-up, bench/results/overhead_*.md); "
         "failures retried from the last checkpoint up to storage.max_failures. Not for tasks that stream Ray Data.",
     )
 

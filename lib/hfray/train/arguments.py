@@ -14,6 +14,7 @@ from hfray.config import JobConfig
 from hfray.config.training import training_argument_names
 from hfray.errors import ConfigError, Problem
 from hfray.train.scaleout import strategy_arguments, strategy_problems
+from hfray.train.tracking.mlflow import mlflow_problems
 
 
 def _checkpointing_arg() -> str:
@@ -146,6 +147,7 @@ def check_training_arguments(job: JobConfig) -> None:
     problems += _liger_problems(job)
     res = job.resources
     problems += strategy_problems(job.training.strategy, res.gpus_per_worker, res.num_workers)
+    problems += mlflow_problems(job)
     if problems:
         raise ConfigError(problems, "job")
     with tempfile.TemporaryDirectory() as tmp:

@@ -265,6 +265,7 @@ def overlaps_checks(job: JobConfig, recipe: Recipe) -> bool:
 def run(job: JobConfig, recipe: Recipe, fresh: bool = False, watch: Watch | None = None) -> RunSummary:
     """Train a job end to end with its recipe; re-running a finished job returns its results without training."""
     in_task.check_launch(job, recipe.ray_datasets is not None)
+    job = in_task.resolve_launch(job, recipe.ray_datasets is not None)
     if overlaps_checks(job, recipe):
         return run_gated(job, recipe, fresh, watch)
     return run_checked(job, recipe, fresh, watch)

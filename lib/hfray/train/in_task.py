@@ -1,4 +1,5 @@
-"""A one-worker run in ONE Ray task (``resources.launch: task``): hfray's in-process runner, placed on the cluster.
+"""A one-worker run in ONE Ray task (``resources.launch: task``, ``auto``'s choice for one worker): hfray's
+in-process runner, placed on the cluster.
 
 Where it runs: the driver builds the run's in-process trainer (:mod:`hfray.train.local`: Ray Train V2's local mode
 plus storage, retention, callbacks, resume and failure retries) and :class:`TaskTrainer` hands it to a Ray task
@@ -29,6 +30,16 @@ def check_launch(job: JobConfig, streams_ray_data: bool) -> None:
     if job.resources.launch == "task" and streams_ray_data:
         message = f"'task' cannot run {job.task}: it streams Ray Data to a Ray Train worker group (use 'train')"
         raise ConfigError([Problem("resources.launch", message)], "job")
+
+
+def resolve_launch(job: JobConfig, streams_ray_data: bool) -> JobConfig:
+    """``job`` with ``resources.launch`` decided: ``auto`` is ``task`` for one worker that streams no Ray Data, else
+    ``train``. Sweep trials never see ``auto`` resolved here: they train in their own process or through Train."""
+    res = job.resources
+    if res.launch != "auto":
+        return job
+    launch = "task" if res.num_workers == 1 and not streams_ray_data else "train"
+    return job.model_copy(update={"resources": res.model_copy(update={"launch": launch})})
 
 
 def _fit_in_task(trainer: Any) -> None:

@@ -7,6 +7,7 @@ first report (:class:`hfray.train.controller.TrackingCallback`) and the driver c
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from hfray.config import JobConfig
 from hfray.config.tracking import default_mlflow_uri
+from hfray.errors import Problem
 from hfray.storage import fs, layout
 
 RUN_TAG = "hfray.run_name"
@@ -36,6 +38,17 @@ class MlflowPlan:
     task: str
     storage: str
     params: dict[str, str]
+
+
+MLFLOW_PIN = "mlflow-skinny==3.17.2"  # pyproject.toml's pin
+
+
+def mlflow_problems(job: JobConfig) -> list[Problem]:
+    """MLflow on but not installed: found before Ray starts (it was found at the first checkpoint, after training)."""
+    if job.tracking.mlflow and importlib.util.find_spec("mlflow") is None:
+        message = f"MLflow is not installed here (pip install '{MLFLOW_PIN}'); install it or set tracking.mlflow=false"
+        return [Problem("tracking.mlflow", message)]
+    return []
 
 
 def mlflow_uri(job: JobConfig) -> str:
