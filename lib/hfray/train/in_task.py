@@ -17,6 +17,10 @@ and Ray Data streaming (a worker group's shards), which the driver refuses befor
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
+import time
+import uuid
 from typing import Any
 
 import ray
@@ -42,15 +46,55 @@ def resolve_launch(job: JobConfig, streams_ray_data: bool) -> JobConfig:
     return job.model_copy(update={"resources": res.model_copy(update={"launch": launch})})
 
 
-def _fit_in_task(trainer: Any) -> None:
-    trainer.fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+def _fit_in_task(trainer: Any, end_mark: str) -> None:
+    try:
+        trainer.fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+    finally:
+        for stream in (sys.stdout, sys.stderr):  # each stream is forwarded on its own: a mark on each
+            print(f"[hfray] {end_mark}", file=stream, flush=True)
+
+
+class OutputEnd:
+    """Waits until Ray has forwarded the task's last output lines to this driver.
+
+    Why: Ray forwards a task's stdout/stderr asynchronously (log monitor -> GCS -> the driver's print thread). After
+    a task returns, its last lines (the final steps, the last evaluation) arrived after ``fit()`` had returned, and
+    a CLI that then exited lost them from its log file (a Train run's controller shutdown used to hide the race).
+    The task prints ``mark`` last on both streams; this waits for both, at most ``timeout`` seconds. It listens on
+    Ray's driver-side log dispatcher (``ray._private``, no public hook exists), and does nothing where that is
+    missing or the driver does not print worker logs (``log_to_driver=False``)."""
+
+    def __init__(self, mark: str, timeout: float = 5.0) -> None:
+        self.mark, self.timeout, self.seen = mark, timeout, {False: threading.Event(), True: threading.Event()}
+        try:
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        except ImportError:
+            dispatcher = None
+        printing = dispatcher is not None and any(name == "ray_print_logs" for name, _ in dispatcher.handlers)
+        self.dispatcher = dispatcher if printing else None
+        if self.dispatcher is not None:
+            self.dispatcher.add_handler(self.mark, self._on_lines)
+
+    def _on_lines(self, data: dict[str, Any]) -> None:
+        if any(self.mark in line for line in data.get("lines", ())):
+            self.seen[bool(data.get("is_err"))].set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.dispatcher is None:
+            return
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            for event in self.seen.values():
+                event.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            self.dispatcher.remove_handler(self.mark)
 
 
 class TaskTrainer:
     """``fit()`` runs the in-process ``trainer`` in one Ray task with the job's per-worker resources."""
 
     def __init__(self, trainer: Any, job: JobConfig, run_name: str) -> None:
-        self.trainer = trainer
+        self.trainer, self.run_name = trainer, run_name
         res = job.resources
         self.options: dict[str, Any] = {
             "num_cpus": res.cpus_per_worker,
@@ -63,10 +107,13 @@ class TaskTrainer:
             self.options["accelerator_type"] = res.accelerator_type
 
     def fit(self) -> None:
-        ref = ray.remote(**self.options)(_fit_in_task).remote(self.trainer)
+        end = OutputEnd(f"output of run {self.run_name} ends ({uuid.uuid4().hex[:8]})")
+        ref = ray.remote(**self.options)(_fit_in_task).remote(self.trainer, end.mark)
         try:
             ray.get(ref)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):  # Ctrl-C: no task left training behind the driver
                 ray.cancel(ref, force=True)
+            end.wait(0 if isinstance(exc, KeyboardInterrupt) else None)  # a failure's lines belong in the log too
             raise
+        end.wait()

@@ -31,6 +31,7 @@ datasets are not supported here (a streaming recipe's shards are iterators of a 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,10 @@ from hfray.storage import fs, layout
 from hfray.storage.retry import retrying
 from hfray.train import session
 from hfray.train.failures import Trainer
+
+# Ray's local mode logs each report at INFO ("Reported metrics: {...}", every logging step, into the run's log):
+# the run's metrics log (hfray_metrics.jsonl) has them already.
+logging.getLogger(LocalTrainFnUtils.__module__).setLevel(logging.WARNING)
 
 _STOP: list[Callable[[], bool]] = []  # the running in-process run's stop test (one run per process at a time)
 
