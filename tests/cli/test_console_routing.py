@@ -22,6 +22,8 @@ def chatter() -> None:
     print(WORKER + "Checkpoint successfully created at: Checkpoint(...)")
     for pid in (7, 8):  # every rank says it resumes; the console says it once
         print(f"(RayTrainWorker pid={pid}) [hfray] resuming from checkpoint /runs/c6 at step 6")
+    for _ in range(2):  # a storage outage, retried (hfray.storage.retry) in a one-worker run's task: said once
+        print("(hfray-run:tiny pid=9) [hfray] storage: writing s3://b/tiny/m.jsonl failed (OSError), retrying in 1 s")
     print("tokenize train:  50%|#####     | 128/256\rtokenize train: 100%|##########| 256/256", file=sys.stderr)
     print("some library warning", file=sys.stderr)
 
@@ -43,6 +45,7 @@ def test_default_console_shows_own_lines_and_plain_progress(tmp_path, monkeypatc
         f"[hfray] log: {shown.log_path}  (-v streams it here)",
         "[hfray] run tiny: 2 labels",
         "[hfray] resuming from checkpoint /runs/c6 at step 6",
+        "[hfray] storage: writing s3://b/tiny/m.jsonl failed (OSError), retrying in 1 s",
     ]
     # not a TTY: one plain line per report, no redraws; the rate since rank 0's step 3 line gives the ETA
     assert re.fullmatch(r"\[hfray\] step 6/12 \(50%\)  loss 0\.7000  eval_acc 0\.9100  eta \d+:\d\d\n", err), err

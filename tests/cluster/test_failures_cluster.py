@@ -245,14 +245,22 @@ def _worker_node_pid(cluster: LocalRayCluster, launch: str) -> int:
     raise AssertionError(f"node {alive[0]} not found")
 
 
+@pytest.fixture
+def spare_nodes() -> Iterator[LocalRayCluster]:
+    """As :func:`three_nodes`, one cluster per test: a node-loss test leaves its cluster with one worker node."""
+    cluster = start_local_ray_cluster(workers=2, cpus_per_node=1, head_cpus=0, env=S3_ENV)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.mark.parametrize("launch", ["train", "task"])  # task: the default (auto) for one worker
-def test_worker_node_lost_mid_run_continues_on_the_other_node(three_nodes, s3, tmp_path, data_files, launch):
+def test_worker_node_lost_mid_run_continues_on_the_other_node(spare_nodes, s3, tmp_path, data_files, launch):
     """SIGKILL every process of the node running the run's worker: Ray Train restarts the worker (or Ray retries the
     run's task) on the other node, which resumes from the last checkpoint in S3 and finishes the full step count."""
     name = f"nodeloss-{launch}"
-    proc = _train(three_nodes, _job(tmp_path, data_files, s3, name, launch=launch, max_failures=2))
+    proc = _train(spare_nodes, _job(tmp_path, data_files, s3, name, launch=launch, max_failures=2))
     last = _wait_for_checkpoint(s3, name, proc)
-    pid = _worker_node_pid(three_nodes, launch)
+    pid = _worker_node_pid(spare_nodes, launch)
     os.killpg(pid, signal.SIGKILL)  # the node's raylet, object store and workers: the node is gone
     assert proc.wait(timeout=900) == 0, _output(tmp_path)[-5000:]
 
@@ -265,4 +273,4 @@ def test_worker_node_lost_mid_run_continues_on_the_other_node(three_nodes, s3, t
     assert after[0]["step"] == start + 10  # the step count went on from the checkpoint
     assert manifest["global_step"] == 120 and max(r["step"] for r in records) == 120
     assert manifest["best"]["value"] == _best_accuracy(records)  # the best model across both attempts
-    assert pid not in three_nodes.alive_pids()
+    assert pid not in spare_nodes.alive_pids()

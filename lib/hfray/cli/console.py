@@ -34,8 +34,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _STEP = re.compile(r"\[hfray\] step (\d+)/(\d+) .*?loss ([0-9.eE+-]+)")
 _OWN = ("[hfray]", "hfray:")
 _FORWARDED = re.compile(r"^\((\S+ )?pid=\d+")  # Ray's prefix of a line another process printed
-# Worker lines the console shows too (once, without Ray's prefix): a run that resumes says from where.
-_SHOWN = re.compile(r"^\([^)]*\) (\[hfray\] resuming from checkpoint .*)$")
+# Worker lines the console shows too (once each, without Ray's prefix): a run that resumes says from where; storage
+# that fails is retried and said (hfray.storage.retry), whichever process (Train worker or controller, task) met it.
+_SHOWN = re.compile(r"^\([^)]*\) (\[hfray\] (?:resuming from checkpoint|storage: ).*)$")
 
 
 def log_dir() -> Path:
