@@ -21,6 +21,11 @@ rows: its selected checkpoint (wall time without the refit) and the refit (the w
         --out bench/results/sweep_cpu_holdout [--train 3000 --validation 300 --test 1281] [--only single asha] \\
         [--split-seed 0]
 
+``--pool-validation`` (v8): the sweeps get the train and validation rows as one ``data.train`` file, and the job's
+``data.validation_fraction`` is dropped, so the sweep carves its own validation split with hfray's default (with
+``sweep.refit=true``: ``hfray.tune.refit.REFIT_VALIDATION_FRACTION``); the single run keeps the separate files. Every
+contender sees the same labelled rows and is scored on the same test rows.
+
 v2 (issue 28: the refit as a contender, cheaper ASHA):
     PYTHONPATH=lib python bench/sweep_holdout.py jobs/rotten_tomatoes_sweep.yaml sweep.refit=true \\
         sweep.num_samples=8 sweep.scheduler.reduction_factor=3 --only single asha \\
@@ -55,6 +60,25 @@ def write_splits(folder: str, sizes: dict[str, int], seed: int = 0) -> dict[str,
         ds.select(range(start, start + n)).to_csv(paths[name])
         start += n
     return paths
+
+
+def pooled_job(job_path: str, files: dict[str, str], folder: str) -> tuple[str, dict[str, str]]:
+    """``--pool-validation``: the job without ``data.validation_fraction`` and train + validation as one file."""
+    import yaml
+
+    with open(job_path) as f:
+        raw = yaml.safe_load(f)
+    raw["data"].pop("validation_fraction", None)
+    path = os.path.join(folder, "job_pooled.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    pooled = os.path.join(folder, "train_validation.csv")
+    with open(pooled, "w", newline="") as out:
+        for i, name in enumerate(("train", "validation")):
+            with open(files[name], newline="") as f:
+                lines = f.readlines()
+            out.writelines(lines if i == 0 else lines[1:])  # one header
+    return path, {"train": pooled, "test": files["test"]}
 
 
 def run_single(job_path: str, overrides: list[str]) -> dict[str, Any]:
@@ -136,6 +160,7 @@ def paired(results: list[dict[str, Any]], test_csv: str, max_length: int) -> Non
         se = math.sqrt(max(wins + losses - (wins - losses) ** 2 / n, 0.0)) / n
         gain = (wins - losses) / n
         r["rescored_test_accuracy"] = sum(mine) / n
+        r["test_hits"] = "".join("1" if h else "0" for h in mine)  # row by row, for pairing with later runs
         r["paired_vs_first"] = {"gain": gain, "se": se, "z": gain / se if se else None, "wins": wins, "losses": losses}
 
 
@@ -159,6 +184,13 @@ def _gain(r: dict[str, Any], single: dict[str, Any]) -> str:
     return f"{100 * (a - b):+.1f}" if isinstance(a, float) and isinstance(b, float) else "n/a"
 
 
+def _pooled_line(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    if not meta.get("pool_validation"):
+        return []
+    chosen_on = sorted({r["selection"].get("validation_rows") for r in results if r.get("selection")})
+    return [f"  \nSweeps: train + validation as one data.train; the sweep's own validation split: {chosen_on} rows"]
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     base, single, n_test = results[0]["wall_seconds"], results[0], meta["rows"]["test"]
     lines = [
@@ -167,6 +199,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; versions: {meta['versions']}  ",
         f"Rows: {meta['rows']}; split seed: {meta.get('split_seed', 0)}",
+        *_pooled_line(results, meta),
         "",
         "| contender | trials (stopped early) | best val. accuracy | **test accuracy** | test SE | test points vs "
         "first row | paired: points ± SE (z; rows won/lost) | wall s | x first row |",
@@ -192,22 +225,23 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1281)
     parser.add_argument("--only", nargs="*", default=["single", "fifo", "asha"])
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / validation / test split")
+    parser.add_argument("--pool-validation", action="store_true", help="sweeps carve their own validation split")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="hfray-sweep-holdout-")
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
     files = write_splits(folder, sizes, seed=args.split_seed)
-    overrides = [
-        *(f"data.{k}={v}" for k, v in files.items()),
-        "data.max_train_samples=null",
-        f"storage.path={folder}/runs",
-        *args.overrides,
-    ]
+    common = ["data.max_train_samples=null", f"storage.path={folder}/runs", *args.overrides]
+    overrides = [*(f"data.{k}={v}" for k, v in files.items()), *common]
+    sweep_job, sweep_overrides = args.job, overrides
+    if args.pool_validation:
+        sweep_job, sweep_files = pooled_job(args.job, files, folder)
+        sweep_overrides = [*(f"data.{k}={v}" for k, v in sweep_files.items()), *common]
     results = []
     if "single" in args.only:
         results.append(run_single(args.job, overrides))
     for scheduler in ("fifo", "asha"):
         if scheduler in args.only:
-            results += run_sweep_kind(args.job, scheduler, overrides)
+            results += run_sweep_kind(sweep_job, scheduler, sweep_overrides)
     try:
         paired(results, files["test"], load_job(args.job, overrides).data.max_length)
     except Exception as exc:  # the contenders' own numbers are still worth writing
@@ -222,12 +256,14 @@ def main() -> None:
                 *args.only,
                 "--split-seed",
                 str(args.split_seed),
+                *(["--pool-validation"] if args.pool_validation else []),
             ]
         ),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "versions": library_versions(),
         "rows": sizes,
         "split_seed": args.split_seed,
+        "pool_validation": args.pool_validation,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(f"{args.out}.json", "w") as f:

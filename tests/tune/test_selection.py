@@ -19,7 +19,7 @@ from conftest import synthetic_rows, tiny_job, write_csv
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
 from hfray.tune.holdout import selected_trial_test, standard_error
-from hfray.tune.refit import refit_evaluations, refit_resources
+from hfray.tune.refit import REFIT_VALIDATION_FRACTION, refit_evaluations, refit_resources, refit_validation
 
 
 def test_standard_error_of_accuracy_shrinks_with_rows_and_loss_has_none():
@@ -43,6 +43,33 @@ def test_refit_takes_the_cpus_the_trials_held_and_evaluates_a_few_times():
     assert refit_evaluations(steps, 40)["eval_steps"] == 25
     epoch = {"eval_strategy": "epoch", "eval_steps": None, "checkpoint_every_n_evals": 1}
     assert refit_evaluations(epoch, 500) == epoch
+
+
+def test_a_refit_sweep_chooses_on_a_larger_carved_validation_split_unless_the_job_says_otherwise(tmp_path, data_files):
+    """With the refit on, the validation rows are trained on in the end: a sweep that carves its validation split
+    and leaves data.validation_fraction unset carves 0.2 of train instead of 0.1 (the trials' rows counted)."""
+    from hfray.tune.driver import prepare_sweep
+
+    raw = tiny_job(tmp_path, data_files, resources={"num_workers": 1, "cpus_per_worker": 0.9})
+    raw["data"].pop("validation")  # 256 rows in data.train only
+    raw["sweep"] = {"parameters": {"training.learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-2}}}
+
+    def carved(sweep: dict[str, Any], **data: Any) -> tuple[dict[str, int], list[str]]:
+        job = JobConfig.from_dict({**raw, "data": {**raw["data"], **data}, "sweep": {**raw["sweep"], **sweep}})
+        _, plan = prepare_sweep(job)
+        return plan.prepared.sizes, plan.notes
+
+    assert REFIT_VALIDATION_FRACTION == 0.2
+    sizes, notes = carved({"refit": True})
+    assert (sizes["train"], sizes["validation"]) == (204, 52)  # ceil(0.2 * 256) held out
+    assert any("sweep.refit: data.validation_fraction 0.2" in n for n in notes), notes
+    sizes, notes = carved({"refit": True}, validation_fraction=0.1)  # given in the job: kept, even at the default
+    assert (sizes["train"], sizes["validation"]) == (230, 26) and not any("validation_fraction" in n for n in notes)
+    sizes, _ = carved({"refit": False})
+    assert (sizes["train"], sizes["validation"]) == (230, 26)
+    given = JobConfig.from_dict({**raw, "data": {**raw["data"], "validation": str(data_files["validation"])},
+                                 "sweep": {**raw["sweep"], "refit": True}})  # fmt: skip
+    assert refit_validation(given) == (given, None)  # data.validation is the validation split
 
 
 def test_the_selected_checkpoint_reuses_its_trials_test_metrics_only_when_the_trial_exported_those_weights(tmp_path):

@@ -30,6 +30,7 @@ from hfray.train.tracking.driver import sweep_curves, tune_callbacks
 from hfray.tune import holdout, results
 from hfray.tune.choice import check_choice
 from hfray.tune.plan import SweepPlan, make_plan, sweep_name
+from hfray.tune.refit import refit_validation
 from hfray.tune.schedulers import build_scheduler, build_search_alg
 from hfray.tune.space import check_space, param_space
 from hfray.tune.trial import sweep_trial
@@ -183,6 +184,8 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         raw["training"]["checkpoint_every_n_evals"] = 1
         job = JobConfig.from_dict(raw)
         notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
+    job, note = refit_validation(job)
+    notes += [note] if note else []
     edges = check_space(job)
     in_process = in_process_trials(job)
     job, prepared = recipe.preflight(job, True)
