@@ -26,8 +26,12 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
-GPU = ["resources.gpus_per_worker=1", "resources.num_workers=1", "resources.cpus_per_worker=4",
-       "tracking.mlflow=false"]  # mlflow is not carried to the GPU machine
+GPU = [
+    "resources.gpus_per_worker=1",
+    "resources.num_workers=1",
+    "resources.cpus_per_worker=4",
+    "tracking.mlflow=false",
+]  # mlflow is not carried to the GPU machine
 GRPO_STEPS = int(os.environ.get("HFRAY_GRPO_STEPS", "60"))
 # Each evaluation samples 8 completions of every validation prompt with HF generate (~67 s for the job's 32 on an H200).
 GRPO_EVAL_ROWS = os.environ.get("HFRAY_GRPO_EVAL_ROWS")

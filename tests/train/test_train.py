@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import check_manifest, synthetic_rows, tiny_job, worker_killed_after_checkpoint
+from conftest import (
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    check_manifest,
+    synthetic_rows,
+    tiny_job,
+    worker_killed_after_checkpoint,
+)
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.storage import layout
@@ -207,3 +215,42 @@ def test_test_rows_are_scored_shortest_first_and_none_is_lost():
     assert sorted(zip(map(len, ordered["input_ids"]), ordered["label"], strict=True)) == sorted(
         zip(map(len, ids), rows["label"], strict=True)
     )
+
+
+def test_validation_scored_shortest_first_keeps_its_metrics_with_less_padding(tmp_path, data_files):
+    """The classification recipe evaluates validation (every rung of a sweep) and test rows shortest first: a real
+    Trainer evaluation of the same model gives the same accuracy and loss (up to float rounding) in either order,
+    while its batches carry fewer padded tokens."""
+    import random
+
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    from hfray.model import loading
+    from hfray.train.recipes.classification.metrics import classification_metrics_fn
+    from hfray.train.recipes.classification.worker import shortest_first
+
+    cfg = JobConfig.from_dict(tiny_job(tmp_path, data_files)).model  # tiny BERT, MiniLM's tokenizer
+    cfg = cfg.model_copy(update={"tokenizer": loading.absolute_model_source(cfg.tokenizer)})
+    tokenizer = loading.load_tokenizer(cfg)
+    set_seed(0)
+    model = loading.build_classifier(cfg, ["neg", "pos"], tokenizer)
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(POSITIVE + NEGATIVE + NEUTRAL, k=rng.randint(2, 40))) for _ in range(96)]
+    rows = datasets.Dataset.from_dict({"text": texts, "label": [rng.randint(0, 1) for _ in texts]})
+    encoded = rows.map(lambda b: tokenizer(b["text"], truncation=True, max_length=48), batched=True)
+    encoded = encoded.remove_columns(["text"])
+    collate = DataCollatorWithPadding(tokenizer)
+    args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=16, report_to=[], use_cpu=True)
+    metrics = classification_metrics_fn(["accuracy"])
+    trainer = Trainer(model=model, args=args, data_collator=collate, compute_metrics=metrics)
+
+    def padded(ds: datasets.Dataset) -> int:
+        batches = [ds[i : i + 16]["input_ids"] for i in range(0, len(ds), 16)]
+        return sum(len(b) * max(map(len, b)) for b in batches)
+
+    ordered = shortest_first(encoded)
+    assert padded(ordered) < 0.75 * padded(encoded)
+    as_given, shortest = trainer.evaluate(encoded), trainer.evaluate(ordered)
+    assert shortest["eval_accuracy"] == as_given["eval_accuracy"]
+    assert shortest["eval_loss"] == pytest.approx(as_given["eval_loss"], rel=1e-5)

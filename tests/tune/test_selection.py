@@ -19,7 +19,13 @@ from conftest import synthetic_rows, tiny_job, write_csv
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
 from hfray.tune.holdout import selected_trial_test, standard_error
-from hfray.tune.refit import REFIT_VALIDATION_FRACTION, refit_evaluations, refit_resources, refit_validation
+from hfray.tune.refit import (
+    REFIT_VALIDATION_FRACTION,
+    refit_evaluations,
+    refit_fraction,
+    refit_resources,
+    refit_validation,
+)
 
 
 def test_standard_error_of_accuracy_shrinks_with_rows_and_loss_has_none():
@@ -69,7 +75,14 @@ def test_a_refit_sweep_chooses_on_a_larger_carved_validation_split_unless_the_jo
     assert (sizes["train"], sizes["validation"]) == (230, 26)
     given = JobConfig.from_dict({**raw, "data": {**raw["data"], "validation": str(data_files["validation"])},
                                  "sweep": {**raw["sweep"], "refit": True}})  # fmt: skip
-    assert refit_validation(given) == (given, None)  # data.validation is the validation split
+    assert refit_validation(given, lambda: 1 / 0) == (given, None)  # data.validation is the split: nothing counted
+
+
+def test_a_refit_sweeps_larger_carve_is_capped_at_2000_rows_and_never_below_the_usual_fraction():
+    assert refit_fraction(3_300, 0.1) == 0.2  # 660 rows
+    assert refit_fraction(10_000, 0.1) == 0.2  # 2,000 rows: the cap
+    assert round(refit_fraction(16_000, 0.1) * 16_000) == 2_000
+    assert refit_fraction(20_000, 0.1) == refit_fraction(1_000_000, 0.1) == 0.1  # the usual fraction carves more
 
 
 def test_the_selected_checkpoint_reuses_its_trials_test_metrics_only_when_the_trial_exported_those_weights(tmp_path):

@@ -21,6 +21,7 @@ import ray.tune
 
 from hfray.cluster import connect
 from hfray.config import JobConfig
+from hfray.data.sources import load_source
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.storage import fs, layout
 from hfray.train.driver import RAY_JOB_ENV, latest_run
@@ -184,7 +185,7 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         raw["training"]["checkpoint_every_n_evals"] = 1
         job = JobConfig.from_dict(raw)
         notes.append(f"{job.sweep.scheduler.type} restores checkpoints: training.checkpoint_every_n_evals set to 1")
-    job, note = refit_validation(job)
+    job, note = refit_validation(job, lambda: len(load_source(job.data.train, job.data, "data.train")))
     notes += [note] if note else []
     edges = check_space(job)
     in_process = in_process_trials(job)

@@ -119,9 +119,7 @@ def _collate_class() -> type:
     return StreamCollate
 
 
-def start_shard_stream(
-    batch_size: int, shuffle_buffer: int, seed: int, record: bool, prefetch: int = 1
-) -> ShardStream:
+def start_shard_stream(batch_size: int, shuffle_buffer: int, seed: int, record: bool, prefetch: int = 1) -> ShardStream:
     """``ShardStream`` over ``get_dataset_shard("train")``, started (see :class:`ShardStream`)."""
     import ray.train
 

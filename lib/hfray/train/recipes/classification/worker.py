@@ -30,9 +30,11 @@ def weighted_loss(weights: list[float]) -> Any:
 
 def shortest_first(dataset: Any) -> Any:
     """``dataset``'s rows by token count: a batch of an evaluation then pads to rows of about its own length (the
-    collator pads each batch to its longest row). For ``data.test`` only, scored once after training, where the
-    metrics are per row and selected on by nothing (1,281 Rotten Tomatoes rows at max_length 64: most of a random
-    batch of 64 is padding); the validation evaluations a sweep selects on keep their order."""
+    collator pads each batch to its longest row; most of a random batch is padding). For the validation and test
+    splits, whose metrics are per row: the order changes only which rows share a batch, so the metrics are the
+    same up to float rounding (padding is masked) at about half the padded tokens (1,281 Rotten Tomatoes rows at
+    max_length 64: 70.6k -> 37.0k, an evaluation 17.6 -> 9.3 s on one CPU thread). A sweep evaluates its
+    validation split at every rung of every trial, so this is most of a trial's non-training time."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
     return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
@@ -77,11 +79,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     speed = throughput.callback_for_model(model, mean_len, round(mean_len))
     timeline.mark("worker_mean_length")
     weights = checked.get("class_weights")
+    validation = shortest_first(encoded["validation"])
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"],
+        eval_dataset=validation,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_metrics_fn(job.evaluation.metrics),
@@ -89,7 +92,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         callbacks=[*worker.callbacks(run, attempt), speed],
     )
     attempt = worker.train(trainer, attempt)
-    final = worker.final_eval_metrics(trainer, encoded["validation"])
+    final = worker.final_eval_metrics(trainer, validation)
     if "test" in encoded:
         final.update(trainer.evaluate(shortest_first(encoded["test"]), metric_key_prefix="test"))
     worker.finish(
