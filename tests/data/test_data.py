@@ -94,3 +94,26 @@ def test_balanced_class_weights_follow_sklearn(tmp_path):
     counts = {lab: train["label"].count(lab) for lab in ["x", "y"]}
     weights = class_weights(train, DataConfig(train="unused"), ["x", "y"])
     assert weights == [len(train) / (2 * counts["x"]), len(train) / (2 * counts["y"])]
+
+
+def test_the_training_driver_imports_no_datasets_before_it_loads_data(tmp_path):
+    """The driver imports hfray's training path, checks paths and connects to Ray before any data is loaded: that
+    path must not import ``datasets`` (~0.5 s with pandas and pyarrow), which the checks thread imports beside the
+    connect (issue 19). Then loading a file through the same module still works."""
+    import subprocess
+    import sys
+
+    path = write_csv(tmp_path / "d.csv", _rows())
+    code = f"""
+import sys
+import hfray.cli.jobs, hfray.train.run
+from hfray.data.sources import check_exists, absolute_source
+check_exists({str(path)!r}, "data.train")
+assert "datasets" not in sys.modules, "imported before data is loaded"
+from hfray.config import DataConfig
+from hfray.data.sources import load_source
+print(len(load_source({str(path)!r}, DataConfig(train={str(path)!r}), "data.train")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "20"

@@ -11,16 +11,20 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from hfray.assets import PREFIX
 from hfray.config import DataConfig
-from hfray.data.builtin import load_builtin_dataset
 from hfray.data.file_checks import diagnose, quiet_datasets
-from hfray.data.images import is_image_folder, load_image_folder
 from hfray.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
+
+# ``datasets`` (and the builtin and image loaders, which import it) are imported where data is loaded, not here:
+# the training driver imports this module for its path checks before it connects to Ray, and loads data only in
+# its checks thread, beside the connect; ``datasets`` (with pandas and pyarrow) is ~0.5 s of imports on 2 CPUs and
+# more on a GPU host, which then no longer delays the run's submission (issue 19).
 
 EXTENSIONS = {
     ".csv": "csv",
@@ -86,6 +90,8 @@ def _load_files(files: list[str], fmt: str, field: str) -> datasets.Dataset:
     kwargs: dict[str, Any] = {}
     if fmt == "csv" and all(strip_compression(f).endswith(".tsv") for f in files):
         kwargs["delimiter"] = "\t"
+    import datasets
+
     try:
         with quiet_datasets():  # its "Failed to read file" line would come above hfray's message
             return datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
@@ -98,6 +104,10 @@ def _load_files(files: list[str], fmt: str, field: str) -> datasets.Dataset:
 
 
 def _load_local(path: str, fmt: str, field: str) -> datasets.Dataset:
+    import datasets
+
+    from hfray.data.images import is_image_folder, load_image_folder
+
     if any(ch in path for ch in "*?["):
         files = sorted(glob.glob(path))
         if not files:
@@ -124,6 +134,8 @@ def _load_local(path: str, fmt: str, field: str) -> datasets.Dataset:
 
 
 def _load_hub(spec: str, cfg: DataConfig, field: str) -> datasets.Dataset:
+    import datasets
+
     split = field.rsplit(".", 1)[-1]
     try:
         return datasets.load_dataset(spec, cfg.hub_config, split=split)
@@ -137,6 +149,8 @@ def _load_hub(spec: str, cfg: DataConfig, field: str) -> datasets.Dataset:
 
 def load_source(spec: str, cfg: DataConfig, field: str) -> datasets.Dataset:
     if spec.startswith(PREFIX):
+        from hfray.data.builtin import load_builtin_dataset
+
         return load_builtin_dataset(spec, field)
     if looks_local(spec):
         return _load_local(os.path.abspath(os.path.expanduser(spec)), cfg.format, field)
