@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 # ``datasets`` (and the builtin and image loaders, which import it) are imported where data is loaded, not here:
 # the training driver imports this module for its path checks before it connects to Ray, and loads data only in
-# its checks thread, beside the connect; ``datasets`` (with pandas and pyarrow) is ~0.5 s of imports on 2 CPUs and
-# more on a GPU host, which then no longer delays the run's submission (issue 19).
+# its checks thread, beside the connect. Isolated, that takes 0.28 s off the driver's imports on 2 CPUs; on a GPU
+# host, where the run's task process starts only once the driver has connected, those imports are on the start-up
+# path (issue 19; bench/results/overhead_cpu_dec05_lazy_datasets.md: no change measured on CPU).
 
 EXTENSIONS = {
     ".csv": "csv",
