@@ -21,3 +21,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
     _, test = _commands()
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci_lines
+
+
+def test_install_hints_name_the_pins_of_pyproject():
+    """The errors for a missing optional dependency say what to pip install: the same pin pyproject.toml has."""
+    from hfray.train.arguments import LIGER_PIN
+    from hfray.train.tracking.mlflow import MLFLOW_PIN
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for pin in (LIGER_PIN, MLFLOW_PIN):
+        assert f'"{pin}"' in pyproject, pin

@@ -166,7 +166,8 @@ class SweepConfig(Section):
         False,
         description="Train the best configuration again on train + validation for the full budget and export "
         "that model as the sweep's artifact (its test metrics in the report when data.test is set). A split carved "
-        "off data.train is then 0.2 of it unless data.validation_fraction is set (a choice on more rows).",
+        "off data.train is then 0.2 of it, at most 2,000 rows but never under 0.1, unless data.validation_fraction "
+        "is set (a choice on more rows).",
     )
 
     @model_validator(mode="after")
