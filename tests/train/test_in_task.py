@@ -90,3 +90,44 @@ def test_auto_runs_one_worker_in_a_task_and_several_workers_or_a_stream_through_
     assert launch(2, False) == "train"
     assert launch(1, True) == "train"  # MLM/CLM pre-training streams Ray Data to a Train worker group
     assert launch(1, False, launch="train") == "train"  # an explicit choice stays
+
+
+def test_a_task_runs_driver_imports_no_ray_train_and_the_task_rebuilds_the_run(ray_cluster, tmp_path, data_files):
+    """The driver of a one-task run sends the run as plain data (the job as a dict, re-validated in the task) and
+    imports no Ray Train or Ray Data (with pandas, 0.4 s on 2 CPUs on its path to the task's submission; issue 19).
+    The task builds the run itself: it trains (loss down) and reports as before. Checked in a fresh driver process,
+    as a user's ``python train.py``: this test process has imported Ray Train long ago."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    raw = tiny_job(
+        tmp_path,
+        data_files,
+        training={"max_steps": 30, "eval_steps": 10, "logging_steps": 10, "learning_rate": 8e-3},
+        resources={"num_workers": 1, "cpus_per_worker": 1},  # launch: auto -> one task
+        tracking={"mlflow": False, "learning_curve": False},
+    )
+    code = f"""
+import json, sys
+from hfray.config import JobConfig
+from hfray.train.run import run_training
+summary = run_training(JobConfig.from_dict(json.loads({json.dumps(json.dumps(raw, default=str))})))
+heavy = sorted(m for m in ("ray.train", "ray.data", "transformers") if m in sys.modules)
+print(json.dumps({{"heavy": heavy, "run_dir": summary.run_dir, "cluster": summary.cluster}}))
+"""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("HFRAY_")}
+    env = {**keep, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cluster"].startswith("Ray cluster at")  # the test's cluster, not one of its own
+    # The checks thread imports torch, transformers (TrainingArguments, the tokenizer) and datasets (with pandas),
+    # beside the connect; Ray Train and Ray Data never.
+    assert not {"ray.train", "ray.data"} & set(result["heavy"]), result["heavy"]
+    assert "transformers" in result["heavy"]  # the checks did run in this process
+    log = read_metrics_log(layout.metrics_log_uri(result["run_dir"]))
+    evals = [r for r in log if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]

@@ -144,7 +144,7 @@ def test_a_failed_run_is_killed_in_mlflow_and_its_resubmission_continues_it(tmp_
     import mlflow
 
     from hfray.train.controller import TrackingCallback
-    from hfray.train.tracking.driver import tracked_run
+    from hfray.train.tracking.driver import realized, tracked_run
     from hfray.train.tracking.mlflow import ensure_mlflow_run
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -152,7 +152,7 @@ def test_a_failed_run_is_killed_in_mlflow_and_its_resubmission_continues_it(tmp_
     raw = tiny_job(tmp_path, data, name="killed", tracking={"mlflow": True, "mlflow_tracking_uri": uri})
     job = JobConfig.from_dict({**raw, "tracking": {**raw["tracking"], "learning_curve": False}})
     with pytest.raises(RuntimeError, match="worker died"), tracked_run(job, "run-a") as callbacks:
-        (driver,) = [c for c in callbacks if isinstance(c, TrackingCallback)]
+        (driver,) = [c for c in realized(callbacks) if isinstance(c, TrackingCallback)]
         assert driver.mlflow_run is None  # nothing opened before training
         raise RuntimeError("worker died")
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -160,7 +160,7 @@ def test_a_failed_run_is_killed_in_mlflow_and_its_resubmission_continues_it(tmp_
     assert run.info.status == "KILLED" and run.data.params["training.max_steps"] == "24"
 
     with tracked_run(job, "run-a") as callbacks:
-        (driver,) = [c for c in callbacks if isinstance(c, TrackingCallback)]
+        (driver,) = [c for c in realized(callbacks) if isinstance(c, TrackingCallback)]
         driver.after_report(None, [{"step": 6, "eval_accuracy": 0.5}], None)  # as the controller calls it
         assert driver.mlflow_run is not None and driver.mlflow_run.run_id == run.info.run_id
         assert client.get_run(run.info.run_id).info.status == "RUNNING"

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from hfray.config import DataConfig
 from hfray.data import cache
 from hfray.data.splits import PreparedData, fingerprint, load_splits
 from hfray.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets  # imported where data is loaded: the recipe's driver module is on the driver's start-up path
 
 
 def check_columns(ds: datasets.Dataset, cfg: DataConfig, field: str, need_label: bool = True) -> None:
@@ -72,6 +73,7 @@ def check_labels(ds: datasets.Dataset, cfg: DataConfig, labels: list[str], field
 
 def prepare(cfg: DataConfig, need_label: bool = True) -> PreparedData:
     """Load every split, check columns and labels, split off validation if none is given."""
+    import datasets
 
     def on_load(ds: datasets.Dataset, field: str) -> datasets.Dataset:
         check_columns(ds, cfg, field, need_label)
@@ -127,6 +129,8 @@ def tokenize_cached(
 def tokenize_for_classification(
     splits: datasets.DatasetDict, tokenizer: Any, cfg: DataConfig, labels: list[str]
 ) -> datasets.DatasetDict:
+    import datasets
+
     label2id = {label: i for i, label in enumerate(labels)}
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:

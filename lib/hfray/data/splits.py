@@ -11,12 +11,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import datasets
+from typing import TYPE_CHECKING
 
 from hfray.config import DataConfig
 from hfray.data.sources import load_source
 from hfray.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets  # imported where data is loaded: the recipe's driver module is on the driver's start-up path
 
 SPLIT_FIELDS = ("train", "validation", "test")
 

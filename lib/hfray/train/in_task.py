@@ -1,10 +1,13 @@
 """A one-worker run in ONE Ray task (``resources.launch: task``, ``auto``'s choice for one worker): hfray's
 in-process runner, placed on the cluster.
 
-Where it runs: the driver builds the run's in-process trainer (:mod:`hfray.train.local`: Ray Train V2's local mode
-plus storage, retention, callbacks, resume and failure retries) and :class:`TaskTrainer` hands it to a Ray task
-that holds the worker's resources (CPUs, GPUs, accelerator type); the task calls its ``fit()`` and returns nothing
-(the driver reads the run from storage, as after a Train run).
+Where it runs: on the driver, :class:`TaskTrainer` hands a Ray task that holds the worker's resources (CPUs, GPUs,
+accelerator type) the run as plain data (the job as a dict, the checked values or the start gate's key, the
+tracking); in the task, :func:`trainer_in_task` re-validates the job and builds the run's in-process trainer
+(:mod:`hfray.train.local`: Ray Train V2's local mode plus storage, retention, callbacks, resume and failure retries)
+and calls its ``fit()``; the task returns nothing (the driver reads the run from storage, as after a Train run).
+The driver imports no Ray Train, Ray Data or pandas for it (:mod:`hfray.train.launch`): on its path to the task's
+submission that was 0.4 s of imports on 2 CPUs, and more on a GPU host's cold disk (issue 19).
 
 Why: a Ray Train run boots two fresh processes one after the other, the Train controller and then the worker
 (with its worker-group and process-group set-up), before the train function starts; neither can take one of
@@ -25,8 +28,10 @@ from typing import Any
 
 import ray
 
+from hfray import timeline
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, Problem
+from hfray.train.recipes.base import Recipe
 
 
 def check_launch(job: JobConfig, streams_ray_data: bool) -> None:
@@ -46,9 +51,46 @@ def resolve_launch(job: JobConfig, streams_ray_data: bool) -> JobConfig:
     return job.model_copy(update={"resources": res.model_copy(update={"launch": launch})})
 
 
-def _fit_in_task(trainer: Any, end_mark: str) -> None:
+def build_trainer(
+    job: JobConfig,
+    recipe: Recipe,
+    info: Any,
+    run_name: str,
+    callbacks: list[Any] | None = None,
+    init_checkpoint: Any = None,
+    gate: str | None = None,
+) -> Any:
+    """The run's trainer as ``resources.launch`` says: :class:`TaskTrainer` for ``task``, else Ray Train's
+    (:func:`hfray.train.launch.build_trainer`; the arguments as there)."""
+    from hfray.train import launch
+
+    if job.resources.launch != "task":
+        return launch.build_trainer(job, recipe, info, run_name, callbacks, init_checkpoint, gate)
+    values = launch.loop_values(job, recipe, info, gate)
+    return TaskTrainer(job, recipe, run_name, values, callbacks, init_checkpoint)
+
+
+def trainer_in_task(spec: dict[str, Any]) -> Any:
+    """In the task: the run's in-process trainer from what :class:`TaskTrainer` sent (the job re-validated)."""
+    from hfray.train import launch
+
+    job = JobConfig.from_dict(spec["job"])
+    return launch.build_trainer(
+        job,
+        spec["recipe"],
+        None,
+        spec["run_name"],
+        spec["callbacks"],
+        spec["init_checkpoint"],
+        in_process=True,
+        values=spec["values"],
+        marks=spec["marks"],
+    )
+
+
+def _fit_in_task(spec: dict[str, Any], end_mark: str) -> None:
     try:
-        trainer.fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+        trainer_in_task(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
     finally:
         for stream in (sys.stdout, sys.stderr):  # each stream is forwarded on its own: a mark on each
             print(f"[hfray] {end_mark}", file=stream, flush=True)
@@ -91,10 +133,32 @@ class OutputEnd:
 
 
 class TaskTrainer:
-    """``fit()`` runs the in-process ``trainer`` in one Ray task with the job's per-worker resources."""
+    """``fit()`` runs the run's in-process trainer in one Ray task with the job's per-worker resources.
 
-    def __init__(self, trainer: Any, job: JobConfig, run_name: str) -> None:
-        self.trainer, self.run_name = trainer, run_name
+    ``recipe``: sent by reference (its functions' modules; the worker module is imported in the task only);
+    ``values``: the checked values or the start gate's key (:func:`hfray.train.launch.loop_values`); ``callbacks``:
+    the run's tracking (:class:`hfray.train.tracking.driver.Tracking`) or a trial's callbacks; all made in the task.
+    """
+
+    def __init__(
+        self,
+        job: JobConfig,
+        recipe: Recipe,
+        run_name: str,
+        values: dict[str, Any],
+        callbacks: list[Any] | None = None,
+        init_checkpoint: Any = None,
+    ) -> None:
+        self.run_name = run_name
+        self.spec = {
+            "job": job.to_dict(),
+            "recipe": recipe,
+            "run_name": run_name,
+            "values": values,
+            "callbacks": list(callbacks or []),
+            "init_checkpoint": init_checkpoint,
+            "marks": timeline.run_marks(),  # the driver's so far, for the run's manifest
+        }
         res = job.resources
         self.options: dict[str, Any] = {
             "num_cpus": res.cpus_per_worker,
@@ -108,7 +172,7 @@ class TaskTrainer:
 
     def fit(self) -> None:
         end = OutputEnd(f"output of run {self.run_name} ends ({uuid.uuid4().hex[:8]})")
-        ref = ray.remote(**self.options)(_fit_in_task).remote(self.trainer, end.mark)
+        ref = ray.remote(**self.options)(_fit_in_task).remote(self.spec, end.mark)
         try:
             ray.get(ref)
         except BaseException as exc:

@@ -1,19 +1,23 @@
 """Tracking around a run on the driver: the Train callbacks to pass, then the learning curve and MLflow's artifacts.
 
-Sweeps use Ray Tune's own ``MLflowLoggerCallback`` (one MLflow run per trial) and Tune's TensorBoard files.
+The callbacks are handed over as plain data (:class:`Tracking`) and made Ray Train callbacks where the run's trainer
+is built (:func:`realized`): on the driver for a Train run, in the run's task for a task run, whose driver then
+imports no Ray Train (:mod:`hfray.train.in_task`). Sweeps use Ray Tune's own ``MLflowLoggerCallback`` (one MLflow
+run per trial) and Tune's TensorBoard files.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from hfray.config import JobConfig
 from hfray.storage import fs, layout
-from hfray.train.controller import TrackingCallback
 from hfray.train.tracking import curves
 from hfray.train.tracking.mlflow import (
+    MlflowPlan,
     client,
     ensure_mlflow_run,
     experiment_id,
@@ -23,9 +27,31 @@ from hfray.train.tracking.mlflow import (
 )
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """A run's TensorBoard and MLflow tracking as plain data; :meth:`callback` is its Ray Train callback
+    (:class:`hfray.train.controller.TrackingCallback`, which imports Ray Train)."""
+
+    run_dir: str
+    tensorboard: bool
+    plan: MlflowPlan | None
+    retry_s: float
+
+    def callback(self) -> Any:
+        from hfray.train.controller import TrackingCallback
+
+        return TrackingCallback(self.run_dir, self.tensorboard, self.plan, self.retry_s)
+
+
+def realized(callbacks: list[Any] | None) -> list[Any]:
+    """``callbacks`` with each :class:`Tracking` made its Ray Train callback (the others as given)."""
+    return [c.callback() if isinstance(c, Tracking) else c for c in callbacks or []]
+
+
 @contextlib.contextmanager
 def tracked_run(job: JobConfig, run_name: str, cancelled: Any = None) -> Iterator[list[Any]]:
-    """Around a run's ``fit``: yields the Train callbacks; afterwards the learning curve and MLflow artifacts.
+    """Around a run's ``fit``: yields the Train callbacks (as :class:`Tracking`, see :func:`realized`); afterwards
+    the learning curve and MLflow artifacts.
 
     ``cancelled()`` true at the end: the run never started (its checks failed, :mod:`hfray.cluster.start_gate`), so
     nothing is tracked.
@@ -35,7 +61,7 @@ def tracked_run(job: JobConfig, run_name: str, cancelled: Any = None) -> Iterato
     plan = mlflow_plan(job, run_name) if cfg.mlflow else None
     callbacks: list[Any] = []
     if cfg.tensorboard or plan is not None:
-        callbacks.append(TrackingCallback(run_dir, cfg.tensorboard, plan, job.storage.retry_s))
+        callbacks.append(Tracking(run_dir, cfg.tensorboard, plan, job.storage.retry_s))
     try:
         yield callbacks
     except BaseException:

@@ -5,16 +5,18 @@ export the artifact, which loads with ``pipeline("text-classification")`` (:mod:
 the workers start while the driver checks (the start gate). Sweepable.
 """
 
-from hfray.train.recipes.base import Recipe
-from hfray.train.recipes.classification import driver, worker
+from hfray.train.recipes.base import Recipe, WorkerFunction
+from hfray.train.recipes.classification import driver
+
+WORKER = "hfray.train.recipes.classification.worker"  # imported where its functions run (WorkerFunction)
 
 RECIPE = Recipe(
     tasks=("text-classification",),
     preflight=driver.preflight,
     describe=driver.describe,
     loop_config=driver.loop_config,
-    train_loop_per_worker=worker.train_loop_per_worker,
-    artifact_fields=worker.artifact_fields,
+    train_loop_per_worker=WorkerFunction(WORKER, "train_loop_per_worker"),
+    artifact_fields=WorkerFunction(WORKER, "artifact_fields"),
     overlaps_checks=True,
     sweepable=True,
     trial_data=driver.prepare_data,

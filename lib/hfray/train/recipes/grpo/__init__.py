@@ -6,14 +6,16 @@ its spread, KL, completion lengths), rank-aware checkpoints, resume, and an arti
 adapter) that ``hfray predict`` / ``hfray serve`` load as ``text-generation``.
 """
 
-from hfray.train.recipes.base import Recipe
-from hfray.train.recipes.grpo import driver, worker
+from hfray.train.recipes.base import Recipe, WorkerFunction
+from hfray.train.recipes.grpo import driver
+
+WORKER = "hfray.train.recipes.grpo.worker"  # imported where its functions run (WorkerFunction)
 
 RECIPE = Recipe(
     tasks=("grpo",),
     preflight=driver.preflight,
     describe=driver.describe,
     loop_config=driver.loop_config,
-    train_loop_per_worker=worker.train_loop_per_worker,
-    artifact_fields=worker.artifact_fields,
+    train_loop_per_worker=WorkerFunction(WORKER, "train_loop_per_worker"),
+    artifact_fields=WorkerFunction(WORKER, "artifact_fields"),
 )

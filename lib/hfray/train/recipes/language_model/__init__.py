@@ -8,16 +8,18 @@ Artifacts load with ``pipeline("fill-mask")`` / ``pipeline("text-generation")``.
 eval_perplexity).
 """
 
-from hfray.train.recipes.base import Recipe
-from hfray.train.recipes.language_model import driver, worker
+from hfray.train.recipes.base import Recipe, WorkerFunction
+from hfray.train.recipes.language_model import driver
+
+WORKER = "hfray.train.recipes.language_model.worker"  # imported where its functions run (WorkerFunction)
 
 RECIPE = Recipe(
     tasks=("masked-lm", "causal-lm"),
     preflight=driver.preflight,
     describe=driver.describe,
     loop_config=driver.loop_config,
-    train_loop_per_worker=worker.train_loop_per_worker,
-    artifact_fields=worker.artifact_fields,
+    train_loop_per_worker=WorkerFunction(WORKER, "train_loop_per_worker"),
+    artifact_fields=WorkerFunction(WORKER, "artifact_fields"),
     ray_datasets=driver.ray_datasets,
     connected_checks=driver.check_data_cpus,
     sweepable=True,

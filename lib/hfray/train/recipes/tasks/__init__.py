@@ -8,16 +8,18 @@ in the shared lifecycle: the driver checks every row before Ray starts (:mod:`.d
 task's Trainer (:mod:`.worker`).
 """
 
-from hfray.train.recipes.base import Recipe
-from hfray.train.recipes.tasks import driver, worker
+from hfray.train.recipes.base import Recipe, WorkerFunction
+from hfray.train.recipes.tasks import driver
+
+WORKER = "hfray.train.recipes.tasks.worker"  # imported where its functions run (WorkerFunction)
 
 RECIPE = Recipe(
     tasks=("token-classification", "question-answering", "seq2seq", "image-classification"),
     preflight=driver.preflight,
     describe=driver.describe,
     loop_config=driver.loop_config,
-    train_loop_per_worker=worker.train_loop_per_worker,
-    artifact_fields=worker.artifact_fields,
+    train_loop_per_worker=WorkerFunction(WORKER, "train_loop_per_worker"),
+    artifact_fields=WorkerFunction(WORKER, "artifact_fields"),
     sweepable=True,
     trial_data=driver.prepare_data,
 )

@@ -6,15 +6,17 @@ at every evaluation, rank-aware checkpoints, resume, and an artifact (full model
 ``hfray predict`` / ``hfray serve`` load as ``text-generation``. Sweepable (metric eval_loss).
 """
 
-from hfray.train.recipes.base import Recipe
-from hfray.train.recipes.trl import driver, worker
+from hfray.train.recipes.base import Recipe, WorkerFunction
+from hfray.train.recipes.trl import driver
+
+WORKER = "hfray.train.recipes.trl.worker"  # imported where its functions run (WorkerFunction)
 
 RECIPE = Recipe(
     tasks=("sft", "dpo"),
     preflight=driver.preflight,
     describe=driver.describe,
     loop_config=driver.loop_config,
-    train_loop_per_worker=worker.train_loop_per_worker,
-    artifact_fields=worker.artifact_fields,
+    train_loop_per_worker=WorkerFunction(WORKER, "train_loop_per_worker"),
+    artifact_fields=WorkerFunction(WORKER, "artifact_fields"),
     sweepable=True,
 )
