@@ -6,6 +6,10 @@
 #   bash bench/gpu_start19.sh
 # E2E_EXTRA: more overrides (tracking.mlflow=false where mlflow is not installed).
 # Back in $OUT: versions.txt, ovh_{task,train}_*.{json,md}, e2e_{task,train}.log. PART=ovh|e2e|all (default all).
+# PART=imp: the one-task run's imports against the plain script's (bench/worker_imports.py --gpu; ~60 s) -> imp_*.
+# PART=ab: a change's before/after, interleaved, each on its own cluster (overhead_bench.py --base-lib; ~5 min):
+#   BASE_LIB=<dir> where, before the call, `git archive <before> lib | tar -x -C .base19` made .base19/lib
+#   (untracked and not ignored, so it travels with the working tree) -> ab_*.
 set -uo pipefail
 OUT=${OUT:-/tmp/gs19}; WORK=${WORK:-/tmp/gs19-work}
 mkdir -p "$OUT" "$WORK"
@@ -15,7 +19,18 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHO
 { date -u +%FT%TZ; echo "activate took ${SECONDS}s"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   nproc; python3 -c 'import torch, transformers, ray; print(torch.__version__, transformers.__version__, ray.__version__)'
 } 2>&1 | tee "$OUT/versions.txt"
-PART=${PART:-all}  # ovh | e2e | all
+PART=${PART:-all}  # ovh | e2e | all | imp | ab
+if [[ $PART == imp ]]; then
+  timeout ${IMP_S:-400} python3 bench/worker_imports.py --out "$WORK/imp" --gpu 2>&1 | tail -50
+  for f in "$WORK"/imp/imports.*; do [ -f "$f" ] && cp "$f" "$OUT/imp_$(basename "$f")"; done
+  exit 0
+fi
+if [[ $PART == ab ]]; then
+  timeout ${AB_S:-540} python3 bench/overhead_bench.py --out "$WORK/ab" --gpu --workloads cls --repeats ${REPEATS:-3} \
+    --shared-storage --runners plain,hfray-base,hfray --base-lib "${BASE_LIB:-.base19/lib}" 2>&1 | grep -v '^{' | tail -40
+  for f in "$WORK"/ab/overhead.*; do [ -f "$f" ] && cp "$f" "$OUT/ab_$(basename "$f")"; done
+  exit 0
+fi
 for launch in task train; do
   [[ $PART == e2e ]] && break
   timeout ${OVH_S:-170} python3 bench/overhead_bench.py --out "$WORK/ovh_$launch" --gpu --workloads cls \

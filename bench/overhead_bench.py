@@ -208,9 +208,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="one more key=value for hfray (repeatable)")
     parser.add_argument("--no-cache", action="store_true", help="data.cache_tokenized: false (the 'before' case)")
     parser.add_argument(
-        "--base-lib", type=Path, default=None, help="runner hfray-base: hfray from this lib folder (a change's before)"
+        "--base-lib",
+        type=Path,
+        default=None,
+        help="runner hfray-base: hfray from this lib folder (a change's before), on a second local cluster whose "
+        "processes import it too (with --address both runners share that cluster: driver-only changes)",
     )
     return parser.parse_args(argv)
+
+
+def _lib_env(lib: Path) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join([str(lib.resolve()), os.environ.get("PYTHONPATH", "")])}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,13 +228,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench_args = argparse.Namespace(
         smoke=not args.gpu, steps=args.steps, batch=64 if args.gpu else 4, seq=128 if args.gpu else 32
     )
-    cluster = None
-    address = args.address
+    clusters = []
+    address = base_address = args.address
     if address is None:
         from hfray.cluster.local import start_local_ray_cluster
 
-        cluster = start_local_ray_cluster(0, head_cpus=os.cpu_count() or 2)
-        address = cluster.address
+        clusters.append(start_local_ray_cluster(0, head_cpus=os.cpu_count() or 2))
+        address = base_address = clusters[0].address
+        if args.base_lib is not None:
+            # hfray-base gets a cluster of its own whose processes import the base lib: a run's task or train function
+            # is pickled by reference, so on a shared cluster the base driver's task ran the new worker-side code.
+            clusters.append(start_local_ray_cluster(0, head_cpus=os.cpu_count() or 2, env=_lib_env(args.base_lib)))
+            base_address = clusters[1].address
     result: dict[str, Any] = {
         "machine": tb.machine(),
         "settings": {k: str(v) for k, v in vars(args).items()},
@@ -240,13 +253,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     out = args.out / "cases" / f"{workload}-{runner}-{repeat}"
                     shared = args.out / "storage" / workload if getattr(args, "shared_storage", False) else None
                     cache = not getattr(args, "no_cache", False)
+                    where = base_address if runner == "hfray-base" else address
                     cmd = (
                         plain_cmd(spec, out)
                         if runner == "plain"
-                        else hfray_cmd(spec, args.gpu, address, out, shared, cache, getattr(args, "set", []))
+                        else hfray_cmd(spec, args.gpu, where, out, shared, cache, getattr(args, "set", []))
                     )
                     if runner == "hfray-base":  # the same job with the other checkout's lib first on the path
-                        cmd = ["env", f"PYTHONPATH={args.base_lib}", *cmd]
+                        cmd = ["env", f"PYTHONPATH={args.base_lib.resolve()}", *cmd]
                     row = {"workload": workload, "runner": runner, "repeat": repeat, **run_case(cmd, out, args.gpu)}
                     result["rows"].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
@@ -254,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
                     (args.out / "overhead.md").write_text(markdown(result))
     finally:
-        if cluster is not None:
+        for cluster in clusters:
             cluster.stop()
     print(markdown(result))
     return result
