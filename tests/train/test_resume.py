@@ -183,7 +183,8 @@ def test_sigkilled_sweep_resumes_without_reopening_finished_trials(ray_cluster, 
         after = _files(run)
         assert {k: after[k] for k in files} == files, run.name
         assert set(after) - set(files) <= {"learning_curve.json", "learning_curve.png"}  # the sweep report's
-    logs = {p.name: read_metrics_log(str(p / layout.METRICS_LOG)) for p in trials.iterdir() if p.is_dir()}
+    runs = [p for p in trials.iterdir() if p.is_dir() and not p.name.startswith(".")]  # .hfray_cache: tokenized data
+    logs = {p.name: read_metrics_log(str(p / layout.METRICS_LOG)) for p in runs}
     assert len(logs) == 3
     for name, records in logs.items():
         assert max(r["step"] for r in records) == 40, name  # every trial trained to max_steps, none past it

@@ -50,6 +50,32 @@ def test_sft_and_dpo_recipes_are_sweepable() -> None:
     assert all(recipe_for(task).sweepable for task in ("masked-lm", "causal-lm", "sft", "dpo"))
 
 
+def test_an_lm_sweeps_choice_is_reported_and_its_refit_refused_before_any_data_is_read(tmp_path, news) -> None:
+    """A language-model sweep's checks prepare no row splits on the driver (the workers pack their blocks): the
+    report of its choice works without them (it crashed after every trial had run: 'LMInfo' has no 'sizes'), and
+    sweep.refit, which retrains on the driver's train + validation rows, is refused up front, naming the key."""
+    from hfray.tune import holdout
+    from hfray.tune.driver import prepare_sweep
+    from hfray.tune.plan import prepared_splits, split_sizes
+
+    raw = lm_sweep_raw(tmp_path, "causal-lm", news["txt"])
+    job, plan = prepare_sweep(JobConfig.from_dict(raw))
+    assert plan.metric == "eval_loss"
+    selection = holdout.selection([("t0", 6.81), ("t1", 6.96), ("t2", 7.62)], plan)
+    assert selection is not None and selection["best"]["trial_id"] == "t0" and selection["warning"] is None
+    assert selection["standard_error"] is None and "not checked against noise" in selection["note"]
+    assert holdout.heldout_metrics("unused", plan, job) is None  # no data.test rows on the driver: nothing scored
+    trl_info = {"rows": {"train": 90, "validation": 10}}  # what the TRL recipes' checks count (sft, dpo)
+    assert split_sizes(trl_info) == {"train": 90, "validation": 10} and prepared_splits(trl_info) == {}
+
+    missing = tmp_path / "not-read.txt"  # refused before the corpus is opened (or a tokenizer trained on it)
+    refit = lm_sweep_raw(tmp_path / "refit", "causal-lm", missing, refit=True)
+    with pytest.raises(
+        ConfigError, match=r"sweep\.refit: a refit retrains on the rows split on the driver.*text-class"
+    ):
+        prepare_sweep(JobConfig.from_dict(refit))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_causal_lm_sweep_of_three_trials_exports_the_best(tmp_path: Path, news: dict[str, Any]) -> None:

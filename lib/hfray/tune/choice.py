@@ -14,7 +14,7 @@ from hfray.artifacts.manifest import read_manifest
 from hfray.config import JobConfig
 from hfray.storage import fs, layout
 from hfray.tune import holdout
-from hfray.tune.plan import SweepPlan
+from hfray.tune.plan import SweepPlan, prepared_splits, split_sizes
 from hfray.tune.results import TrialRow
 
 TOP_K = 3  # trials whose own test metrics the report shows beside the exported model's
@@ -67,7 +67,7 @@ def _test_of(artifact: str) -> dict[str, float]:
 
 def _test_section(plan: SweepPlan, table: list[tuple[str, float | None, dict[str, float]]]) -> str:
     keys = sorted({k for _, _, m in table for k in m if k != "test_rows" and not k.endswith(TIMINGS)})
-    n = plan.prepared.sizes.get("test", 0)
+    n = split_sizes(plan.prepared).get("test", 0)
     lines = [
         f"## Held-out test (data.test, {n} rows; no trial was chosen on it)",
         "",
@@ -101,7 +101,7 @@ def check_choice(job: JobConfig, rows: list[TrialRow], best: TrialRow | None, ar
         choice.summary["test"] = exported
     if job.sweep is not None and job.sweep.refit:
         _refit(choice, best, plan, table)
-    if "test" in plan.prepared.splits:
+    if "test" in prepared_splits(plan.prepared):
         table += _test_rows(rows, plan)
         choice.sections.append(_test_section(plan, table))
         for name, _, metrics in table[:2]:

@@ -26,7 +26,7 @@ from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepI
 from hfray.storage import fs, layout
 from hfray.train.driver import RAY_JOB_ENV, latest_run
 from hfray.train.launch import local_root
-from hfray.train.recipes import recipe_for
+from hfray.train.recipes import RECIPES, recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
 from hfray.tune import holdout, results
 from hfray.tune.choice import check_choice
@@ -169,6 +169,14 @@ class SweepSummary:
     notes: list[str] = field(default_factory=list)
 
 
+def refit_refused(task: str) -> str:
+    """Why ``sweep.refit`` cannot refit ``task``: a refit retrains on the train and validation rows that the
+    recipe's checks prepared on the driver (the recipes that prepare a trial's data there, ``trial_data``)."""
+    refits = [t for t in RECIPES if recipe_for(t).sweepable and recipe_for(t).trial_data is not None]
+    listed = ", ".join(refits)
+    return f"a refit retrains on the rows split on the driver, for {listed}; {task} jobs read theirs on the workers"
+
+
 def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, SweepPlan]:
     """Every check that needs no trial: the space, the metric, data, tokenizer and model config."""
     if job.sweep is None:
@@ -178,6 +186,8 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         raise ConfigError(
             [Problem("task", f"hfray sweep does not sweep {job.task!r} jobs yet; train it with hfray train")]
         )
+    if job.sweep.refit and recipe.trial_data is None:
+        raise ConfigError([Problem("sweep.refit", refit_refused(job.task), True, True)])
     name = sweep_name(job)  # from the job as written, before paths are resolved
     notes = []
     if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:

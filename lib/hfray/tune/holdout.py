@@ -22,7 +22,7 @@ from typing import Any
 from hfray.artifacts.manifest import read_manifest
 from hfray.config import CLASSIFICATION_METRICS
 from hfray.storage import fs, layout
-from hfray.tune.plan import SweepPlan
+from hfray.tune.plan import SweepPlan, prepared_splits, split_sizes
 
 NOISE_SE = 2.0  # a gap under this many standard errors is within the validation split's noise
 
@@ -40,7 +40,7 @@ def selection(ranked: list[tuple[str, float]], plan: SweepPlan) -> dict[str, Any
     """``ranked``: (trial id, best value), best first. The numbers behind the choice, and a warning if noisy."""
     if len(ranked) < 2:
         return None
-    n = plan.prepared.sizes.get("validation", 0)
+    n = split_sizes(plan.prepared).get("validation", 0)
     (best_id, best), (second_id, second) = ranked[0], ranked[1]
     se = standard_error(plan.metric, best, n)
     out: dict[str, Any] = {
@@ -89,7 +89,7 @@ def no_skill(job: Any, prepared: Any, metric: str) -> float | None:
 
 def heldout_metrics(artifact: str, plan: SweepPlan, job: Any) -> dict[str, float] | None:
     """``test_<metric>`` of an artifact on the prepared test split (text classification); None without one."""
-    splits = plan.prepared.splits
+    splits = prepared_splits(plan.prepared)
     if "test" not in splits or job.task != "text-classification":
         return None
     from hfray.artifacts.loading import load_artifact_pipeline
@@ -125,7 +125,8 @@ def selected_trial_test(checkpoint: str, step: int | None, plan: SweepPlan) -> d
     1,281 rows of MiniLM on 2 CPUs) measures the same weights on the same rows. Not reused when a ``data.*`` key is
     swept (a trial's test rows may then differ from the driver's).
     """
-    if "test" not in plan.prepared.splits or any(k.startswith("data.") for k in plan.base_job["sweep"]["parameters"]):
+    data_swept = any(k.startswith("data.") for k in plan.base_job["sweep"]["parameters"])
+    if "test" not in prepared_splits(plan.prepared) or data_swept:
         return None
     artifact = fs.join(checkpoint.rstrip("/").rsplit("/", 1)[0], layout.ARTIFACT_DIR)
     if step is None or not fs.exists(fs.join(artifact, layout.MANIFEST)):
@@ -139,5 +140,5 @@ def selected_trial_test(checkpoint: str, step: int | None, plan: SweepPlan) -> d
         return None
     timings = ("_runtime", "_per_second")  # HF's evaluation timings: not metrics of the model
     kept = {k: v for k, v in test.items() if not k.endswith(timings)}
-    rows = plan.prepared.sizes.get("test") or len(plan.prepared.splits["test"])
+    rows = split_sizes(plan.prepared).get("test") or len(prepared_splits(plan.prepared)["test"])
     return kept | {"test_rows": float(rows)}

@@ -41,14 +41,24 @@ def sweep_metric(job: JobConfig) -> tuple[str, str]:
     return metric, mode
 
 
-def train_rows(info: Any) -> int:
-    """Training rows the recipe's checks counted (``info`` of its preflight); 0 where the workers count them:
-    pre-training packs its blocks there, and its jobs must set ``training.max_steps``."""
-    if isinstance(info, PreparedData):
-        return info.sizes["train"]
+def split_sizes(info: Any) -> dict[str, int]:
+    """Rows per split the recipe's checks counted (``info`` of its preflight); {} where the workers count them:
+    pre-training packs its blocks there."""
     if isinstance(info, dict) and isinstance(info.get("rows"), dict):  # TRL: sft, dpo
-        return int(info["rows"].get("train", 0))
-    return 0
+        return {k: int(v) for k, v in info["rows"].items()}
+    return dict(getattr(info, "sizes", None) or {})  # PreparedData (text classification, the fine-tuning tasks)
+
+
+def prepared_splits(info: Any) -> dict[str, Any]:
+    """The row splits the checks prepared on the driver (text classification, the fine-tuning tasks); {} for the
+    tasks whose workers read their data (language models, TRL)."""
+    return dict(getattr(info, "splits", None) or {})  # PreparedData's; LMInfo and TRL's rows have none
+
+
+def train_rows(info: Any) -> int:
+    """Training rows the recipe's checks counted; 0 where the workers count them (pre-training's jobs must set
+    ``training.max_steps``)."""
+    return split_sizes(info).get("train", 0)
 
 
 def data_facts(info: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ray.tune.schedulers.pb2 import PB2
 
 from hfray.config.sweep import SweepConfig
 from hfray.storage import fs
+from hfray.tune.plan import split_sizes
 from hfray.tune.space import tune_domain
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan) -> TrialScheduler:
         )
     sched.decisions_uri = plan.scheduler_log
     if plan.no_skill is not None:  # set by the sweep's driver for asha/median with stop_no_skill only
-        n = plan.prepared.sizes.get("validation", 0)
+        n = split_sizes(plan.prepared).get("validation", 0)
         sched.no_skill, sched.grace, sched.watched = plan.no_skill, grace, plan.metric
         sched.tolerance = 0.5 / n if n else 0.0  # half a row: a score equal to the constant prediction's
     return sched
