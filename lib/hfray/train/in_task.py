@@ -6,8 +6,9 @@ accelerator type) the run as plain data (the job as a dict, the checked values o
 tracking); in the task, :func:`trainer_in_task` re-validates the job and builds the run's in-process trainer
 (:mod:`hfray.train.local`: Ray Train V2's local mode plus storage, retention, callbacks, resume and failure retries)
 and calls its ``fit()``; the task returns nothing (the driver reads the run from storage, as after a Train run).
-The driver imports no Ray Train, Ray Data or pandas for it (:mod:`hfray.train.launch`): on its path to the task's
-submission that was 0.4 s of imports on 2 CPUs, and more on a GPU host's cold disk (issue 19).
+The driver imports no Ray Train or Ray Data for it (:mod:`hfray.train.launch`); with them went pandas from its path to
+``ray.init`` and the task's submission (its checks thread still imports pandas with ``datasets``): 0.4 s of imports
+on 2 CPUs, more on a GPU host's cold disk (issue 19).
 
 Why: a Ray Train run boots two fresh processes one after the other, the Train controller and then the worker
 (with its worker-group and process-group set-up), before the train function starts; neither can take one of
