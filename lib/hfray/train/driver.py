@@ -185,7 +185,7 @@ def run_checked(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None
     print(f"[hfray] run {run_name}: {recipe.describe(job, info)}, on {where}", flush=True)
     with tracked_run(job, run_name) as callbacks:  # TensorBoard, MLflow, learning curve
         timeline.mark("driver_tracking_started", "driver")
-        trainer = in_task.build_trainer(job, recipe, info, run_name, callbacks)
+        trainer = launch.build_trainer(job, recipe, info, run_name, callbacks)
         timeline.mark("driver_trainer_built", "driver")
         fit(trainer, layout.run_dir(job.storage.path, run_name), watch)
         timeline.mark("driver_fit_returned", "driver")
@@ -237,7 +237,7 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
         _finish_checks(thread, box, run_dir, existed)
     try:
         with tracked_run(job, run_name, cancelled=lambda: thread.join() or "error" in box) as callbacks:
-            trainer = in_task.build_trainer(job, recipe, None, run_name, callbacks, gate=gate.key)
+            trainer = launch.build_trainer(job, recipe, None, run_name, callbacks, gate=gate.key)
             timeline.mark("driver_trainer_built", "driver")
             try:
                 fit(trainer, run_dir, watch)

@@ -3,12 +3,12 @@ in-process runner, placed on the cluster.
 
 Where it runs: on the driver, :class:`TaskTrainer` hands a Ray task that holds the worker's resources (CPUs, GPUs,
 accelerator type) the run as plain data (the job as a dict, the checked values or the start gate's key, the
-tracking); in the task, :func:`trainer_in_task` re-validates the job and builds the run's in-process trainer
-(:mod:`hfray.train.local`: Ray Train V2's local mode plus storage, retention, callbacks, resume and failure retries)
-and calls its ``fit()``; the task returns nothing (the driver reads the run from storage, as after a Train run).
-The driver imports no Ray Train or Ray Data for it (:mod:`hfray.train.launch`); with them went pandas from its path to
-``ray.init`` and the task's submission (its checks thread still imports pandas with ``datasets``): 0.4 s of imports
-on 2 CPUs, more on a GPU host's cold disk (issue 19).
+tracking); in the task, :func:`hfray.train.launch.trainer_in_task` re-validates the job and builds the run's
+in-process trainer (:mod:`hfray.train.local`: Ray Train V2's local mode plus storage, retention, callbacks, resume
+and failure retries) and calls its ``fit()``; the task returns nothing (the driver reads the run from storage, as
+after a Train run). The driver imports no Ray Train or Ray Data for it (:mod:`hfray.train.launch`); with them went
+pandas from its path to ``ray.init`` and the task's submission (its checks thread still imports pandas with
+``datasets``): 0.4 s of imports on 2 CPUs, more on a GPU host's cold disk (issue 19).
 
 Why: a Ray Train run boots two fresh processes one after the other, the Train controller and then the worker
 (with its worker-group and process-group set-up), before the train function starts; neither can take one of
@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -52,46 +53,9 @@ def resolve_launch(job: JobConfig, streams_ray_data: bool) -> JobConfig:
     return job.model_copy(update={"resources": res.model_copy(update={"launch": launch})})
 
 
-def build_trainer(
-    job: JobConfig,
-    recipe: Recipe,
-    info: Any,
-    run_name: str,
-    callbacks: list[Any] | None = None,
-    init_checkpoint: Any = None,
-    gate: str | None = None,
-) -> Any:
-    """The run's trainer as ``resources.launch`` says: :class:`TaskTrainer` for ``task``, else Ray Train's
-    (:func:`hfray.train.launch.build_trainer`; the arguments as there)."""
-    from hfray.train import launch
-
-    if job.resources.launch != "task":
-        return launch.build_trainer(job, recipe, info, run_name, callbacks, init_checkpoint, gate)
-    values = launch.loop_values(job, recipe, info, gate)
-    return TaskTrainer(job, recipe, run_name, values, callbacks, init_checkpoint)
-
-
-def trainer_in_task(spec: dict[str, Any]) -> Any:
-    """In the task: the run's in-process trainer from what :class:`TaskTrainer` sent (the job re-validated)."""
-    from hfray.train import launch
-
-    job = JobConfig.from_dict(spec["job"])
-    return launch.build_trainer(
-        job,
-        spec["recipe"],
-        None,
-        spec["run_name"],
-        spec["callbacks"],
-        spec["init_checkpoint"],
-        in_process=True,
-        values=spec["values"],
-        marks=spec["marks"],
-    )
-
-
-def _fit_in_task(spec: dict[str, Any], end_mark: str) -> None:
+def _fit_in_task(build: Callable[[dict[str, Any]], Any], spec: dict[str, Any], end_mark: str) -> None:
     try:
-        trainer_in_task(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+        build(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
     finally:
         for stream in (sys.stdout, sys.stderr):  # each stream is forwarded on its own: a mark on each
             print(f"[hfray] {end_mark}", file=stream, flush=True)
@@ -138,7 +102,8 @@ class TaskTrainer:
 
     ``recipe``: sent by reference (its functions' modules; the worker module is imported in the task only);
     ``values``: the checked values or the start gate's key (:func:`hfray.train.launch.loop_values`); ``callbacks``:
-    the run's tracking (:class:`hfray.train.tracking.driver.Tracking`) or a trial's callbacks; all made in the task.
+    the run's tracking (:class:`hfray.train.tracking.driver.Tracking`) or a trial's callbacks; all made in the task
+    by ``build`` (:func:`hfray.train.launch.trainer_in_task`: given here, so this module imports no launch code).
     """
 
     def __init__(
@@ -149,8 +114,10 @@ class TaskTrainer:
         values: dict[str, Any],
         callbacks: list[Any] | None = None,
         init_checkpoint: Any = None,
+        *,
+        build: Callable[[dict[str, Any]], Any],
     ) -> None:
-        self.run_name = run_name
+        self.run_name, self.build = run_name, build
         self.spec = {
             "job": job.to_dict(),
             "recipe": recipe,
@@ -173,7 +140,7 @@ class TaskTrainer:
 
     def fit(self) -> None:
         end = OutputEnd(f"output of run {self.run_name} ends ({uuid.uuid4().hex[:8]})")
-        ref = ray.remote(**self.options)(_fit_in_task).remote(self.spec, end.mark)
+        ref = ray.remote(**self.options)(_fit_in_task).remote(self.build, self.spec, end.mark)
         try:
             ray.get(ref)
         except BaseException as exc:

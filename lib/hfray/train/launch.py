@@ -114,9 +114,17 @@ def build_trainer(
     ``callbacks``: Ray Train callbacks, or a run's tracking as plain data (:class:`~.tracking.driver.Tracking`).
 
     ``gate`` (a start gate's key) instead of ``info``: the workers get :func:`checked_values` from the gate;
-    ``values``: what :func:`loop_values` gave on the driver, for a run built in its task (:mod:`hfray.train.in_task`),
+    ``values``: what :func:`loop_values` gave on the driver, for a run built in its task (:func:`trainer_in_task`),
     with ``marks``, the driver's timeline.
+
+    ``resources.launch: task`` (not in process): a :class:`hfray.train.in_task.TaskTrainer`, which sends the run to
+    one Ray task as plain data; the task builds it there. Nothing of Ray Train is imported for it here.
     """
+    values = values if values is not None else loop_values(job, recipe, info, gate)
+    if not in_process and job.resources.launch == "task":
+        from hfray.train.in_task import TaskTrainer
+
+        return TaskTrainer(job, recipe, run_name, values, callbacks, init_checkpoint, build=trainer_in_task)
     from hfray.train.torch_backend import torch_trainer
     from hfray.train.tracking.driver import realized
 
@@ -132,7 +140,7 @@ def build_trainer(
         "timeline": marks if marks is not None else [] if in_process else timeline.run_marks(),
         "in_process": in_process,
     }
-    loop_config.update(values if values is not None else loop_values(job, recipe, info, gate))
+    loop_config.update(values)
     extra: dict[str, Any] = {}
     if recipe.ray_datasets is not None:
         streamed = recipe.ray_datasets(job, info)
@@ -155,3 +163,20 @@ def build_trainer(
     if in_process:
         trainer.retry_s = job.storage.retry_s  # its uploads retry as a worker's (storage.retry_s)
     return trainer
+
+
+def trainer_in_task(spec: dict[str, Any]) -> Any:
+    """In a task-launched run's task (:mod:`hfray.train.in_task`): its in-process trainer from what the driver's
+    ``TaskTrainer`` sent (the job re-validated)."""
+    job = JobConfig.from_dict(spec["job"])
+    return build_trainer(
+        job,
+        spec["recipe"],
+        None,
+        spec["run_name"],
+        spec["callbacks"],
+        spec["init_checkpoint"],
+        in_process=True,
+        values=spec["values"],
+        marks=spec["marks"],
+    )

@@ -28,7 +28,6 @@ from hfray import timeline
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.storage import layout
-from hfray.train import in_task
 from hfray.train.driver import fit, run_is_complete
 from hfray.train.launch import build_trainer
 from hfray.train.local import RunStopped, run_in_process
@@ -188,7 +187,7 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     reused = bool(context.get("reuse_actors"))  # without reuse, Ray ends a stopped trial's run with its process
     queue = report_queue() if reused else new_queue()
     stop_file = os.path.join(tempfile.gettempdir(), f"hfray-stop-{run}-{uuid.uuid4().hex[:8]}") if reused else None
-    trainer = in_task.build_trainer(  # Ray Train's, or one task (an explicit resources.launch: task)
+    trainer = build_trainer(
         job,
         recipe,
         info,
