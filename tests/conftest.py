@@ -87,6 +87,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in dropped]
 
 
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """With ``HFRAY_TEST_TRACE=<file>`` (CI sets it), each test's id is appended there as it starts: a run that
+    dies without pytest's summary (a process exit in C code) still says which test was running."""
+    trace = os.environ.get("HFRAY_TEST_TRACE")
+    if trace:
+        with open(trace, "a") as f:
+            f.write(nodeid + "\n")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster (2 CPUs) for the whole session: starting Ray costs ~10 s."""

@@ -131,3 +131,40 @@ print(json.dumps({{"heavy": heavy, "run_dir": summary.run_dir, "cluster": summar
     evals = [r for r in log if "eval_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+
+
+def test_a_task_that_raised_is_not_cancelled_so_failing_runs_leave_the_driver_alive(ray_cluster, tmp_path, data_files):
+    """A run whose task raised (a data error, a crash) used to be force-cancelled after ``ray.get`` had raised. On
+    Ray 2.60 that cancel of a finished task can kill the driver from C++ (task_manager.cc: 'An unexpected system
+    state has occurred', exit 1, nothing on a captured stderr): it killed CI's pytest during test_user_errors. A
+    fresh driver fails 40 task runs in a row and must live to say so; it died within seconds before the fix."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    raw = tiny_job(tmp_path, data_files, resources={"num_workers": 1, "cpus_per_worker": 1, "launch": "task"})
+    code = f"""
+import json
+from hfray.config import JobConfig
+from hfray.errors import DataError
+from hfray.train.in_task import TaskTrainer
+from hfray.train.recipes import recipe_for
+
+def build(spec):  # runs in the task: the run fails as a user's bad data does, at once
+    raise DataError("data.train: row 7 has no label")
+
+job = JobConfig.from_dict(json.loads({json.dumps(json.dumps(raw, default=str))}))
+raised = 0
+for i in range(40):
+    try:
+        TaskTrainer(job, recipe_for(job.task), f"fails-{{i}}", {{}}, build=build).fit()
+    except DataError:
+        raised += 1
+print("raised", raised)
+"""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("HFRAY_")}
+    env = {**keep, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "raised 40"

@@ -145,7 +145,8 @@ class TaskTrainer:
             ray.get(ref)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # Ctrl-C: no task left training behind the driver
-                ray.cancel(ref, force=True)
+                if not ray.wait([ref], timeout=0)[0]:  # a task that has raised is done: nothing to kill
+                    ray.cancel(ref, force=True)
             end.wait(0 if isinstance(exc, KeyboardInterrupt) else None)  # a failure's lines belong in the log too
             raise
         end.wait()
