@@ -260,7 +260,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         else hfray_cmd(spec, args.gpu, where, out, shared, cache, getattr(args, "set", []))
                     )
                     if runner == "hfray-base":  # the same job with the other checkout's lib first on the path
-                        cmd = ["env", f"PYTHONPATH={args.base_lib.resolve()}", *cmd]
+                        # first on the path, not alone: where the packages come from PYTHONPATH (the GPU
+                        # machine's bundle) the base driver needs them too
+                        cmd = ["env", f"PYTHONPATH={_lib_env(args.base_lib)['PYTHONPATH']}", *cmd]
                     row = {"workload": workload, "runner": runner, "repeat": repeat, **run_case(cmd, out, args.gpu)}
                     result["rows"].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def start_cluster(temp_dir: str) -> str:
         port = probe.getsockname()[1]
     env = {**os.environ, PROFILE_ENV: "1", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    ray = Path(sys.executable).with_name("ray")
+    ray = Path(sys.executable).with_name("ray")  # the venv's; on the GPU machine the bundle puts it on PATH
+    if not ray.exists():
+        ray = Path(shutil.which("ray") or "ray")
     cmd = [str(ray), "start", "--head", "--port", str(port), "--temp-dir", temp_dir, "--include-dashboard", "false"]
     out = subprocess.run(cmd + ["--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:

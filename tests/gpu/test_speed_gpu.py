@@ -85,3 +85,26 @@ def test_liger_is_the_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -
     assert with_liger[-1] < with_liger[0]
     # bf16 kernels differ in rounding, not in what they compute: the curves agree step by step
     assert with_liger == pytest.approx(without, rel=0.03)
+
+
+def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_path: Path) -> None:
+    """``model.attn_implementation: flex_attention`` for packed SFT (TRL flattens the batch into one row): the loss
+    and gradients of a flattened packed batch equal sdpa's (which builds a dense mask over the whole row), so the
+    kernel can be chosen for speed alone (``bench/throughput_bench.py --hfray-variants flex``)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = dict(LLAMA)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    ids = _Blocks().ids[:4].reshape(1, -1).cuda()  # four 128-token documents in one row
+    positions = torch.arange(128).repeat(4).reshape(1, -1).cuda()
+    results = {}
+    for impl in ("sdpa", "flex_attention"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=impl).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, position_ids=positions, labels=ids).loss
+        loss.backward()
+        results[impl] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.float().norm().item())
+    assert results["flex_attention"] == pytest.approx(results["sdpa"], rel=0.02), results

@@ -249,3 +249,47 @@ def test_shipped_smollm2_job_trains_and_its_adapter_generates(ray_cluster, tmp_p
     )
     answer = pipe(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"][len(prompt) :]
     assert answer.strip()
+
+
+def test_attn_implementation_reaches_the_model_keeps_packed_losses_and_gpu_kernels_are_refused_on_cpu(
+    tmp_path, chat_tokenizer
+):
+    """``model.attn_implementation`` picks transformers' attention kernel. Packed SFT flattens a batch into one row
+    (TRL's padding-free packing): the kernel must still keep each conversation to itself, so eager and transformers'
+    default (sdpa) give the same loss on the same packed batch and weights. flex_attention (no backward on CPU) and
+    flash attention (a GPU package) are refused for a CPU job before any worker starts, naming the key."""
+    import torch
+    from transformers import set_seed
+
+    from hfray.errors import ConfigError
+    from hfray.train.arguments import check_training_arguments
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    losses = {}
+    for impl in (None, "eager"):
+        packed = {"messages_column": "conversation", "packing": True}
+        raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed)
+        raw["model"]["attn_implementation"] = impl
+        job = JobConfig.from_dict(raw)
+        tokenizer = load_chat_tokenizer(job)
+        set_seed(0)
+        model = build_causal_lm(job, tokenizer)
+        assert model.config._attn_implementation == (impl or "sdpa")
+        args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
+        trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) > 1  # one row, packed
+        with torch.no_grad():
+            losses[impl] = model(**{k: v for k, v in batch.items() if k != "seq_lengths"}).loss.item()
+    assert losses["eager"] == pytest.approx(losses[None], rel=1e-4), losses
+
+    for impl, needs in (("flex_attention", "GPUs only"), ("flash_attention_2", "GPUs only")):
+        raw["model"]["attn_implementation"] = impl
+        with pytest.raises(ConfigError, match=f"model.attn_implementation: .*{needs}"):
+            check_training_arguments(JobConfig.from_dict(raw))
+    raw["model"]["attn_implementation"] = "flash"
+    with pytest.raises(HfrayError, match="model.attn_implementation"):
+        JobConfig.from_dict(raw)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -23,6 +23,15 @@ class ModelConfig(Section):
     )
     revision: str | None = None
     trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] | None = (
+        Field(
+            None,
+            description="transformers' attention kernel; default: transformers' choice (sdpa where the model has it). "
+            "flex_attention / flash_attention_*: GPU only. Packed SFT flattens each batch into one row (TRL's "
+            "padding-free packing), which sdpa attends with a dense mask over the whole batch: flex_attention and "
+            "flash attention keep it per document.",
+        )
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -34,11 +34,12 @@ def build_causal_lm(job: JobConfig, tokenizer: Any) -> Any:
 
     config = loading.load_config(job.model, **language_model.lm_overrides(tokenizer, job.model.architecture or {}))
     if job.model.architecture is not None:
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, **loading.attention_kwargs(job.model))
     return AutoModelForCausalLM.from_pretrained(
         job.model.name_or_path,
         config=config,
         revision=job.model.revision,
         trust_remote_code=job.model.trust_remote_code,
+        **loading.attention_kwargs(job.model),
         **peft.quantized_load_kwargs(job),
     )

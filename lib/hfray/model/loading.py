@@ -112,6 +112,12 @@ def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any, **load
     )
 
 
+def attention_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """``attn_implementation`` for ``from_config`` / ``from_pretrained`` when ``model.attn_implementation`` is set;
+    nothing otherwise, so that transformers keeps its own default."""
+    return {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+
+
 def model_from_config_or_pretrained(
     cfg: ModelConfig, auto_cls: Any, config: Any, ignore_mismatched_sizes: bool = False, **load_kwargs: Any
 ) -> Any:
@@ -123,7 +129,7 @@ def model_from_config_or_pretrained(
     hfray trains opts out of that path.
     """
     if cfg.architecture is not None:
-        model = auto_cls.from_config(config)
+        model = auto_cls.from_config(config, **attention_kwargs(cfg))
     else:
         model = auto_cls.from_pretrained(
             cfg.name_or_path,
@@ -131,6 +137,7 @@ def model_from_config_or_pretrained(
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
+            **attention_kwargs(cfg),
             **load_kwargs,
         )
     model.accepts_loss_kwargs = False

@@ -129,6 +129,23 @@ def _liger_problems(job: JobConfig) -> list[Problem]:
     return []
 
 
+ATTENTION_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def _attention_problems(job: JobConfig) -> list[Problem]:
+    """``model.attn_implementation``: the GPU-only kernels need GPUs (flex_attention has no backward on CPU) and
+    flash attention its package, said before any worker starts."""
+    impl = job.model.attn_implementation
+    if impl not in ("flex_attention", *ATTENTION_PACKAGES):
+        return []
+    if job.resources.gpus_per_worker == 0:
+        return [Problem("model.attn_implementation", f"{impl} trains on GPUs only (resources.gpus_per_worker > 0)")]
+    package = ATTENTION_PACKAGES.get(impl)
+    if package and importlib.util.find_spec(package) is None:
+        return [Problem("model.attn_implementation", f"{impl} needs the {package} package, which is not installed")]
+    return []
+
+
 def training_arguments(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool = True) -> Any:
     from transformers import TrainingArguments
 
@@ -144,7 +161,7 @@ def check_training_arguments(job: JobConfig) -> None:
         )
     if job.training.precision == "fp16" and job.resources.gpus_per_worker == 0:
         problems.append(Problem("training.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0)"))
-    problems += _liger_problems(job)
+    problems += _liger_problems(job) + _attention_problems(job)
     res = job.resources
     problems += strategy_problems(job.training.strategy, res.gpus_per_worker, res.num_workers)
     problems += mlflow_problems(job)

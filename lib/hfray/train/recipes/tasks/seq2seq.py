@@ -57,7 +57,7 @@ def _architecture_model(job: JobConfig, tokenizer: Any, build: bool) -> Any:
         check_vocab(job.model, config, tokenizer)
         if getattr(config, "forced_eos_token_id", None) is not None:
             config.forced_eos_token_id = config.eos_token_id  # BART's default is its own vocabulary's eos
-        return AutoModelForSeq2SeqLM.from_config(config) if build else config
+        return AutoModelForSeq2SeqLM.from_config(config, **loading.attention_kwargs(job.model)) if build else config
     halves = {}
     for half in ("encoder", "decoder"):
         sub = arch.get(half)
@@ -76,7 +76,7 @@ def _pretrained_model(job: JobConfig, build: bool) -> Any:
 
     cfg = job.model
     config = loading.load_config(cfg)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code, **loading.attention_kwargs(cfg)}
     if config.model_type in _mapping(_SEQ2SEQ):
         return AutoModelForSeq2SeqLM.from_pretrained(cfg.name_or_path, **kwargs) if build else config
     if config.model_type not in _mapping("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"):
