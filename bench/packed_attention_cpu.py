@@ -4,8 +4,9 @@ training step (forward + backward) of a small Llama built from a config, same to
 Why: hfray's packed LoRA SFT step ran at 2.4-2.8% MFU on an H100 (issue 18). TRL's BFD packing flattens each batch
 into ONE row with position ids restarting at each document; transformers detects the documents from the position ids
 and, under sdpa or eager, builds a dense block-diagonal mask over the whole row, so attention grows with the square of
-the batch's tokens, not of each row's. (With a batch of several rows transformers does NOT separate the documents in a
-row: only the flattened row keeps them apart, so "rows" here is a cost reference, not the same computation.)
+the batch's tokens, not of each row's. Rows and the flattened row are the same computation (each document attends
+to itself only, as TRL's trainers run it: no attention mask, ``use_cache=False``; the first loss printed agrees);
+only the layout differs.
 
     python bench/packed_attention_cpu.py 8 512 128 sdpa,eager    # rows, tokens per row, tokens per document, kernels
 """
@@ -21,7 +22,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def step(model: Any, ids: torch.Tensor, positions: torch.Tensor) -> float:
-    out = model(input_ids=ids, position_ids=positions, labels=ids)
+    # use_cache=False as TRL's trainers pass it: with a cache transformers skips the search for packed documents
+    out = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False)
     out.loss.backward()
     return out.loss.item()
 
@@ -47,13 +49,12 @@ def main() -> None:
         model = LlamaForCausalLM(config).train()
         model.config._attn_implementation = kernel
         for name, (i, p) in layouts.items():
-            for _ in range(2):  # warm-up
-                step(model, i, p)
+            first = [step(model, i, p) for _ in range(2)][0]  # warm-up; the same weights' loss for each layout
             start, n = time.perf_counter(), 3
             for _ in range(n):
                 step(model, i, p)
             ms = (time.perf_counter() - start) / n * 1000
-            print(f"{kernel:8s} {name:5s} {tuple(i.shape)!s:12s} {ms:8.1f} ms/step", flush=True)
+            print(f"{kernel:8s} {name:5s} {tuple(i.shape)!s:12s} {ms:8.1f} ms/step  first loss {first:.5f}", flush=True)
 
 
 if __name__ == "__main__":

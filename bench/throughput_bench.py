@@ -18,8 +18,8 @@ and GPU count N (``--gpus``):
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
-  ``flex`` / ``eager`` (``model.attn_implementation``), ``bf16`` (``training.precision=bf16``: autocast on CPU
-  too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
+  ``flex`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
+  (``training.precision=bf16``: autocast on CPU too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
   phase in the row's ``step_profile``; the GPU is synchronised
   at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
   (``compile-exact-nodrop``).
@@ -267,6 +267,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["model"]["attn_implementation"] = "flex_attention"
     if "eager" in parts:  # transformers' eager attention (the reference kernel)
         job["model"]["attn_implementation"] = "eager"
+    if "flat" in parts and "trl" in job:  # packed SFT as TRL collates it: one flattened row per batch
+        job["trl"]["packed_layout"] = "flat"
     if "noshuffle" in parts and "lm" in job:  # no local shuffle buffer in the Ray Data stream
         job["lm"]["local_shuffle_buffer_size"] = 0
     for part in parts:  # "prefetchN": N collated batches ready ahead of the step (lm.prefetch_batches)

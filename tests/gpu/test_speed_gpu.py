@@ -104,7 +104,7 @@ def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_p
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=impl).cuda()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, position_ids=positions, labels=ids).loss
+            loss = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss  # as TRL calls it
         loss.backward()
         results[impl] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.float().norm().item())
     assert results["flex_attention"] == pytest.approx(results["sdpa"], rel=0.02), results

@@ -281,9 +281,11 @@ def test_attn_implementation_reaches_the_model_keeps_packed_losses_and_gpu_kerne
         args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
         trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
         batch = next(iter(trainer.get_train_dataloader()))
-        assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) > 1  # one row, packed
+        rows, starts = batch["input_ids"].shape[0], int((batch["position_ids"] == 0).sum())
+        assert rows > 1 and starts > rows and "attention_mask" not in batch  # packed rows, documents by position
         with torch.no_grad():
-            losses[impl] = model(**{k: v for k, v in batch.items() if k != "seq_lengths"}).loss.item()
+            inputs = {k: v for k, v in batch.items() if k != "seq_lengths"}
+            losses[impl] = model(**inputs, use_cache=False).loss.item()  # as TRL's compute_loss calls it
     assert losses["eager"] == pytest.approx(losses[None], rel=1e-4), losses
 
     for impl, needs in (("flex_attention", "GPUs only"), ("flash_attention_2", "GPUs only")):
@@ -293,3 +295,54 @@ def test_attn_implementation_reaches_the_model_keeps_packed_losses_and_gpu_kerne
     raw["model"]["attn_implementation"] = "flash"
     with pytest.raises(HfrayError, match="model.attn_implementation"):
         JobConfig.from_dict(raw)
+
+
+def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_rows_tokens(tmp_path, chat_tokenizer):
+    """Packed SFT without FlashAttention: hfray's trainer collates TRL's packed rows as rows (documents told apart by
+    position ids, ``hfray.train.recipes.trl.rows``) instead of TRL's one flattened row, whose dense mask grows with the
+    square of the batch. Same examples, same weights: the loss equals the flattened batch's, and a training step
+    counts every row's tokens in TRL's ``num_tokens``."""
+    import torch
+    from transformers import set_seed
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(96, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl={"messages_column": "conversation", "packing": True})
+    job = JobConfig.from_dict(raw)
+    tokenizer = load_chat_tokenizer(job)
+    set_seed(0)
+    model = build_causal_lm(job, tokenizer)
+    args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
+    trainer_splits = load_trl_splits(job)
+    trainer = build_trainer(job, model, tokenizer, args, trainer_splits, [])
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    rows = trainer.data_collator(examples)
+    flat = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)(examples)
+    assert rows["input_ids"].shape[0] == 4 and flat["input_ids"].shape[0] == 1
+    assert int((rows["labels"] != -100).sum()) == int((flat["labels"] != -100).sum())
+    keys = ("input_ids", "labels", "position_ids")
+    with torch.no_grad():
+        by_rows = model(**{k: rows[k] for k in keys}, use_cache=False).loss.item()
+        by_flat = model(**{k: flat[k] for k in keys}, use_cache=False).loss.item()
+    assert by_rows == pytest.approx(by_flat, rel=1e-5)
+    # With a document's start unmasked or the rows' documents attending each other, the loss would differ:
+    leaky = dict(rows, attention_mask=torch.ones_like(rows["input_ids"]))
+    with torch.no_grad():
+        assert model(**{k: leaky[k] for k in (*keys, "attention_mask")}, use_cache=False).loss.item() != pytest.approx(
+            by_flat, rel=1e-5
+        )
+
+    trainer.model.train()
+    batch = trainer._prepare_inputs(trainer.data_collator(examples))
+    trainer.compute_loss(trainer.model, batch)
+    counted = trainer._metrics["train"]["num_tokens"][-1]
+    assert counted == batch["position_ids"].numel() == 4 * batch["position_ids"].size(1)
+
+    raw["trl"]["packed_layout"] = "flat"  # the opt-out: TRL's own flattened batch
+    job = JobConfig.from_dict(raw)
+    trainer = build_trainer(job, model, tokenizer, trl_arguments(job, str(tmp_path / "hf"), False), trainer_splits, [])
+    assert trainer.data_collator(examples)["input_ids"].shape[0] == 1

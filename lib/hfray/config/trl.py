@@ -36,6 +36,12 @@ class TrlSection(Section):
         None, description="A Jinja template file or a tokenizer dir whose template to use; default: the tokenizer's."
     )
     packing: bool = Field(False, description="sft: pack examples into data.max_length blocks (TRL's BFD packing).")
+    packed_layout: Literal["auto", "rows", "flat"] = Field(
+        "auto",
+        description="sft with packing: 'flat' is TRL's one flattened row per batch (for FlashAttention's varlen "
+        "kernel); 'rows' keeps the packed rows, documents told apart by position ids (same loss; under sdpa/eager the "
+        "flattened row's mask grows with the square of the batch); 'auto': flat with flash_attention_*, else rows.",
+    )
     completion_only_loss: bool | None = Field(
         None, description="sft: loss on completions only (default: yes for prompt-completion data)."
     )

@@ -19,6 +19,7 @@ from hfray.config import JobConfig
 from hfray.model import peft
 from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
+from hfray.train.recipes.trl import rows
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 
@@ -56,7 +57,10 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
         "callbacks": cb,
     }
     if job.task == "sft":
-        return SFTTrainer(model=model, **common)
+        trainer = SFTTrainer(model=model, **common)
+        if rows.keeps_rows(trainer, job.trl.packed_layout, model.config._attn_implementation):  # packed: rows
+            rows.keep_rows(trainer)
+        return trainer
     from accelerate.utils import is_peft_model
 
     # Without an adapter TRL would reload the reference from the config's path (none for a model built

@@ -1,0 +1,76 @@
+"""Packed SFT batches kept as rows (on each Ray Train worker): TRL's BFD packing, without its one flattened row.
+
+Why: TRL's BFD packing (``trl.packing``) always turns on padding-free batches: the collator concatenates the packed
+rows into ONE row of every token in the batch (16 x 1024 -> 1 x 16,384), for FlashAttention's variable-length kernel.
+Without that kernel (sdpa, eager: the default wherever ``flash_attn`` is not installed) transformers finds the
+documents from the position ids and attends the row under a dense block-diagonal mask over the whole row, so the
+attention grows with the square of the batch's tokens: on CPU the flattened batch costs 2.75x the same rows at 4k
+tokens and 5.35x at 8k (``bench/results/packed_attention_cpu_dec05.md``); on an H100 hfray's packed LoRA SFT step ran
+at 2.4-2.8% MFU (``throughput_gpu_dec05_decoders_h100.md``).
+
+Here the same packed rows stay rows, padded to the batch's longest: no attention mask (with one, transformers would
+not look for the documents), position ids that restart at each document (each row's documents attend to themselves
+only), and the label of each document's first token masked, as TRL's flattened batch masks it. The computation is the
+flattened one's (``tests/train/test_trl.py`` checks the loss); only the attention's mask shrinks to one per row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FLASH_KERNELS = ("flash_attention_2", "flash_attention_3")  # their varlen kernels want the flattened row
+
+
+def keeps_rows(trainer: Any, layout: str, attn_implementation: str | None) -> bool:
+    """The SFT trainer flattens packed batches (padding-free) and ``trl.packed_layout`` says rows: ``auto`` does
+    unless the model's kernel is FlashAttention."""
+    if not getattr(trainer, "padding_free", False) or layout == "flat":
+        return False
+    return layout == "rows" or attn_implementation not in FLASH_KERNELS
+
+
+class PackedRows:
+    """A collator: TRL's packed examples (``input_ids``, ``seq_lengths``, maybe ``labels``) -> a (rows, length) batch
+    whose documents are told apart by ``position_ids`` alone."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.collate = DataCollatorForLanguageModeling(pad_token_id, padding_free=False, return_position_ids=True)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        batch.pop("attention_mask")  # with a mask, transformers would let a row's documents attend to each other
+        # Padding gets position 0 too: each pad token is a document of its own, seen by no real token (causal), and
+        # its label is -100. A document's first token is not predicted from the document before it.
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
+
+
+class RowTokens:
+    """TRL counts a padding-free batch's tokens as its one row's length; a batch of rows is counted row by row.
+
+    Wraps the trainer's ``compute_loss`` and adds the rows TRL's count missed to its running total and to the
+    ``num_tokens`` it logs (the manifest's token count). TRL 1.16's private ``_total_train_tokens`` and ``_metrics``:
+    ``tests/train/test_trl.py`` fails if a TRL upgrade moves them."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer, self.compute_loss = trainer, trainer.compute_loss
+
+    def __call__(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        positions = inputs.get("position_ids")
+        before = getattr(self.trainer, "_total_train_tokens", None)
+        out = self.compute_loss(model, inputs, *args, **kwargs)
+        after = getattr(self.trainer, "_total_train_tokens", None)
+        if positions is not None and positions.dim() == 2 and before is not None and after is not None:
+            total = before + (after - before) * positions.size(0)
+            self.trainer._total_train_tokens = total
+            self.trainer._metrics["train"]["num_tokens"] = [total]
+        return out
+
+
+def keep_rows(trainer: Any) -> None:
+    """Gives a padding-free SFT trainer the rows collator (padding with TRL's own pad token) and the row-wise token
+    count."""
+    trainer.data_collator = PackedRows(trainer.data_collator.pad_token_id)
+    trainer.compute_loss = RowTokens(trainer)
