@@ -44,7 +44,13 @@ LOSS_ONLY_TASKS = (*LM_TASKS, "sft", "dpo")
 
 
 # Keys that change how fast a run goes, never its numbers: left out of the run's fingerprint.
-_SPEED_ONLY = (("lm", "prefetch_batches"), ("lm", "materialize"), ("resources", "launch"))
+_SPEED_ONLY = (
+    ("lm", "prefetch_batches"),
+    ("lm", "materialize"),
+    ("resources", "launch"),
+    ("model", "attn_implementation"),  # the same attention, another kernel
+    ("trl", "packed_layout"),  # the same packed documents, as rows or one flattened row
+)
 
 
 class JobConfig(Section):
