@@ -5,8 +5,9 @@ rows into ONE row of every token in the batch (16 x 1024 -> 1 x 16,384), for Fla
 Without that kernel (sdpa, eager: the default wherever ``flash_attn`` is not installed) transformers finds the
 documents from the position ids and attends the row under a dense block-diagonal mask over the whole row, so the
 attention grows with the square of the batch's tokens: on CPU the flattened batch costs 2.75x the same rows at 4k
-tokens and 5.35x at 8k (``bench/results/packed_attention_cpu_dec05.md``); on an H100 hfray's packed LoRA SFT step ran
-at 2.4-2.8% MFU (``throughput_gpu_dec05_decoders_h100.md``).
+tokens and 5.35x at 8k (``bench/results/packed_attention_cpu_dec05.md``), and hfray's own SFT step of a small Llama on
+8 x 1024 packed tokens 4.0x (``sft_layout_cpu_dec05.md``); on an H100 hfray's packed LoRA SFT step ran at 2.4-2.8% MFU
+(``throughput_gpu_dec05_decoders_h100.md``).
 
 Here the same packed rows stay rows, padded to the batch's longest: no attention mask (with one, transformers would
 not look for the documents), position ids that restart at each document (each row's documents attend to themselves
@@ -51,8 +52,9 @@ class RowTokens:
     """TRL counts a padding-free batch's tokens as its one row's length; a batch of rows is counted row by row.
 
     Wraps the trainer's ``compute_loss`` and adds the rows TRL's count missed to its running total and to the
-    ``num_tokens`` it logs (the manifest's token count). TRL 1.16's private ``_total_train_tokens`` and ``_metrics``:
-    ``tests/train/test_trl.py`` fails if a TRL upgrade moves them."""
+    ``num_tokens`` it logs (the manifest's token count). Rows are counted with their padding to the batch's longest
+    row (BFD packing leaves little: 1.3% in ``bench/sft_layout_cpu.py``'s run). TRL 1.16's private
+    ``_total_train_tokens`` and ``_metrics``: ``tests/train/test_trl.py`` fails if a TRL upgrade moves them."""
 
     def __init__(self, trainer: Any) -> None:
         self.trainer, self.compute_loss = trainer, trainer.compute_loss
