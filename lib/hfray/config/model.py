@@ -27,9 +27,8 @@ class ModelConfig(Section):
         Field(
             None,
             description="transformers' attention kernel; default: transformers' choice (sdpa where the model has it). "
-            "flex_attention / flash_attention_*: GPU only. Packed SFT flattens each batch into one row (TRL's "
-            "padding-free packing), which sdpa attends with a dense mask over the whole batch: flex_attention and "
-            "flash attention keep it per document.",
+            "flex_attention / flash_attention_*: GPU only. Packed SFT under flash_attention_* keeps TRL's one "
+            "flattened row per batch (their varlen kernel's layout); otherwise it trains on rows (trl.packed_layout).",
         )
     )
 

@@ -129,6 +129,7 @@ def _liger_problems(job: JobConfig) -> list[Problem]:
     return []
 
 
+# model.attn_implementation's FlashAttention kernels and the package each needs
 ATTENTION_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 

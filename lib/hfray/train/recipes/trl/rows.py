@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-FLASH_KERNELS = ("flash_attention_2", "flash_attention_3")  # their varlen kernels want the flattened row
+from hfray.train.arguments import ATTENTION_PACKAGES  # the flash kernels: their varlen kernels want the flat row
 
 
 def keeps_rows(trainer: Any, layout: str, attn_implementation: str | None) -> bool:
@@ -27,7 +27,7 @@ def keeps_rows(trainer: Any, layout: str, attn_implementation: str | None) -> bo
     unless the model's kernel is FlashAttention."""
     if not getattr(trainer, "padding_free", False) or layout == "flat":
         return False
-    return layout == "rows" or attn_implementation not in FLASH_KERNELS
+    return layout == "rows" or attn_implementation not in ATTENTION_PACKAGES
 
 
 class PackedRows:
