@@ -205,6 +205,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="all hfray repeats of a workload use one storage path (re-runs: repeat 0 fills the tokenized-data cache)",
     )
+    parser.add_argument(
+        "--warm-workers",
+        type=int,
+        default=1,
+        help="warm workers per node of each cluster the bench starts, as `hfray cluster up` gives (0: none)",
+    )
     parser.add_argument("--set", action="append", default=[], help="one more key=value for hfray (repeatable)")
     parser.add_argument("--no-cache", action="store_true", help="data.cache_tokenized: false (the 'before' case)")
     parser.add_argument(
@@ -240,6 +246,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # is pickled by reference, so on a shared cluster the base driver's task ran the new worker-side code.
             clusters.append(start_local_ray_cluster(0, head_cpus=os.cpu_count() or 2, env=_lib_env(args.base_lib)))
             base_address = clusters[1].address
+        if getattr(args, "warm_workers", 0) > 0:
+            from hfray.cluster.local import warm_up
+
+            for cluster in clusters:
+                warm_up(cluster.address, args.warm_workers)
     result: dict[str, Any] = {
         "machine": tb.machine(),
         "settings": {k: str(v) for k, v in vars(args).items()},

@@ -8,7 +8,7 @@ from typing import Any
 import ray
 
 from hfray import timeline
-from hfray.cluster import prewarm
+from hfray.cluster import prewarm, warm
 from hfray.config import ClusterConfig, ResourcesConfig
 from hfray.errors import HfrayError, ResourceError
 from hfray.storage.endpoint import runtime_env
@@ -30,6 +30,9 @@ os.environ.setdefault(PRINT_PATCH_ENV, "0")
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.5"
 
+# Set in the driver of a ``ray job submit`` job (its runtime env is the submitted one).
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 
 def job_env(address: str) -> dict[str, str]:
     """Environment for the job's Ray processes (Train controller, workers, Tune trials) on a cluster at ``address``.
@@ -45,13 +48,25 @@ def job_env(address: str) -> dict[str, str]:
     return env
 
 
-def job_runtime_env(address: str) -> dict[str, Any] | None:
+def job_runtime_env(address: str, one_task: bool = False) -> dict[str, Any] | None:
     """The job's ``runtime_env``: :func:`job_env`'s variables, the storage endpoint and the Train workers' prewarm
-    hook (:mod:`hfray.cluster.prewarm`). Under ``ray job submit`` (``auto``) the submitted runtime env rules."""
+    hook (:mod:`hfray.cluster.prewarm`). Under ``ray job submit`` (``auto``) the submitted runtime env rules.
+
+    ``one_task``: a one-task run's job gets :data:`hfray.cluster.warm.RUNTIME_ENV` only, the same for every such
+    job, so that Ray can hand its task a warm worker; its task sets :func:`task_variables` itself."""
     env = runtime_env(job_env(address))
     if address == "auto":
         return env or None
+    if one_task:
+        return dict(warm.RUNTIME_ENV)
     return prewarm.job_runtime_env(env)
+
+
+def task_variables(cfg: ClusterConfig) -> dict[str, str]:
+    """The variables a one-task run's task sets in its process (its job's runtime env has none of them): those the
+    job's processes would get from :func:`job_runtime_env` (``cfg``'s cluster, once connected)."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or ray.get_runtime_context().gcs_address
+    return dict(runtime_env(job_env(address)).get("env_vars", {}))
 
 
 def attaches_to_running(address: str | None) -> bool:
@@ -60,21 +75,23 @@ def attaches_to_running(address: str | None) -> bool:
     return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
 
 
-def connect(cfg: ClusterConfig) -> str:
-    """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description."""
+def connect(cfg: ClusterConfig, one_task: bool = False) -> str:
+    """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description.
+    ``one_task``: for a one-task run (:func:`job_runtime_env`)."""
     if ray.is_initialized():
         check_connected_size(cfg)
         return "the Ray cluster this process is already connected to"
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    one_task = one_task and SUBMITTED_JOB_ENV not in os.environ  # ray job submit: the submitted runtime env rules
     if address:
         # Workers share this process's storage endpoint (never its credentials) and job_env's variables.
         try:
-            ray.init(address=address, runtime_env=job_runtime_env(address), **kwargs)
+            ray.init(address=address, runtime_env=job_runtime_env(address, one_task), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
-    start_local_cluster(cfg.num_cpus, cfg.num_gpus, **kwargs)
+    start_local_cluster(cfg.num_cpus, cfg.num_gpus, one_task, **kwargs)
     return "a local Ray cluster started by hfray"
 
 
@@ -92,7 +109,7 @@ def check_connected_size(cfg: ClusterConfig) -> None:
         raise ResourceError("; ".join(short) + hint)
 
 
-def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> str:
+def start_local_cluster(num_cpus: int | None, num_gpus: int | None, one_task: bool = False, **kwargs: Any) -> str:
     """Start a local cluster (with the dashboard: Train V2 uses the state API) whose processes know its address.
 
     Train V2's placement-group cleaner looks the cluster up by address auto-detection, which fails when the
@@ -107,7 +124,7 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, **kwargs: An
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        env = job_runtime_env(address)
+        env = job_runtime_env(address, one_task)
         init_local(dict(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs))
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)

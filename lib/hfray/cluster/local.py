@@ -184,3 +184,24 @@ def start_local_ray_cluster(
         # 2.60), and two nodes starting at once on a loaded 2-core machine timed out there.
         _wait_for_nodes(cluster, 1 + i, procs, timeout_s)
     return cluster
+
+
+def warm_up(address: str, count: int) -> int:
+    """Start ``count`` warm workers (:mod:`hfray.cluster.warm`) on every node of the development cluster at
+    ``address``, through a short connection of this process. Returns how many nodes took them."""
+    import ray
+
+    from hfray.cluster import warm
+
+    before = {key: os.environ.get(key) for key in client_env()}
+    os.environ.update(client_env())
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        return warm.prestart(count)
+    finally:
+        ray.shutdown()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -138,7 +138,7 @@ def reuse_or_connect(job: JobConfig, run_name: str, started: float) -> tuple[Run
     """(The summary of a run already complete, "") or (None, where the job runs: connected, resources checked)."""
     if run_is_complete(job, run_name):
         return summary(job, run_name, started, "none (run already complete)", reused=True), ""
-    where = connect.connect(job.cluster)
+    where = connect.connect(job.cluster, one_task=job.resources.launch == "task")
     timeline.mark("driver_ray_connected", "driver")
     connect.check_fits(job.resources, job.cluster)
     return None, where
@@ -227,7 +227,7 @@ def run_gated(job: JobConfig, recipe: Recipe, fresh: bool, watch: Watch | None =
 
     gate = start_gate.StartGate(run_name)
     thread, box = start_gate.check_in_background(gate, checks, ready=connected)
-    place["where"] = connect.connect(job.cluster)
+    place["where"] = connect.connect(job.cluster, one_task=job.resources.launch == "task")
     timeline.mark("driver_ray_connected", "driver")
     connect.check_fits(job.resources, job.cluster)  # raised here, the checks thread waits (a daemon) untouched
     connected.set()

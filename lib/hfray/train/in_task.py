@@ -16,21 +16,28 @@ Ray's prestarted workers, because Train gives both a runtime env. One task is on
 (``bench/results/overhead_cpu_dec04_late.md``). What it gives up: Train's worker-group restarts (the task is
 retried by Ray instead, ``max_retries`` = ``storage.max_failures``, and resumes from the run's last checkpoint)
 and Ray Data streaming (a worker group's shards), which the driver refuses before Ray starts.
+
+Warm workers (:mod:`hfray.cluster.warm`): the job of a one-task run has one fixed runtime env (the driver's
+variables travel in the spec and are set in the task's process), so Ray hands the task an idle worker that has
+imported the training stack already, if the node has one (``hfray cluster up`` starts one per node); the task asks its
+node for another as it ends, for the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
 
 from hfray import timeline
+from hfray.cluster import connect, warm
 from hfray.config import JobConfig
 from hfray.errors import ConfigError, Problem
 from hfray.train.recipes.base import Recipe
@@ -53,10 +60,32 @@ def resolve_launch(job: JobConfig, streams_ray_data: bool) -> JobConfig:
     return job.model_copy(update={"resources": res.model_copy(update={"launch": launch})})
 
 
-def _fit_in_task(build: Callable[[dict[str, Any]], Any], spec: dict[str, Any], end_mark: str) -> None:
+@contextlib.contextmanager
+def _variables(env: dict[str, str]) -> Iterator[None]:
+    """The job's variables set in this process for the run, and restored after (the job's runtime env carries none
+    of them: :func:`hfray.cluster.connect.job_runtime_env`)."""
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
-        build(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+        yield
     finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _fit_in_task(build: Callable[[dict[str, Any]], Any], spec: dict[str, Any], end_mark: str) -> None:
+    warm_process = warm.is_warm_process()
+    try:
+        with _variables(spec.get("env", {})):
+            timeline.mark_process_start("task")
+            timeline.mark("task_fn_start", "task", preloaded="transformers.trainer" in sys.modules, warm=warm_process)
+            build(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
+    finally:
+        if warm_process:  # in place of this process, which ends with the job: the next run's, warm
+            warm.prestart(1, ray.get_runtime_context().get_node_id())
         for stream in (sys.stdout, sys.stderr):  # each stream is forwarded on its own: a mark on each
             print(f"[hfray] {end_mark}", file=stream, flush=True)
 
@@ -126,6 +155,7 @@ class TaskTrainer:
             "callbacks": list(callbacks or []),
             "init_checkpoint": init_checkpoint,
             "marks": timeline.run_marks(),  # the driver's so far, for the run's manifest
+            "env": connect.task_variables(job.cluster),
         }
         res = job.resources
         self.options: dict[str, Any] = {
