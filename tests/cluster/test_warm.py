@@ -24,6 +24,7 @@ from hfray.cluster import warm
 from hfray.cluster.local import LocalRayCluster, client_env, start_local_ray_cluster, warm_up
 from hfray.storage import layout
 
+pytestmark = pytest.mark.ray  # its own local cluster (~30 s in all on 2 CPUs)
 REPO = Path(__file__).resolve().parents[2]
 
 
