@@ -186,22 +186,17 @@ def start_local_ray_cluster(
     return cluster
 
 
-def warm_up(address: str, count: int) -> int:
+def warm_up(address: str, count: int, timeout_s: float = 60) -> int:
     """Start ``count`` warm workers (:mod:`hfray.cluster.warm`) on every node of the development cluster at
-    ``address``, through a short connection of this process. Returns how many nodes took them."""
-    import ray
-
-    from hfray.cluster import warm
-
-    before = {key: os.environ.get(key) for key in client_env()}
-    os.environ.update(client_env())
-    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    ``address``. From a short-lived process of its own: this one's Ray connection (a test's, a notebook's) is left
+    as it is. Returns how many nodes took them (0 when the request failed: runs then start cold)."""
+    env = {**os.environ, **client_env()}
+    env.pop("RAY_ADDRESS", None)
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the hfray package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "hfray.cluster.warm", address, str(count)]
     try:
-        return warm.prestart(count)
-    finally:
-        ray.shutdown()
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        return 0

@@ -37,7 +37,9 @@ HOOK = "hfray.cluster.warm.preload"
 RUNTIME_ENV: dict[str, Any] = {"worker_process_setup_hook": HOOK}
 # What a one-task run's process imports before its first step, heaviest first (on 2 CPUs: 4.1 s, 535 MB resident).
 MODULES = ("torch", "transformers", "transformers.trainer", "hfray.train.local")
-KEEP_ALIVE_S = 3600  # Ray may end an idle prestarted worker after this when the node is over its worker limit
+# Until then Ray keeps an idle prestarted worker even on a node over its worker limit (num_workers_soft_limit, its
+# CPUs by default); after, such a node ends it: a busy node sheds its warm workers, a quiet one keeps them.
+KEEP_ALIVE_S = 600
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,22 @@ def is_warm_process() -> bool:
     from ray._private import ray_constants
 
     return os.environ.get(ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR) == HOOK
+
+
+def replace_this_process() -> bool:
+    """In a one-task run's process, as its run ends: one warm worker on this node in its place (the process ends
+    with its job), once per process: a job that runs several tasks in one process (retries, tests) adds one, not
+    one per task. Returns whether it asked."""
+    global _replaced
+    if _replaced or not is_warm_process():
+        return False
+    import ray
+
+    _replaced = True
+    return prestart(1, ray.get_runtime_context().get_node_id()) == 1
+
+
+_replaced = False
 
 
 def _request(count: int) -> Any:
@@ -99,3 +117,22 @@ def prestart(count: int = 1, node_id: str | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.debug("warm workers: the raylet at %s refused (%s)", address, exc)
     return accepted
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hfray.cluster.warm ADDRESS COUNT``: :func:`prestart` on every node of the cluster at ADDRESS,
+    from a process of its own (:func:`hfray.cluster.local.warm_up`); prints how many nodes took the request."""
+    import sys
+
+    import ray
+
+    address, count = (argv if argv is not None else sys.argv[1:])[:2]
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        print(prestart(int(count)))
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

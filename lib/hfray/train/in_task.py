@@ -84,8 +84,7 @@ def _fit_in_task(build: Callable[[dict[str, Any]], Any], spec: dict[str, Any], e
             timeline.mark("task_fn_start", "task", preloaded="transformers.trainer" in sys.modules, warm=warm_process)
             build(spec).fit()  # its Result stays here: storage has the run (metrics log, checkpoints, artifact)
     finally:
-        if warm_process:  # in place of this process, which ends with the job: the next run's, warm
-            warm.prestart(1, ray.get_runtime_context().get_node_id())
+        warm.replace_this_process()  # the next one-task run's process, warm (hfray.cluster.warm)
         for stream in (sys.stdout, sys.stderr):  # each stream is forwarded on its own: a mark on each
             print(f"[hfray] {end_mark}", file=stream, flush=True)
 
