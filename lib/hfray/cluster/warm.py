@@ -94,9 +94,16 @@ def _request(count: int) -> Any:
     )
 
 
+def _runs_tasks(node: dict[str, Any]) -> bool:
+    """A node that can run a one-task run's task (a cluster's head often has no CPUs for tasks: no warm worker)."""
+    resources = node.get("Resources", {})
+    return resources.get("CPU", 0) > 0 or resources.get("GPU", 0) > 0
+
+
 def prestart(count: int = 1, node_id: str | None = None) -> int:
-    """Ask the raylets of ``node_id`` (default: every alive node) for ``count`` warm workers each; needs a
-    connected Ray. Returns the number of nodes that accepted; never raises (a cold next run is the only cost)."""
+    """Ask the raylets of ``node_id`` (default: every alive node with CPUs or GPUs) for ``count`` warm workers each;
+    needs a connected Ray. Returns the number of nodes that accepted; never raises (a cold next run is the only
+    cost)."""
     import ray
     from ray._private.grpc_utils import init_grpc_channel  # Ray's channel: its token auth when the cluster has it
     from ray.core.generated import node_manager_pb2_grpc
@@ -104,7 +111,7 @@ def prestart(count: int = 1, node_id: str | None = None) -> int:
     accepted = 0
     try:
         request = _request(count)
-        nodes = [n for n in ray.nodes() if n.get("Alive") and node_id in (None, n["NodeID"])]
+        nodes = [n for n in ray.nodes() if n.get("Alive") and node_id in (None, n["NodeID"]) and _runs_tasks(n)]
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.debug("warm workers: no request for this Ray (%s)", exc)
         return 0
