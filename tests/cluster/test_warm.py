@@ -48,7 +48,7 @@ def _train(cluster: LocalRayCluster, job_file: Path, marks: Path) -> list[dict[s
 
 
 def _task_process(marks: list[dict[str, Any]]) -> tuple[int, float, dict[str, Any]]:
-    """(pid, creation time, task_fn_start mark) of the run's task; and the driver started after its process did."""
+    """(pid, creation time, task_fn_start mark) of the run's task, from its timeline marks."""
     fn_start = next(m for m in marks if m["phase"] == "task_fn_start")
     created = next(m["t"] for m in marks if m["phase"] == "process_start" and m["pid"] == fn_start["pid"])
     return fn_start["pid"], created, fn_start
