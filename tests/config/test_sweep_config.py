@@ -128,3 +128,13 @@ def test_a_trial_bigger_than_the_cluster_fails_before_any_trial(tmp_path, data_f
         run_sweep(JobConfig.from_dict(raw))
     assert "one trial needs 2.1 CPU" in str(info.value) and "sweep.trial_driver_cpus" in str(info.value)
     assert not list((tmp_path / "runs").glob("*-sweep/tuner.pkl"))  # nothing started
+
+
+def test_a_mistake_of_the_job_itself_is_reported_once_under_its_own_field():
+    raw = job_with(
+        {"parameters": {**LR, "training.weight_decay": {"type": "choice", "values": [0.0, 0.01, 0.1]}}},
+        training={"precision": "fp16"},  # the job asks for no GPU: fp16 cannot work whatever a trial samples
+    )
+    text = problems(raw)
+    assert text.count("fp16 needs GPUs") == 1, text
+    assert "training.precision" in text and "sweep.parameters" not in text

@@ -74,6 +74,9 @@ def check_space(job: JobConfig) -> list[JobConfig]:
     """Validate the job each edge value of each parameter produces; all problems at once. Returns those jobs."""
     assert job.sweep is not None
     base = job.to_dict()
+    # The job's own problems first, once, under their own fields: otherwise a mistake no parameter touches
+    # (tracking.mlflow without MLflow installed) came back once per edge value of every parameter.
+    check_training_arguments(JobConfig.from_dict(trial_job_dict(base, {}, base["storage"]["path"])))
     problems: list[Problem] = []
     edges: list[JobConfig] = []
     for key, param in job.sweep.parameters.items():
