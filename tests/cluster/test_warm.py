@@ -93,3 +93,36 @@ def test_prestart_asks_every_alive_node_and_a_job_with_another_runtime_env_gets_
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"nodes": 1, "loaded": False}
     assert f"{warm.__name__}.{warm.preload.__name__}" == warm.HOOK  # the hook names this module's function
+
+
+def test_a_sweeps_in_process_trials_start_in_warm_workers(warm_cluster, tmp_path, data_files) -> None:
+    """An in-process sweep driver asks the node for warm workers as it connects; Tune's trial processes are those:
+    the Trainer stack was imported before each trial's function ran, and each trial trained there."""
+    job = tiny_job(
+        tmp_path,
+        data_files,
+        training={"max_steps": 20, "eval_steps": 10, "per_device_train_batch_size": 32},
+        resources={"num_workers": 1, "cpus_per_worker": 0.9},
+        storage={"num_to_keep": 1, "max_failures": 0},
+    )
+    grid = {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}}
+    job["sweep"] = {"parameters": grid, "search": "grid", "num_samples": 1, "scheduler": {"type": "fifo"},
+                    "trial_driver_cpus": 0.1, "max_concurrent_trials": 2, "max_failures": 0}  # fmt: skip
+    job_file, marks_file = tmp_path / "sweep.yaml", tmp_path / "sweep_marks.jsonl"
+    job_file.write_text(yaml.safe_dump(job))
+    env = {**os.environ, **client_env(), "HFRAY_TIMELINE": str(marks_file), "PYTHONPATH": str(REPO / "lib")}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "hfray", "sweep", str(job_file), f"cluster.address={warm_cluster.address}", "--fresh"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    marks = [json.loads(line) for line in marks_file.read_text().splitlines() if line.strip()]
+    starts = [m for m in marks if m["phase"] == "trial_start"]
+    assert len(starts) == 2 and all(m["warm"] and m["preloaded"] for m in starts), starts
+    for start in starts:  # each trial trained in that process: its evaluations there, the loss down
+        logs = [
+            read_metrics_log(str(p)) for p in (tmp_path / "runs").rglob(layout.METRICS_LOG) if start["run"] in str(p)
+        ]
+        evals = [
+            r["eval_loss"] for log in logs for r in log if "eval_loss" in r and r.get("worker_pid") == start["pid"]
+        ]
+        assert len(evals) == 2 and evals[-1] < evals[0], (start, evals)

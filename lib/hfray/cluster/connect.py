@@ -75,9 +75,10 @@ def attaches_to_running(address: str | None) -> bool:
     return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
 
 
-def connect(cfg: ClusterConfig, one_task: bool = False) -> str:
+def connect(cfg: ClusterConfig, one_task: bool = False, warm_workers: int = 1) -> str:
     """Attach to ``cluster.address`` / ``$RAY_ADDRESS``, or start a local cluster. Returns a description.
-    ``one_task``: for a one-task run (:func:`job_runtime_env`)."""
+    ``one_task``: for a one-task run or in-process sweep trials (:func:`job_runtime_env`); a local cluster started
+    here then gets ``warm_workers`` warm workers (:func:`start_local_cluster`)."""
     if ray.is_initialized():
         check_connected_size(cfg)
         return "the Ray cluster this process is already connected to"
@@ -91,7 +92,7 @@ def connect(cfg: ClusterConfig, one_task: bool = False) -> str:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HfrayError(f"cluster.address: cannot connect to Ray at {address!r}: {exc}") from None
         return f"Ray cluster at {address}"
-    start_local_cluster(cfg.num_cpus, cfg.num_gpus, one_task, **kwargs)
+    start_local_cluster(cfg.num_cpus, cfg.num_gpus, one_task, warm_workers, **kwargs)
     return "a local Ray cluster started by hfray"
 
 
@@ -109,12 +110,18 @@ def check_connected_size(cfg: ClusterConfig) -> None:
         raise ResourceError("; ".join(short) + hint)
 
 
-def start_local_cluster(num_cpus: int | None, num_gpus: int | None, one_task: bool = False, **kwargs: Any) -> str:
+def start_local_cluster(
+    num_cpus: int | None, num_gpus: int | None, one_task: bool = False, warm_workers: int = 1, **kwargs: Any
+) -> str:
     """Start a local cluster (with the dashboard: Train V2 uses the state API) whose processes know its address.
 
     Train V2's placement-group cleaner looks the cluster up by address auto-detection, which fails when the
     host runs another Ray cluster; then trials that Tune stops leak their workers' placement groups and later
     trials wait forever. Choosing the GCS port up front lets every worker get ``RAY_ADDRESS``.
+
+    ``one_task`` (the job's env is :data:`hfray.cluster.warm.RUNTIME_ENV`): Ray would prestart one worker per CPU
+    for a cluster's first driver, each importing the training stack (16 on a 16-CPU GPU host, ~0.5 GB and a few CPU
+    seconds each, for a run that needs one); that is turned off and ``warm_workers`` are started instead.
     """
     import socket
 
@@ -123,11 +130,15 @@ def start_local_cluster(num_cpus: int | None, num_gpus: int | None, one_task: bo
         port = sock.getsockname()[1]
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    init = dict(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=job_runtime_env(address, one_task), **kwargs)
+    if one_task:
+        init["_system_config"] = {"prestart_worker_first_driver": False}
     try:
-        env = job_runtime_env(address, one_task)
-        init_local(dict(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env, **kwargs))
+        init_local(init)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    if one_task and warm_workers > 0:
+        warm.prestart(warm_workers)
     return address
 
 

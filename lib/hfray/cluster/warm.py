@@ -63,6 +63,17 @@ def is_warm_process() -> bool:
     return os.environ.get(ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR) == HOOK
 
 
+def job_is_warm() -> bool:
+    """Whether this connected process's job has :data:`RUNTIME_ENV`, so that Ray hands its tasks and actors warm
+    workers (a process connected before hfray's driver ran, or under ``ray job submit``, has its own env)."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().runtime_env.get("worker_process_setup_hook") == HOOK
+    except Exception:  # noqa: BLE001 - not connected, or a Ray without the call: no warm workers, nothing else
+        return False
+
+
 def replace_this_process() -> bool:
     """In a one-task run's process, as its run ends: one warm worker on this node in its place (the process ends
     with its job), once per process: a job that runs several tasks in one process (retries, tests) adds one, not

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 import ray.tune
 
-from hfray.cluster import connect
+from hfray.cluster import connect, warm
 from hfray.config import JobConfig
 from hfray.data.sources import load_source
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
@@ -76,6 +76,8 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
         "attach_checkpoints": plan.needs_tune_checkpoints,
         "reuse_actors": reuses_actors(sweep),
         "in_process": plan.in_process,
+        # The job's variables, which an in-process sweep's job env does not carry (connect.job_runtime_env)
+        "env": connect.task_variables(job.cluster) if plan.in_process else {},
     }
     # An in-process trial trains in its trial process, which then holds the worker's resources as well.
     held = per_trial_resources(job) if plan.in_process else {"CPU": sweep.trial_driver_cpus}
@@ -110,6 +112,19 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
             verbose=1,
         ),
     )
+
+
+def warm_trial_processes(job: JobConfig, concurrent: int) -> None:
+    """In-process trials: each node is asked for as many warm workers (:mod:`hfray.cluster.warm`) as trials it fits
+    at once, so that Tune's first trial processes have the training stack imported while the driver sets Tune up
+    (the first trial of a process was 19-23 s from its start to its first step on an H100, of which 9-11 s imports:
+    ``bench/results/sweep_trials_gpu_dec05_h100.md``)."""
+    need = per_trial_resources(job)
+    for node in ray.nodes():
+        have = node.get("Resources", {})
+        fits = min(math.floor(have.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0)
+        if node.get("Alive") and min(fits, concurrent) > 0:
+            warm.prestart(min(fits, concurrent), node["NodeID"])
 
 
 def reuses_actors(sweep: Any) -> bool:
@@ -273,9 +288,14 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
         return _finished_summary(plan, started)
     resume = _check_restorable(plan, resume)
-    where = connect.connect(job.cluster)
+    # In-process trials (and a refit run of one task) take warm workers; a refit as a Ray Train run needs the job
+    # env's variables in its controller and workers, so resources.launch=train keeps the usual env.
+    warm_env = plan.in_process and job.resources.launch != "train"
+    where = connect.connect(job.cluster, one_task=warm_env, warm_workers=0)  # as many as trials fit, below
     connect.check_fits(job.resources, job.cluster)
     plan.max_concurrent = max_concurrent_trials(job)
+    if warm_env and warm.job_is_warm():
+        warm_trial_processes(job, plan.max_concurrent)
     sweep = job.sweep
     assert sweep is not None
     print(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 import uuid
@@ -26,6 +27,7 @@ import ray.tune
 
 from hfray import timeline
 from hfray.artifacts.metrics_log import read_metrics_log
+from hfray.cluster import warm
 from hfray.config import JobConfig
 from hfray.storage import layout
 from hfray.train.driver import fit, run_is_complete
@@ -165,10 +167,13 @@ def stop_run(fit: threading.Thread, stop_file: str | None) -> None:
 
 def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the job with this trial's values, trained by a TorchTrainer, reported to Tune."""
+    os.environ.update(context.get("env", {}))  # an in-process sweep's job variables (its job env has none)
     timeline.mark_process_start("trial")  # once per process: a reused trial actor marks it only for its first
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(RESET_WAIT_S))  # read here when Tune reuses it
     trial_id = ray.tune.get_context().get_trial_id()
-    timeline.mark("trial_start", "trial", run=trial_id)
+    # Whether this process had the training stack imported before the trial (a warm worker: hfray.cluster.warm).
+    preloaded = "transformers.trainer" in sys.modules
+    timeline.mark("trial_start", "trial", run=trial_id, warm=warm.is_warm_process(), preloaded=preloaded)
     raw = trial_job_dict(context["job"], config, context["trials_storage"])
     job = JobConfig.from_dict(raw, source=f"job of trial {trial_id}")
     recipe = recipe_for(job.task)
