@@ -346,3 +346,39 @@ def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_r
     job = JobConfig.from_dict(raw)
     trainer = build_trainer(job, model, tokenizer, trl_arguments(job, str(tmp_path / "hf"), False), trainer_splits, [])
     assert trainer.data_collator(examples)["input_ids"].shape[0] == 1
+
+
+def test_packed_rows_under_torch_compile_have_one_shape_and_train_with_the_eager_losses(tmp_path, chat_tokenizer):
+    """``training.torch_compile`` on packed SFT rows: every batch is padded to the packed length (one shape, so the
+    compiled step is not compiled again for a shorter batch), and the compiled model trains with eager's losses:
+    documents stay apart under compile too (transformers reads them from the position ids in the graph)."""
+    import torch._dynamo
+    from transformers import set_seed
+
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    losses = {}
+    for compiled in (False, True):
+        packed = {"messages_column": "conversation", "packing": True}
+        steps = {"max_steps": 4, "logging_steps": 1, "torch_compile": compiled}
+        if compiled:  # Dynamo's graphs and AOTAutograd's backward, without Inductor's C++ build (~30 s on 2 CPUs)
+            steps["extra_args"] = {"torch_compile_backend": "aot_eager"}
+        raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
+        job = JobConfig.from_dict(raw)
+        tokenizer = load_chat_tokenizer(job)
+        set_seed(0)
+        model = build_causal_lm(job, tokenizer)
+        args = trl_arguments(job, str(tmp_path / f"hf{compiled}"), use_gpu=False)
+        trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        width = batch["input_ids"].shape[1]  # eager: the batch's longest row, shorter than the packed length here
+        assert width == job.data.max_length if compiled else width < job.data.max_length, width
+        torch._dynamo.utils.counters.clear()
+        trainer.train()
+        losses[compiled] = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == compiled  # the step ran compiled
+    assert len(losses[True]) == 4 and losses[True][-1] < losses[True][0], losses
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses

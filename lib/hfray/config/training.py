@@ -92,8 +92,9 @@ class TrainingConfig(Section):
     torch_compile: bool = Field(
         False,
         description="torch.compile the model (HF Trainer's integration; masked-lm compiles the encoder, its head on "
-        "masked positions runs eager). The compile cache is kept under <storage.path>/.hfray_cache/compile, so "
-        "re-runs, resumed runs and sweep trials of a local storage path reuse it.",
+        "masked positions runs eager; packed SFT rows are padded to data.max_length, one shape for every batch). The "
+        "compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials "
+        "of a local storage path reuse it.",
     )
     liger_kernel: bool | None = Field(
         None,

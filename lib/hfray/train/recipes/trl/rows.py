@@ -34,10 +34,14 @@ class PackedRows:
     """A collator: TRL's packed examples (``input_ids``, ``seq_lengths``, maybe ``labels``) -> a (rows, length) batch
     whose documents are told apart by ``position_ids`` alone."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pad_to: int | None = None) -> None:
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-        self.collate = DataCollatorForLanguageModeling(pad_token_id, padding_free=False, return_position_ids=True)
+        # pad_to (the packed length): every batch the same shape, so a compiled step is not compiled again for a
+        # batch whose longest row is shorter (rows are at most that long: padding to a multiple pads to it)
+        self.collate = DataCollatorForLanguageModeling(
+            pad_token_id, padding_free=False, return_position_ids=True, pad_to_multiple_of=pad_to
+        )
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(examples)
@@ -71,8 +75,8 @@ class RowTokens:
         return out
 
 
-def keep_rows(trainer: Any) -> None:
-    """Gives a padding-free SFT trainer the rows collator (padding with TRL's own pad token) and the row-wise token
-    count."""
-    trainer.data_collator = PackedRows(trainer.data_collator.pad_token_id)
+def keep_rows(trainer: Any, pad_to: int | None = None) -> None:
+    """Gives a padding-free SFT trainer the rows collator (padding with TRL's own pad token; to ``pad_to`` tokens
+    when given) and the row-wise token count."""
+    trainer.data_collator = PackedRows(trainer.data_collator.pad_token_id, pad_to)
     trainer.compute_loss = RowTokens(trainer)

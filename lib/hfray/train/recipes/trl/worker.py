@@ -59,7 +59,7 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
     if job.task == "sft":
         trainer = SFTTrainer(model=model, **common)
         if rows.keeps_rows(trainer, job.trl.packed_layout, model.config._attn_implementation):  # packed: rows
-            rows.keep_rows(trainer)
+            rows.keep_rows(trainer, job.data.max_length if job.training.torch_compile else None)
         return trainer
     from accelerate.utils import is_peft_model
 
