@@ -114,6 +114,19 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
     )
 
 
+def connect_sweep(job: JobConfig, plan: SweepPlan) -> str:
+    """Connect (or start a local cluster), check that trials fit, and set ``plan.max_concurrent``. In-process trials
+    (and a refit run of one task) take warm workers; a refit as a Ray Train run needs the job env's variables in its
+    controller and workers, so ``resources.launch: train`` keeps the usual env. Returns where the sweep runs."""
+    warm_env = plan.in_process and job.resources.launch != "train"
+    where = connect.connect(job.cluster, one_task=warm_env, warm_workers=0)  # as many as trials fit, below
+    connect.check_fits(job.resources, job.cluster)
+    plan.max_concurrent = max_concurrent_trials(job)
+    if warm_env and warm.job_is_warm():  # no more than the sweep's trials: a big node fits many small ones
+        warm_trial_processes(job, min(plan.max_concurrent, expected_trials(job.sweep)))
+    return where
+
+
 def warm_trial_processes(job: JobConfig, concurrent: int) -> None:
     """In-process trials: each node is asked for as many warm workers (:mod:`hfray.cluster.warm`) as trials it fits
     at once, so that Tune's first trial processes have the training stack imported while the driver sets Tune up
@@ -288,14 +301,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
         return _finished_summary(plan, started)
     resume = _check_restorable(plan, resume)
-    # In-process trials (and a refit run of one task) take warm workers; a refit as a Ray Train run needs the job
-    # env's variables in its controller and workers, so resources.launch=train keeps the usual env.
-    warm_env = plan.in_process and job.resources.launch != "train"
-    where = connect.connect(job.cluster, one_task=warm_env, warm_workers=0)  # as many as trials fit, below
-    connect.check_fits(job.resources, job.cluster)
-    plan.max_concurrent = max_concurrent_trials(job)
-    if warm_env and warm.job_is_warm():
-        warm_trial_processes(job, plan.max_concurrent)
+    where = connect_sweep(job, plan)
     sweep = job.sweep
     assert sweep is not None
     print(
