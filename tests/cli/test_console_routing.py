@@ -78,8 +78,15 @@ def test_sweep_console_keeps_tunes_table_and_logs_forwarded_lines(tmp_path, monk
         print("Trial status: 1 RUNNING | 1 PENDING")  # Tune's table, printed by this process
         print("(sweep_trial pid=9, ip=10.0.0.2) " + WORKER.strip() + " [hfray] step 3/12 loss 0.7")
         print("\x1b[36m(TrainController pid=5)\x1b[0m Requesting resources")
-    out, _ = capsys.readouterr()
+        # libraries' log records in this process (MLflow's tracking callback, Ray starting the local cluster)
+        print("2026/12/05 15:49:49 INFO mlflow.store.db.utils: Creating initial MLflow database tables...")
+        print("2026-12-05 15:13:16,258\tINFO worker.py:2038 -- Started a local Ray instance.", file=sys.stderr)
+        print("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        print("2026-12-05 15:13:16,258\tWARNING tune.py:1 -- a warning stays", file=sys.stderr)
+    out, err = capsys.readouterr()
     assert out.splitlines()[1:] == ["Trial status: 1 RUNNING | 1 PENDING"]
+    assert err.splitlines() == ["2026-12-05 15:13:16,258\tWARNING tune.py:1 -- a warning stays"]
     log = shown.log_path.read_text()
     assert "(sweep_trial pid=9" in log and "(TrainController pid=5) Requesting resources" in log
+    assert "Creating initial MLflow database tables" in log and "Token authentication is enabled" in log
     assert shown.progress is None

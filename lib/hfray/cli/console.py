@@ -37,6 +37,13 @@ _FORWARDED = re.compile(r"^\((\S+ )?pid=\d+")  # Ray's prefix of a line another 
 # Worker lines the console shows too (once each, without Ray's prefix): a run that resumes says from where; storage
 # that fails is retried and said (hfray.storage.retry), whichever process (Train worker or controller, task) met it.
 _SHOWN = re.compile(r"^\([^)]*\) (\[hfray\] (?:resuming from checkpoint|storage: ).*)$")
+# A sweep shows the lines its own process prints (Tune's table), but not libraries' log records among them: MLflow's
+# and Ray's timestamped INFO/DEBUG lines, and Ray's notice that the local cluster hfray started uses token auth
+# (nothing for the user to do: it is hfray's loopback cluster). They stay in the log file.
+_CHATTER = re.compile(
+    r"^\d{4}[-/]\d\d[-/]\d\d[ T]\d\d:\d\d:\d\d\S*\s+(INFO|DEBUG)\b"
+    r"|^Token authentication is enabled for this Ray cluster"
+)
 
 
 def log_dir() -> Path:
@@ -167,7 +174,7 @@ class Console:
             print(line, file=stream, flush=True)
         elif plain.startswith(_OWN) and not (self.quiet and plain.startswith("[hfray]")):
             self.say(plain, stream)
-        elif self.driver_lines and not self.quiet and not _FORWARDED.match(plain):
+        elif self.driver_lines and not self.quiet and not _FORWARDED.match(plain) and not _CHATTER.match(plain):
             self.say(line, stream)
         elif (shown := _SHOWN.match(plain)) and not self.quiet and shown[1] not in self.shown:
             self.shown.add(shown[1])

@@ -94,7 +94,9 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
             scheduler=scheduler,
             search_alg=build_search_alg(sweep, plan.metric, plan.mode, plan.max_concurrent),
             num_samples=sweep.num_samples,
-            max_concurrent_trials=plan.max_concurrent,
+            # Given to the search algorithm (build_search_alg); Tune warns that it ignores this for
+            # BasicVariantGenerator, and wraps only a Searcher (optuna) in a ConcurrencyLimiter.
+            max_concurrent_trials=plan.max_concurrent if sweep.search == "optuna" else None,
             time_budget_s=sweep.time_budget_s,
             # A finished trial's process (Python, Ray, hfray's trial imports, its report queue) runs the next trial:
             # one process boot fewer per trial (bench/results/sweep_trials_cpu.md); not for PBT, PB2, HyperBand.
