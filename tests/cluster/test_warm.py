@@ -126,3 +126,22 @@ def test_a_sweeps_in_process_trials_start_in_warm_workers(warm_cluster, tmp_path
             r["eval_loss"] for log in logs for r in log if "eval_loss" in r and r.get("worker_pid") == start["pid"]
         ]
         assert len(evals) == 2 and evals[-1] < evals[0], (start, evals)
+
+
+def test_a_sweeps_check_that_fails_while_ray_starts_is_reported_and_no_trial_runs(warm_cluster, tmp_path, data_files):
+    """A sweep's checks run while its driver connects (``cluster.overlap_checks``); one that fails meanwhile is the
+    command's error, naming the field, and no trial starts."""
+    job = tiny_job(tmp_path, data_files, data={"text_column": "body"}, resources={"num_workers": 1})
+    job["sweep"] = {
+        "parameters": {"training.learning_rate": {"type": "grid", "values": [8e-3, 5e-3]}},
+        "search": "grid",
+    }
+    job_file = tmp_path / "bad_sweep.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    env = {**os.environ, **client_env(), "PYTHONPATH": str(REPO / "lib")}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "hfray", "sweep", str(job_file), f"cluster.address={warm_cluster.address}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "data.text_column" in done.stderr and "body" in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "runs").rglob("trials/*"))  # no trial started

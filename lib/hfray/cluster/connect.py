@@ -119,9 +119,10 @@ def start_local_cluster(
     host runs another Ray cluster; then trials that Tune stops leak their workers' placement groups and later
     trials wait forever. Choosing the GCS port up front lets every worker get ``RAY_ADDRESS``.
 
-    ``one_task`` (the job's env is :data:`hfray.cluster.warm.RUNTIME_ENV`): Ray would prestart one worker per CPU
-    for a cluster's first driver, each importing the training stack (16 on a 16-CPU GPU host, ~0.5 GB and a few CPU
-    seconds each, for a run that needs one); that is turned off and ``warm_workers`` are started instead.
+    ``one_task`` (the job's env is :data:`hfray.cluster.warm.RUNTIME_ENV`): Ray prestarts workers for a cluster's
+    first driver (its raylet gets ``--num_prestart_python_workers`` = the node's CPUs; 2 on this project's 2-core box
+    whatever ``num_cpus``), each of which would import the training stack (~0.5 GB and a few CPU seconds each; up to
+    16 at once on a 16-CPU GPU host, for a run that needs one): that is turned off and ``warm_workers`` are started.
     """
     import socket
 

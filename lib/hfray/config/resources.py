@@ -34,5 +34,6 @@ class ClusterConfig(Section):
     overlap_checks: bool = Field(
         True,
         description="Start Ray (a local cluster's boot, the Train workers) while the driver checks the job "
-        "(classification); the workers wait for the checks, and train only if they pass.",
+        "(classification); the workers wait for the checks, and train only if they pass. hfray sweep: the sweep's "
+        "checks run while Ray starts and its warm trial processes import; no trial starts unless they pass.",
     )

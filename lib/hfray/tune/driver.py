@@ -1,6 +1,7 @@
 """Hyperparameter sweeps on Ray Tune, on the driver: ``hfray sweep`` is :func:`run_sweep`.
 
-Checks first (the space at its edges, the metric, the recipe's data and model checks), then one Tune function
+Checks first (the space at its edges, the metric, the recipe's data and model checks; while Ray starts, unless
+``cluster.overlap_checks`` is off or under ``ray job submit``), then one Tune function
 trainable per trial (:mod:`hfray.tune.trial`) that runs the same Ray Train run as ``hfray train``; the schedulers
 are Ray's with a decision log (:mod:`hfray.tune.schedulers`). After the sweep, the best checkpoint across all
 trials is exported as an artifact and the report written (:mod:`hfray.tune.results`).
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,17 +118,44 @@ def build_tuner(job: JobConfig, plan: SweepPlan, resume: bool) -> Any:
     )
 
 
-def connect_sweep(job: JobConfig, plan: SweepPlan) -> str:
-    """Connect (or start a local cluster), check that trials fit, and set ``plan.max_concurrent``. In-process trials
-    (and a refit run of one task) take warm workers; a refit as a Ray Train run needs the job env's variables in its
-    controller and workers, so ``resources.launch: train`` keeps the usual env. Returns where the sweep runs."""
-    warm_env = plan.in_process and job.resources.launch != "train"
+def connect_sweep(job: JobConfig, in_process: bool) -> tuple[str, int]:
+    """Connect (or start a local cluster), check that trials fit. In-process trials (and a refit run of one task)
+    take warm workers; a refit as a Ray Train run needs the job env's variables in its controller and workers, so
+    ``resources.launch: train`` keeps the usual env. Returns where the sweep runs and how many trials run at once."""
+    warm_env = in_process and job.resources.launch != "train"
     where = connect.connect(job.cluster, one_task=warm_env, warm_workers=0)  # as many as trials fit, below
     connect.check_fits(job.resources, job.cluster)
-    plan.max_concurrent = max_concurrent_trials(job)
+    concurrent = max_concurrent_trials(job)
     if warm_env and warm.job_is_warm():  # no more than the sweep's trials: a big node fits many small ones
-        warm_trial_processes(job, min(plan.max_concurrent, expected_trials(job.sweep)))
-    return where
+        warm_trial_processes(job, min(concurrent, expected_trials(job.sweep)))
+    return where, concurrent
+
+
+def overlaps_checks(job: JobConfig) -> bool:
+    """Whether the sweep's checks run while Ray starts (as ``hfray train``'s do: ``cluster.overlap_checks``); not in
+    a process already connected (nothing to overlap) nor under ``ray job submit`` (hfray.train.driver says why)."""
+    return job.cluster.overlap_checks and not ray.is_initialized() and RAY_JOB_ENV not in os.environ
+
+
+def prepare_while_connecting(job: JobConfig, fresh: bool) -> tuple[JobConfig, SweepPlan, str, int]:
+    """:func:`prepare_sweep` in a thread while this one connects (a local cluster boots, warm workers import the
+    training stack): their times overlap. A failed check is raised once connected, before any trial starts."""
+    in_process = in_process_trials(job)  # its own config errors come before Ray
+    box: dict[str, Any] = {}
+
+    def checks() -> None:
+        try:
+            box["prepared"] = prepare_sweep(job, fresh)
+        except BaseException as exc:  # raised in the driver's thread, below
+            box["error"] = exc
+
+    thread = threading.Thread(target=checks, name="hfray-sweep-checks", daemon=True)
+    thread.start()
+    where, concurrent = connect_sweep(job, in_process)  # raised at once: the checks thread is a daemon
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return (*box["prepared"], where, concurrent)
 
 
 def warm_trial_processes(job: JobConfig, concurrent: int) -> None:
@@ -207,8 +236,8 @@ def refit_refused(task: str) -> str:
     return f"a refit retrains on the rows split on the driver, for {listed}; {task} jobs read theirs on the workers"
 
 
-def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, SweepPlan]:
-    """Every check that needs no trial: the space, the metric, data, tokenizer and model config."""
+def check_sweepable(job: JobConfig) -> None:
+    """The job has a sweep section, its task is one hfray sweeps, and a refit can retrain it."""
     if job.sweep is None:
         raise ConfigError([Problem("sweep", "hfray sweep needs a sweep: section (parameters, search, scheduler)")])
     recipe = recipe_for(job.task)
@@ -218,6 +247,13 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
         )
     if job.sweep.refit and recipe.trial_data is None:
         raise ConfigError([Problem("sweep.refit", refit_refused(job.task), True, True)])
+
+
+def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, SweepPlan]:
+    """Every check that needs no trial: the space, the metric, data, tokenizer and model config."""
+    check_sweepable(job)
+    assert job.sweep is not None
+    recipe = recipe_for(job.task)
     name = sweep_name(job)  # from the job as written, before paths are resolved
     notes = []
     if job.sweep.restores_checkpoints and job.training.checkpoint_every_n_evals != 1:
@@ -299,11 +335,18 @@ def drop_trial_local_files(trials_storage: str, runs: list[str]) -> None:
 def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> SweepSummary:
     """Sweep a job end to end: checks, trials on Ray Tune, best checkpoint exported, report written."""
     started = time.time()
-    job, plan = prepare_sweep(job, fresh)
+    check_sweepable(job)
+    if overlaps_checks(job):
+        job, plan, where, concurrent = prepare_while_connecting(job, fresh)
+        plan.max_concurrent = concurrent
+    else:
+        job, plan = prepare_sweep(job, fresh)
+        where = ""
     if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
         return _finished_summary(plan, started)
     resume = _check_restorable(plan, resume)
-    where = connect_sweep(job, plan)
+    if not where:
+        where, plan.max_concurrent = connect_sweep(job, plan.in_process)
     sweep = job.sweep
     assert sweep is not None
     print(
