@@ -126,6 +126,10 @@ def test_a_sweeps_in_process_trials_start_in_warm_workers(warm_cluster, tmp_path
             r["eval_loss"] for log in logs for r in log if "eval_loss" in r and r.get("worker_pid") == start["pid"]
         ]
         assert len(evals) == 2 and evals[-1] < evals[0], (start, evals)
+    again = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=300)  # without --fresh
+    assert again.returncode == 0 and "was already complete" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    marks = [json.loads(line) for line in marks_file.read_text().splitlines() if line.strip()]
+    assert len([m for m in marks if m["phase"] == "trial_start"]) == 2  # nothing trained again
 
 
 def test_a_sweeps_check_that_fails_while_ray_starts_is_reported_and_no_trial_runs(warm_cluster, tmp_path, data_files):

@@ -26,7 +26,7 @@ from hfray.config import JobConfig
 from hfray.data.sources import load_source
 from hfray.errors import ConfigError, HfrayError, Problem, ResourceError, SweepInterrupted
 from hfray.storage import fs, layout
-from hfray.train.driver import RAY_JOB_ENV, latest_run
+from hfray.train.driver import RAY_JOB_ENV, latest_run, resolve_storage
 from hfray.train.launch import local_root
 from hfray.train.recipes import RECIPES, recipe_for
 from hfray.train.tracking.driver import sweep_curves, tune_callbacks
@@ -135,6 +135,14 @@ def overlaps_checks(job: JobConfig) -> bool:
     """Whether the sweep's checks run while Ray starts (as ``hfray train``'s do: ``cluster.overlap_checks``); not in
     a process already connected (nothing to overlap) nor under ``ray job submit`` (hfray.train.driver says why)."""
     return job.cluster.overlap_checks and not ray.is_initialized() and RAY_JOB_ENV not in os.environ
+
+
+def finished_already(job: JobConfig) -> bool:
+    """Without ``--fresh``: whether the job's latest sweep has its summary, which re-running it returns without Ray
+    (so the checks need not overlap a cluster's start). Cheap: storage resolved, no data read."""
+    storage = resolve_storage(job).storage.path
+    latest = latest_run(storage, sweep_name(job), False, lambda _: True)  # without fresh: a lookup, nothing written
+    return fs.exists(fs.join(storage, latest, layout.SWEEP_SUMMARY))
 
 
 def prepare_while_connecting(job: JobConfig, fresh: bool) -> tuple[JobConfig, SweepPlan, str, int]:
@@ -336,7 +344,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     """Sweep a job end to end: checks, trials on Ray Tune, best checkpoint exported, report written."""
     started = time.time()
     check_sweepable(job)
-    if overlaps_checks(job):
+    if overlaps_checks(job) and (fresh or not finished_already(job)):
         job, plan, where, concurrent = prepare_while_connecting(job, fresh)
         plan.max_concurrent = concurrent
     else:
