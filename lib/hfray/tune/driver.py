@@ -45,11 +45,16 @@ def per_trial_resources(job: JobConfig) -> dict[str, float]:
     return need
 
 
+def trials_fitting(have: dict[str, float], need: dict[str, float]) -> int:
+    """How many trials of ``need`` (per_trial_resources) fit in ``have`` (a cluster's or a node's resources)."""
+    return min(math.floor(have.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0)
+
+
 def max_concurrent_trials(job: JobConfig) -> int:
     """How many trials the cluster runs at once (fractional GPUs let several share one GPU)."""
     need = per_trial_resources(job)
     total = ray.cluster_resources()
-    fits = min(math.floor(total.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0)
+    fits = trials_fitting(total, need)
     wanted = job.sweep.max_concurrent_trials  # type: ignore[union-attr]
     if job.cluster.check_resources and fits < 1:
         have = ", ".join(f"{total.get(k, 0):g} {k}" for k in need)
@@ -137,12 +142,17 @@ def overlaps_checks(job: JobConfig) -> bool:
     return job.cluster.overlap_checks and not ray.is_initialized() and RAY_JOB_ENV not in os.environ
 
 
+def sweep_finished(sweep_dir: str) -> bool:
+    """Whether the sweep in ``sweep_dir`` wrote its summary (it ran to the end)."""
+    return fs.exists(fs.join(sweep_dir, layout.SWEEP_SUMMARY))
+
+
 def finished_already(job: JobConfig) -> bool:
     """Without ``--fresh``: whether the job's latest sweep has its summary, which re-running it returns without Ray
     (so the checks need not overlap a cluster's start). Cheap: storage resolved, no data read."""
     storage = resolve_storage(job).storage.path
     latest = latest_run(storage, sweep_name(job), False, lambda _: True)  # without fresh: a lookup, nothing written
-    return fs.exists(fs.join(storage, latest, layout.SWEEP_SUMMARY))
+    return sweep_finished(fs.join(storage, latest))
 
 
 def prepare_while_connecting(job: JobConfig, fresh: bool) -> tuple[JobConfig, SweepPlan, str, int]:
@@ -173,10 +183,9 @@ def warm_trial_processes(job: JobConfig, concurrent: int) -> None:
     ``bench/results/sweep_trials_gpu_dec05_h100.md``)."""
     need = per_trial_resources(job)
     for node in ray.nodes():
-        have = node.get("Resources", {})
-        fits = min(math.floor(have.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0)
-        if node.get("Alive") and min(fits, concurrent) > 0:
-            warm.prestart(min(fits, concurrent), node["NodeID"])
+        count = min(trials_fitting(node.get("Resources", {}), need), concurrent)
+        if node.get("Alive") and count > 0:
+            warm.prestart(count, node["NodeID"])
 
 
 def reuses_actors(sweep: Any) -> bool:
@@ -275,7 +284,7 @@ def prepare_sweep(job: JobConfig, fresh: bool = False) -> tuple[JobConfig, Sweep
     in_process = in_process_trials(job)
     job, prepared = recipe.preflight(job, True)
     storage = job.storage.path
-    name = latest_run(storage, name, fresh, lambda n: fs.exists(fs.join(storage, n, layout.SWEEP_SUMMARY)))
+    name = latest_run(storage, name, fresh, lambda n: sweep_finished(fs.join(storage, n)))
     plan = make_plan(job, prepared, name, edges)
     plan.artifact_fields = recipe.artifact_fields(job)
     plan.in_process = in_process
@@ -350,7 +359,7 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     else:
         job, plan = prepare_sweep(job, fresh)
         where = ""
-    if fs.exists(fs.join(plan.sweep_dir, layout.SWEEP_SUMMARY)):
+    if sweep_finished(plan.sweep_dir):
         return _finished_summary(plan, started)
     resume = _check_restorable(plan, resume)
     if not where:
