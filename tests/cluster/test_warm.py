@@ -38,13 +38,24 @@ def warm_cluster() -> Iterator[LocalRayCluster]:
         cluster.stop()
 
 
-def _train(cluster: LocalRayCluster, job_file: Path, marks: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, **client_env(), "HFRAY_TIMELINE": str(marks), "PYTHONPATH": str(REPO / "lib")}
+def _hfray(cluster: LocalRayCluster, *args: str, marks: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m hfray ARGS cluster.address=...`` as a user runs it against the cluster (its client env, no
+    inherited ``RAY_ADDRESS``); ``marks``: the command's timeline file (``HFRAY_TIMELINE``)."""
+    env = {**os.environ, **client_env(), "PYTHONPATH": str(REPO / "lib")}
+    env.update({"HFRAY_TIMELINE": str(marks)} if marks is not None else {})
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "hfray", "train", str(job_file), f"cluster.address={cluster.address}", "--fresh"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "hfray", *args, f"cluster.address={cluster.address}"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _marks(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _train(cluster: LocalRayCluster, job_file: Path, marks: Path) -> list[dict[str, Any]]:
+    done = _hfray(cluster, "train", str(job_file), "--fresh", marks=marks)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [json.loads(line) for line in marks.read_text().splitlines() if line.strip()]
+    return _marks(marks)
 
 
 def _task_process(marks: list[dict[str, Any]]) -> tuple[int, float, dict[str, Any]]:
@@ -110,13 +121,9 @@ def test_a_sweeps_in_process_trials_start_in_warm_workers(warm_cluster, tmp_path
                     "trial_driver_cpus": 0.1, "max_concurrent_trials": 2, "max_failures": 0}  # fmt: skip
     job_file, marks_file = tmp_path / "sweep.yaml", tmp_path / "sweep_marks.jsonl"
     job_file.write_text(yaml.safe_dump(job))
-    env = {**os.environ, **client_env(), "HFRAY_TIMELINE": str(marks_file), "PYTHONPATH": str(REPO / "lib")}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "hfray", "sweep", str(job_file), f"cluster.address={warm_cluster.address}", "--fresh"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = _hfray(warm_cluster, "sweep", str(job_file), "--fresh", marks=marks_file)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    marks = [json.loads(line) for line in marks_file.read_text().splitlines() if line.strip()]
-    starts = [m for m in marks if m["phase"] == "trial_start"]
+    starts = [m for m in _marks(marks_file) if m["phase"] == "trial_start"]
     assert len(starts) == 2 and all(m["warm"] and m["preloaded"] for m in starts), starts
     for start in starts:  # each trial trained in that process: its evaluations there, the loss down
         logs = [
@@ -126,10 +133,9 @@ def test_a_sweeps_in_process_trials_start_in_warm_workers(warm_cluster, tmp_path
             r["eval_loss"] for log in logs for r in log if "eval_loss" in r and r.get("worker_pid") == start["pid"]
         ]
         assert len(evals) == 2 and evals[-1] < evals[0], (start, evals)
-    again = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=300)  # without --fresh
+    again = _hfray(warm_cluster, "sweep", str(job_file), marks=marks_file)  # without --fresh
     assert again.returncode == 0 and "was already complete" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
-    marks = [json.loads(line) for line in marks_file.read_text().splitlines() if line.strip()]
-    assert len([m for m in marks if m["phase"] == "trial_start"]) == 2  # nothing trained again
+    assert len([m for m in _marks(marks_file) if m["phase"] == "trial_start"]) == 2  # nothing trained again
 
 
 def test_a_sweeps_check_that_fails_while_ray_starts_is_reported_and_no_trial_runs(warm_cluster, tmp_path, data_files):
@@ -142,10 +148,7 @@ def test_a_sweeps_check_that_fails_while_ray_starts_is_reported_and_no_trial_run
     }
     job_file = tmp_path / "bad_sweep.yaml"
     job_file.write_text(yaml.safe_dump(job))
-    env = {**os.environ, **client_env(), "PYTHONPATH": str(REPO / "lib")}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "hfray", "sweep", str(job_file), f"cluster.address={warm_cluster.address}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = _hfray(warm_cluster, "sweep", str(job_file))
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "data.text_column" in done.stderr and "body" in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "runs").rglob("trials/*"))  # no trial started
