@@ -18,7 +18,7 @@ and GPU count N (``--gpus``):
   (hfray with the plain script's settings: in-memory data, full MLM head, no dataloader workers),
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
-  ``flex`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
+  ``flex`` / ``varlen`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
   (``training.precision=bf16``: autocast on CPU too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
   phase in the row's ``step_profile``; the GPU is synchronised
   at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
@@ -265,6 +265,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["liger_kernel"] = False
     if "flex" in parts:  # FlexAttention: a packed SFT batch (one flattened row) attended per document
         job["model"]["attn_implementation"] = "flex_attention"
+    if "varlen" in parts:  # PyTorch's FlashAttention varlen kernel: a packed SFT batch as TRL's one flattened row
+        job["model"]["attn_implementation"] = "varlen"
     if "eager" in parts:  # transformers' eager attention (the reference kernel)
         job["model"]["attn_implementation"] = "eager"
     if "flat" in parts and "trl" in job:  # packed SFT as TRL collates it: one flattened row per batch

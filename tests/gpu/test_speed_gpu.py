@@ -108,3 +108,43 @@ def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_p
         loss.backward()
         results[impl] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.float().norm().item())
     assert results["flex_attention"] == pytest.approx(results["sdpa"], rel=0.02), results
+
+
+def test_varlen_kernel_keeps_packed_and_padded_batches_losses_and_gradients() -> None:
+    """``model.attn_implementation: varlen`` (PyTorch's FlashAttention varlen kernel, ``hfray.model.varlen``): a
+    flattened packed batch, with its documents' bounds given (TRL's collator) or found from the position ids, and a
+    batch of padded rows give sdpa's loss and gradients in bf16 (``--hfray-variants varlen`` measures the speed)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfray.model import varlen
+
+    arch = dict(LLAMA)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    ids = _Blocks().ids[:4].cuda()
+    lengths = [128, 96, 64, 32]  # four documents of different lengths in one row
+    flat = torch.cat([ids[i, :n] for i, n in enumerate(lengths)])[None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
+    cu = torch.tensor([0, 128, 224, 288, 320], dtype=torch.int32, device="cuda")
+    mask = torch.tensor([[1] * n + [0] * (128 - n) for n in lengths], device="cuda")
+    cases = {
+        "packed": {"input_ids": flat, "position_ids": positions, "labels": flat},
+        "padded": {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)},
+    }
+    for case, batch in cases.items():
+        results = {}
+        for impl in ("sdpa", varlen.register(), "given-bounds"):
+            extra = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 128, "max_length_k": 128}
+            if impl == "given-bounds" and case != "packed":
+                continue
+            torch.manual_seed(0)
+            name = varlen.NAME if impl == "given-bounds" else impl
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=name).cuda()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                kwargs = batch | (extra if impl == "given-bounds" else {})
+                loss = model(**kwargs, use_cache=False).loss
+            loss.backward()
+            results[impl] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.float().norm().item())
+        for got in results.values():
+            assert got == pytest.approx(results["sdpa"], rel=0.02), (case, results)

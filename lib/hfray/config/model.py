@@ -23,13 +23,15 @@ class ModelConfig(Section):
     )
     revision: str | None = None
     trust_remote_code: bool = False
-    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] | None = (
-        Field(
-            None,
-            description="transformers' attention kernel; default: transformers' choice (sdpa where the model has it). "
-            "flex_attention / flash_attention_*: GPU only. Packed SFT under flash_attention_* keeps TRL's one "
-            "flattened row per batch (their varlen kernel's layout); otherwise it trains on rows (trl.packed_layout).",
-        )
+    attn_implementation: (
+        Literal["sdpa", "eager", "flex_attention", "varlen", "flash_attention_2", "flash_attention_3"] | None
+    ) = Field(
+        None,
+        description="transformers' attention kernel; default: transformers' choice (sdpa where the model has it). "
+        "varlen: PyTorch's own FlashAttention variable-length kernel (no package; training and scoring, not "
+        "generation). flex_attention / varlen / flash_attention_*: GPU only. Packed SFT under varlen or "
+        "flash_attention_* keeps TRL's one flattened row per batch (their varlen kernel's layout); otherwise it "
+        "trains on rows (trl.packed_layout).",
     )
 
     @model_validator(mode="after")

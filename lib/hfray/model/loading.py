@@ -114,7 +114,12 @@ def build_classifier(cfg: ModelConfig, labels: list[str], tokenizer: Any, **load
 
 def attention_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """``attn_implementation`` for ``from_config`` / ``from_pretrained`` when ``model.attn_implementation`` is set;
-    nothing otherwise, so that transformers keeps its own default."""
+    nothing otherwise, so that transformers keeps its own default. ``varlen`` is registered with transformers here,
+    in the process that builds the model."""
+    if cfg.attn_implementation == "varlen":
+        from hfray.model import varlen
+
+        return {"attn_implementation": varlen.register()}
     return {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
 
 

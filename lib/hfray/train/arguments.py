@@ -13,6 +13,7 @@ from typing import Any
 from hfray.config import JobConfig
 from hfray.config.training import training_argument_names
 from hfray.errors import ConfigError, Problem
+from hfray.model import varlen
 from hfray.train.scaleout import strategy_arguments, strategy_problems
 from hfray.train.tracking.mlflow import mlflow_problems
 
@@ -137,10 +138,14 @@ def _attention_problems(job: JobConfig) -> list[Problem]:
     """``model.attn_implementation``: the GPU-only kernels need GPUs (flex_attention has no backward on CPU) and
     flash attention its package, said before any worker starts."""
     impl = job.model.attn_implementation
-    if impl not in ("flex_attention", *ATTENTION_PACKAGES):
+    if impl not in ("flex_attention", "varlen", *ATTENTION_PACKAGES):
         return []
     if job.resources.gpus_per_worker == 0:
         return [Problem("model.attn_implementation", f"{impl} trains on GPUs only (resources.gpus_per_worker > 0)")]
+    if impl == "varlen" and job.task == "grpo":
+        return [Problem("model.attn_implementation", "varlen does not generate; a grpo job samples: use sdpa")]
+    if impl == "varlen" and not varlen.available():
+        return [Problem("model.attn_implementation", "varlen needs torch >= 2.10 (torch.nn.attention.varlen)")]
     package = ATTENTION_PACKAGES.get(impl)
     if package and importlib.util.find_spec(package) is None:
         return [Problem("model.attn_implementation", f"{impl} needs the {package} package, which is not installed")]

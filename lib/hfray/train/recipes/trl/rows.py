@@ -19,15 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from hfray.train.arguments import ATTENTION_PACKAGES  # the flash kernels: their varlen kernels want the flat row
+from hfray.model import varlen
+from hfray.train.arguments import ATTENTION_PACKAGES
+
+# the kernels that want TRL's flat row: FlashAttention's varlen kernels (the packages' or PyTorch's own)
+FLAT_KERNELS = frozenset({*ATTENTION_PACKAGES, varlen.NAME})
 
 
 def keeps_rows(trainer: Any, layout: str, attn_implementation: str | None) -> bool:
     """The SFT trainer flattens packed batches (padding-free) and ``trl.packed_layout`` says rows: ``auto`` does
-    unless the model's kernel is FlashAttention."""
+    unless the model's kernel is a FlashAttention varlen kernel."""
     if not getattr(trainer, "padding_free", False) or layout == "flat":
         return False
-    return layout == "rows" or attn_implementation not in ATTENTION_PACKAGES
+    return layout == "rows" or attn_implementation not in FLAT_KERNELS
 
 
 class PackedRows:

@@ -1,0 +1,71 @@
+"""``model.attn_implementation: varlen`` (``hfray.model.varlen``): PyTorch's FlashAttention varlen kernel as a
+transformers attention function. The kernel is CUDA-only (``tests/gpu/test_speed_gpu.py`` checks it against sdpa);
+here its CPU reference (sdpa document by document) checks what hfray adds around it: the documents' bounds from TRL's
+collator or from the position ids, padded rows unpadded, GQA, the packed SFT trainer's flat layout, the config's
+GPU-only refusal."""
+
+from __future__ import annotations
+
+import pytest
+from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (a fixture)
+
+from hfray.config import JobConfig
+from hfray.errors import ConfigError
+
+
+def test_varlen_attention_gives_sdpas_losses_for_flat_packed_rows_and_padded_batches(tmp_path, chat_tokenizer):  # noqa: F811
+    import torch
+    from transformers import set_seed
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from hfray.model.varlen import NAME
+    from hfray.train.arguments import check_training_arguments
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(64, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    models, trainers = {}, {}
+    packed = {"messages_column": "conversation", "packing": True}
+    for impl in ("sdpa", "varlen"):
+        raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed)
+        raw["model"]["attn_implementation"] = impl
+        job = JobConfig.from_dict(raw)
+        tokenizer = load_chat_tokenizer(job)
+        set_seed(0)
+        models[impl] = build_causal_lm(job, tokenizer)
+        args = trl_arguments(job, str(tmp_path / f"hf-{impl}"), use_gpu=False)
+        trainers[impl] = build_trainer(job, models[impl], tokenizer, args, load_trl_splits(job), [])
+    assert models["varlen"].config._attn_implementation == NAME
+    assert models["varlen"].config.num_key_value_heads < models["varlen"].config.num_attention_heads  # GQA
+
+    examples = [trainers["sdpa"].train_dataset[i] for i in range(4)]
+    rows = trainers["sdpa"].data_collator(examples)  # sdpa: hfray's rows, documents by position
+    flat = trainers["varlen"].data_collator(examples)  # varlen: TRL's one flattened row with the documents' bounds
+    assert rows["input_ids"].shape[0] == 4 and flat["input_ids"].shape[0] == 1 and "cu_seq_lens_q" in flat
+
+    def loss(impl: str, batch: dict, keys: tuple[str, ...]) -> float:
+        with torch.no_grad():
+            return models[impl](**{k: batch[k] for k in keys}, use_cache=False).loss.item()
+
+    reference = loss("sdpa", rows, ("input_ids", "labels", "position_ids"))
+    base = ("input_ids", "labels", "position_ids")
+    assert loss("varlen", flat, (*base, "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")) == (
+        pytest.approx(reference, rel=1e-5)
+    )
+    assert loss("varlen", flat, base) == pytest.approx(reference, rel=1e-5)  # bounds from the position ids
+    assert loss("varlen", rows, base) == pytest.approx(reference, rel=1e-5)  # rows: each row starts a document
+    # documents attending each other (one document per row, no position ids) would change the loss
+    assert loss("varlen", rows, ("input_ids", "labels")) != pytest.approx(reference, rel=1e-5)
+
+    # Padded rows (not packed): the padding is cut out and the rest attended row by row, as sdpa's mask does
+    plain = DataCollatorForLanguageModeling(tokenizer.pad_token_id)(
+        [{"input_ids": e["input_ids"][: 10 + 7 * i]} for i, e in enumerate(examples)]
+    )
+    assert not bool(plain["attention_mask"].all())
+    padded = ("input_ids", "labels", "attention_mask")
+    assert loss("varlen", plain, padded) == pytest.approx(loss("sdpa", plain, padded), rel=1e-5)
+
+    raw["model"]["attn_implementation"] = "varlen"  # the kernel is CUDA's: a CPU job is refused before Ray
+    with pytest.raises(ConfigError, match="model.attn_implementation: varlen trains on GPUs only"):
+        check_training_arguments(JobConfig.from_dict(raw))
