@@ -265,6 +265,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["liger_kernel"] = False
     if "flex" in parts:  # FlexAttention: a packed SFT batch (one flattened row) attended per document
         job["model"]["attn_implementation"] = "flex_attention"
+    if "sdpa" in parts:  # transformers' default kernel, named (packed SFT on GPUs defaults to varlen)
+        job["model"]["attn_implementation"] = "sdpa"
     if "varlen" in parts:  # PyTorch's FlashAttention varlen kernel: a packed SFT batch as TRL's one flattened row
         job["model"]["attn_implementation"] = "varlen"
     if "eager" in parts:  # transformers' eager attention (the reference kernel)

@@ -17,7 +17,13 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
 from hfray.model.language_model import mlm_loss_on_masked_only
-from hfray.train.arguments import build_kwargs, check_training_arguments, gpu_input_pipeline, use_liger
+from hfray.train.arguments import (
+    build_kwargs,
+    check_training_arguments,
+    gpu_input_pipeline,
+    liger_by_default,
+    use_liger,
+)
 from hfray.train.worker import compile_cache_dir
 
 BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -103,6 +109,11 @@ def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
 
 def test_liger_default_is_off_without_a_gpu_and_refused_with_compile_or_on_cpu() -> None:
     assert use_liger(_job(), use_gpu=False) is False
+    # the default's rule (before "is liger-kernel installed"): causal-LM and full SFT yes; LoRA SFT, compiled, dpo no
+    sft = _job("causal-lm").to_dict() | {"task": "sft", "trl": {"packing": True}, "lm": None}
+    assert liger_by_default(_job()) and liger_by_default(JobConfig.from_dict(sft))
+    assert not liger_by_default(JobConfig.from_dict(sft | {"peft": {"method": "lora"}}))
+    assert not liger_by_default(_job(torch_compile=True)) and not liger_by_default(_job("text-classification"))
     assert use_liger(_job(liger_kernel=False), use_gpu=True) is False
     with pytest.raises(ConfigError, match="training.liger_kernel and training.torch_compile"):
         _job(liger_kernel=True, torch_compile=True)

@@ -100,8 +100,8 @@ class TrainingConfig(Section):
         None,
         description="Liger's Triton kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) for the decoder "
         "families liger-kernel supports (Llama, Mistral, Qwen, Gemma, ...; others train unchanged). Default: on for "
-        "GPU causal-lm and sft jobs when liger-kernel is installed (pip install 'hfray[gpu]'); dpo: set true (TRL's "
-        "Liger DPO loss). Not with torch_compile.",
+        "GPU causal-lm and full-parameter sft jobs when liger-kernel is installed (pip install 'hfray[gpu]'); not "
+        "for sft with a peft adapter (measured slower); dpo: set true (TRL's Liger DPO loss). Not with torch_compile.",
     )
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More transformers.TrainingArguments, passed through verbatim."

@@ -51,12 +51,20 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+def liger_by_default(job: JobConfig) -> bool:
+    """Whether a GPU job of this kind gets Liger's kernels unless it says otherwise: causal-LM and full-parameter SFT,
+    not compiled. Not SFT with a PEFT adapter: LoRA SFT of the SmolLM2-135M shape on one H100 ran 12-14% faster
+    without them, three times over two days (``bench/results/throughput_gpu_dec05_varlen_h100.md``)."""
+    if job.task not in LIGER_DEFAULT_TASKS or job.training.torch_compile:
+        return False
+    return not (job.task == "sft" and job.peft is not None)
+
+
 def use_liger(job: JobConfig, use_gpu: bool) -> bool:
-    """training.liger_kernel, or its default: GPU decoder jobs (not compiled) where liger-kernel is installed."""
-    t = job.training
-    if t.liger_kernel is not None:
-        return t.liger_kernel
-    return use_gpu and job.task in LIGER_DEFAULT_TASKS and not t.torch_compile and liger_available()
+    """training.liger_kernel, or its default (:func:`liger_by_default`) on GPUs where liger-kernel is installed."""
+    if job.training.liger_kernel is not None:
+        return job.training.liger_kernel
+    return use_gpu and liger_by_default(job) and liger_available()
 
 
 def gpu_input_pipeline(use_gpu: bool) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     run = worker.start(loop_config)
     worker.limit_threads(run)
-    job = run.job
+    job = rows.default_attention(run.job, run.use_gpu)
     assert job.trl is not None
     tokenizer = load_chat_tokenizer(job)
     splits = load_trl_splits(job)
