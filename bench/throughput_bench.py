@@ -460,6 +460,7 @@ def main() -> None:
         default="",
         help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,datasets",
     )
+    parser.add_argument("--no-hfray-default", action="store_true", help="the --hfray-variants runs only")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=128)
@@ -503,7 +504,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cases += [("plain", "default")] if "plain" in args.runners else []
             if "hfray" in args.runners:
                 every_n = n == 1 or getattr(args, "cpu", False)  # --cpu: the variants for each layout
-                variants = ["default"] + ([v for v in args.hfray_variants.split(",") if v] if every_n else [])
+                variants = [] if getattr(args, "no_hfray_default", False) else ["default"]
+                variants += [v for v in args.hfray_variants.split(",") if v] if every_n else []
                 cases += [("hfray", v) for v in variants]
             for runner, variant in cases:
                 out = args.out / "cases" / f"{workload}-{runner}-{variant}-{n}"

@@ -351,23 +351,27 @@ def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_r
 def test_packed_rows_under_torch_compile_have_one_shape_and_train_with_the_eager_losses(tmp_path, chat_tokenizer):
     """``training.torch_compile`` on packed SFT rows: every batch is padded to the packed length (one shape, so the
     compiled step is not compiled again for a shorter batch), and the compiled model trains with eager's losses:
-    documents stay apart under compile too (transformers reads them from the position ids in the graph)."""
+    documents stay apart under compile too (transformers reads them from the position ids in the graph). By default
+    each decoder layer is compiled on its own (``training.compile_regions``), whole with it off: same losses."""
     import torch._dynamo
     from transformers import set_seed
 
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+    from hfray.train.worker import compile_settings
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
     losses = {}
-    for compiled in (False, True):
+    for compiled in (False, True, "whole"):
         packed = {"messages_column": "conversation", "packing": True}
-        steps = {"max_steps": 4, "logging_steps": 1, "torch_compile": compiled}
+        steps = {"max_steps": 4, "logging_steps": 1, "torch_compile": bool(compiled)}
+        steps |= {"compile_regions": False} if compiled == "whole" else {}
         if compiled:  # Dynamo's graphs and AOTAutograd's backward, without Inductor's C++ build (~30 s on 2 CPUs)
             steps["extra_args"] = {"torch_compile_backend": "aot_eager"}
         raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
         job = JobConfig.from_dict(raw)
+        compile_settings(job)  # as each worker does before it builds the Trainer
         tokenizer = load_chat_tokenizer(job)
         set_seed(0)
         model = build_causal_lm(job, tokenizer)
@@ -379,6 +383,11 @@ def test_packed_rows_under_torch_compile_have_one_shape_and_train_with_the_eager
         torch._dynamo.utils.counters.clear()
         trainer.train()
         losses[compiled] = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == compiled  # the step ran compiled
+        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == bool(compiled)  # ran compiled
+        # regional: the trained model's layers are compiled modules, each layer's own; whole: the model is one
+        layers = trainer.model_wrapped.model.layers if compiled is True else None
+        assert layers is None or all(type(layer).__name__ == "OptimizedModule" for layer in layers), layers
+        assert (type(trainer.model_wrapped).__name__ == "OptimizedModule") == (compiled == "whole")
     assert len(losses[True]) == 4 and losses[True][-1] < losses[True][0], losses
     assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
+    assert losses["whole"] == pytest.approx(losses[False], rel=1e-3), losses

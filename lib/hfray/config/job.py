@@ -50,6 +50,7 @@ _SPEED_ONLY = (
     ("resources", "launch"),
     ("model", "attn_implementation"),  # the same attention, another kernel
     ("trl", "packed_layout"),  # the same packed documents, as rows or one flattened row
+    ("training", "compile_regions"),  # the same compiled model, traced layer by layer or whole
 )
 
 

@@ -96,6 +96,14 @@ class TrainingConfig(Section):
         "compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials "
         "of a local storage path reuse it.",
     )
+    compile_regions: bool = Field(
+        True,
+        description="With torch_compile: compile each repeated block (a decoder or encoder layer) once and run that "
+        "code for every layer (accelerate's regional compilation) instead of tracing the whole model, so the cold "
+        "compile does not grow with depth (2 CPUs, packed LoRA SFT of a Llama: 8 layers 60.2 -> 27.2 s to the first "
+        "step, 4 layers 33.3 -> 25.2 s, same losses and steps). false: one graph of the whole model. masked-lm "
+        "compiles its encoder itself, whole.",
+    )
     liger_kernel: bool | None = Field(
         None,
         description="Liger's Triton kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) for the decoder "

@@ -77,9 +77,25 @@ def limit_threads(run: WorkerRun) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(run.job.resources.cpus_per_worker)))
-    cache = compile_cache_dir(run.job)
+    compile_settings(run.job)
+
+
+# accelerate's switch for regional compilation (TrainingArguments has no field for it); read when the Trainer
+# builds its Accelerator, so it is set in the worker before that
+REGIONAL_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
+
+
+def compile_settings(job: JobConfig) -> None:
+    """``training.torch_compile``'s process settings: the compile cache of a local storage path
+    (:func:`compile_cache_dir`) and ``training.compile_regions``. Set, not defaulted: a reused trial process may
+    have run a job with other settings."""
+    cache = compile_cache_dir(job)
     if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+    if job.training.torch_compile and job.training.compile_regions:
+        os.environ[REGIONAL_ENV] = "1"
+    else:
+        os.environ.pop(REGIONAL_ENV, None)
 
 
 def compile_cache_dir(job: JobConfig) -> str | None:
