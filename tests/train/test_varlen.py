@@ -72,20 +72,19 @@ def test_varlen_attention_gives_sdpas_losses_for_flat_packed_rows_and_padded_bat
 
 
 def test_packed_sft_on_gpus_defaults_to_varlen_unless_the_job_says_otherwise(tmp_path, chat_tokenizer):  # noqa: F811
-    """The default's rule (``rows.default_attention``): packed SFT on GPUs, kernel unset -> varlen (TRL's flat row);
-    a CPU job, an explicit kernel, ``trl.packed_layout: rows``, ``training.torch_compile`` or no packing keep theirs."""
-    from hfray.train.recipes.trl.rows import default_attention
+    """The default's rule (``rows.wants_varlen``, applied on GPU workers whose torch and card run the kernel):
+    packed SFT, kernel unset -> varlen (TRL's flat row); an explicit kernel, ``trl.packed_layout: rows``,
+    ``training.torch_compile`` or no packing keep theirs, and so does a CPU worker."""
+    from hfray.train.recipes.trl.rows import default_attention, wants_varlen
 
     raw = trl_job(tmp_path, chat_tokenizer, "sft", tmp_path / "t.jsonl", tmp_path / "v.jsonl", trl={"packing": True})
     job = JobConfig.from_dict(raw)
-    assert default_attention(job, use_gpu=True).model.attn_implementation == "varlen"
-    assert job.model.attn_implementation is None  # the job itself is not changed
+    assert wants_varlen(job)
     kept = [
-        (job, False),
-        (JobConfig.from_dict(raw | {"model": raw["model"] | {"attn_implementation": "sdpa"}}), True),
-        (JobConfig.from_dict(raw | {"trl": {"packing": True, "packed_layout": "rows"}}), True),
-        (JobConfig.from_dict(raw | {"training": raw["training"] | {"torch_compile": True}}), True),
-        (JobConfig.from_dict(raw | {"trl": {"packing": False}}), True),
+        JobConfig.from_dict(raw | {"model": raw["model"] | {"attn_implementation": "sdpa"}}),
+        JobConfig.from_dict(raw | {"trl": {"packing": True, "packed_layout": "rows"}}),
+        JobConfig.from_dict(raw | {"training": raw["training"] | {"torch_compile": True}}),
+        JobConfig.from_dict(raw | {"trl": {"packing": False}}),
     ]
-    for other, gpu in kept:
-        assert default_attention(other, use_gpu=gpu).model.attn_implementation == other.model.attn_implementation
+    assert not any(wants_varlen(other) for other in kept)
+    assert default_attention(job, use_gpu=False) is job  # a CPU worker: sdpa (the kernel is CUDA's)

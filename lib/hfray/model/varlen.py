@@ -32,6 +32,14 @@ def available() -> bool:
     return importlib.util.find_spec("torch.nn.attention.varlen") is not None
 
 
+def runs_here() -> bool:
+    """Whether this process's GPU runs the kernel: PyTorch's FlashAttention needs compute capability 8.0 or newer
+    (A100, H100, ...); on older cards (T4, V100) packed SFT keeps sdpa. Called on a worker, which sees its GPU."""
+    import torch
+
+    return available() and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
 def register() -> str:
     """Registers the attention function and its mask (FlashAttention's: none for a causal batch, the 2D padding mask
     otherwise) with transformers; returns the name to pass as ``attn_implementation``. Idempotent."""

@@ -27,18 +27,22 @@ from hfray.train.arguments import ATTENTION_PACKAGES
 FLAT_KERNELS = frozenset({*ATTENTION_PACKAGES, varlen.NAME})
 
 
-def default_attention(job: JobConfig, use_gpu: bool) -> JobConfig:
-    """Packed SFT on GPUs with ``model.attn_implementation`` unset: PyTorch's FlashAttention varlen kernel
-    (``hfray.model.varlen``) on TRL's flattened row, where this torch has it. On one H100, LoRA SFT of the
-    SmolLM2-135M shape: +12% tokens/s and 2 GiB less memory than sdpa on rows
-    (``bench/results/throughput_gpu_dec05_varlen_h100.md``).
-    Not under ``training.torch_compile`` (the flattened row's length changes from batch to batch: a compiled step
-    would compile again; rows padded to ``data.max_length`` keep one shape). Opt out: ``model.attn_implementation:
-    sdpa``; ``trl.packed_layout: rows`` keeps sdpa too."""
+def wants_varlen(job: JobConfig) -> bool:
+    """Packed SFT with ``model.attn_implementation`` unset, not compiled (the flattened row's length changes from
+    batch to batch: a compiled step would compile again, while rows padded to ``data.max_length`` keep one shape), not
+    ``trl.packed_layout: rows``: the jobs whose GPU default is PyTorch's varlen kernel (:func:`default_attention`)."""
     trl = job.trl
-    if not (use_gpu and job.task == "sft" and trl is not None and trl.packing and trl.packed_layout != "rows"):
-        return job
-    if job.model.attn_implementation is not None or job.training.torch_compile or not varlen.available():
+    if job.task != "sft" or trl is None or not trl.packing or trl.packed_layout == "rows":
+        return False
+    return job.model.attn_implementation is None and not job.training.torch_compile
+
+
+def default_attention(job: JobConfig, use_gpu: bool) -> JobConfig:
+    """On a GPU worker, the job :func:`wants_varlen` with ``model.attn_implementation: varlen``: PyTorch's
+    FlashAttention varlen kernel (``hfray.model.varlen``) on TRL's flattened row, where this torch and GPU run it.
+    On one H100, LoRA SFT of the SmolLM2-135M shape: 1.12x / 1.14x the tokens/s of sdpa on rows and 2 GiB less
+    memory (``bench/results/throughput_gpu_dec05_varlen_h100.md``). Opt out: ``model.attn_implementation: sdpa``."""
+    if not (use_gpu and wants_varlen(job) and varlen.runs_here()):
         return job
     return job.model_copy(update={"model": job.model.model_copy(update={"attn_implementation": "varlen"})})
 
