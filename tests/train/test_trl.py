@@ -112,6 +112,8 @@ def test_sft_chat_packing_on_ray_lowers_loss_and_generates(ray_cluster, tmp_path
     check_manifest(m)
     assert m["task"] == "text-generation" and m["training_task"] == "sft" and m["peft"] is None
     assert m["throughput"]["tokens_this_attempt"] > 0 and m["throughput"]["world_size"] == 2
+    # what the run resolved: transformers' sdpa on CPU (varlen is the GPU default), no Liger, not compiled
+    assert m["model"]["attention"] == "sdpa" and not m["model"]["liger_kernel"] and not m["model"]["torch_compile"]
     pipe = load_artifact_pipeline(summary.artifact)
     prompt = pipe.tokenizer.apply_chat_template(
         [{"role": "user", "content": "great movie"}], tokenize=False, add_generation_prompt=True
