@@ -13,6 +13,9 @@ Here the same packed rows stay rows, padded to the batch's longest: no attention
 not look for the documents), position ids that restart at each document (each row's documents attend to themselves
 only), and the label of each document's first token masked, as TRL's flattened batch masks it. The computation is the
 flattened one's (``tests/train/test_trl.py`` checks the loss); only the attention's mask shrinks to one per row.
+
+On GPUs that run PyTorch's FlashAttention varlen kernel, packed SFT now defaults to it on the flat row instead
+(:func:`default_attention`, ``hfray.model.varlen``): rows are what sdpa, eager, CPU jobs and compiled steps use.
 """
 
 from __future__ import annotations
