@@ -40,7 +40,8 @@ class TrlSection(Section):
         "auto",
         description="sft with packing: 'flat' is TRL's one flattened row per batch (for FlashAttention's varlen "
         "kernel); 'rows' keeps the packed rows, documents told apart by position ids (same loss; under sdpa/eager the "
-        "flattened row's mask grows with the square of the batch); 'auto': flat with flash_attention_*, else rows.",
+        "flattened row's mask grows with the square of the batch); 'auto': flat with varlen (the default on GPUs "
+        "that run it) or flash_attention_*, else rows; 'rows' also keeps sdpa on GPUs.",
     )
     completion_only_loss: bool | None = Field(
         None, description="sft: loss on completions only (default: yes for prompt-completion data)."
