@@ -334,20 +334,21 @@ def manifest(
         global_step=state.global_step,
         resumed_from_step=attempt.resumed_step,
         train_seconds_this_attempt=round(attempt.seconds, 2),
-        model=model_record(model, trainer.args),
+        model=model_record(model, trainer.args, run.job),
         timeline=timeline.phases(run.loop_config.get("timeline", []) + timeline.run_marks()),
         **fields,
     )
 
 
-def model_record(model: Any, args: Any) -> dict[str, Any]:
+def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
     """The manifest's ``model``: parameters (ZeRO-3 shards count whole: ``ds_numel``), the attention kernel and the
-    speed defaults the run resolved (packed SFT on GPUs picks varlen and LoRA SFT no Liger without the job saying)."""
+    speed defaults the run resolved (packed SFT on GPUs picks varlen and LoRA SFT no Liger without the job saying).
+    ``torch_compile`` is the job's: masked-LM compiles its encoder itself, with the Trainer's flag off."""
     return {
         "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
-        "torch_compile": bool(getattr(args, "torch_compile", False)),
+        "torch_compile": job.training.torch_compile,
     }
 
 
