@@ -11,9 +11,10 @@ have; PyTorch (CUDA builds, >= 2.10) ships that kernel itself. So: the flattened
 mask, no padding, no extra package.
 
 The documents' bounds come from TRL's padding-free collator (``cu_seq_lens_q`` / ``max_length_q``, computed on the
-CPU: no device sync per layer) or else from the position ids (each document restarts at 0); a padding mask (a batch
-of padded rows, e.g. evaluation) is unpadded first. Training and scoring only: a step against a KV cache (generation)
-is refused with the key to change. Off CUDA it runs a slow reference (sdpa per document), for tests.
+CPU: no device sync per layer) or else from the position ids, as transformers' FlashAttention path finds them; a
+padding mask (a batch of padded rows, e.g. evaluation) is unpadded first. Training and scoring only: a step against
+a KV cache (generation) is refused with the key to change. Off CUDA it runs a slow reference (sdpa per document), for
+tests.
 """
 
 from __future__ import annotations
@@ -49,19 +50,6 @@ def register() -> str:
     AttentionInterface.register(NAME, varlen_attention_forward)
     AttentionMaskInterface.register(NAME, flash_attention_mask)
     return NAME
-
-
-def document_bounds(position_ids: Any) -> tuple[Any, int]:
-    """Cumulative document lengths (int32, from 0 to the token count) over the flattened position ids, where every
-    position 0 starts a document, and the longest document. One device sync (the maximum)."""
-    import torch
-
-    flat = position_ids.reshape(-1)
-    starts = (flat == 0).nonzero().view(-1)
-    if starts.numel() == 0 or int(starts[0]) != 0:  # a row that continues a document still starts one here
-        starts = torch.cat([starts.new_zeros(1), starts])
-    cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    return cu, int(cu.diff().max())
 
 
 @cache
@@ -103,6 +91,7 @@ def varlen_attention_forward(
 ) -> tuple[Any, None]:
     """transformers' attention signature: (batch, heads, seq, head_dim) in, (batch, seq, heads, head_dim) out."""
     import torch
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
     batch, heads, seq, head_dim = query.shape
     if key.shape[2] != seq:
@@ -126,7 +115,8 @@ def varlen_attention_forward(
             cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=q.device)
             max_len = seq
         else:
-            cu, max_len = document_bounds(position_ids.expand(batch, seq))  # (1, seq): the model's own arange
+            # as transformers' FlashAttention path reads them: a document starts at each smallest position id
+            (cu, _), (max_len, _) = prepare_fa_kwargs_from_position_ids(position_ids.expand(batch, seq))
     flat = (t.reshape(batch * seq, t.size(2), head_dim) for t in (q, k, v))
     out = _attend(*flat, cu.to(q.device, torch.int32), int(max_len), scaling, causal)
     return out.view(batch, seq, heads, head_dim).to(query.dtype), None
