@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +27,13 @@ def case(regions: bool, layers: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import sft_layout_cpu as corpus_tools
     import torch._dynamo.utils
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
 
     from hfray.config import JobConfig
     from hfray.model import peft
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
     from hfray.train.worker import compile_settings
-
-    class Steps(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            self.seconds.append(time.perf_counter() - self.start)
 
     work = Path(tempfile.mkdtemp())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # cold
@@ -70,14 +59,14 @@ def case(regions: bool, layers: int) -> dict[str, Any]:
     tok = load_chat_tokenizer(job)
     set_seed(0)
     model, _ = peft.apply_peft(build_causal_lm(job, tok), job, None)
-    steps = Steps()
+    steps = corpus_tools.step_times()
     trainer = build_trainer(job, model, tok, trl_arguments(job, str(work / "hf"), False), load_trl_splits(job), [steps])
     trainer.train()
     return {
         "compile_regions": regions,
         "layers": layers,
-        "first_step_s": round(steps.seconds[0], 1),
-        "steps_s": [round(x, 2) for x in steps.seconds],
+        "first_step_s": round(steps.times[0], 1),
+        "steps_s": [round(x, 2) for x in steps.times],
         "losses": [round(e["loss"], 4) for e in trainer.state.log_history if "loss" in e],
         "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
     }

@@ -89,11 +89,9 @@ def build_job(work: Path, layout: str, args: argparse.Namespace) -> Any:
     )
 
 
-def run(work: Path, layout: str, args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import TrainerCallback, set_seed
-
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+def step_times() -> Any:
+    """A Trainer callback whose ``times`` are each optimizer step's seconds (also ``bench/compile_regions_cpu.py``)."""
+    from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
         def __init__(self) -> None:
@@ -105,11 +103,20 @@ def run(work: Path, layout: str, args: argparse.Namespace) -> dict[str, Any]:
         def on_step_end(self, *_: Any, **__: Any) -> None:
             self.times.append(time.perf_counter() - self.start)
 
+    return StepTimes()
+
+
+def run(work: Path, layout: str, args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+
     job = build_job(work, layout, args)
     tok = load_chat_tokenizer(job)
     set_seed(0)
     model = build_causal_lm(job, tok)
-    times = StepTimes()
+    times = step_times()
     trainer = build_trainer(
         job, model, tok, trl_arguments(job, str(work / f"hf-{layout}"), False), load_trl_splits(job), [times]
     )
