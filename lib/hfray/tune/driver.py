@@ -292,16 +292,15 @@ def run_sweep(job: JobConfig, resume: bool = False, fresh: bool = False) -> Swee
     """Sweep a job end to end: checks, trials on Ray Tune, best checkpoint exported, report written."""
     started = time.time()
     check_sweepable(job)
+    where: str | None = None  # where the sweep runs, once connected
     if overlaps_checks(job) and (fresh or not finished_already(job)):
-        job, plan, where, concurrent = prepare_while_connecting(job, fresh)
-        plan.max_concurrent = concurrent
+        job, plan, where, plan.max_concurrent = prepare_while_connecting(job, fresh)
     else:
         job, plan = prepare_sweep(job, fresh)
-        where = ""
     if sweep_finished(plan.sweep_dir):
         return _finished_summary(plan, started)
     resume = _check_restorable(plan, resume)
-    if not where:
+    if where is None:
         where, plan.max_concurrent = connect_sweep(job, plan.in_process)
     sweep = job.sweep
     assert sweep is not None
