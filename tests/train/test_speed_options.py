@@ -20,6 +20,7 @@ from hfray.model.language_model import mlm_loss_on_masked_only
 from hfray.train.arguments import (
     build_kwargs,
     check_training_arguments,
+    cpu_has_native_bf16,
     gpu_input_pipeline,
     liger_by_default,
     use_liger,
@@ -75,6 +76,36 @@ def test_gpu_input_pipeline_keeps_the_loss_curve(tmp_path: Path) -> None:
     new = _losses(kwargs | gpu_input_pipeline(True) | {"output_dir": str(tmp_path / "b")})
     assert len(new) == 4 and new == pytest.approx(old, rel=1e-6)
     assert old[0] != old[-1]  # it trained
+
+
+def _bf16_run(kwargs: dict[str, Any]) -> tuple[list[float], set[torch.dtype], torch.dtype]:
+    """Losses, the dtypes an FFN matmul produced during training, and the weights' dtype after it."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
+    produced: set[torch.dtype] = set()
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, out: produced.add(out.dtype))
+    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Rows(32))
+    trainer.train()
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e], produced, model.classifier.weight.dtype
+
+
+def test_cpu_precision_auto_is_bf16_autocast_where_the_cpu_has_it_and_keeps_the_loss(tmp_path: Path) -> None:
+    """``precision: auto`` on a CPU worker: bf16 autocast exactly where the CPU multiplies bf16 natively (the CI VM
+    has AMX); the step's matmuls then run in bf16, the weights stay fp32 and the losses stay within bf16's rounding
+    of fp32's. ``precision: fp32`` opts out; TRL's tasks keep fp32 under auto."""
+    base = {"max_steps": 4, "per_device_train_batch_size": 8, "logging_steps": 1, "learning_rate": 1e-3}
+    off = {"save_strategy": "no", "eval_strategy": "no"}
+    auto = build_kwargs(_job("text-classification", **base), str(tmp_path / "a"), use_gpu=False) | off
+    fp32 = build_kwargs(_job("text-classification", precision="fp32", **base), str(tmp_path / "b"), False) | off
+    assert bool(auto.get("bf16")) is cpu_has_native_bf16() and not fp32.get("bf16")
+    sft = JobConfig.from_dict({"name": "s", "task": "sft", "model": {"name_or_path": "m"}, "data": {"train": "x"}})
+    assert not build_kwargs(sft, str(tmp_path / "c"), use_gpu=False).get("bf16")
+
+    ref, ref_dtypes, _ = _bf16_run(fp32)
+    losses, dtypes, weights = _bf16_run(fp32 | {"bf16": True, "output_dir": str(tmp_path / "d")})
+    assert ref_dtypes == {torch.float32} and dtypes == {torch.bfloat16} and weights == torch.float32
+    assert losses != ref and losses == pytest.approx(ref, rel=2e-2)
+    assert ref[0] != ref[-1]  # it trained
 
 
 def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:

@@ -67,8 +67,9 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 on GPU, fp32 on CPU. bf16 also trains on CPU (autocast): 1.42x fp32 for MiniLM on an "
-        "AVX512-BF16 CPU (bench/results/throughput_cpu_dec04.md).",
+        description="auto: bf16 on GPU (fp16 where it has no bf16); on CPU bf16 autocast where the CPU multiplies bf16 "
+        "natively (AMX, AVX512-BF16: 1.4-1.5x fp32 for MiniLM, same results; not sft/dpo/grpo), else fp32. "
+        "fp32 opts out.",
     )
     gradient_checkpointing: bool = False
     strategy: Literal["ddp", "zero2", "zero3", "zero3-offload", "fsdp"] = Field(

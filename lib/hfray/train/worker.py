@@ -349,6 +349,7 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": job.training.torch_compile,
+        "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 
 
