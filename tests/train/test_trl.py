@@ -90,6 +90,24 @@ def trl_job(tmp_path: Path, tokenizer: Path, task: str, train: Path, validation:
     return merge_sections(job, sections)
 
 
+def sft_trainer(tmp_path: Path, raw: dict, out: str) -> tuple[JobConfig, Any, Any, Any]:
+    """The SFT worker's build sequence in this process (no Ray): job -> process settings -> tokenizer -> seed 0 ->
+    model -> arguments -> trainer. Returns the job, tokenizer, model and trainer."""
+    from transformers import set_seed
+
+    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+    from hfray.train.worker import compile_settings
+
+    job = JobConfig.from_dict(raw)
+    compile_settings(job)  # as each worker does before it builds the Trainer
+    tokenizer = load_chat_tokenizer(job)
+    set_seed(0)
+    model = build_causal_lm(job, tokenizer)
+    args = trl_arguments(job, str(tmp_path / out), use_gpu=False)
+    return job, tokenizer, model, build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+
+
 def _losses(run_dir: str, key: str = "train_loss") -> list[float]:
     lines = Path(run_dir, "hfray_metrics.jsonl").read_text().splitlines()
     return [json.loads(line)[key] for line in lines if key in json.loads(line)]
@@ -261,12 +279,9 @@ def test_attn_implementation_reaches_the_model_keeps_packed_losses_and_gpu_kerne
     default (sdpa) give the same loss on the same packed batch and weights. flex_attention (no backward on CPU) and
     flash attention (a GPU package) are refused for a CPU job before any worker starts, naming the key."""
     import torch
-    from transformers import set_seed
 
     from hfray.errors import ConfigError
     from hfray.train.arguments import check_training_arguments
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
@@ -275,13 +290,8 @@ def test_attn_implementation_reaches_the_model_keeps_packed_losses_and_gpu_kerne
         packed = {"messages_column": "conversation", "packing": True}
         raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed)
         raw["model"]["attn_implementation"] = impl
-        job = JobConfig.from_dict(raw)
-        tokenizer = load_chat_tokenizer(job)
-        set_seed(0)
-        model = build_causal_lm(job, tokenizer)
+        _, _, model, trainer = sft_trainer(tmp_path, raw, "hf")
         assert model.config._attn_implementation == (impl or "sdpa")
-        args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
-        trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
         batch = next(iter(trainer.get_train_dataloader()))
         rows, starts = batch["input_ids"].shape[0], int((batch["position_ids"] == 0).sum())
         assert rows > 1 and starts > rows and "attention_mask" not in batch  # packed rows, documents by position
@@ -305,22 +315,15 @@ def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_r
     square of the batch. Same examples, same weights: the loss equals the flattened batch's, and a training step
     counts every row's tokens in TRL's ``num_tokens``."""
     import torch
-    from transformers import set_seed
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+    from hfray.train.recipes.trl.data import load_trl_splits
+    from hfray.train.recipes.trl.worker import build_trainer, trl_arguments
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(96, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
     raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl={"messages_column": "conversation", "packing": True})
-    job = JobConfig.from_dict(raw)
-    tokenizer = load_chat_tokenizer(job)
-    set_seed(0)
-    model = build_causal_lm(job, tokenizer)
-    args = trl_arguments(job, str(tmp_path / "hf"), use_gpu=False)
-    trainer_splits = load_trl_splits(job)
-    trainer = build_trainer(job, model, tokenizer, args, trainer_splits, [])
+    job, tokenizer, model, trainer = sft_trainer(tmp_path, raw, "hf")
     examples = [trainer.train_dataset[i] for i in range(4)]
     rows = trainer.data_collator(examples)
     flat = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)(examples)
@@ -346,7 +349,8 @@ def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_r
 
     raw["trl"]["packed_layout"] = "flat"  # the opt-out: TRL's own flattened batch
     job = JobConfig.from_dict(raw)
-    trainer = build_trainer(job, model, tokenizer, trl_arguments(job, str(tmp_path / "hf"), False), trainer_splits, [])
+    args = trl_arguments(job, str(tmp_path / "hf"), False)
+    trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
     assert trainer.data_collator(examples)["input_ids"].shape[0] == 1
 
 
@@ -356,11 +360,6 @@ def test_packed_rows_under_torch_compile_have_one_shape_and_train_with_the_eager
     documents stay apart under compile too (transformers reads them from the position ids in the graph). By default
     each decoder layer is compiled on its own (``training.compile_regions``), whole with it off: same losses."""
     import torch._dynamo
-    from transformers import set_seed
-
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
-    from hfray.train.worker import compile_settings
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
@@ -372,13 +371,7 @@ def test_packed_rows_under_torch_compile_have_one_shape_and_train_with_the_eager
         if compiled:  # Dynamo's graphs and AOTAutograd's backward, without Inductor's C++ build (~30 s on 2 CPUs)
             steps["extra_args"] = {"torch_compile_backend": "aot_eager"}
         raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
-        job = JobConfig.from_dict(raw)
-        compile_settings(job)  # as each worker does before it builds the Trainer
-        tokenizer = load_chat_tokenizer(job)
-        set_seed(0)
-        model = build_causal_lm(job, tokenizer)
-        args = trl_arguments(job, str(tmp_path / f"hf{compiled}"), use_gpu=False)
-        trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+        job, _, _, trainer = sft_trainer(tmp_path, raw, f"hf{compiled}")
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
         width = batch["input_ids"].shape[1]  # eager: the batch's longest row, shorter than the packed length here
         assert width == job.data.max_length if compiled else width < job.data.max_length, width

@@ -7,7 +7,7 @@ GPU-only refusal."""
 from __future__ import annotations
 
 import pytest
-from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (a fixture)
+from test_trl import chat_tokenizer, sft_rows, sft_trainer, trl_job, write_jsonl  # noqa: F401 (a fixture)
 
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
@@ -15,13 +15,10 @@ from hfray.errors import ConfigError
 
 def test_varlen_attention_gives_sdpas_losses_for_flat_packed_rows_and_padded_batches(tmp_path, chat_tokenizer):  # noqa: F811
     import torch
-    from transformers import set_seed
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from hfray.model.varlen import NAME
     from hfray.train.arguments import check_training_arguments
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(64, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
@@ -30,12 +27,7 @@ def test_varlen_attention_gives_sdpas_losses_for_flat_packed_rows_and_padded_bat
     for impl in ("sdpa", "varlen"):
         raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed)
         raw["model"]["attn_implementation"] = impl
-        job = JobConfig.from_dict(raw)
-        tokenizer = load_chat_tokenizer(job)
-        set_seed(0)
-        models[impl] = build_causal_lm(job, tokenizer)
-        args = trl_arguments(job, str(tmp_path / f"hf-{impl}"), use_gpu=False)
-        trainers[impl] = build_trainer(job, models[impl], tokenizer, args, load_trl_splits(job), [])
+        _, tokenizer, models[impl], trainers[impl] = sft_trainer(tmp_path, raw, f"hf-{impl}")
     assert models["varlen"].config._attn_implementation == NAME
     assert models["varlen"].config.num_key_value_heads < models["varlen"].config.num_attention_heads  # GQA
 
