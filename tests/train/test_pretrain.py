@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import VOCAB, check_manifest, lm_job, resumed_start, worker_killed_after_checkpoint
+from conftest import TINY_LM, VOCAB, check_manifest, lm_job, resumed_start, worker_killed_after_checkpoint
 from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
 from hfray.errors import ConfigError
@@ -45,6 +45,33 @@ def test_task_and_sections_are_checked_together(tmp_path, news):
         JobConfig.from_dict({"name": "x", "data": {"train": "a.csv"}, "lm": {}})
     job = JobConfig.from_dict(lm_job(tmp_path, "causal-lm", news["txt"]))
     assert job.evaluation.metric_for_best_model == "loss" and job.evaluation.metrics == []
+
+
+def test_a_modernbert_architecture_takes_the_tokenizers_special_ids(tmp_path, news):
+    """ModernBERT's config defaults name ids of its own 50k vocabulary; built for a job's tokenizer, each special id
+    is the tokenizer's or None, never one past its vocabulary, and its masked-only head is its own sparse
+    prediction. BERT's config gains no ids it does not have."""
+    from transformers import AutoTokenizer
+
+    from hfray.model.builtin import resolve_model
+    from hfray.model.language_model import build_language_model, mlm_loss_on_masked_only
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:all-MiniLM-L6-v2"))  # WordPiece, no bos/eos
+    models = {}
+    for model_type in ("modernbert", "bert"):
+        raw = lm_job(tmp_path, "masked-lm", news["txt"])
+        raw.pop("tokenizer")
+        raw["model"] = {"architecture": {**TINY_LM["masked-lm"], "model_type": model_type}, "tokenizer": "t"}
+        models[model_type] = build_language_model(JobConfig.from_dict(raw).model, "masked-lm", tokenizer, 64)
+    config = models["modernbert"].config
+    assert (config.pad_token_id, config.cls_token_id, config.sep_token_id) == (
+        tokenizer.pad_token_id,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+    )
+    assert config.bos_token_id is None and config.eos_token_id is None and config.vocab_size == len(tokenizer)
+    assert mlm_loss_on_masked_only(models["modernbert"]) and models["modernbert"].config.sparse_prediction
+    assert not hasattr(models["bert"].config, "cls_token_id")
 
 
 # ----------------------------------------------------------------------------- 2-worker runs on Ray Data

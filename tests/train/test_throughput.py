@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from transformers import (
@@ -9,6 +11,8 @@ from transformers import (
     BertForMaskedLM,
     DistilBertConfig,
     DistilBertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
     Trainer,
     TrainingArguments,
 )
@@ -29,10 +33,20 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def test_masked_only_head_gives_the_same_loss_and_gradients_as_the_full_head() -> None:
+MODERNBERT = {**BERT, "intermediate_size": 64, "pad_token_id": 0, "global_attn_every_n_layers": 2, "local_attention": 8}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: BertForMaskedLM(BertConfig(intermediate_size=64, **BERT)),
+        lambda: ModernBertForMaskedLM(ModernBertConfig(**MODERNBERT)),  # its own sparse_prediction
+    ],
+    ids=["bert", "modernbert"],
+)
+def test_masked_only_head_gives_the_same_loss_and_gradients_as_the_full_head(build: Any) -> None:
     torch.manual_seed(0)
-    full = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT)).eval()
-    sparse = BertForMaskedLM(BertConfig(intermediate_size=64, **BERT)).eval()
+    full, sparse = build().eval(), build().eval()
     sparse.load_state_dict(full.state_dict())
     assert mlm_loss_on_masked_only(sparse)
     batch = _batch()
@@ -42,7 +56,8 @@ def test_masked_only_head_gives_the_same_loss_and_gradients_as_the_full_head() -
     loss_sparse.backward()
     for (name, p_full), p_sparse in zip(full.named_parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(p_sparse.grad, p_full.grad, msg=name)
-    assert sparse(**batch).logits.shape == (int((batch["labels"] != -100).sum()), VOCAB)
+    assert sparse(**batch).logits.shape[-2:] == (int((batch["labels"] != -100).sum()), VOCAB)
+    assert sparse(input_ids=batch["input_ids"]).logits.shape == (*batch["input_ids"].shape, VOCAB)  # fill-mask
 
 
 def test_masked_only_head_refuses_a_head_split_over_several_modules() -> None:

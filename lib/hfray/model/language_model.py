@@ -17,12 +17,33 @@ _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
 def lm_overrides(tokenizer: Any, arch: dict[str, Any]) -> dict[str, Any]:
-    """Config values a language model takes from its tokenizer (vocab size unless the job sets it)."""
-    ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id", None) for role in ("pad", "bos", "eos")}
-    found = {key: value for key, value in ids.items() if value is not None and key not in arch}
+    """Config values a language model takes from its tokenizer (vocab size unless the job sets it): the pad, bos
+    and eos ids; for a model built from ``model.architecture`` also the other special ids its config class has
+    (ModernBERT's cls and sep), and ``None`` for a default id past this tokenizer's vocabulary (ModernBERT's defaults
+    are its own 50k vocabulary's), so no config points at a token that does not exist."""
+    found: dict[str, Any] = {}
+    defaults = _config_defaults(arch.get("model_type"))
+    for role in ("pad", "bos", "eos", "cls", "sep"):
+        key = f"{role}_token_id"
+        value = getattr(tokenizer, key, None)
+        if key in arch or (role in ("cls", "sep") and key not in defaults):
+            continue
+        if value is not None:
+            found[key] = value
+        elif isinstance(defaults.get(key), int) and defaults[key] >= len(tokenizer):
+            found[key] = None
     if "vocab_size" not in arch:
         found["vocab_size"] = len(tokenizer)
     return found
+
+
+def _config_defaults(model_type: str | None) -> dict[str, Any]:
+    """The default attributes of ``model_type``'s config class; empty for a pretrained model or an unknown type."""
+    from transformers import CONFIG_MAPPING
+
+    if model_type is None or model_type not in CONFIG_MAPPING:
+        return {}
+    return CONFIG_MAPPING[model_type]().to_dict()
 
 
 def language_model_config(cfg: ModelConfig, task: str, tokenizer: Any, block_size: int) -> Any:
@@ -72,8 +93,14 @@ def mlm_loss_on_masked_only(model: Any) -> bool:
     ignores the ~85% that carry no label. Here the encoder runs in full, the head (BERT's ``cls``,
     RoBERTa's ``lm_head``: the one child module that holds the output embeddings) sees only labelled
     positions, and the loss is the same mean cross-entropy. The forward is replaced on the instance, so
-    DDP and ``torch.compile`` wrap it as usual and ``save_pretrained`` is unaffected.
+    DDP and ``torch.compile`` wrap it as usual and ``save_pretrained`` is unaffected. ModernBERT does the same
+    itself when its ``sparse_prediction`` is on (a saved config keeps it; without labels, as in a fill-mask
+    pipeline, it still scores every position).
     """
+    if hasattr(model, "sparse_prediction"):  # ModernBERT's own switch (its head is two modules: head, decoder)
+        model.sparse_prediction = model.config.sparse_prediction = True
+        model.sparse_pred_ignore_index = model.config.sparse_pred_ignore_index = -100
+        return True
     import torch.nn.functional as F
     from transformers.modeling_outputs import MaskedLMOutput
 
