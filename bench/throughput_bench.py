@@ -263,6 +263,10 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["precision"] = "bf16"
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
         job["training"]["liger_kernel"] = False
+    if "liger" in parts:  # Liger's kernels asked for (off by default for LoRA SFT and DPO)
+        job["training"]["liger_kernel"] = True
+    if "full" in parts:  # full-parameter SFT/DPO: no PEFT adapter (DPO's reference is then a frozen copy)
+        job.pop("peft", None)
     if "flex" in parts:  # FlexAttention: a packed SFT batch (one flattened row) attended per document
         job["model"]["attn_implementation"] = "flex_attention"
     if "sdpa" in parts:  # transformers' default kernel, named (packed SFT on GPUs defaults to varlen)
@@ -458,7 +462,7 @@ def main() -> None:
     parser.add_argument(
         "--hfray-variants",
         default="",
-        help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,datasets",
+        help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,datasets,full,full-noliger,liger",
     )
     parser.add_argument("--no-hfray-default", action="store_true", help="the --hfray-variants runs only")
     parser.add_argument("--steps", type=int, default=None)
