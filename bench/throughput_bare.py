@@ -11,7 +11,7 @@ MFU formula and peak memory are the same. One process, one device:
 
     python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager]
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, steps, batch, seq; optional
+SPEC (written by the bench): workload (mlm|mbert|clm|llama|cls|sft|dpo), architecture, steps, batch, seq; optional
 tokenizer (the vocabulary size when the architecture has none), learning_rate (1e-4, as the other runners).
 """
 
@@ -52,7 +52,7 @@ def build_model(spec: dict[str, Any]) -> tuple[Any, float]:
         arch["vocab_size"] = len(AutoTokenizer.from_pretrained(spec["tokenizer"]))
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     workload = spec["workload"]
-    if workload == "mlm":
+    if workload in ("mlm", "mbert"):
         model = AutoModelForMaskedLM.from_config(config)
         return model, (MASK_P if mlm_loss_on_masked_only(model) else 1.0)
     if workload == "cls":
@@ -76,7 +76,7 @@ def make_batches(spec: dict[str, Any], vocab: int, device: str, n: int = 4) -> l
     for _ in range(n):
         ids = torch.randint(5, vocab, (rows, seq), generator=gen)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if workload == "mlm":
+        if workload in ("mlm", "mbert"):
             labels = torch.full_like(ids, -100)
             per_row = max(1, round(seq * MASK_P))
             for r in range(rows):

@@ -1,6 +1,7 @@
 """Benchmark: hfray's training throughput against the plain HF Trainer and torchrun, same work, one run.
 
-Workloads (``--workloads``): ``mlm`` BERT-base masked-LM pre-training, ``clm`` GPT-2-small causal-LM
+Workloads (``--workloads``): ``mlm`` BERT-base masked-LM pre-training, ``mbert`` the same with ModernBERT-base's
+shape (22 layers, 768 wide, alternating local/global attention; the same vocabulary), ``clm`` GPT-2-small causal-LM
 pre-training, ``llama`` a Llama-shaped causal LM (SmolLM2-135M's shape) pre-training, ``cls`` BERT-base
 sequence-classification fine-tuning, ``sft`` LoRA SFT (r 16, all linear layers) of the SmolLM2-135M shape on
 packed text, ``dpo`` LoRA DPO (same LoRA) of that shape on fixed-length preference pairs (``--batch`` = pairs,
@@ -80,6 +81,19 @@ BASE = {
     },
     "clm": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
 }
+# ModernBERT-base's shape with the bench's BERT vocabulary; pad id 0 (its own default is past this vocabulary)
+BASE["mbert"] = {
+    "model_type": "modernbert",
+    "hidden_size": 768,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 12,
+    "intermediate_size": 1152,
+    "global_attn_every_n_layers": 3,
+    "local_attention": 128,
+    "max_position_embeddings": 512,
+    "vocab_size": 30522,
+    "pad_token_id": 0,
+}
 BASE["cls"] = BASE["mlm"]
 BASE["llama"] = {**SMOLLM2_135M_SHAPE, "vocab_size": 49152}
 BASE["sft"] = BASE["dpo"] = BASE["llama"]
@@ -93,6 +107,17 @@ TINY = {
         "max_position_embeddings": 128,
     },
     "clm": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
+}
+TINY["mbert"] = {
+    "model_type": "modernbert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "global_attn_every_n_layers": 2,
+    "local_attention": 16,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
 }
 TINY["cls"] = TINY["mlm"]
 TINY["llama"] = {
@@ -108,6 +133,7 @@ TINY["llama"] = {
 TINY["sft"] = TINY["dpo"] = TINY["llama"]
 TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "text-classification", "sft": "sft"}
 TASKS["dpo"] = "dpo"
+TASKS["mbert"] = "masked-lm"
 CPU_MODELS = {"cls": "builtin:all-MiniLM-L6-v2"}  # --cpu: a real pretrained model of CPU size
 LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
 
@@ -150,7 +176,7 @@ def write_corpus(work: Path, docs: int, seed: int = 0) -> dict[str, str]:
 
 
 def tokenizer_of(workload: str) -> str:
-    return {"mlm": "bert", "cls": "bert", "clm": "gpt2"}.get(workload, "llama")
+    return {"mlm": "bert", "mbert": "bert", "cls": "bert", "clm": "gpt2"}.get(workload, "llama")
 
 
 def train_tokenizers(work: Path, data: dict[str, str], smoke: bool, names: set[str] | None = None) -> dict[str, str]:
@@ -254,7 +280,7 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
         job["training"]["torch_compile"] = True
-    if "exact" in parts and workload == "mlm":  # a fixed masked count: static shapes
+    if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes
         job["lm"]["masking"] = "exact"
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use
         job["model"]["architecture"] = {**spec["architecture"], "hidden_dropout_prob": 0.0}

@@ -11,7 +11,8 @@ sides are measured alike. One process (``python``) or one per GPU (``torchrun --
 ``sft``: TRL's own ``SFTTrainer`` (LoRA r 16 on all linear layers, packing to ``seq`` tokens) on the CSV's text.
 ``dpo``: TRL's own ``DPOTrainer`` (the same LoRA) on fixed-length preference pairs (``bench/throughput_dpo.py``).
 
-SPEC (written by the bench): workload (mlm|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch, seq;
+SPEC (written by the bench): workload (mlm|mbert|clm|llama|cls|sft|dpo), architecture, tokenizer, data, steps, batch,
+seq;
 ``model`` (``--cpu`` cls): a pretrained model, loaded from the ``tokenizer`` folder its ``builtin:`` name resolves to.
 """
 
@@ -99,7 +100,7 @@ def _model_and_data(spec: dict[str, Any], args: Any) -> tuple[Any, Any, Any, flo
         lengths = [len(x) for x in train["input_ids"]]
         return model, train, DataCollatorWithPadding(tokenizer), sum(lengths) / len(lengths), 1.0
     train = _lm_dataset(spec, tokenizer, args)
-    if workload == "mlm":
+    if workload in ("mlm", "mbert"):
         model = AutoModelForMaskedLM.from_config(config)
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
         return model, train, collator, spec["seq"], 0.15
