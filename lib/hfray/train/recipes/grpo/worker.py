@@ -29,7 +29,8 @@ def grpo_arguments(job: JobConfig, output_dir: str, use_gpu: bool, weights: list
     trl = job.trl
     assert trl is not None
     kwargs = build_kwargs(job, output_dir, use_gpu)
-    # TRL turns bf16 on when neither flag is given; on CPU that is 10-20x slower. hfray decides.
+    # TRL turns bf16 on when neither flag is given; hfray decides (training.precision: auto keeps TRL's tasks fp32
+    # on CPU, hfray.train.arguments.CPU_BF16_EXCLUDED_TASKS)
     kwargs.setdefault("bf16", False)
     kwargs.setdefault("fp16", False)
     return GRPOConfig(

@@ -32,7 +32,8 @@ def trl_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
     from hfray.train.arguments import build_kwargs
 
     kwargs = build_kwargs(job, output_dir, use_gpu)
-    # TRL turns bf16 on when neither flag is given; on CPU that is 10-20x slower. hfray decides.
+    # TRL turns bf16 on when neither flag is given; hfray decides (training.precision: auto keeps TRL's tasks fp32
+    # on CPU, hfray.train.arguments.CPU_BF16_EXCLUDED_TASKS)
     kwargs.setdefault("bf16", False)
     kwargs.setdefault("fp16", False)
     kwargs["max_length"] = job.data.max_length
