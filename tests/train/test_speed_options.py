@@ -58,11 +58,18 @@ class _Rows(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
 
 
-def _losses(kwargs: dict[str, Any]) -> list[float]:
+def _train(kwargs: dict[str, Any]) -> tuple[Trainer, set[torch.dtype]]:
+    """A plain Trainer on ``kwargs`` over a seeded tiny BERT, trained; and the dtypes an FFN matmul produced."""
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
+    produced: set[torch.dtype] = set()
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, out: produced.add(out.dtype))
     trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Rows(32))
     trainer.train()
+    return trainer, produced
+
+
+def _losses(trainer: Trainer) -> list[float]:
     return [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
 
@@ -72,21 +79,10 @@ def test_gpu_input_pipeline_keeps_the_loss_curve(tmp_path: Path) -> None:
     job = _job("text-classification", max_steps=4, per_device_train_batch_size=8, logging_steps=1, learning_rate=1e-3)
     kwargs = build_kwargs(job, str(tmp_path / "a"), use_gpu=False) | {"save_strategy": "no", "eval_strategy": "no"}
     assert kwargs["use_liger_kernel"] is False and "accelerator_config" not in kwargs
-    old = _losses(kwargs)
-    new = _losses(kwargs | gpu_input_pipeline(True) | {"output_dir": str(tmp_path / "b")})
+    old = _losses(_train(kwargs)[0])
+    new = _losses(_train(kwargs | gpu_input_pipeline(True) | {"output_dir": str(tmp_path / "b")})[0])
     assert len(new) == 4 and new == pytest.approx(old, rel=1e-6)
     assert old[0] != old[-1]  # it trained
-
-
-def _bf16_run(kwargs: dict[str, Any]) -> tuple[list[float], set[torch.dtype], torch.dtype]:
-    """Losses, the dtypes an FFN matmul produced during training, and the weights' dtype after it."""
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=2, **BERT))
-    produced: set[torch.dtype] = set()
-    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, out: produced.add(out.dtype))
-    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Rows(32))
-    trainer.train()
-    return [e["loss"] for e in trainer.state.log_history if "loss" in e], produced, model.classifier.weight.dtype
 
 
 def test_cpu_precision_auto_is_bf16_autocast_where_the_cpu_has_it_and_keeps_the_loss(tmp_path: Path) -> None:
@@ -101,9 +97,11 @@ def test_cpu_precision_auto_is_bf16_autocast_where_the_cpu_has_it_and_keeps_the_
     sft = JobConfig.from_dict({"name": "s", "task": "sft", "model": {"name_or_path": "m"}, "data": {"train": "x"}})
     assert not build_kwargs(sft, str(tmp_path / "c"), use_gpu=False).get("bf16")
 
-    ref, ref_dtypes, _ = _bf16_run(fp32)
-    losses, dtypes, weights = _bf16_run(fp32 | {"bf16": True, "output_dir": str(tmp_path / "d")})
-    assert ref_dtypes == {torch.float32} and dtypes == {torch.bfloat16} and weights == torch.float32
+    reference, ref_dtypes = _train(fp32)
+    trained, dtypes = _train(fp32 | {"bf16": True, "output_dir": str(tmp_path / "d")})
+    ref, losses = _losses(reference), _losses(trained)
+    assert ref_dtypes == {torch.float32} and dtypes == {torch.bfloat16}
+    assert trained.model.classifier.weight.dtype == torch.float32
     assert losses != ref and losses == pytest.approx(ref, rel=2e-2)
     assert ref[0] != ref[-1]  # it trained
 
