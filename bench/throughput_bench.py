@@ -135,7 +135,9 @@ TASKS = {"mlm": "masked-lm", "clm": "causal-lm", "llama": "causal-lm", "cls": "t
 TASKS["dpo"] = "dpo"
 TASKS["mbert"] = "masked-lm"
 CPU_MODELS = {"cls": "builtin:all-MiniLM-L6-v2"}  # --cpu: a real pretrained model of CPU size
-LORA = {"method": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}  # as bench/throughput_bare.py
+# as bench/throughput_bare.py and the plain runner's LoraConfig: one computation (PEFT's default dropout 0; before
+# 2026-12-05 hfray's rows had hfray's default 0.05: a dropout on each of the 210 adapted layers' inputs; theirs none)
+LORA = {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -291,6 +293,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["liger_kernel"] = False
     if "liger" in parts:  # Liger's kernels asked for (off by default for LoRA SFT and DPO)
         job["training"]["liger_kernel"] = True
+    if "loradrop" in parts and "peft" in job:  # hfray's default LoRA dropout (0.05) instead of the runners' shared 0
+        job["peft"].pop("dropout")
     if "full" in parts:  # full-parameter SFT/DPO: no PEFT adapter (DPO's reference is then a frozen copy)
         job.pop("peft", None)
     if "flex" in parts:  # FlexAttention: a packed SFT batch (one flattened row) attended per document
