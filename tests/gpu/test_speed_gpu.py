@@ -148,3 +148,57 @@ def test_varlen_kernel_keeps_packed_and_padded_batches_losses_and_gradients() ->
             results[impl] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.float().norm().item())
         for got in results.values():
             assert got == pytest.approx(results["sdpa"], rel=0.02), (case, results)
+
+
+def test_varlen_under_regional_compile_keeps_its_graphs_and_eagers_loss() -> None:
+    """Compiled packed SFT on varlen (``hfray.train.recipes.trl.flat``): batches of TRL's flat row padded to one
+    length, with different documents each, run the compiled layers without graph breaks, compile nothing new after
+    the first batches (only ``cu_seq_lens``' length changes: made dynamic once) and give eager's losses."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import torch._dynamo as dynamo
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from hfray.model import varlen
+    from hfray.train.recipes.trl.flat import FixedFlatRow
+
+    arch = dict(LLAMA)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    collate = FixedFlatRow(DataCollatorForLanguageModeling(0, padding_free=True), rows=4, max_length=128)
+    ids, rng = _Blocks().ids, torch.Generator().manual_seed(1)
+    batches = []
+    for b in range(8):  # 4 packed examples a batch, 1-5 documents each, rows 64-128 tokens (some batches 3 rows)
+        rows = []
+        for r in range(3 if b % 3 == 2 else 4):
+            cuts = sorted(torch.randint(1, 64, (int(torch.randint(0, 5, (1,), generator=rng)),), generator=rng))
+            length = int(torch.randint(64, 129, (1,), generator=rng))
+            bounds = [0, *dict.fromkeys(int(c) for c in cuts), length]
+            sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+            rows.append({"input_ids": ids[b * 4 + r, :length].tolist(), "seq_lengths": sizes})
+        batch = collate(rows)
+        batches.append({k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})
+    assert {b["input_ids"].shape[1] for b in batches} == {4 * 128}
+    assert len({b["cu_seq_lens_q"].numel() for b in batches}) > 1  # the documents differ from batch to batch
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=varlen.register()).cuda()
+
+    def loss(batch: dict[str, Any]) -> float:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(**batch, use_cache=False).loss
+        out.backward()
+        return out.item()
+
+    eager = [loss(batch) for batch in batches]
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    for layer in model.model.layers:  # what accelerate's regional compilation does
+        layer.compile()
+    compiled, graphs = [], []
+    for batch in batches:
+        compiled.append(loss(batch))
+        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert graphs[-1] == graphs[3], graphs  # nothing compiled after the fourth batch
+    assert compiled == pytest.approx(eager, rel=2e-2), (compiled, eager)

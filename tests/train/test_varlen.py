@@ -65,8 +65,8 @@ def test_varlen_attention_gives_sdpas_losses_for_flat_packed_rows_and_padded_bat
 
 def test_packed_sft_on_gpus_defaults_to_varlen_unless_the_job_says_otherwise(tmp_path, chat_tokenizer):  # noqa: F811
     """The default's rule (``rows.wants_varlen``, applied on GPU workers whose torch and card run the kernel):
-    packed SFT, kernel unset -> varlen (TRL's flat row); an explicit kernel, ``trl.packed_layout: rows``,
-    ``training.torch_compile`` or no packing keep theirs, and so does a CPU worker."""
+    packed SFT, kernel unset -> varlen (TRL's flat row; compiled too, at one length); an explicit kernel,
+    ``trl.packed_layout: rows`` or no packing keep theirs, and so does a CPU worker."""
     from hfray.train.recipes.trl.rows import default_attention, wants_varlen
 
     raw = trl_job(tmp_path, chat_tokenizer, "sft", tmp_path / "t.jsonl", tmp_path / "v.jsonl", trl={"packing": True})
@@ -75,8 +75,44 @@ def test_packed_sft_on_gpus_defaults_to_varlen_unless_the_job_says_otherwise(tmp
     kept = [
         JobConfig.from_dict(raw | {"model": raw["model"] | {"attn_implementation": "sdpa"}}),
         JobConfig.from_dict(raw | {"trl": {"packing": True, "packed_layout": "rows"}}),
-        JobConfig.from_dict(raw | {"training": raw["training"] | {"torch_compile": True}}),
         JobConfig.from_dict(raw | {"trl": {"packing": False}}),
     ]
     assert not any(wants_varlen(other) for other in kept)
+    assert wants_varlen(JobConfig.from_dict(raw | {"training": raw["training"] | {"torch_compile": True}}))
     assert default_attention(job, use_gpu=False) is job  # a CPU worker: sdpa (the kernel is CUDA's)
+
+
+def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path, chat_tokenizer):  # noqa: F811
+    """``training.torch_compile`` on packed SFT under varlen (its GPU default): TRL's flattened row is padded to
+    per-device batch x ``data.max_length`` tokens (the epoch's shorter last batch too) and ``max_length_q`` is
+    ``data.max_length``, so a compiled step keeps one shape; the padding is documents of at most ``data.max_length``
+    tokens, labels -100: the loss and gradients are the unpadded row's."""
+    from hfray.train.recipes.trl.flat import FixedFlatRow
+
+    train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(64, 1))
+    val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
+    packed = {"messages_column": "conversation", "packing": True}
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training={"torch_compile": True})
+    raw["model"]["attn_implementation"] = "varlen"
+    raw["training"]["per_device_train_batch_size"] = 4
+    job, _, model, trainer = sft_trainer(tmp_path, raw, "hf-compiled")
+    assert isinstance(trainer.data_collator, FixedFlatRow)
+    width, longest = 4 * job.data.max_length, job.data.max_length
+
+    def loss_and_grad(batch: dict) -> tuple[float, float]:
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.norm().item()
+
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    for batch in (examples, examples[:3]):  # a full batch and a shorter last one
+        unpadded, fixed = trainer.data_collator.collate(batch), trainer.data_collator(batch)
+        have = unpadded["input_ids"].shape[1]
+        assert have < width and fixed["input_ids"].shape == (1, width)
+        assert fixed["max_length_q"] == fixed["max_length_k"] == longest > unpadded["max_length_q"]
+        cu = fixed["cu_seq_lens_q"]
+        assert cu[: unpadded["cu_seq_lens_q"].numel()].tolist() == unpadded["cu_seq_lens_q"].tolist()
+        assert cu[-1] == width and int(cu.diff().max()) <= longest
+        assert (fixed["labels"][0, have:] == -100).all() and fixed["seq_idx"].shape == (1, width)
+        assert loss_and_grad(fixed) == pytest.approx(loss_and_grad(unpadded), rel=1e-5)

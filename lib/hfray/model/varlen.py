@@ -20,7 +20,6 @@ tests.
 from __future__ import annotations
 
 import inspect
-from functools import cache
 from typing import Any
 
 NAME = "hfray_varlen"  # the name transformers knows it by (config._attn_implementation)
@@ -49,15 +48,21 @@ def register() -> str:
 
     AttentionInterface.register(NAME, varlen_attention_forward)
     AttentionMaskInterface.register(NAME, flash_attention_mask)
+    if available():
+        _kernel_options()  # looked up now, outside any compiled region (Dynamo would not trace inspect)
     return NAME
 
 
-@cache
+_KERNEL: list[tuple[Any, frozenset[str]]] = []  # filled once: a plain global that a compiled layer reads
+
+
 def _kernel_options() -> tuple[Any, frozenset[str]]:
     """The kernel and its keyword names: torch 2.10/2.11 take ``is_causal``, later ones ``window_size`` and GQA."""
-    from torch.nn.attention.varlen import varlen_attn
+    if not _KERNEL:
+        from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+        _KERNEL.append((varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)))
+    return _KERNEL[0]
 
 
 def _attend(q: Any, k: Any, v: Any, cu: Any, max_len: int, scale: float | None, causal: bool) -> Any:

@@ -15,7 +15,8 @@ only), and the label of each document's first token masked, as TRL's flattened b
 flattened one's (``tests/train/test_trl.py`` checks the loss); only the attention's mask shrinks to one per row.
 
 On GPUs that run PyTorch's FlashAttention varlen kernel, packed SFT now defaults to it on the flat row instead
-(:func:`default_attention`, ``hfray.model.varlen``): rows are what sdpa, eager, CPU jobs and compiled steps use.
+(:func:`default_attention`, ``hfray.model.varlen``; compiled steps too, on a flat row of one length,
+``hfray.train.recipes.trl.flat``): rows are what sdpa, eager and CPU jobs use.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ FLAT_KERNELS = frozenset({*ATTENTION_PACKAGES, varlen.NAME})
 
 
 def wants_varlen(job: JobConfig) -> bool:
-    """Packed SFT with ``model.attn_implementation`` unset, not compiled (the flattened row's length changes from
-    batch to batch: a compiled step would compile again, while rows padded to ``data.max_length`` keep one shape), not
-    ``trl.packed_layout: rows``: the jobs whose GPU default is PyTorch's varlen kernel (:func:`default_attention`)."""
+    """Packed SFT with ``model.attn_implementation`` unset, not ``trl.packed_layout: rows``: the jobs whose GPU
+    default is PyTorch's varlen kernel (:func:`default_attention`). Compiled too: the flattened row then has one
+    length (``hfray.train.recipes.trl.flat``)."""
     trl = job.trl
     if job.task != "sft" or trl is None or not trl.packing or trl.packed_layout == "rows":
         return False
-    return job.model.attn_implementation is None and not job.training.torch_compile
+    return job.model.attn_implementation is None
 
 
 def default_attention(job: JobConfig, use_gpu: bool) -> JobConfig:

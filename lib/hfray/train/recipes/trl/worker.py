@@ -19,7 +19,7 @@ from hfray.config import JobConfig
 from hfray.model import peft
 from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
-from hfray.train.recipes.trl import rows
+from hfray.train.recipes.trl import flat, rows
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 
@@ -59,8 +59,11 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
     }
     if job.task == "sft":
         trainer = SFTTrainer(model=model, **common)
+        compiled = job.training.torch_compile
         if rows.keeps_rows(trainer, job.trl.packed_layout, model.config._attn_implementation):  # packed: rows
-            rows.keep_rows(trainer, job.data.max_length if job.training.torch_compile else None)
+            rows.keep_rows(trainer, job.data.max_length if compiled else None)
+        elif compiled and getattr(trainer, "padding_free", False):  # packed, TRL's flat row: one length
+            flat.fix_flat_row(trainer, args.per_device_train_batch_size, job.data.max_length)
         return trainer
     from accelerate.utils import is_peft_model
 

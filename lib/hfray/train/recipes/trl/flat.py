@@ -1,0 +1,61 @@
+"""Packed SFT's one flattened row at a fixed length, for a compiled step on the varlen kernel (on each worker).
+
+Why: TRL's padding-free collator gives each batch ONE row of every packed token (``trl.packed_layout: flat``, what
+FlashAttention's varlen kernels read, ``hfray.model.varlen``). Its length is the batch's token count, and its
+``max_length_q`` the longest document's: both change from batch to batch, so a compiled step (``training.
+torch_compile``) would compile again for each new length, and Dynamo guards the Python int ``max_length_q`` by value.
+Here the row is padded to ``rows x data.max_length`` tokens (``rows`` = the per-device batch: the epoch's last,
+shorter batch too) and ``max_length_q`` is ``data.max_length`` (a bound on every document: BFD packing fits each in
+a row; the kernel only sizes its grid by it). Only ``cu_seq_lens`` (one entry per document) still changes length:
+Dynamo makes that dimension dynamic at its first change, one recompile.
+
+The padding is documents of its own, at most ``data.max_length`` tokens each (their attention costs no more than a
+full packed row's; one long pad document would cost the square of its length), labels -100: the loss, its gradients
+and the other documents' attention are those of the unpadded row (``tests/train/test_trl.py``). TRL's ``num_tokens``
+counts the padding, as the rows layout's count does (BFD leaves little: the last batch of an epoch the most).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FixedFlatRow:
+    """A collator: TRL's padding-free collator, its flattened row padded to ``max(rows, examples) x max_length``
+    tokens, ``max_length_q`` / ``max_length_k`` fixed at ``max_length``."""
+
+    def __init__(self, collate: Any, rows: int, max_length: int) -> None:
+        self.collate, self.rows, self.max_length = collate, rows, max_length
+        self.pad_token_id = collate.pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.collate(examples)
+        have = batch["input_ids"].size(1)
+        pad = max(self.rows, len(examples)) * self.max_length - have
+        if pad > 0:
+            sizes = [self.max_length] * (pad // self.max_length) + [pad % self.max_length] * bool(pad % self.max_length)
+            batch["input_ids"] = _extend(batch["input_ids"], torch.full((pad,), self.pad_token_id))
+            batch["labels"] = _extend(batch["labels"], torch.full((pad,), -100))
+            batch["position_ids"] = _extend(batch["position_ids"], torch.cat([torch.arange(n) for n in sizes]))
+            ends = have + torch.tensor(sizes).cumsum(0)
+            cu = torch.cat([batch["cu_seq_lens_q"], ends.to(torch.int32)])
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
+            if "seq_idx" in batch:  # each token's document, as TRL's collator numbers them
+                docs = torch.arange(cu.numel() - 1, dtype=torch.int32)
+                batch["seq_idx"] = torch.repeat_interleave(docs, cu.diff())[None]
+        longest = max(self.max_length, int(batch["max_length_q"]))  # never below a document's length
+        batch["max_length_q"] = batch["max_length_k"] = longest
+        return batch
+
+
+def _extend(row: Any, tail: Any) -> Any:
+    import torch
+
+    return torch.cat([row, tail.to(row.dtype)[None]], dim=1)
+
+
+def fix_flat_row(trainer: Any, rows: int, max_length: int) -> None:
+    """Gives a padding-free SFT trainer's collator the fixed-length row (:class:`FixedFlatRow`)."""
+    trainer.data_collator = FixedFlatRow(trainer.data_collator, rows, max_length)
