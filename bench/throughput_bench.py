@@ -282,6 +282,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
         job["training"]["torch_compile"] = True
+    if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)
+        job["training"]["torch_compile"] = False
     if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes
         job["lm"]["masking"] = "exact"
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use

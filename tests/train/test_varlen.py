@@ -116,3 +116,32 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
         assert cu[-1] == width and int(cu.diff().max()) <= longest
         assert (fixed["labels"][0, have:] == -100).all() and fixed["seq_idx"].shape == (1, width)
         assert loss_and_grad(fixed) == pytest.approx(loss_and_grad(unpadded), rel=1e-5)
+
+
+def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_otherwise(tmp_path, chat_tokenizer):  # noqa: F811
+    """``training.torch_compile`` unset (``flat.default_compile``, after the GPU worker picked varlen): packed LoRA
+    SFT on the varlen kernel is compiled; ``torch_compile: false``, Liger asked for, full-parameter SFT (Liger's
+    default), other adapters, sdpa (rows) or no packing are not."""
+    from hfray.train.recipes.trl.flat import default_compile
+
+    lora = {"method": "lora", "r": 8}
+    raw = trl_job(tmp_path, chat_tokenizer, "sft", tmp_path / "t.jsonl", tmp_path / "v.jsonl", trl={"packing": True})
+    raw |= {"peft": lora, "model": raw["model"] | {"attn_implementation": "varlen"}}
+    job = JobConfig.from_dict(raw)
+    assert job.training.torch_compile is None and default_compile(job).training.torch_compile is True
+    kept = [
+        raw | {"training": raw["training"] | {"torch_compile": False}},
+        raw | {"training": raw["training"] | {"liger_kernel": True}},
+        {k: v for k, v in raw.items() if k != "peft"},
+        raw | {"peft": lora | {"method": "ia3"}},
+        raw | {"model": raw["model"] | {"attn_implementation": "sdpa"}},
+        raw | {"trl": {"packing": False}},
+    ]
+    assert [default_compile(JobConfig.from_dict(other)).training.torch_compile for other in kept] == [
+        False,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]

@@ -90,12 +90,14 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(
         False, description="Batch texts of similar length (less padding); default on for GPU classification jobs."
     )
-    torch_compile: bool = Field(
-        False,
+    torch_compile: bool | None = Field(
+        None,
         description="torch.compile the model (HF Trainer's integration; masked-lm compiles the encoder, its head on "
-        "masked positions runs eager; packed SFT rows are padded to data.max_length, one shape for every batch). The "
-        "compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials "
-        "of a local storage path reuse it.",
+        "masked positions runs eager; packed SFT batches get one shape: rows padded to data.max_length, or the varlen "
+        "kernel's flat row padded to batch x data.max_length). Default: on for packed LoRA SFT on GPUs that run the "
+        "varlen kernel (1.65x the eager step on one H200, same loss), off elsewhere; false opts out. The compile "
+        "cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials of a "
+        "local storage path reuse it.",
     )
     compile_regions: bool = Field(
         True,

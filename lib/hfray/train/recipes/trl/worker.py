@@ -107,7 +107,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     run = worker.start(loop_config)
     worker.limit_threads(run)
-    job = rows.default_attention(run.job, run.use_gpu)
+    job = flat.default_compile(rows.default_attention(run.job, run.use_gpu))
+    worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
     assert job.trl is not None
     tokenizer = load_chat_tokenizer(job)
     splits = load_trl_splits(job)
