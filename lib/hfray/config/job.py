@@ -53,6 +53,9 @@ _SPEED_ONLY = (
     ("training", "compile_regions"),  # the same compiled model, traced layer by layer or whole
 )
 
+# Keys whose default became "unset" (None: hfray decides per run) hash as their old default: run names stay.
+_OLD_DEFAULTS = (("training", "torch_compile", False),)  # False until 2026-12-05
+
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -93,6 +96,9 @@ class JobConfig(Section):
             relevant.pop(key)
         if relevant["trl"] is not None:
             relevant["trl"] = hashed_trl(relevant["trl"])
+        for section, key, old in _OLD_DEFAULTS:
+            if relevant.get(section) is not None and relevant[section].get(key) is None:
+                relevant[section][key] = old
         for section, key in _SPEED_ONLY:  # how fast, not what is computed: a new knob keeps every run name
             if relevant.get(section) is not None:
                 relevant[section].pop(key, None)
