@@ -1,5 +1,7 @@
-"""The Liger path on one GPU (issue 18): a causal-LM job's default TrainingArguments turn Liger's kernels on, the
-HF Trainer patches the Llama model with them, and the loss over a few steps matches the run without them.
+"""Issue 18's GPU kernels on one GPU. The Liger path: a causal-LM job's default TrainingArguments turn Liger's kernels
+on, the HF Trainer patches the Llama model with them, and the loss over a few steps matches the run without them.
+Attention kernels (flex, PyTorch's varlen) against sdpa, and the varlen kernel under regional compilation on the
+fixed flat row that packed LoRA SFT compiles by default.
 
 No Ray: hfray's ``build_kwargs`` drives a plain HF Trainer on a small Llama built from a config, bf16. Run on the
 GPU machine (liger-kernel installed: ``pip install 'hfray[gpu]'``, or the device bundle):
@@ -32,6 +34,13 @@ LLAMA = {
 }
 
 
+def _llama_config() -> Any:
+    from transformers import AutoConfig
+
+    arch = dict(LLAMA)
+    return AutoConfig.for_model(arch.pop("model_type"), **arch)
+
+
 class _Blocks(torch.utils.data.Dataset):
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -46,7 +55,7 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 def _train(tmp_path: Path, liger: bool | None) -> tuple[list[float], Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     raw = {
         "name": "liger",
@@ -60,9 +69,8 @@ def _train(tmp_path: Path, liger: bool | None) -> tuple[list[float], Any]:
     }
     kwargs = build_kwargs(JobConfig.from_dict(raw), str(tmp_path / f"out-{liger}"), use_gpu=True)
     kwargs.update(save_strategy="no", eval_strategy="no")
-    arch = dict(LLAMA)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
+    model = AutoModelForCausalLM.from_config(_llama_config())
     trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Blocks())
     trainer.train()
     return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer
@@ -93,10 +101,9 @@ def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_p
     kernel can be chosen for speed alone (``bench/throughput_bench.py --hfray-variants flex``)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    arch = dict(LLAMA)
-    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    config = _llama_config()
     ids = _Blocks().ids[:4].reshape(1, -1).cuda()  # four 128-token documents in one row
     positions = torch.arange(128).repeat(4).reshape(1, -1).cuda()
     results = {}
@@ -116,12 +123,11 @@ def test_varlen_kernel_keeps_packed_and_padded_batches_losses_and_gradients() ->
     batch of padded rows give sdpa's loss and gradients in bf16 (``--hfray-variants varlen`` measures the speed)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from hfray.model import varlen
 
-    arch = dict(LLAMA)
-    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    config = _llama_config()
     ids = _Blocks().ids[:4].cuda()
     lengths = [128, 96, 64, 32]  # four documents of different lengths in one row
     flat = torch.cat([ids[i, :n] for i, n in enumerate(lengths)])[None]
@@ -157,14 +163,13 @@ def test_varlen_under_regional_compile_keeps_its_graphs_and_eagers_loss() -> Non
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     import torch._dynamo as dynamo
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from hfray.model import varlen
     from hfray.train.recipes.trl.flat import FixedFlatRow
 
-    arch = dict(LLAMA)
-    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    config = _llama_config()
     collate = FixedFlatRow(DataCollatorForLanguageModeling(0, padding_free=True), rows=4, max_length=128)
     ids, rng = _Blocks().ids, torch.Generator().manual_seed(1)
     batches = []
