@@ -87,8 +87,8 @@ REGIONAL_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
 
 def compile_settings(job: JobConfig) -> None:
     """``training.torch_compile``'s process settings: the compile cache of a local storage path
-    (:func:`compile_cache_dir`) and ``training.compile_regions``. Set, not defaulted: a reused trial process may
-    have run a job with other settings."""
+    (:func:`compile_cache_dir`), ``training.compile_regions`` and none of Dynamo's graphs from before. Set, not
+    defaulted: a reused trial process may have run a job with other settings."""
     cache = compile_cache_dir(job)
     if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
@@ -96,6 +96,14 @@ def compile_settings(job: JobConfig) -> None:
         os.environ[REGIONAL_ENV] = "1"
     else:
         os.environ.pop(REGIONAL_ENV, None)
+    if job.training.torch_compile:
+        import torch._dynamo
+
+        # A reused process (an in-process sweep trial) keeps Dynamo's graphs of the jobs before it. Each new shape
+        # (another LoRA rank, batch size) compiles on top of them up to Dynamo's recompile limit (8 per function),
+        # then its layers run eager without a word: on 2 CPUs from a sweep's fifth LoRA rank on. Each job starts
+        # from none; Inductor's cache on disk keeps compiling a shape seen before quick.
+        torch._dynamo.reset()
 
 
 def compile_cache_dir(job: JobConfig) -> str | None:
