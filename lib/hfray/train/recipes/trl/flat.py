@@ -11,7 +11,7 @@ Dynamo makes that dimension dynamic at its first change, one recompile.
 
 The padding is documents of its own, at most ``data.max_length`` tokens each (their attention costs no more than a
 full packed row's; one long pad document would cost the square of its length), labels -100: the loss, its gradients
-and the other documents' attention are those of the unpadded row (``tests/train/test_trl.py``). TRL's ``num_tokens``
+and the other documents' attention are those of the unpadded row (``tests/train/test_varlen.py``). TRL's ``num_tokens``
 counts the padding, as the rows layout's count does (BFD leaves little: the last batch of an epoch the most).
 """
 
