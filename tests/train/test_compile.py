@@ -8,7 +8,7 @@ from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F40
 from hfray.config import JobConfig
 
 
-def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path, chat_tokenizer, monkeypatch):  # noqa: F811
+def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path, chat_tokenizer):  # noqa: F811
     """Three LoRA ranks trained one after the other in this process (a rank is a parameter's shape: Dynamo compiles
     each anew), its recompile limit lowered to 2 (8 in real life: from a sweep's fifth rank on 2 CPUs): every job
     still compiles graphs of its own. Without the reset a later job finds the limit reached and trains its layers
@@ -19,22 +19,22 @@ def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path,
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
     from hfray.train.worker import compile_settings
 
-    monkeypatch.setattr(dynamo.config, "recompile_limit", 2)
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
-    new_graphs = []
-    for rank in (2, 4, 8):
-        steps = {"max_steps": 2, "torch_compile": True, "extra_args": {"torch_compile_backend": "aot_eager"}}
-        packed = {"messages_column": "conversation", "packing": True}
-        raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
-        raw["peft"] = {"method": "lora", "r": rank}
-        job = JobConfig.from_dict(raw)
-        compile_settings(job)  # as each worker does first
-        tokenizer = load_chat_tokenizer(job)
-        model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
-        args = trl_arguments(job, str(tmp_path / f"hf-r{rank}"), use_gpu=False)
-        trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
-        before = dynamo.utils.counters["stats"]["unique_graphs"]
-        trainer.train()
-        new_graphs.append(dynamo.utils.counters["stats"]["unique_graphs"] - before)
+    with dynamo.config.patch(recompile_limit=2):  # Dynamo's own switch, undone on leaving
+        new_graphs = []
+        for rank in (2, 4, 8):
+            steps = {"max_steps": 2, "torch_compile": True, "extra_args": {"torch_compile_backend": "aot_eager"}}
+            packed = {"messages_column": "conversation", "packing": True}
+            raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
+            raw["peft"] = {"method": "lora", "r": rank}
+            job = JobConfig.from_dict(raw)
+            compile_settings(job)  # as each worker does first
+            tokenizer = load_chat_tokenizer(job)
+            model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
+            args = trl_arguments(job, str(tmp_path / f"hf-r{rank}"), use_gpu=False)
+            trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+            before = dynamo.utils.counters["stats"]["unique_graphs"]
+            trainer.train()
+            new_graphs.append(dynamo.utils.counters["stats"]["unique_graphs"] - before)
     assert all(n > 0 for n in new_graphs), new_graphs
