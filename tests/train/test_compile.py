@@ -3,9 +3,7 @@ compiles its own shapes, however many jobs came before (``hfray.train.worker.com
 
 from __future__ import annotations
 
-from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (a fixture)
-
-from hfray.config import JobConfig
+from test_trl import chat_tokenizer, sft_rows, sft_trainer, trl_job, write_jsonl  # noqa: F401 (a fixture)
 
 
 def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path, chat_tokenizer):  # noqa: F811
@@ -14,10 +12,6 @@ def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path,
     still compiles graphs of its own. Without the reset a later job finds the limit reached and trains its layers
     eager (0 new graphs)."""
     import torch._dynamo as dynamo
-
-    from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
-    from hfray.train.worker import compile_settings
 
     train = write_jsonl(tmp_path / "sft_train.jsonl", sft_rows(48, 1))
     val = write_jsonl(tmp_path / "sft_val.jsonl", sft_rows(8, 2))
@@ -28,12 +22,7 @@ def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path,
             packed = {"messages_column": "conversation", "packing": True}
             raw = trl_job(tmp_path, chat_tokenizer, "sft", train, val, trl=packed, training=steps)
             raw["peft"] = {"method": "lora", "r": rank}
-            job = JobConfig.from_dict(raw)
-            compile_settings(job)  # as each worker does first
-            tokenizer = load_chat_tokenizer(job)
-            model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
-            args = trl_arguments(job, str(tmp_path / f"hf-r{rank}"), use_gpu=False)
-            trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+            _, _, _, trainer = sft_trainer(tmp_path, raw, f"hf-r{rank}")  # compile_settings(job) first, as a worker
             before = dynamo.utils.counters["stats"]["unique_graphs"]
             trainer.train()
             new_graphs.append(dynamo.utils.counters["stats"]["unique_graphs"] - before)

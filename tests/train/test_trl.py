@@ -92,18 +92,18 @@ def trl_job(tmp_path: Path, tokenizer: Path, task: str, train: Path, validation:
 
 def sft_trainer(tmp_path: Path, raw: dict, out: str) -> tuple[JobConfig, Any, Any, Any]:
     """The SFT worker's build sequence in this process (no Ray): job -> process settings -> tokenizer -> seed 0 ->
-    model -> arguments -> trainer. Returns the job, tokenizer, model and trainer."""
+    model (with the job's adapter, if any) -> arguments -> trainer. Returns the job, tokenizer, model and trainer."""
     from transformers import set_seed
 
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
-    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
+    from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
     from hfray.train.worker import compile_settings
 
     job = JobConfig.from_dict(raw)
     compile_settings(job)  # as each worker does before it builds the Trainer
     tokenizer = load_chat_tokenizer(job)
     set_seed(0)
-    model = build_causal_lm(job, tokenizer)
+    model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
     args = trl_arguments(job, str(tmp_path / out), use_gpu=False)
     return job, tokenizer, model, build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
 
