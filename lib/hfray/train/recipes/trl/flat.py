@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from hfray.config import JobConfig
-from hfray.train.arguments import liger_by_default
 
 
 class FixedFlatRow:
@@ -69,11 +68,11 @@ def default_compile(job: JobConfig) -> JobConfig:
     picks it on GPUs that run it), Liger off: compiled, on the fixed flat row. On one H200, LoRA SFT of the
     SmolLM2-135M shape: 75.6k tokens/s against 45.9k eager, peak memory 10.9 against 13.5 GiB, first step 30 s
     against 27-57 s, the same loss (``bench/results/throughput_gpu_dec05_sft_compile_h200.md``). Not measured, so
-    not defaulted: full-parameter SFT (Liger's default), QLoRA and the other adapters, rows (sdpa: recompiled)."""
+    not defaulted: full-parameter SFT (Liger by default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
     t, trl = job.training, job.trl
     if t.torch_compile is not None or job.task != "sft" or trl is None or not trl.packing:
         return job
-    lora = job.peft is not None and job.peft.method == "lora"
-    if job.model.attn_implementation != "varlen" or not lora or t.liger_kernel or liger_by_default(job):
+    lora = job.peft is not None and job.peft.method == "lora"  # LoRA SFT: no Liger by default (liger_by_default)
+    if job.model.attn_implementation != "varlen" or not lora or t.liger_kernel:
         return job
     return job.model_copy(update={"training": t.model_copy(update={"torch_compile": True})})
