@@ -61,6 +61,9 @@ fi
 wait "$pid" 2>/dev/null; echo "bench exit $? at ${SECONDS}s" | tee -a "$OUT/versions.txt"
 cp "$WORK"/throughput.json "$WORK"/throughput.md "$OUT/" 2>/dev/null || echo "no table written" | tee -a "$OUT/versions.txt"
 for log in "$WORK"/cases/*/log.txt; do [ -f "$log" ] && tail -c 200000 "$log" > "$OUT/logs/$(basename "$(dirname "$log")").log"; done
+for prof in "$WORK"/cases/*/torch_profile; do  # variant tprofile: summary.json, ops.txt, trace.json.gz
+  [ -d "$prof" ] && mkdir -p "$OUT/profiles" && cp -r "$prof" "$OUT/profiles/$(basename "$(dirname "$prof")")"
+done
 [ "${SMOKE:-0}" = 1 ] || ray stop --force > /dev/null 2>&1  # the GPU machine's own; never on a shared CPU box
 grep -E '^\{"workload"' "$OUT/bench.log" | cut -c1-400
 cat "$OUT/throughput.md" 2>/dev/null

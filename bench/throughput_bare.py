@@ -9,7 +9,10 @@ causal LM; LoRA DPO runs ``bench/throughput_dpo.py``'s step (reference and polic
 Timed with the same ``ThroughputCallback`` as the other runners (its hooks called by hand), so the warm-up rule,
 MFU formula and peak memory are the same. One process, one device:
 
-    python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager]
+    python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager] [--torch-profile DIR]
+
+``--torch-profile DIR``: steps 12-16 recorded with ``torch.profiler`` (``hfray.train.callbacks.torch_profile``: the
+same summary hfray's ``HFRAY_TORCH_PROFILE`` writes, so the two steps compare kernel by kernel).
 
 SPEC (written by the bench): workload (mlm|mbert|clm|llama|cls|sft|dpo), architecture, steps, batch, seq; optional
 tokenizer (the vocabulary size when the architecture has none), learning_rate (1e-4, as the other runners).
@@ -102,7 +105,7 @@ def make_step(model: Any, device: str, compiled: bool, lr: float = 1e-4) -> Any:
     return adamw_step(model, opt, device, autocast=device == "cuda")
 
 
-def run(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
+def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) -> dict[str, Any]:
     import torch
 
     from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
@@ -123,7 +126,16 @@ def run(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
     state = SimpleNamespace(max_steps=spec["steps"], is_world_process_zero=True)
     speed.on_train_begin(args, state, None, model=model)
     losses = []
+    window = None
+    if profile_dir and spec["steps"] > 17:
+        from hfray.train.callbacks.torch_profile import Window
+
+        window = Window(Path(profile_dir), steps=5)
     for i in range(spec["steps"]):
+        if window is not None and i == 12:  # from step 12 to 16, as hfray's callback records
+            window.start()
+        if window is not None and i == 17:
+            window.stop()
         speed.on_step_begin(args, state, None)
         loss = step(batches[i % len(batches)])
         if i % 10 == 0 or i == spec["steps"] - 1:
@@ -147,10 +159,11 @@ def main() -> None:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--eager", action="store_true", help="no torch.compile (on CPU it is always eager)")
+    parser.add_argument("--torch-profile", default=None, help="folder for a torch.profiler record of steps 12-16")
     cli = parser.parse_args()
     with open(cli.spec) as f:
         spec = json.load(f)
-    result = run(spec, compiled=not cli.eager)
+    result = run(spec, compiled=not cli.eager, profile_dir=cli.torch_profile)
     with open(cli.out, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -351,8 +351,20 @@ def run_bare(spec: dict[str, Any], out: Path, variant: str) -> dict[str, Any]:
     spec_file, result_file = out / "spec.json", out / "result.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [sys.executable, str(HERE / "throughput_bare.py"), "--spec", str(spec_file), "--out", str(result_file)]
-    cmd += ["--eager"] if variant == "eager" else []
-    return _timed(cmd, out, lambda: result_file, {"CUDA_VISIBLE_DEVICES": "0"})
+    parts = set(variant.split("-"))
+    cmd += ["--eager"] if "eager" in parts else []
+    cmd += ["--torch-profile", str(out / "torch_profile")] if "tprofile" in parts else []
+    row = _timed(cmd, out, lambda: result_file, {"CUDA_VISIBLE_DEVICES": "0"})
+    return _with_torch_profile(row, out / "torch_profile")
+
+
+def _with_torch_profile(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The row plus the device profile's headline (``hfray.train.callbacks.torch_profile``), where one was taken."""
+    summary = folder / "summary.json"
+    if summary.is_file():
+        record = json.loads(summary.read_text())
+        row["torch_profile"] = {k: v for k, v in record.items() if not k.startswith("top_")}
+    return row
 
 
 def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
@@ -369,7 +381,10 @@ def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, 
     profile = out / "step_profile.jsonl"
     profile.unlink(missing_ok=True)
     env = {"HFRAY_STEP_PROFILE": str(profile)} if "profile" in variant.split("-") else {}
-    row = _timed(cmd, out, manifest, env)
+    shutil.rmtree(out / "torch_profile", ignore_errors=True)
+    if "tprofile" in variant.split("-"):  # rank 0's device profile of 5 steady steps (no per-phase syncs)
+        env["HFRAY_TORCH_PROFILE"] = str(out / "torch_profile")
+    row = _with_torch_profile(_timed(cmd, out, manifest, env), out / "torch_profile")
     if "error" not in row:  # the run's last evaluation: variants that change the numerics are compared on it
         metrics = json.loads(manifest().read_text()).get("metrics") or {}
         row.update({k: metrics[k] for k in ("eval_loss", "eval_accuracy") if k in metrics})
@@ -490,7 +505,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="bare,plain,hfray")
-    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager (no torch.compile)")
+    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager (no torch.compile), tprofile")
     parser.add_argument(
         "--hfray-variants",
         default="",

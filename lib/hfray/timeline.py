@@ -28,8 +28,10 @@ def enabled() -> bool:
 
 def forwarded_env() -> dict[str, str]:
     """The variables the job's Ray processes need to write their marks too, and the per-step phase profile
-    (``HFRAY_STEP_PROFILE``, hfray.train.callbacks.step_profile); empty when off."""
-    return {key: os.environ[key] for key in (ENV, "HFRAY_STEP_PROFILE") if os.environ.get(key)}
+    (``HFRAY_STEP_PROFILE``, hfray.train.callbacks.step_profile) and the device profile (``HFRAY_TORCH_PROFILE``,
+    hfray.train.callbacks.torch_profile); empty when off."""
+    keys = (ENV, "HFRAY_STEP_PROFILE", "HFRAY_TORCH_PROFILE")
+    return {key: os.environ[key] for key in keys if os.environ.get(key)}
 
 
 def _role() -> tuple[str, str | None]:

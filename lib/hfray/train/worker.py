@@ -232,7 +232,7 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     learning rate over a resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
-    from hfray.train.callbacks import step_profile
+    from hfray.train.callbacks import step_profile, torch_profile
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
     from hfray.train.callbacks.report import RayReportCallback
 
@@ -244,6 +244,8 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
         found.append(JobHyperparamsCallback())  # a PBT exploit's new learning rate wins over the donor's
     if step_profile.enabled():
         found.append(step_profile.StepProfileCallback())
+    if (profile_dir := torch_profile.target()) is not None:
+        found.append(torch_profile.TorchProfileCallback(profile_dir))
     if run.loop_config.get("in_process"):  # the caller may end the run early (a sweep's scheduler)
         from hfray.train.local import stop_callback
 
