@@ -293,6 +293,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["precision"] = "bf16"
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for GPU causal-LM and SFT jobs)
         job["training"]["liger_kernel"] = False
+    if "syncs" in parts and "trl" in job:  # TRL's own compute_loss: its per-step host syncs (trl.deferred_metrics)
+        job["trl"]["deferred_metrics"] = False
     if "liger" in parts:  # Liger's kernels asked for (off by default for LoRA SFT and DPO)
         job["training"]["liger_kernel"] = True
     if "loradrop" in parts and "peft" in job:  # hfray's default LoRA dropout (0.05) instead of the runners' shared 0

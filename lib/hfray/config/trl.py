@@ -43,6 +43,12 @@ class TrlSection(Section):
         "flattened row's mask grows with the square of the batch); 'auto': flat with varlen (the default on GPUs "
         "that run it) or flash_attention_*, else rows; 'rows' also keeps sdpa on GPUs.",
     )
+    deferred_metrics: bool = Field(
+        True,
+        description="sft: TRL's step metrics (entropy, token accuracy, num_tokens) read from the device once per "
+        "log instead of every step, and, with packing, the fused LM head scoring every position: no host sync "
+        "inside a training step (hfray.train.recipes.trl.deferred); the same numbers. false: TRL's own compute_loss.",
+    )
     completion_only_loss: bool | None = Field(
         None, description="sft: loss on completions only (default: yes for prompt-completion data)."
     )

@@ -19,7 +19,7 @@ from hfray.config import JobConfig
 from hfray.model import peft
 from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
-from hfray.train.recipes.trl import flat, rows
+from hfray.train.recipes.trl import deferred, flat, rows
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 
@@ -64,6 +64,8 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
             rows.keep_rows(trainer, job.data.max_length if compiled else None)
         elif compiled and getattr(trainer, "padding_free", False):  # packed, TRL's flat row: one length
             flat.fix_flat_row(trainer, args.per_device_train_batch_size, job.data.max_length)
+        if job.trl.deferred_metrics:  # no host sync inside a step
+            deferred.defer_metrics(trainer, packed=job.trl.packing)
         return trainer
     from accelerate.utils import is_peft_model
 
