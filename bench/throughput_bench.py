@@ -282,6 +282,9 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
         job["training"]["torch_compile"] = True
+    if "cudagraphs" in parts:  # compiled, each region's kernels replayed as CUDA graphs
+        job["training"]["torch_compile"] = True
+        job["training"].setdefault("extra_args", {})["torch_compile_mode"] = "reduce-overhead"
     if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)
         job["training"]["torch_compile"] = False
     if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes

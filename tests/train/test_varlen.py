@@ -97,6 +97,8 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
     raw["training"]["per_device_train_batch_size"] = 4
     job, _, model, trainer = sft_trainer(tmp_path, raw, "hf-compiled")
     assert isinstance(trainer.data_collator, FixedFlatRow)
+    from hfray.train.recipes.trl.flat import DOC_BUCKET
+
     width, longest = 4 * job.data.max_length, job.data.max_length
 
     def loss_and_grad(batch: dict) -> tuple[float, float]:
@@ -114,6 +116,7 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
         cu = fixed["cu_seq_lens_q"]
         assert cu[: unpadded["cu_seq_lens_q"].numel()].tolist() == unpadded["cu_seq_lens_q"].tolist()
         assert cu[-1] == width and int(cu.diff().max()) <= longest
+        assert cu.numel() % DOC_BUCKET == 0 and int(cu.diff().min()) >= 0  # empty documents fill the bucket
         assert (fixed["labels"][0, have:] == -100).all() and fixed["seq_idx"].shape == (1, width)
         assert loss_and_grad(fixed) == pytest.approx(loss_and_grad(unpadded), rel=1e-5)
 

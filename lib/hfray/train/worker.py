@@ -232,7 +232,7 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
     learning rate over a resumed checkpoint's, early stopping."""
     from transformers import EarlyStoppingCallback
 
-    from hfray.train.callbacks import step_profile, torch_profile
+    from hfray.train.callbacks import cudagraphs, step_profile, torch_profile
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
     from hfray.train.callbacks.report import RayReportCallback
 
@@ -251,6 +251,8 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
 
         found.append(stop_callback())
     t = job.training
+    if cudagraphs.wanted(t.extra_args, t.torch_compile):
+        found.append(cudagraphs.CudaGraphStepCallback())
     if t.early_stopping_patience:
         found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
     return found

@@ -6,8 +6,10 @@ FlashAttention's varlen kernels read, ``hfray.model.varlen``). Its length is the
 torch_compile``) would compile again for each new length, and Dynamo guards the Python int ``max_length_q`` by value.
 Here the row is padded to ``rows x data.max_length`` tokens (``rows`` = the per-device batch: the epoch's last,
 shorter batch too) and ``max_length_q`` is ``data.max_length`` (a bound on every document: BFD packing fits each in
-a row; the kernel only sizes its grid by it). Only ``cu_seq_lens`` (one entry per document) still changes length:
-Dynamo makes that dimension dynamic at its first change, one recompile.
+a row; the kernel only sizes its grid by it). Only ``cu_seq_lens`` (one entry per document) still changes length,
+in steps of :data:`DOC_BUCKET` (empty documents: repeated end offsets, which the kernel skips): Dynamo makes that
+dimension dynamic at its first change, one recompile; a CUDA graph (``torch_compile_mode: reduce-overhead``) is
+recorded per length.
 
 The padding is documents of its own, at most ``data.max_length`` tokens each (their attention costs no more than a
 full packed row's; one long pad document would cost the square of its length), labels -100: the loss, its gradients
@@ -20,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from hfray.config import JobConfig
+
+DOC_BUCKET = 64  # cu_seq_lens' length, a multiple of it: few shapes, so CUDA graphs (one per shape) are few
 
 
 class FixedFlatRow:
@@ -47,6 +51,10 @@ class FixedFlatRow:
             if "seq_idx" in batch:  # each token's document, as TRL's collator numbers them
                 docs = torch.arange(cu.numel() - 1, dtype=torch.int32)
                 batch["seq_idx"] = torch.repeat_interleave(docs, cu.diff())[None]
+        cu = batch["cu_seq_lens_q"]
+        if cu.numel() % DOC_BUCKET:  # empty documents: the count changes in steps of DOC_BUCKET, not of 1
+            cu = torch.cat([cu, cu[-1:].repeat(DOC_BUCKET - cu.numel() % DOC_BUCKET)])
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
         longest = max(self.max_length, int(batch["max_length_q"]))  # never below a document's length
         batch["max_length_q"] = batch["max_length_k"] = longest
         return batch

@@ -1,0 +1,25 @@
+"""Compiled jobs that replay CUDA graphs (``training.extra_args.torch_compile_mode: reduce-overhead``): each training
+step tells Inductor's CUDA-graph trees that a new iteration begins (on each worker).
+
+Why: the trees reuse the memory of the graphs' outputs at the next replay; the mark says the last step's outputs
+are no longer read, so a replay never overwrites a tensor something still holds (PyTorch's advice for training loops).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+
+MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that use CUDA graphs
+
+
+def wanted(extra_args: dict[str, Any], compiled: bool) -> bool:
+    return bool(compiled) and extra_args.get("torch_compile_mode") in MODES
+
+
+class CudaGraphStepCallback(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kw: Any) -> None:
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
