@@ -344,8 +344,15 @@ def test_packed_sft_keeps_rows_with_the_flattened_batchs_loss_and_counts_every_r
     trainer.model.train()
     batch = trainer._prepare_inputs(trainer.data_collator(examples))
     trainer.compute_loss(trainer.model, batch)
-    counted = trainer._metrics["train"]["num_tokens"][-1]
+    trainer.log({})  # trl.deferred_metrics (the default): the step's metrics are read at the next log
+    counted = trainer.state.log_history[-1]["num_tokens"]
     assert counted == batch["position_ids"].numel() == 4 * batch["position_ids"].size(1)
+    raw["trl"]["deferred_metrics"] = False  # TRL's own compute_loss: the rows' count added by rows.RowTokens
+    _, _, _, trainer = sft_trainer(tmp_path, raw, "hf-trl-metrics")
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(examples)))
+    assert trainer._metrics["train"]["num_tokens"][-1] == counted
+    raw["trl"].pop("deferred_metrics")
 
     raw["trl"]["packed_layout"] = "flat"  # the opt-out: TRL's own flattened batch
     job = JobConfig.from_dict(raw)
