@@ -144,6 +144,8 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) ->
             sync()  # the steady intervals are back to back: their sum is the GPU's time for those steps
         speed.on_step_end(args, state, None)
     speed.on_train_end(args, state, None)
+    if window is not None:
+        window.write()
     return {
         **speed.summary,
         "compiled": compiled and device == "cuda",

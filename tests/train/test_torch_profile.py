@@ -24,7 +24,8 @@ def test_the_window_counts_each_steps_host_syncs(tmp_path: Path) -> None:
         y = x @ x
         float(y.sum().item()), bool(y.mean() > 0)  # two syncs a step: .item() and a tensor's truth value
         _ = y[y > 0]  # boolean indexing: a nonzero
-    record = window.stop()
+    window.stop()
+    record = window.write()
     assert record["steps"] == 4 and record["wall_ms"] > 0
     assert record["syncs_per_step"]["aten::_local_scalar_dense"] == pytest.approx(2.0)
     assert record["syncs_per_step"]["aten::nonzero"] == pytest.approx(1.0)

@@ -41,7 +41,7 @@ class Window:
     def __init__(self, out: Path, steps: int) -> None:
         self.out, self.steps = out, steps
         self.prof: Any = None
-        self.t0 = 0.0
+        self.t0 = self.wall = 0.0
 
     def start(self) -> None:
         import torch
@@ -53,11 +53,14 @@ class Window:
         self.prof.__enter__()
         self.t0 = time.perf_counter()
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self) -> None:
         _sync()
-        wall = time.perf_counter() - self.t0
+        self.wall = time.perf_counter() - self.t0
         self.prof.__exit__(None, None, None)
-        record = summarize(self.prof, self.steps, wall)
+
+    def write(self) -> dict[str, Any]:
+        """The files (after training: exporting the trace takes seconds, which would count as a slow step)."""
+        record = summarize(self.prof, self.steps, self.wall)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.json").write_text(json.dumps(record, indent=1))
         (self.out / "ops.txt").write_text(self.prof.key_averages().table(sort_by=_device_key(), row_limit=60))
@@ -131,7 +134,7 @@ class TorchProfileCallback(TrainerCallback):
     def __init__(self, out: Path, first: int = 12, steps: int = 5) -> None:
         self.first = first
         self.window = Window(out, steps)
-        self.on = False
+        self.on = self.done = False
 
     def on_step_end(self, args, state, control, **kw: Any) -> None:
         if not state.is_world_process_zero:
@@ -140,6 +143,10 @@ class TorchProfileCallback(TrainerCallback):
             self.window.start()
             self.on = True
         elif self.on and state.global_step == self.first + self.window.steps:
-            record = self.window.stop()
-            self.on = False
+            self.window.stop()
+            self.on, self.done = False, True
+
+    def on_train_end(self, args, state, control, **kw: Any) -> None:
+        if self.done:
+            record = self.window.write()
             print(f"[hfray] torch profile: {json.dumps({k: v for k, v in record.items() if 'top' not in k})}")
