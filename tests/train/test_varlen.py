@@ -97,7 +97,7 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
     raw["training"]["per_device_train_batch_size"] = 4
     job, _, model, trainer = sft_trainer(tmp_path, raw, "hf-compiled")
     assert isinstance(trainer.data_collator, FixedFlatRow)
-    from hfray.train.recipes.trl.flat import DOC_BUCKET
+    from hfray.train.recipes.trl.flat import densest_row
 
     width, longest = 4 * job.data.max_length, job.data.max_length
 
@@ -116,7 +116,8 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
         cu = fixed["cu_seq_lens_q"]
         assert cu[: unpadded["cu_seq_lens_q"].numel()].tolist() == unpadded["cu_seq_lens_q"].tolist()
         assert cu[-1] == width and int(cu.diff().max()) <= longest
-        assert cu.numel() % DOC_BUCKET == 0 and int(cu.diff().min()) >= 0  # empty documents fill the bucket
+        # one length for every batch: the densest packed row's documents + 1 (the padding), times the rows
+        assert cu.numel() == 4 * (densest_row(trainer.train_dataset) + 1) + 1 and int(cu.diff().min()) >= 0
         assert (fixed["labels"][0, have:] == -100).all() and fixed["seq_idx"].shape == (1, width)
         assert loss_and_grad(fixed) == pytest.approx(loss_and_grad(unpadded), rel=1e-5)
 
@@ -148,3 +149,21 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
         None,
         None,
     ]
+
+
+def test_the_flat_rows_document_slots_are_one_length_where_the_densest_row_is_known() -> None:
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from hfray.train.recipes.trl.flat import FixedFlatRow, densest_row
+
+    collate = SimpleNamespace(pad_token_id=0)
+    row = FixedFlatRow(collate, rows=4, max_length=8, docs_per_row=3)
+    assert row.slots(4, 10) == row.slots(2, 3) == 4 * (3 + 1) + 1  # every batch, the short last one too
+    assert row.slots(5, 10) == 5 * 4 + 1  # a larger (evaluation) batch
+    assert row.slots(4, 30) == 64  # more than the densest row allows: a power of two, as without one
+    assert FixedFlatRow(collate, rows=4, max_length=8).slots(4, 65) == 128
+    packed = Dataset.from_dict({"seq_lengths": [[3, 4], [1, 2, 3], [7]]})
+    assert densest_row(packed) == 3 and densest_row(packed.select([0, 2])) == 3  # a bound: the underlying table's
+    assert densest_row(Dataset.from_dict({"input_ids": [[1]]})) == 0 and densest_row(None) == 0

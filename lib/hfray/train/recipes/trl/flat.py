@@ -6,10 +6,10 @@ FlashAttention's varlen kernels read, ``hfray.model.varlen``). Its length is the
 torch_compile``) would compile again for each new length, and Dynamo guards the Python int ``max_length_q`` by value.
 Here the row is padded to ``rows x data.max_length`` tokens (``rows`` = the per-device batch: the epoch's last,
 shorter batch too) and ``max_length_q`` is ``data.max_length`` (a bound on every document: BFD packing fits each in
-a row; the kernel only sizes its grid by it). Only ``cu_seq_lens`` (one entry per document) still changes length,
-in steps of :data:`DOC_BUCKET` (empty documents: repeated end offsets, which the kernel skips): Dynamo makes that
-dimension dynamic at its first change, one recompile; a CUDA graph (``torch_compile_mode: reduce-overhead``) is
-recorded per length.
+a row; the kernel only sizes its grid by it). ``cu_seq_lens`` (one entry per document) is padded with empty documents
+(repeated end offsets, which the kernel skips) to one length for every batch, from the packed data's densest row
+(:func:`densest_row`): nothing is compiled again mid-run (a cold recompile of 30 layers costs seconds of a run's
+steady state), and a CUDA graph (``torch_compile_mode: reduce-overhead``) is recorded once.
 
 The padding is documents of its own, at most ``data.max_length`` tokens each (their attention costs no more than a
 full packed row's; one long pad document would cost the square of its length), labels -100: the loss, its gradients
@@ -23,16 +23,28 @@ from typing import Any
 
 from hfray.config import JobConfig
 
-DOC_BUCKET = 64  # cu_seq_lens' length, a multiple of it: few shapes, so CUDA graphs (one per shape) are few
+DOC_BUCKET = 64  # without a known densest row: cu_seq_lens' length a power of two, at least this
+MAX_FIXED_SLOTS = 2048  # above it, the empty documents' grid blocks would cost more than a recompile or two
 
 
 class FixedFlatRow:
     """A collator: TRL's padding-free collator, its flattened row padded to ``max(rows, examples) x max_length``
     tokens, ``max_length_q`` / ``max_length_k`` fixed at ``max_length``."""
 
-    def __init__(self, collate: Any, rows: int, max_length: int) -> None:
+    def __init__(self, collate: Any, rows: int, max_length: int, docs_per_row: int | None = None) -> None:
         self.collate, self.rows, self.max_length = collate, rows, max_length
+        self.docs_per_row = docs_per_row  # the packed data's densest row, where known
         self.pad_token_id = collate.pad_token_id
+
+    def slots(self, examples: int, entries: int) -> int:
+        """cu_seq_lens' length for a batch of ``examples`` rows that needs ``entries``: one length for every batch
+        where the densest row is known (its documents per row + 1 for the padding, times the rows), else the next
+        power of two (a few lengths: Dynamo makes the dimension dynamic at its second)."""
+        if self.docs_per_row:
+            fixed = max(self.rows, examples) * (self.docs_per_row + 1) + 1
+            if entries <= fixed <= MAX_FIXED_SLOTS:
+                return fixed
+        return max(DOC_BUCKET, 1 << (entries - 1).bit_length())
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -52,9 +64,9 @@ class FixedFlatRow:
                 docs = torch.arange(cu.numel() - 1, dtype=torch.int32)
                 batch["seq_idx"] = torch.repeat_interleave(docs, cu.diff())[None]
         cu = batch["cu_seq_lens_q"]
-        if cu.numel() % DOC_BUCKET:  # empty documents: the count changes in steps of DOC_BUCKET, not of 1
-            cu = torch.cat([cu, cu[-1:].repeat(DOC_BUCKET - cu.numel() % DOC_BUCKET)])
-            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
+        empty = self.slots(len(examples), cu.numel()) - cu.numel()
+        if empty > 0:  # empty documents (repeated end offsets): cu_seq_lens of one length
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = torch.cat([cu, cu[-1:].repeat(empty)])
         longest = max(self.max_length, int(batch["max_length_q"]))  # never below a document's length
         batch["max_length_q"] = batch["max_length_k"] = longest
         return batch
@@ -68,7 +80,20 @@ def _extend(row: Any, tail: Any) -> Any:
 
 def fix_flat_row(trainer: Any, rows: int, max_length: int) -> None:
     """Gives a padding-free SFT trainer's collator the fixed-length row (:class:`FixedFlatRow`)."""
-    trainer.data_collator = FixedFlatRow(trainer.data_collator, rows, max_length)
+    splits = [trainer.train_dataset, trainer.eval_dataset]
+    densest = max((densest_row(split) for split in splits), default=0) or None
+    trainer.data_collator = FixedFlatRow(trainer.data_collator, rows, max_length, densest)
+
+
+def densest_row(dataset: Any) -> int:
+    """The most documents a packed row of ``dataset`` holds (TRL's ``seq_lengths`` column, read by Arrow: no Python
+    pass over the rows); 0 where unknown. Over the underlying table: a selection or shuffle only drops rows."""
+    import pyarrow.compute as pc
+
+    if dataset is None or "seq_lengths" not in (getattr(dataset, "column_names", None) or []):
+        return 0
+    lengths = pc.list_value_length(dataset.data.column("seq_lengths"))
+    return int(pc.max(lengths).as_py() or 0)
 
 
 def default_compile(job: JobConfig) -> JobConfig:
