@@ -96,8 +96,8 @@ class TrainingConfig(Section):
         "masked positions runs eager; packed SFT batches get one shape: rows padded to data.max_length, or the varlen "
         "kernel's flat row padded to batch x data.max_length). Default: on for packed LoRA SFT on GPUs that run the "
         "varlen kernel (on an H100 0.88-0.96 of the bare compiled step, same loss), off elsewhere; false opts out. "
-        "The compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials of a "
-        "local storage path reuse it.",
+        "The compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep "
+        "trials of a local storage path reuse it.",
     )
     compile_regions: bool = Field(
         True,
