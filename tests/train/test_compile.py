@@ -27,3 +27,17 @@ def test_each_compiled_job_in_a_reused_process_compiles_its_own_graphs(tmp_path,
             trainer.train()
             new_graphs.append(dynamo.utils.counters["stats"]["unique_graphs"] - before)
     assert all(n > 0 for n in new_graphs), new_graphs
+
+
+def test_cuda_graph_modes_mark_each_training_step() -> None:
+    """``training.extra_args.torch_compile_mode`` that replays CUDA graphs gets the step mark
+    (``hfray.train.callbacks.cudagraphs``); other modes, or no compile, do not."""
+    from types import SimpleNamespace
+
+    from hfray.train.callbacks.cudagraphs import CudaGraphStepCallback, wanted
+
+    assert wanted({"torch_compile_mode": "reduce-overhead"}, True)
+    assert wanted({"torch_compile_mode": "max-autotune"}, True)
+    assert not wanted({"torch_compile_mode": "reduce-overhead"}, False) and not wanted({}, True)
+    assert not wanted({"torch_compile_mode": "max-autotune-no-cudagraphs"}, True)
+    CudaGraphStepCallback().on_step_begin(None, SimpleNamespace(global_step=0), None)  # a no-op off CUDA

@@ -63,7 +63,8 @@ class Window:
         record = summarize(self.prof, self.steps, self.wall)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.json").write_text(json.dumps(record, indent=1))
-        (self.out / "ops.txt").write_text(self.prof.key_averages().table(sort_by=_device_key(), row_limit=60))
+        averages = self.prof.key_averages()
+        (self.out / "ops.txt").write_text(averages.table(sort_by=_device_key(averages), row_limit=60))
         raw = self.out / "trace.json"
         self.prof.export_chrome_trace(str(raw))
         with raw.open("rb") as src, gzip.open(self.out / "trace.json.gz", "wb") as dst:
@@ -79,10 +80,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _device_key() -> str:
-    import torch
-
-    return "self_device_time_total" if torch.__version__ >= "2.4" else "self_cuda_time_total"
+def _device_key(averages: Any) -> str:
+    """The table's sort key for device time: ``self_device_time_total`` (torch >= 2.4), else the CUDA-named one."""
+    has_device = bool(averages) and hasattr(averages[0], "self_device_time_total")
+    return "self_device_time_total" if has_device or not averages else "self_cuda_time_total"
 
 
 def summarize(prof: Any, steps: int, wall_s: float, top: int = 20) -> dict[str, Any]:
