@@ -97,8 +97,10 @@ class DeferredMetrics:
         t = self.trainer
         steps = torch.stack(self.pending)  # (steps, 3)
         local = torch.as_tensor(self.tokens_device, device=steps.device, dtype=torch.float64) + self.tokens_host
-        gathered = t.accelerator.gather_for_metrics(steps.unsqueeze(0))  # (ranks, steps, 3)
-        tokens = t.accelerator.gather_for_metrics(local.reshape(1)).sum()
+        # gather, not gather_for_metrics: the latter trims to the dataloader's remainder at an epoch's last batch,
+        # which would cut ranks here (every rank holds the same steps)
+        gathered = t.accelerator.gather(steps.unsqueeze(0))  # (ranks, steps, 3)
+        tokens = t.accelerator.gather(local.reshape(1)).sum()
         summed = gathered.sum(0)
         valid = summed[:, 0].clamp(min=1)
         values = torch.stack([summed[:, 1] / valid, summed[:, 2] / valid]).double().cpu()
