@@ -16,10 +16,8 @@ same summary, so hfray's step and the bare step compare kernel by kernel.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -60,16 +58,12 @@ class Window:
 
     def write(self) -> dict[str, Any]:
         """The files (after training: exporting the trace takes seconds, which would count as a slow step)."""
-        record = summarize(self.prof, self.steps, self.wall)
+        averages = self.prof.key_averages()  # once: it walks every event of the window
+        record = summarize(self.prof.events(), averages, self.steps, self.wall)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.json").write_text(json.dumps(record, indent=1))
-        averages = self.prof.key_averages()
-        (self.out / "ops.txt").write_text(averages.table(sort_by=_device_key(averages), row_limit=60))
-        raw = self.out / "trace.json"
-        self.prof.export_chrome_trace(str(raw))
-        with raw.open("rb") as src, gzip.open(self.out / "trace.json.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        raw.unlink()
+        (self.out / "ops.txt").write_text(averages.table(sort_by="self_device_time_total", row_limit=60))
+        self.prof.export_chrome_trace(str(self.out / "trace.json.gz"))  # torch gzips a ".gz" path itself
         return record
 
 
@@ -80,19 +74,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _device_key(averages: Any) -> str:
-    """The table's sort key for device time: ``self_device_time_total`` (torch >= 2.4), else the CUDA-named one."""
-    has_device = bool(averages) and hasattr(averages[0], "self_device_time_total")
-    return "self_device_time_total" if has_device or not averages else "self_cuda_time_total"
-
-
-def summarize(prof: Any, steps: int, wall_s: float, top: int = 20) -> dict[str, Any]:
+def summarize(events: Any, averages: Any, steps: int, wall_s: float, top: int = 20) -> dict[str, Any]:
     """Per step: wall ms, the device's busy ms (kernels and copies, overlaps counted once), host syncs, the top
     kernels by device time and host ops by self CPU time."""
     from torch.autograd import DeviceType
 
     spans, kernels = [], {}
-    for evt in prof.events():
+    for evt in events:
         if evt.device_type != DeviceType.CUDA:
             continue
         start, end = evt.time_range.start, evt.time_range.end
@@ -100,8 +88,8 @@ def summarize(prof: Any, steps: int, wall_s: float, top: int = 20) -> dict[str, 
         total, count = kernels.get(evt.name, (0.0, 0))
         kernels[evt.name] = (total + end - start, count + 1)
     busy_us = _union(spans)
-    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    calls = {e.key: e.count for e in prof.key_averages() if e.key in SYNC_OPS}
+    ops = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    calls = {e.key: e.count for e in averages if e.key in SYNC_OPS}
     per = 1.0 / max(1, steps)
     return {
         "steps": steps,

@@ -102,8 +102,8 @@ def default_compile(job: JobConfig) -> JobConfig:
     SmolLM2-135M shape: 75.6k tokens/s against 45.9k eager, peak memory 10.9 against 13.5 GiB, first step 30 s
     against 27-57 s, the same loss (``bench/results/throughput_gpu_dec05_sft_compile_h200.md``); with one document
     count for every batch, 128-140k on an H100, 0.88-0.96 of the bare compiled step and 6.3-6.9x TRL's SFTTrainer
-    (``bench/results/sft_host_bound_h100_dec06.md``). Not measured, so
-    not defaulted: full-parameter SFT (Liger by default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
+    (``bench/results/sft_host_bound_h100_dec06.md``). Not measured, so not defaulted: full-parameter SFT (Liger by
+    default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
     t, trl = job.training, job.trl
     if t.torch_compile is not None or job.task != "sft" or trl is None or not trl.packing:
         return job
