@@ -282,9 +282,10 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
         job["training"]["torch_compile"] = True
-    if "cudagraphs" in parts:  # compiled, each region's kernels replayed as CUDA graphs
-        job["training"]["torch_compile"] = True
-        job["training"].setdefault("extra_args", {})["torch_compile_mode"] = "reduce-overhead"
+    if "cudagraphs" in parts:  # compiled, each region's kernels replayed as CUDA graphs (packed LoRA SFT's default)
+        job["training"].update(torch_compile=True, cuda_graphs=True)
+    if "nographs" in parts:  # training.cuda_graphs' opt-out: compiled, kernel by kernel
+        job["training"]["cuda_graphs"] = False
     if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)
         job["training"]["torch_compile"] = False
     if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes
@@ -514,7 +515,7 @@ def main() -> None:
     parser.add_argument(
         "--hfray-variants",
         default="",
-        help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,datasets,full,full-noliger,liger",
+        help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,full,liger,cudagraphs,nographs",
     )
     parser.add_argument("--no-hfray-default", action="store_true", help="the --hfray-variants runs only")
     parser.add_argument("--steps", type=int, default=None)

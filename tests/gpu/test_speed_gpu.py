@@ -156,11 +156,13 @@ def test_varlen_kernel_keeps_packed_and_padded_batches_losses_and_gradients() ->
             assert got == pytest.approx(results["sdpa"], rel=0.02), (case, results)
 
 
-def test_varlen_under_regional_compile_keeps_its_graphs_and_eagers_loss() -> None:
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_varlen_under_regional_compile_keeps_its_graphs_and_eagers_loss(mode: str | None) -> None:
     """Compiled packed SFT on varlen (``hfray.train.recipes.trl.flat``): batches of TRL's flat row padded to one
     length and their document bounds to one count (empty documents, from the densest row: at most 5 documents a row
     here), with different documents each, run the compiled layers without graph breaks, compile nothing after the
-    first batch and give eager's losses."""
+    first batch and give eager's losses. ``reduce-overhead`` (``training.cuda_graphs``, the default there): the same,
+    each region replayed as a CUDA graph (none skipped), each step marked as hfray's callback marks it."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     import torch._dynamo as dynamo
@@ -203,11 +205,14 @@ def test_varlen_under_regional_compile_keeps_its_graphs_and_eagers_loss() -> Non
     dynamo.reset()
     dynamo.utils.counters.clear()
     for layer in model.model.layers:  # what accelerate's regional compilation does
-        layer.compile()
+        layer.compile(mode=mode)
     compiled, graphs = [], []
     for batch in batches:
+        if mode:
+            torch.compiler.cudagraph_mark_step_begin()  # hfray.train.callbacks.cudagraphs
         compiled.append(loss(batch))
         graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
     assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert not dynamo.utils.counters["inductor"]["cudagraph_skips"], dict(dynamo.utils.counters["inductor"])
     assert graphs[-1] == graphs[0], graphs  # nothing compiled after the first batch
     assert compiled == pytest.approx(eager, rel=2e-2), (compiled, eager)

@@ -40,4 +40,5 @@ def test_cuda_graph_modes_mark_each_training_step() -> None:
     assert wanted({"torch_compile_mode": "max-autotune"}, True)
     assert not wanted({"torch_compile_mode": "reduce-overhead"}, False) and not wanted({}, True)
     assert not wanted({"torch_compile_mode": "max-autotune-no-cudagraphs"}, True)
+    assert wanted({}, True, cuda_graphs=True) and not wanted({}, None, cuda_graphs=True)  # training.cuda_graphs
     CudaGraphStepCallback().on_step_begin(None, SimpleNamespace(global_step=0), None)  # a no-op off CUDA

@@ -180,3 +180,29 @@ def test_step_profile_splits_each_step_into_phases(tmp_path: Path, monkeypatch: 
     assert set(record["ms_per_step"]) == set(PHASES)
     assert record["ms_per_step"]["forward_backward"] > 0 and record["ms_per_step"]["optimizer"] > 0
     assert record["total_ms"] == pytest.approx(sum(record["ms_per_step"].values()), abs=0.05)
+
+
+def test_cuda_graphs_become_the_trainers_compile_mode_and_are_checked_up_front() -> None:
+    """``training.cuda_graphs``: the Trainer's ``torch_compile_mode`` reduce-overhead when compiled (a masked-LM
+    encoder compiles itself: the Trainer gets no mode, which would switch its own compile back on); a CPU job,
+    ``torch_compile: false`` or a mode of its own in ``extra_args`` is told before anything starts, each by key."""
+    from hfray.train.recipes.language_model.worker import training_args
+
+    assert build_kwargs(_job(torch_compile=True, cuda_graphs=True), "/tmp/o", use_gpu=True)["torch_compile_mode"] == (
+        "reduce-overhead"
+    )
+    for off in (_job(torch_compile=True), _job(torch_compile=True, cuda_graphs=False), _job(cuda_graphs=True)):
+        assert "torch_compile_mode" not in build_kwargs(off, "/tmp/o", use_gpu=True)
+    mlm = _job("causal-lm", torch_compile=True, cuda_graphs=True).to_dict() | {"task": "masked-lm"}
+    args = training_args(JobConfig.from_dict(mlm), "/tmp/o", encoder_compiled=True)
+    assert args.torch_compile is False and args.torch_compile_mode is None
+    with pytest.raises(ConfigError, match="training.cuda_graphs.*needs GPUs"):
+        check_training_arguments(_job(torch_compile=True, cuda_graphs=True))  # a CPU job
+    gpu = {"resources": {"gpus_per_worker": 1}}
+    with pytest.raises(ConfigError, match="training.cuda_graphs.*needs training.torch_compile"):
+        check_training_arguments(JobConfig.from_dict(_job(torch_compile=False, cuda_graphs=True).to_dict() | gpu))
+    mode = {"extra_args": {"torch_compile_mode": "max-autotune"}}
+    with pytest.raises(ConfigError, match="training.cuda_graphs.*'max-autotune': pick one"):
+        check_training_arguments(JobConfig.from_dict(_job(cuda_graphs=False, **mode).to_dict() | gpu))
+    # the run name: the same compiled model, launched as graphs or kernel by kernel
+    assert _job(torch_compile=True, cuda_graphs=False).run_name == _job(torch_compile=True).run_name

@@ -124,8 +124,8 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
 
 def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_otherwise(tmp_path, chat_tokenizer):  # noqa: F811
     """``training.torch_compile`` unset (``flat.default_compile``, after the GPU worker picked varlen): packed LoRA
-    SFT on the varlen kernel is compiled; ``torch_compile: false``, Liger asked for, full-parameter SFT (Liger's
-    default), other adapters, sdpa (rows) or no packing are not."""
+    SFT on the varlen kernel is compiled, with CUDA graphs unless the job says otherwise; ``torch_compile: false``,
+    Liger asked for, full-parameter SFT (Liger's default), other adapters, sdpa (rows) or no packing are not."""
     from hfray.train.recipes.trl.flat import default_compile
 
     lora = {"method": "lora", "r": 8}
@@ -133,6 +133,10 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
     raw |= {"peft": lora, "model": raw["model"] | {"attn_implementation": "varlen"}}
     job = JobConfig.from_dict(raw)
     assert job.training.torch_compile is None and default_compile(job).training.torch_compile is True
+    assert default_compile(job).training.cuda_graphs is True  # the step was host-bound: graphs by default too
+    said = [{"torch_compile": True}, {"cuda_graphs": False}, {"extra_args": {"torch_compile_mode": "default"}}]
+    resolved = [default_compile(JobConfig.from_dict(raw | {"training": raw["training"] | s})).training for s in said]
+    assert [(t.torch_compile, t.cuda_graphs) for t in resolved] == [(True, True), (True, False), (True, None)]
     kept = [
         raw | {"training": raw["training"] | {"torch_compile": False}},
         raw | {"training": raw["training"] | {"liger_kernel": True}},
@@ -149,6 +153,7 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
         None,
         None,
     ]
+    assert all(default_compile(JobConfig.from_dict(other)).training.cuda_graphs is None for other in kept)
 
 
 def test_the_flat_rows_document_slots_are_one_length_where_the_densest_row_is_known() -> None:

@@ -18,8 +18,9 @@ every key of :data:`KEYS` (``None`` or empty where a task has nothing to say):
 ``throughput``              ``steady_state`` (samples/s, tokens/s, MFU: :mod:`hfray.train.callbacks.throughput`)
                             plus the task's own counts (tokens trained, tokens/s, peak memory per rank)
 ``data``                    what the data was (fingerprint and split sizes, or the LM pipeline's facts)
-``model``                   ``{parameters, attention, liger_kernel, torch_compile}`` of the trained model: its size,
-                            the attention kernel it trained with and hfray's kernel defaults as the run resolved them
+``model``                   ``{parameters, attention, liger_kernel, torch_compile, cuda_graphs}`` of the trained
+                            model: its size, the attention kernel it trained with and hfray's kernel defaults as the
+                            run resolved them
 ``peft``                    the adapter (method, targets, trainable parameters), or ``None``
 ``pipeline_kwargs``         task settings ``transformers.pipeline`` gets (aggregation, QA windows, source prefix)
 ``generation``              generation defaults for predict and serve (``{}`` when the task generates nothing)

@@ -52,6 +52,7 @@ _SPEED_ONLY = (
     ("trl", "packed_layout"),  # the same packed documents, as rows or one flattened row
     ("training", "compile_regions"),  # the same compiled model, traced layer by layer or whole
     ("trl", "deferred_metrics"),  # the same metrics, read from the device per log instead of per step
+    ("training", "cuda_graphs"),  # the same compiled kernels, launched as one CUDA graph per region
 )
 
 # Keys whose default became "unset" (None: hfray decides per run) hash as their old default: run names stay.

@@ -76,6 +76,8 @@ LIGER_TASKS = ("causal-lm", "sft", "dpo")
 # On by default where measured as a plain swap of kernels; DPO (TRL's own Liger loss path) only when asked for.
 LIGER_DEFAULT_TASKS = ("causal-lm", "sft")
 LIGER_PIN = "liger-kernel==0.8.5"  # the gpu extra of pyproject.toml
+CUDA_GRAPHS_MODE = "reduce-overhead"  # the torch.compile mode of training.cuda_graphs
+CUDA_GRAPH_MODES = (CUDA_GRAPHS_MODE, "max-autotune")  # the torch.compile modes that record CUDA graphs
 
 
 def liger_available() -> bool:
@@ -131,6 +133,7 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool
         _checkpointing_arg(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
         "torch_compile": t.torch_compile,
+        **compile_mode(job),
         "use_liger_kernel": use_liger(job, use_gpu),
         **gpu_input_pipeline(use_gpu),
         **_length_grouping(t.group_by_length),
@@ -155,6 +158,29 @@ def build_kwargs(job: JobConfig, output_dir: str, use_gpu: bool, scale_out: bool
         kwargs.update(strategy_arguments(t.strategy))
     kwargs.update(t.extra_args)
     return kwargs
+
+
+def compile_mode(job: JobConfig) -> dict[str, str]:
+    """``training.cuda_graphs`` as the Trainer's compile mode: reduce-overhead replays each compiled region as a CUDA
+    graph (Inductor's CUDA-graph trees). Nothing where the job's ``extra_args`` name a mode (they win)."""
+    t = job.training
+    return {"torch_compile_mode": CUDA_GRAPHS_MODE} if t.torch_compile and t.cuda_graphs else {}
+
+
+def _cuda_graph_problems(job: JobConfig) -> list[Problem]:
+    t = job.training
+    if t.cuda_graphs is None:
+        return []
+    if "torch_compile_mode" in t.extra_args:
+        mode = t.extra_args["torch_compile_mode"]
+        return [Problem("training.cuda_graphs", f"set, and training.extra_args.torch_compile_mode {mode!r}: pick one")]
+    if not t.cuda_graphs:
+        return []
+    if t.torch_compile is False:
+        return [Problem("training.cuda_graphs", "replays compiled regions: needs training.torch_compile (not false)")]
+    if job.resources.gpus_per_worker == 0:
+        return [Problem("training.cuda_graphs", "needs GPUs (resources.gpus_per_worker > 0): CUDA graphs")]
+    return []
 
 
 def _liger_problems(job: JobConfig) -> list[Problem]:
@@ -206,7 +232,7 @@ def check_training_arguments(job: JobConfig) -> None:
         )
     if job.training.precision == "fp16" and job.resources.gpus_per_worker == 0:
         problems.append(Problem("training.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0)"))
-    problems += _liger_problems(job) + _attention_problems(job)
+    problems += _liger_problems(job) + _attention_problems(job) + _cuda_graph_problems(job)
     res = job.resources
     problems += strategy_problems(job.training.strategy, res.gpus_per_worker, res.num_workers)
     problems += mlflow_problems(job)

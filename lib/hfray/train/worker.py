@@ -36,6 +36,7 @@ from hfray.artifacts.manifest import build_manifest
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.train import session
+from hfray.train.arguments import CUDA_GRAPH_MODES
 
 
 @dataclass(frozen=True)
@@ -227,16 +228,17 @@ def resume(run: WorkerRun) -> Attempt:
 # ----------------------------------------------------------------------------- the Trainer
 
 
-def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
+def callbacks(run: WorkerRun, attempt: Attempt, job: JobConfig | None = None) -> list[Any]:
     """The HF Trainer callbacks of every recipe: Ray reports (the driver draws progress from them), the job's
-    learning rate over a resumed checkpoint's, early stopping."""
+    learning rate over a resumed checkpoint's, early stopping. ``job``: the recipe's resolved job (its per-run
+    defaults set), else the job file's."""
     from transformers import EarlyStoppingCallback
 
     from hfray.train.callbacks import cudagraphs, step_profile, torch_profile
     from hfray.train.callbacks.hyperparams import JobHyperparamsCallback
     from hfray.train.callbacks.report import RayReportCallback
 
-    job = run.job
+    job = job or run.job
     stage = os.path.join(run.local_root, f"stage-{run.rank}")
     upload = {"async_upload": job.storage.async_upload, "retry_s": job.storage.retry_s}
     found: list[Any] = [RayReportCallback(attempt.resumed_step, stage, **upload)]
@@ -251,7 +253,7 @@ def callbacks(run: WorkerRun, attempt: Attempt) -> list[Any]:
 
         found.append(stop_callback())
     t = job.training
-    if cudagraphs.wanted(t.extra_args, t.torch_compile):
+    if cudagraphs.wanted(t.extra_args, t.torch_compile, t.cuda_graphs):
         found.append(cudagraphs.CudaGraphStepCallback())
     if t.early_stopping_patience:
         found.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
@@ -356,12 +358,13 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
     """The manifest's ``model``: parameters (ZeRO-3 shards count whole: ``ds_numel``), the attention kernel and the
     speed defaults the run resolved (packed SFT on GPUs picks varlen and LoRA SFT no Liger without the job saying).
     ``torch_compile``: the Trainer's flag (packed SFT on varlen turns it on by default) or the job's (masked-LM
-    compiles its encoder itself, with the Trainer's flag off)."""
+    compiles its encoder itself, with the Trainer's flag off); ``cuda_graphs`` likewise, from the compile mode."""
     return {
         "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": bool(job.training.torch_compile or getattr(args, "torch_compile", False)),
+        "cuda_graphs": bool(job.training.cuda_graphs) or getattr(args, "torch_compile_mode", None) in CUDA_GRAPH_MODES,
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 

@@ -1,5 +1,5 @@
-"""Compiled jobs that replay CUDA graphs (``training.extra_args.torch_compile_mode: reduce-overhead``): each training
-step tells Inductor's CUDA-graph trees that a new iteration begins (on each worker).
+"""Compiled jobs that replay CUDA graphs (``training.cuda_graphs``, or ``training.extra_args.torch_compile_mode:
+reduce-overhead``): each training step tells Inductor's CUDA-graph trees that a new iteration begins (on each worker).
 
 Why: the trees reuse the memory of the graphs' outputs at the next replay; the mark says the last step's outputs
 are no longer read, so a replay never overwrites a tensor something still holds (PyTorch's advice for training loops).
@@ -11,11 +11,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that use CUDA graphs
+from hfray.train.arguments import CUDA_GRAPH_MODES
 
 
-def wanted(extra_args: dict[str, Any], compiled: bool) -> bool:
-    return bool(compiled) and extra_args.get("torch_compile_mode") in MODES
+def wanted(extra_args: dict[str, Any], compiled: bool | None, cuda_graphs: bool | None = None) -> bool:
+    """A compiled job whose regions replay CUDA graphs: ``training.cuda_graphs`` or a compile mode that records them."""
+    return bool(compiled) and (bool(cuda_graphs) or extra_args.get("torch_compile_mode") in CUDA_GRAPH_MODES)
 
 
 class CudaGraphStepCallback(TrainerCallback):

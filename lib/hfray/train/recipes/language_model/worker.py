@@ -16,6 +16,7 @@ from hfray.data import lm as lm_data
 from hfray.data.stream import worker as stream_worker
 from hfray.model import language_model, loading
 from hfray.train import worker
+from hfray.train.arguments import CUDA_GRAPHS_MODE
 
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
 
@@ -27,8 +28,9 @@ def training_args(job: JobConfig, output_dir: str, encoder_compiled: bool = Fals
     from hfray.train.arguments import build_kwargs
 
     kwargs = build_kwargs(job, output_dir, use_gpu=job.resources.gpus_per_worker > 0)
-    if encoder_compiled:
+    if encoder_compiled:  # a compile mode would turn the Trainer's torch_compile back on
         kwargs["torch_compile"] = False
+        kwargs.pop("torch_compile_mode", None)
     if job.lm.pipeline == "ray-data":  # type: ignore[union-attr]
         # A resumed stream starts afresh (Ray Data's order is not replayable), so skipping the
         # batches trained before the failure would only throw data away.
@@ -119,7 +121,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     encoder_compiled = t.torch_compile and masked_only
     if encoder_compiled:  # the head's rows are the masked positions (a data-dependent count): it stays eager
-        model.base_model.compile()  # in place: the same parameters and state-dict keys, static block shapes
+        # In place: the same parameters and state-dict keys, static block shapes.
+        model.base_model.compile(mode=CUDA_GRAPHS_MODE if t.cuda_graphs else None)
     # Seeded per rank: each worker masks its own blocks differently, reproducibly.
     collator = lm_data.make_lm_collator(tokenizer, job.task, lm.mlm_probability, t.seed + run.rank, lm.masking)
     train, evaluation = train_and_eval_sets(job, tokenizer, collator, loop_config.get("validation_blocks"), stream)

@@ -102,12 +102,18 @@ def default_compile(job: JobConfig) -> JobConfig:
     SmolLM2-135M shape: 75.6k tokens/s against 45.9k eager, peak memory 10.9 against 13.5 GiB, first step 30 s
     against 27-57 s, the same loss (``bench/results/throughput_gpu_dec05_sft_compile_h200.md``); with one document
     count for every batch, 128-140k on an H100, 0.88-0.96 of the bare compiled step and 6.3-6.9x TRL's SFTTrainer
-    (``bench/results/sft_host_bound_h100_dec06.md``). Not measured, so not defaulted: full-parameter SFT (Liger by
-    default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
+    (``bench/results/sft_host_bound_h100_dec06.md``). There the step was host-bound (the GPU idle half of it), so
+    ``training.cuda_graphs`` is on too, also where the job sets ``torch_compile: true`` itself: on one H100
+    166-173k tokens/s against 122-127k without graphs in the same calls, 0.88-0.92 of the bare compiled step
+    (188k), the same eval loss and peak memory (``bench/results/sft_cudagraphs_h100_dec06.md``). Not measured, so
+    not defaulted: full-parameter SFT (Liger by default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
     t, trl = job.training, job.trl
-    if t.torch_compile is not None or job.task != "sft" or trl is None or not trl.packing:
+    if job.task != "sft" or trl is None or not trl.packing or t.torch_compile is False:
         return job
     lora = job.peft is not None and job.peft.method == "lora"  # LoRA SFT: no Liger by default (liger_by_default)
     if job.model.attn_implementation != "varlen" or not lora or t.liger_kernel:
         return job
-    return job.model_copy(update={"training": t.model_copy(update={"torch_compile": True})})
+    update: dict[str, bool] = {"torch_compile": True}
+    if t.cuda_graphs is None and "torch_compile_mode" not in t.extra_args:  # a mode of the job's own wins
+        update["cuda_graphs"] = True
+    return job.model_copy(update={"training": t.model_copy(update=update)})

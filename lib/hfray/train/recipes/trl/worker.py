@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     args = trl_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
     speed = steady_throughput(job, model)
-    callbacks = worker.callbacks(run, attempt) + ([speed] if speed else [])
+    callbacks = worker.callbacks(run, attempt, job) + ([speed] if speed else [])
     trainer = build_trainer(job, model, tokenizer, args, splits, callbacks)
     if job.task == "dpo":
         from hfray.train.callbacks.throughput import count_dpo_pairs
