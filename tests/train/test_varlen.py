@@ -134,9 +134,15 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
     job = JobConfig.from_dict(raw)
     assert job.training.torch_compile is None and default_compile(job).training.torch_compile is True
     assert default_compile(job).training.cuda_graphs is True  # the step was host-bound: graphs by default too
-    said = [{"torch_compile": True}, {"cuda_graphs": False}, {"extra_args": {"torch_compile_mode": "default"}}]
+    said = [
+        {"torch_compile": True},
+        {"cuda_graphs": False},
+        {"extra_args": {"torch_compile_mode": "default"}},
+        {"gradient_checkpointing": True},
+    ]
     resolved = [default_compile(JobConfig.from_dict(raw | {"training": raw["training"] | s})).training for s in said]
-    assert [(t.torch_compile, t.cuda_graphs) for t in resolved] == [(True, True), (True, False), (True, None)]
+    expected = [(True, True), (True, False), (True, None), (True, None)]
+    assert [(t.torch_compile, t.cuda_graphs) for t in resolved] == expected
     kept = [
         raw | {"training": raw["training"] | {"torch_compile": False}},
         raw | {"training": raw["training"] | {"liger_kernel": True}},

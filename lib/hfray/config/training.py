@@ -112,7 +112,8 @@ class TrainingConfig(Section):
         None,
         description="With torch_compile on GPUs: replay each compiled region's kernels as a CUDA graph (torch.compile "
         "mode reduce-overhead), so the host launches a graph instead of each kernel. Default: on where hfray compiles "
-        "by default (packed LoRA SFT on the varlen kernel: on one H100 1.31-1.42x the compiled step without graphs, "
+        "by default (packed LoRA SFT on the varlen kernel, without gradient_checkpointing: on one H100 1.31-1.42x the "
+        "compiled step without graphs, "
         "0.88-0.92 of the bare compiled step, the same loss and peak memory), off elsewhere; false opts out. Each new "
         "batch shape records a graph (evaluation too) in memory kept for the run.",
     )

@@ -114,6 +114,8 @@ def default_compile(job: JobConfig) -> JobConfig:
     if job.model.attn_implementation != "varlen" or not lora or t.liger_kernel:
         return job
     update: dict[str, bool] = {"torch_compile": True}
-    if t.cuda_graphs is None and "torch_compile_mode" not in t.extra_args:  # a mode of the job's own wins
+    # A mode of the job's own wins. Not with activation checkpointing: its backward runs a region's forward again,
+    # inside the step whose graphs hold that region's outputs (not measured; left to the job to ask for).
+    if t.cuda_graphs is None and "torch_compile_mode" not in t.extra_args and not t.gradient_checkpointing:
         update["cuda_graphs"] = True
     return job.model_copy(update={"training": t.model_copy(update=update)})
