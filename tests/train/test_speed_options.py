@@ -198,6 +198,8 @@ def test_cuda_graphs_become_the_trainers_compile_mode_and_are_checked_up_front()
     assert args.torch_compile is False and args.torch_compile_mode is None
     with pytest.raises(ConfigError, match="training.cuda_graphs.*needs GPUs"):
         check_training_arguments(_job(torch_compile=True, cuda_graphs=True))  # a CPU job
+    with pytest.raises(ConfigError, match="(?s)needs training.torch_compile.*needs GPUs"):  # both, together
+        check_training_arguments(_job(torch_compile=False, cuda_graphs=True))
     gpu = {"resources": {"gpus_per_worker": 1}}
     with pytest.raises(ConfigError, match="training.cuda_graphs.*needs training.torch_compile"):
         check_training_arguments(JobConfig.from_dict(_job(torch_compile=False, cuda_graphs=True).to_dict() | gpu))

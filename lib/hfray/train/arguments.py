@@ -174,13 +174,12 @@ def _cuda_graph_problems(job: JobConfig) -> list[Problem]:
     if "torch_compile_mode" in t.extra_args:
         mode = t.extra_args["torch_compile_mode"]
         return [Problem("training.cuda_graphs", f"set, and training.extra_args.torch_compile_mode {mode!r}: pick one")]
-    if not t.cuda_graphs:
-        return []
-    if t.torch_compile is False:
-        return [Problem("training.cuda_graphs", "replays compiled regions: needs training.torch_compile (not false)")]
-    if job.resources.gpus_per_worker == 0:
-        return [Problem("training.cuda_graphs", "needs GPUs (resources.gpus_per_worker > 0): CUDA graphs")]
-    return []
+    problems = []
+    if t.cuda_graphs and t.torch_compile is False:
+        problems.append(Problem("training.cuda_graphs", "replays compiled regions: needs training.torch_compile"))
+    if t.cuda_graphs and job.resources.gpus_per_worker == 0:
+        problems.append(Problem("training.cuda_graphs", "needs GPUs (resources.gpus_per_worker > 0): CUDA graphs"))
+    return problems
 
 
 def _liger_problems(job: JobConfig) -> list[Problem]:
