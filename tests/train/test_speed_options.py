@@ -208,3 +208,19 @@ def test_cuda_graphs_become_the_trainers_compile_mode_and_are_checked_up_front()
         check_training_arguments(JobConfig.from_dict(_job(cuda_graphs=False, **mode).to_dict() | gpu))
     # the run name: the same compiled model, launched as graphs or kernel by kernel
     assert _job(torch_compile=True, cuda_graphs=False).run_name == _job(torch_compile=True).run_name
+
+
+def test_the_manifest_records_cuda_graphs_only_where_the_model_was_compiled() -> None:
+    """``cuda_graphs: true`` on a job nothing compiles replays nothing, and its manifest says so; packed LoRA SFT's
+    default reaches the Trainer as its compile mode (the job file's key unset) and is recorded."""
+    from types import SimpleNamespace
+
+    from hfray.train.worker import model_record
+
+    model = BertForMaskedLM(BertConfig(**BERT))
+    eager = SimpleNamespace(torch_compile=False, torch_compile_mode=None)
+    assert model_record(model, eager, _job(cuda_graphs=True))["cuda_graphs"] is False
+    graphs = SimpleNamespace(torch_compile=True, torch_compile_mode="reduce-overhead")
+    record = model_record(model, graphs, _job())
+    assert record["torch_compile"] is True and record["cuda_graphs"] is True
+    assert model_record(model, SimpleNamespace(torch_compile=True), _job())["cuda_graphs"] is False

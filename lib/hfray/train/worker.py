@@ -358,13 +358,16 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
     """The manifest's ``model``: parameters (ZeRO-3 shards count whole: ``ds_numel``), the attention kernel and the
     speed defaults the run resolved (packed SFT on GPUs picks varlen and LoRA SFT no Liger without the job saying).
     ``torch_compile``: the Trainer's flag (packed SFT on varlen turns it on by default) or the job's (masked-LM
-    compiles its encoder itself, with the Trainer's flag off); ``cuda_graphs`` likewise, from the compile mode."""
+    compiles its encoder itself, with the Trainer's flag off); ``cuda_graphs``: compiled, and the job's key or the
+    Trainer's compile mode says so (packed LoRA SFT's default sets the mode)."""
+    compiled = bool(job.training.torch_compile or getattr(args, "torch_compile", False))
+    mode = getattr(args, "torch_compile_mode", None)
     return {
         "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
-        "torch_compile": bool(job.training.torch_compile or getattr(args, "torch_compile", False)),
-        "cuda_graphs": bool(job.training.cuda_graphs) or getattr(args, "torch_compile_mode", None) in CUDA_GRAPH_MODES,
+        "torch_compile": compiled,
+        "cuda_graphs": compiled and (bool(job.training.cuda_graphs) or mode in CUDA_GRAPH_MODES),
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 
