@@ -77,7 +77,7 @@ LIGER_TASKS = ("causal-lm", "sft", "dpo")
 LIGER_DEFAULT_TASKS = ("causal-lm", "sft")
 LIGER_PIN = "liger-kernel==0.8.5"  # the gpu extra of pyproject.toml
 CUDA_GRAPHS_MODE = "reduce-overhead"  # the torch.compile mode of training.cuda_graphs
-CUDA_GRAPH_MODES = (CUDA_GRAPHS_MODE, "max-autotune")  # the torch.compile modes that record CUDA graphs
+RECORDING_COMPILE_MODES = (CUDA_GRAPHS_MODE, "max-autotune")  # the torch.compile modes that record CUDA graphs
 
 
 def liger_available() -> bool:

@@ -36,7 +36,7 @@ from hfray.artifacts.manifest import build_manifest
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.train import session
-from hfray.train.arguments import CUDA_GRAPH_MODES
+from hfray.train.arguments import RECORDING_COMPILE_MODES
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": compiled,
-        "cuda_graphs": compiled and (bool(job.training.cuda_graphs) or mode in CUDA_GRAPH_MODES),
+        "cuda_graphs": compiled and (bool(job.training.cuda_graphs) or mode in RECORDING_COMPILE_MODES),
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 

@@ -11,12 +11,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hfray.train.arguments import CUDA_GRAPH_MODES
+from hfray.train.arguments import RECORDING_COMPILE_MODES
 
 
 def wanted(extra_args: dict[str, Any], compiled: bool | None, cuda_graphs: bool | None = None) -> bool:
     """A compiled job whose regions replay CUDA graphs: ``training.cuda_graphs`` or a compile mode that records them."""
-    return bool(compiled) and (bool(cuda_graphs) or extra_args.get("torch_compile_mode") in CUDA_GRAPH_MODES)
+    return bool(compiled) and (bool(cuda_graphs) or extra_args.get("torch_compile_mode") in RECORDING_COMPILE_MODES)
 
 
 class CudaGraphStepCallback(TrainerCallback):
