@@ -54,9 +54,7 @@ class _Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i], "attention_mask": torch.ones(128, dtype=torch.long)}
 
 
-def _train(tmp_path: Path, liger: bool | None) -> tuple[list[float], Any]:
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
+def _causal_lm_job(training: dict[str, Any]) -> JobConfig:
     raw = {
         "name": "liger",
         "task": "causal-lm",
@@ -64,19 +62,36 @@ def _train(tmp_path: Path, liger: bool | None) -> tuple[list[float], Any]:
         "data": {"train": "x.txt"},
         "lm": {"pipeline": "datasets"},
         "training": {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1}
-        | ({} if liger is None else {"liger_kernel": liger}),
-        "resources": {"gpus_per_worker": 1},
+        | training,
+        "resources": {"gpus_per_worker": 1, "num_workers": 1},
     }
-    kwargs = build_kwargs(JobConfig.from_dict(raw), str(tmp_path / f"out-{liger}"), use_gpu=True)
+    return JobConfig.from_dict(raw)
+
+
+def _train(tmp_path: Path, liger: bool | None, job: JobConfig | None = None) -> tuple[list[float], Any]:
+    """12 steps of a plain HF Trainer on hfray's arguments for ``job`` (default: a causal-LM job, Liger as said)."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from hfray.train.callbacks import cudagraphs
+    from hfray.train.worker import compile_settings
+
+    job = job or _causal_lm_job({} if liger is None else {"liger_kernel": liger})
+    compile_settings(job)  # as a worker does: regional compilation, Dynamo's graphs from before dropped
+    kwargs = build_kwargs(job, str(tmp_path / f"out-{liger}-{job.training.torch_compile}"), use_gpu=True)
     kwargs.update(save_strategy="no", eval_strategy="no")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_llama_config())
-    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Blocks())
+    t = job.training
+    wanted = cudagraphs.wanted(t.extra_args, t.torch_compile, t.cuda_graphs)
+    marks = [cudagraphs.CudaGraphStepCallback()] if wanted else []
+    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=_Blocks(), callbacks=marks)
     trainer.train()
     return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer
 
 
-def test_liger_is_the_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -> None:
+def test_liger_is_the_uncompiled_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -> None:
+    """Liger is ``build_kwargs``' default for GPU causal-LM that is not compiled (``torch_compile: false``: the
+    recipe compiles by default, ``language_model.defaults``), and keeps the loss."""
     if not torch.cuda.is_available() or not liger_available():
         pytest.skip("needs a CUDA GPU and liger-kernel")
     # Liger patches some functions module-wide (RoPE): the run without it goes first.
@@ -93,6 +108,29 @@ def test_liger_is_the_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -
     assert with_liger[-1] < with_liger[0]
     # bf16 kernels differ in rounding, not in what they compute: the curves agree step by step
     assert with_liger == pytest.approx(without, rel=0.03)
+
+
+def test_causal_lm_default_compile_replays_cuda_graphs_and_keeps_the_loss(tmp_path: Path) -> None:
+    """Causal-LM's GPU default (``hfray.train.recipes.language_model.defaults``): each decoder layer compiled, replayed
+    as CUDA graphs (none skipped, no graph break), the Trainer's mode reduce-overhead; the loss curve of the eager
+    run without Liger, step by step."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import torch._dynamo as dynamo
+
+    from hfray.train.recipes.language_model.defaults import default_compile
+
+    eager, _ = _train(tmp_path, False, _causal_lm_job({"liger_kernel": False, "torch_compile": False}))
+    job = default_compile(_causal_lm_job({}), use_gpu=True)
+    dynamo.utils.counters.clear()
+    graphs, trainer = _train(tmp_path, None, job)
+    assert trainer.args.torch_compile and trainer.args.torch_compile_mode == "reduce-overhead"
+    assert not trainer.args.use_liger_kernel
+    assert dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert not dynamo.utils.counters["inductor"]["cudagraph_skips"], dict(dynamo.utils.counters["inductor"])
+    assert len(graphs) == 12 and graphs[-1] < graphs[0]
+    assert graphs == pytest.approx(eager, rel=0.03)
 
 
 def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_path: Path) -> None:

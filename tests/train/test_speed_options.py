@@ -38,7 +38,7 @@ def _job(task: str = "causal-lm", **training: Any) -> JobConfig:
         "data": {"train": "x.csv"},
         "training": training,
     }
-    if task == "causal-lm":
+    if task in ("causal-lm", "masked-lm"):
         raw["lm"] = {"pipeline": "datasets"}
     if task == "text-classification":
         raw["model"] = {"name_or_path": "m"}
@@ -107,7 +107,8 @@ def test_cpu_precision_auto_is_bf16_autocast_where_the_cpu_has_it_and_keeps_the_
 
 
 def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
-    """training.torch_compile on masked-lm compiles the encoder in place, the masked-positions head stays eager.
+    """training.torch_compile on masked-lm compiles the encoder in place, the masked-positions head stays eager, and
+    blocks without an attention mask reach the encoder with an all-ones one (sdpa's fused kernels under compile).
 
     The aot_eager backend traces the same graphs as Inductor without generating C++ (seconds on CPU)."""
     torch.manual_seed(0)
@@ -115,7 +116,11 @@ def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
     eager = BertForMaskedLM(BertConfig(**BERT, **no_dropout))
     compiled = BertForMaskedLM(BertConfig(**BERT, **no_dropout))
     compiled.load_state_dict(eager.state_dict())
-    assert mlm_loss_on_masked_only(eager) and mlm_loss_on_masked_only(compiled)
+    assert mlm_loss_on_masked_only(eager) and mlm_loss_on_masked_only(compiled, full_mask=True)
+    seen: list[Any] = []  # what the encoder is called with (the hook fires before Dynamo's frame)
+    compiled.base_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
     compiled.base_model.compile(backend="aot_eager")
     g = torch.Generator().manual_seed(0)
     losses: dict[str, list[float]] = {"eager": [], "compiled": []}
@@ -127,12 +132,15 @@ def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
     for name, model in (("eager", eager), ("compiled", compiled)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for batch in batches:  # masked counts differ per batch: the eager head takes any row count
+            if name == "compiled":  # packed blocks carry no mask: full_mask gives the encoder an all-ones one
+                batch = {k: v for k, v in batch.items() if k != "attention_mask"}
             loss = model(**batch).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
             losses[name].append(loss.item())
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert len(seen) == 3 and all(m is not None and m.shape == (4, 16) and bool((m == 1).all()) for m in seen)
     assert "_orig_mod" not in "".join(compiled.state_dict())  # in place: checkpoints keep their keys
 
 
@@ -191,8 +199,13 @@ def test_cuda_graphs_become_the_trainers_compile_mode_and_are_checked_up_front()
     assert build_kwargs(_job(torch_compile=True, cuda_graphs=True), "/tmp/o", use_gpu=True)["torch_compile_mode"] == (
         "reduce-overhead"
     )
-    for off in (_job(torch_compile=True), _job(torch_compile=True, cuda_graphs=False), _job(cuda_graphs=True)):
+    for off in (_job(torch_compile=True), _job(torch_compile=True, cuda_graphs=False)):
         assert "torch_compile_mode" not in build_kwargs(off, "/tmp/o", use_gpu=True)
+    implied = _job(cuda_graphs=True)  # graphs replay compiled regions: the key alone asks for the compile
+    assert implied.training.torch_compile is True
+    assert build_kwargs(implied, "/tmp/o", use_gpu=True)["torch_compile_mode"] == "reduce-overhead"
+    with pytest.raises(ConfigError, match="training.liger_kernel and training.cuda_graphs: pick one"):
+        _job(cuda_graphs=True, liger_kernel=True)
     mlm = _job("causal-lm", torch_compile=True, cuda_graphs=True).to_dict() | {"task": "masked-lm"}
     args = training_args(JobConfig.from_dict(mlm), "/tmp/o", encoder_compiled=True)
     assert args.torch_compile is False and args.torch_compile_mode is None
@@ -211,7 +224,8 @@ def test_cuda_graphs_become_the_trainers_compile_mode_and_are_checked_up_front()
 
 
 def test_the_manifest_records_cuda_graphs_only_where_the_model_was_compiled() -> None:
-    """``cuda_graphs: true`` on a job nothing compiles replays nothing, and its manifest says so; packed LoRA SFT's
+    """``cuda_graphs: true`` on a job nothing compiles (``torch_compile: false``, refused before a run) replays
+    nothing, and its manifest says so; packed LoRA SFT's
     default reaches the Trainer as its compile mode (the job file's key unset) and is recorded."""
     from types import SimpleNamespace
 
@@ -219,8 +233,90 @@ def test_the_manifest_records_cuda_graphs_only_where_the_model_was_compiled() ->
 
     model = BertForMaskedLM(BertConfig(**BERT))
     eager = SimpleNamespace(torch_compile=False, torch_compile_mode=None)
-    assert model_record(model, eager, _job(cuda_graphs=True))["cuda_graphs"] is False
+    assert model_record(model, eager, _job(torch_compile=False, cuda_graphs=True))["cuda_graphs"] is False
     graphs = SimpleNamespace(torch_compile=True, torch_compile_mode="reduce-overhead")
     record = model_record(model, graphs, _job())
     assert record["torch_compile"] is True and record["cuda_graphs"] is True
     assert model_record(model, SimpleNamespace(torch_compile=True), _job())["cuda_graphs"] is False
+
+
+def test_causal_lm_on_gpus_compiles_with_cuda_graphs_by_default_unless_the_job_says_otherwise() -> None:
+    """``training.torch_compile`` unset on causal-LM pre-training, resolved on a GPU worker
+    (``hfray.train.recipes.language_model.defaults``): compiled with CUDA graphs for one training process (DDP:
+    compiled), Liger's default then off; each way out kept; CPU workers, DeepSpeed and masked-LM untouched."""
+    from hfray.train.recipes.language_model.defaults import default_compile
+
+    def one(**training: Any) -> JobConfig:  # one training process: where the graphs were measured
+        return JobConfig.from_dict(_job(**training).to_dict() | {"resources": {"num_workers": 1}})
+
+    resolved = default_compile(one(), use_gpu=True)
+    assert (resolved.training.torch_compile, resolved.training.cuda_graphs) == (True, True)
+    assert use_liger(resolved, use_gpu=True) is False
+    assert build_kwargs(resolved, "/tmp/o", use_gpu=True)["torch_compile_mode"] == "reduce-overhead"
+    said = [
+        {"cuda_graphs": False},
+        {"gradient_checkpointing": True},
+        {"extra_args": {"torch_compile_mode": "max-autotune-no-cudagraphs"}},
+        {"liger_kernel": False},
+    ]
+    got = [default_compile(one(**s), use_gpu=True).training for s in said]
+    got.append(default_compile(_job(), use_gpu=True).training)  # 2 workers (DDP): compiled, graphs not measured
+    got.append(default_compile(one(torch_compile=True), use_gpu=True).training)  # the job's own compile: graphs too
+    expected = [(True, False), (True, None), (True, None), (True, True), (True, None), (True, True)]
+    assert [(t.torch_compile, t.cuda_graphs) for t in got] == expected
+    kept = [
+        default_compile(one(), use_gpu=False),
+        default_compile(one(torch_compile=False), use_gpu=True),
+        default_compile(one(liger_kernel=True), use_gpu=True),
+        default_compile(one(strategy="zero3"), use_gpu=True),
+        default_compile(_job("masked-lm"), use_gpu=True),
+    ]
+    assert [(j.training.torch_compile, j.training.cuda_graphs) for j in kept] == [(None, None), (False, None)] + [
+        (None, None)
+    ] * 3
+
+
+def test_compiled_causal_lm_regions_keep_the_eager_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compile that causal-LM's GPU default asks for (each decoder layer a region, accelerate's regional
+    compilation, through the Trainer's arguments hfray builds), on CPU with the aot_eager backend: eager's loss curve,
+    step by step. Its CUDA graphs need a GPU: ``tests/gpu/test_speed_gpu.py``."""
+    import torch._dynamo as dynamo
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hfray.train.worker import REGIONAL_ENV, compile_settings
+
+    monkeypatch.delenv(REGIONAL_ENV, raising=False)
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    losses = {}
+    for compiled in (False, True):
+        job = _job(torch_compile=compiled, extra_args={"torch_compile_backend": "aot_eager"} if compiled else {})
+        compile_settings(job)
+        kwargs = build_kwargs(job, str(tmp_path / f"c{compiled}"), use_gpu=False)
+        kwargs.update(max_steps=6, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1)
+        kwargs.update(save_strategy="no", eval_strategy="no", report_to=[])
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        blocks = _Blocks(24)
+        trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=blocks)
+        graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+        trainer.train()
+        losses[compiled] = _losses(trainer)
+        assert (dynamo.utils.counters["stats"]["unique_graphs"] > graphs) is compiled  # each layer a region
+        assert trainer.args.torch_compile is compiled
+    assert len(losses[True]) == 6 and losses[True][-1] < losses[True][0]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+class _Blocks(torch.utils.data.Dataset):
+    """Fixed-length causal-LM blocks (packed pre-training's one batch shape)."""
+
+    def __init__(self, n: int) -> None:
+        self.ids = torch.randint(5, 40, (n, 16), generator=torch.Generator().manual_seed(2))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}

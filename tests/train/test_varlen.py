@@ -124,13 +124,15 @@ def test_a_compiled_flat_row_has_one_length_and_the_unpadded_rows_loss(tmp_path,
 
 def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_otherwise(tmp_path, chat_tokenizer):  # noqa: F811
     """``training.torch_compile`` unset (``flat.default_compile``, after the GPU worker picked varlen): packed LoRA
-    SFT on the varlen kernel is compiled, with CUDA graphs unless the job says otherwise; ``torch_compile: false``,
-    Liger asked for, full-parameter SFT (Liger's default), other adapters, sdpa (rows) or no packing are not."""
+    SFT on the varlen kernel is compiled, with CUDA graphs for one training process unless the job says otherwise;
+    ``torch_compile: false``, Liger asked for, full-parameter SFT (Liger's default), other adapters, sdpa (rows), no
+    packing or a DeepSpeed strategy are not."""
     from hfray.train.recipes.trl.flat import default_compile
 
     lora = {"method": "lora", "r": 8}
     raw = trl_job(tmp_path, chat_tokenizer, "sft", tmp_path / "t.jsonl", tmp_path / "v.jsonl", trl={"packing": True})
     raw |= {"peft": lora, "model": raw["model"] | {"attn_implementation": "varlen"}}
+    raw["resources"] = raw["resources"] | {"num_workers": 1}  # one training process: where graphs were measured
     job = JobConfig.from_dict(raw)
     assert job.training.torch_compile is None and default_compile(job).training.torch_compile is True
     assert default_compile(job).training.cuda_graphs is True  # the step was host-bound: graphs by default too
@@ -141,7 +143,9 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
         {"gradient_checkpointing": True},
     ]
     resolved = [default_compile(JobConfig.from_dict(raw | {"training": raw["training"] | s})).training for s in said]
-    expected = [(True, True), (True, False), (True, None), (True, None)]
+    ddp = JobConfig.from_dict(raw | {"resources": raw["resources"] | {"num_workers": 2}})
+    resolved.append(default_compile(ddp).training)  # DDP: compiled, graphs not measured there
+    expected = [(True, True), (True, False), (True, None), (True, None), (True, None)]
     assert [(t.torch_compile, t.cuda_graphs) for t in resolved] == expected
     kept = [
         raw | {"training": raw["training"] | {"torch_compile": False}},
@@ -150,9 +154,11 @@ def test_packed_lora_sft_on_varlen_compiles_by_default_unless_the_job_says_other
         raw | {"peft": lora | {"method": "ia3"}},
         raw | {"model": raw["model"] | {"attn_implementation": "sdpa"}},
         raw | {"trl": {"packing": False}},
+        raw | {"training": raw["training"] | {"strategy": "zero2"}},  # DeepSpeed: not measured compiled
     ]
     assert [default_compile(JobConfig.from_dict(other)).training.torch_compile for other in kept] == [
         False,
+        None,
         None,
         None,
         None,

@@ -167,6 +167,29 @@ def compile_mode(job: JobConfig) -> dict[str, str]:
     return {"torch_compile_mode": CUDA_GRAPHS_MODE} if t.torch_compile and t.cuda_graphs else {}
 
 
+def default_compile(job: JobConfig) -> JobConfig:
+    """A job a recipe compiles by default (the recipe's own conditions met; ``training.torch_compile`` unset or true):
+    compiled, and replaying CUDA graphs where that was measured. Nothing under DeepSpeed or FSDP (their parameter
+    hooks and sharded gathers around a compiled region: not measured). Graphs only for one training process (one
+    H100: causal-LM pre-training and packed LoRA SFT, same loss; with DDP the reducer's gradient buckets meet the
+    graphs' memory pool: not measured, ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
+    backward runs a region's forward again inside the step), nor where the job's ``extra_args`` name a compile mode
+    (theirs wins) or the job says ``cuda_graphs`` itself."""
+    t = job.training
+    if t.torch_compile is False or t.strategy != "ddp":
+        return job
+    update: dict[str, bool] = {"torch_compile": True}
+    one_process = job.resources.num_workers == 1
+    if (
+        t.cuda_graphs is None
+        and "torch_compile_mode" not in t.extra_args
+        and not t.gradient_checkpointing
+        and one_process
+    ):
+        update["cuda_graphs"] = True
+    return job.model_copy(update={"training": t.model_copy(update=update)})
+
+
 def _cuda_graph_problems(job: JobConfig) -> list[Problem]:
     t = job.training
     if t.cuda_graphs is None:

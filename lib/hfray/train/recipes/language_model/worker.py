@@ -17,6 +17,7 @@ from hfray.data.stream import worker as stream_worker
 from hfray.model import language_model, loading
 from hfray.train import worker
 from hfray.train.arguments import CUDA_GRAPHS_MODE
+from hfray.train.recipes.language_model import defaults
 
 PIPELINE_TASKS = {"masked-lm": "fill-mask", "causal-lm": "text-generation"}
 
@@ -89,7 +90,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     timeline.mark_process_start()
     timeline.mark("worker_fn_start")
     run = worker.start(loop_config)
-    job, lm, t = run.job, run.job.lm, run.job.training
+    job = defaults.default_compile(run.job, run.use_gpu)
+    if job is not run.job:
+        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+    lm, t = job.lm, job.training
     assert lm is not None
     # Before the heavy imports: Ray Data's tasks start while this worker imports torch and builds the model.
     stream = None
@@ -116,7 +120,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
     speed = throughput.callback_for_model(model, lm.block_size, lm.block_size, lm.mlm_probability if masked else 1.0)
-    masked_only = masked and lm.mlm_loss_on_masked_only and language_model.mlm_loss_on_masked_only(model)
+    # A compiled encoder gets an all-ones attention mask where the blocks carry none: traced without one, sdpa gets
+    # a broadcast mask no fused kernel takes (72.0 against 61.4 ms a BERT-base step, bench/mlm_attention_probe.py).
+    full_mask = bool(t.torch_compile)
+    masked_only = masked and lm.mlm_loss_on_masked_only and language_model.mlm_loss_on_masked_only(model, full_mask)
     if masked and lm.mlm_loss_on_masked_only and not masked_only and run.rank == 0:
         print(f"[hfray] lm.mlm_loss_on_masked_only: not supported for {model.config.model_type}; full head")
     encoder_compiled = t.torch_compile and masked_only
@@ -135,7 +142,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         data_collator=lm_data.BlockCollator(collator, tokenizer),
-        callbacks=[*worker.callbacks(run, attempt), speed],
+        callbacks=[*worker.callbacks(run, attempt, job), speed],
         train_stream=train if stream is not None else None,
     )
     attempt = worker.train(trainer, attempt)

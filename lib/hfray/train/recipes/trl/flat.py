@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from hfray.config import JobConfig
+from hfray.train import arguments
 
 DOC_BUCKET = 64  # without a known densest row: cu_seq_lens' length a power of two, at least this
 MAX_FIXED_SLOTS = 2048  # above it, the empty documents' grid blocks would cost more than a recompile or two
@@ -105,17 +106,14 @@ def default_compile(job: JobConfig) -> JobConfig:
     (``bench/results/sft_host_bound_h100_dec06.md``). There the step was host-bound (the GPU idle half of it), so
     ``training.cuda_graphs`` is on too, also where the job sets ``torch_compile: true`` itself: on one H100
     166-173k tokens/s against 122-127k without graphs in the same calls, 0.88-0.92 of the bare compiled step
-    (188k), the same eval loss and peak memory (``bench/results/sft_cudagraphs_h100_dec06.md``). Not measured, so
-    not defaulted: full-parameter SFT (Liger by default there), QLoRA, other adapters, rows (sdpa: recompiled)."""
+    (188k), the same eval loss and peak memory (``bench/results/sft_cudagraphs_h100_dec06.md``); graphs for one
+    training process only, nothing under DeepSpeed/FSDP (:func:`hfray.train.arguments.default_compile`). Not
+    measured, so not defaulted: full-parameter SFT (Liger by default there), QLoRA, other adapters, rows (sdpa:
+    recompiled)."""
     t, trl = job.training, job.trl
     if job.task != "sft" or trl is None or not trl.packing or t.torch_compile is False:
         return job
     lora = job.peft is not None and job.peft.method == "lora"  # LoRA SFT: no Liger by default (liger_by_default)
     if job.model.attn_implementation != "varlen" or not lora or t.liger_kernel:
         return job
-    update: dict[str, bool] = {"torch_compile": True}
-    # A mode of the job's own wins. Not with activation checkpointing: its backward runs a region's forward again,
-    # inside the step whose graphs hold that region's outputs (not measured; left to the job to ask for).
-    if t.cuda_graphs is None and "torch_compile_mode" not in t.extra_args and not t.gradient_checkpointing:
-        update["cuda_graphs"] = True
-    return job.model_copy(update={"training": t.model_copy(update=update)})
+    return arguments.default_compile(job)  # where graphs come too, and where nothing is defaulted
