@@ -297,8 +297,6 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["precision"] = "bf16"
     if "noliger" in parts:  # the opt-out of the Liger kernels (default on for full-parameter SFT jobs on GPUs)
         job["training"]["liger_kernel"] = False
-    if "liger" in parts:  # opt-in Liger (DPO: TRL's fused linear DPO loss, no logits tensor; causal-LM: uncompiled)
-        job["training"].update(liger_kernel=True, torch_compile=False)
     if "syncs" in parts and "trl" in job:  # TRL's own compute_loss: its per-step host syncs (trl.deferred_metrics)
         job["trl"]["deferred_metrics"] = False
     if "liger" in parts:  # Liger's kernels asked for (off by default for LoRA SFT and DPO)

@@ -3,7 +3,8 @@
 Each preset trains a tiny llama (sft, 2 workers x 1 GPU) for a few steps, saves sharded checkpoints from both
 ranks, is killed after its first checkpoint and resumes from it (Ray restarts the worker group), and exports an
 artifact that loads and generates. Run on the GPU machine: ``python -m pytest -m gpu tests/gpu/test_scaleout_gpu.py``
-(about 1 minute per preset on 2 H200s).
+(about 1 minute per preset on 2 H200s). Also: CUDA graphs under DDP (compiled causal-LM, 2 workers), which hfray
+defaults to one training process only until this has passed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 from test_trl import chat_tokenizer, sft_rows, trl_job, write_jsonl  # noqa: F401 (fixture)
 
-from conftest import resumed_start
+from conftest import lm_job, resumed_start
+from hfray.artifacts.metrics_log import read_metrics_log
 from hfray.config import JobConfig
+from hfray.storage import layout
 
 pytestmark = pytest.mark.gpu
 
@@ -82,3 +85,26 @@ def test_preset_trains_checkpoints_all_ranks_and_resumes(gpu_cluster, tmp_path, 
         assert "__1_0.distcp" in files, files
     pipe = load_artifact_pipeline(summary.artifact, device=0)
     assert pipe("great movie", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+
+
+def test_ddp_replays_cuda_graphs_with_the_kernel_by_kernel_losses(gpu_cluster, tmp_path, news):
+    """2 workers x 1 GPU (DDP), causal-LM pre-training compiled, each rank's decoder layers replayed as CUDA graphs
+    (``training.cuda_graphs: true``): the run's train and held-out losses are those of the same compiled run kernel by
+    kernel (DDP's reducer reads gradients the graphs wrote). hfray defaults graphs to one training process
+    (``hfray.train.arguments.default_compile``) until this has passed on a 2-GPU machine."""
+    from hfray.train.run import run_training
+
+    runs = {}
+    for graphs in (False, True):
+        raw = lm_job(tmp_path / f"graphs-{graphs}", "causal-lm", news["txt"], data={"max_train_samples": 40})
+        raw["lm"].update(pipeline="datasets", record_shards=False)  # one batch order for both runs
+        raw["training"].update(torch_compile=True, cuda_graphs=graphs, precision="bf16", max_steps=20, logging_steps=1)
+        raw["resources"].update(gpus_per_worker=1, num_workers=2, cpus_per_worker=2)
+        summary = run_training(JobConfig.from_dict(raw))
+        assert summary.manifest["model"]["cuda_graphs"] is graphs
+        log = read_metrics_log(layout.metrics_log_uri(summary.run_dir))
+        runs[graphs] = ([r["train_loss"] for r in log if "train_loss" in r], summary.manifest["metrics"]["eval_loss"])
+    (kernels, kernels_eval), (replayed, replayed_eval) = runs[False], runs[True]
+    assert len(replayed) == 20 and replayed[-1] < replayed[0], replayed
+    assert replayed == pytest.approx(kernels, rel=0.02), (replayed, kernels)
+    assert replayed_eval == pytest.approx(kernels_eval, rel=0.02)
