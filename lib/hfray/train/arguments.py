@@ -86,8 +86,10 @@ def liger_available() -> bool:
 
 def liger_by_default(job: JobConfig) -> bool:
     """Whether a GPU job of this kind gets Liger's kernels unless it says otherwise: causal-LM and full-parameter SFT,
-    not compiled. Not SFT with a PEFT adapter: LoRA SFT of the SmolLM2-135M shape on one H100 ran 12-14% faster
-    without them, three times over two days (``bench/results/throughput_gpu_dec05_varlen_h100.md``)."""
+    not compiled (causal-LM is compiled on GPUs unless the job says ``torch_compile: false``: the recipe's
+    ``language_model.defaults``, resolved before these arguments). Not SFT with a PEFT adapter: LoRA SFT of the
+    SmolLM2-135M shape on one H100 ran 12-14% faster without them, three times over two days
+    (``bench/results/throughput_gpu_dec05_varlen_h100.md``)."""
     if job.task not in LIGER_DEFAULT_TASKS or job.training.torch_compile:
         return False
     return not (job.task == "sft" and job.peft is not None)
