@@ -174,7 +174,8 @@ def default_compile(job: JobConfig) -> JobConfig:
     compiled, and replaying CUDA graphs where that was measured. Nothing under DeepSpeed or FSDP (their parameter
     hooks and sharded gathers around a compiled region: not measured). Graphs only for one training process (one
     H100: causal-LM pre-training and packed LoRA SFT, same loss; with DDP the reducer's gradient buckets meet the
-    graphs' memory pool: not measured, ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
+    graphs' memory pool: not measured here, and reported to crash evaluations between training steps,
+    pytorch/pytorch#128218; ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
     backward runs a region's forward again inside the step), nor where the job's ``extra_args`` name a compile mode
     (theirs wins) or the job says ``cuda_graphs`` itself."""
     t = job.training
