@@ -169,6 +169,12 @@ def compile_mode(job: JobConfig) -> dict[str, str]:
     return {"torch_compile_mode": CUDA_GRAPHS_MODE} if t.torch_compile and t.cuda_graphs else {}
 
 
+def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:
+    """Whether a compiled model's regions replay CUDA graphs: ``training.cuda_graphs``, or a compile ``mode`` that
+    records them (the job's ``extra_args`` or the Trainer's resolved one)."""
+    return bool(compiled) and (bool(cuda_graphs) or mode in RECORDING_COMPILE_MODES)
+
+
 def default_compile(job: JobConfig) -> JobConfig:
     """A job a recipe compiles by default (the recipe's own conditions met; ``training.torch_compile`` unset or true):
     compiled, and replaying CUDA graphs where that was measured. Nothing under DeepSpeed or FSDP (their parameter

@@ -36,7 +36,7 @@ from hfray.artifacts.manifest import build_manifest
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.train import session
-from hfray.train.arguments import RECORDING_COMPILE_MODES
+from hfray.train.arguments import replays_cuda_graphs
 
 
 @dataclass(frozen=True)
@@ -361,13 +361,13 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
     compiles its encoder itself, with the Trainer's flag off); ``cuda_graphs``: compiled, and the job's key or the
     Trainer's compile mode says so (packed LoRA SFT's default sets the mode)."""
     compiled = bool(job.training.torch_compile or getattr(args, "torch_compile", False))
-    mode = getattr(args, "torch_compile_mode", None)
+    mode = getattr(args, "torch_compile_mode", None)  # the Trainer's: packed LoRA SFT's default sets it
     return {
         "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         "attention": getattr(model.config, "_attn_implementation", None),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": compiled,
-        "cuda_graphs": compiled and (bool(job.training.cuda_graphs) or mode in RECORDING_COMPILE_MODES),
+        "cuda_graphs": replays_cuda_graphs(compiled, job.training.cuda_graphs, mode),
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 

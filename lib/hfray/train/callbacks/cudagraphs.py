@@ -11,12 +11,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hfray.train.arguments import RECORDING_COMPILE_MODES
+from hfray.train.arguments import replays_cuda_graphs
 
 
 def wanted(extra_args: dict[str, Any], compiled: bool | None, cuda_graphs: bool | None = None) -> bool:
     """A compiled job whose regions replay CUDA graphs: ``training.cuda_graphs`` or a compile mode that records them."""
-    return bool(compiled) and (bool(cuda_graphs) or extra_args.get("torch_compile_mode") in RECORDING_COMPILE_MODES)
+    return replays_cuda_graphs(compiled, cuda_graphs, extra_args.get("torch_compile_mode"))
 
 
 class CudaGraphStepCallback(TrainerCallback):
