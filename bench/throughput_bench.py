@@ -20,9 +20,10 @@ and GPU count N (``--gpus``):
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
   ``flex`` / ``varlen`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
-  (``training.precision=bf16``: autocast on CPU too) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by
-  phase in the row's ``step_profile``; the GPU is synchronised
-  at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
+  (``training.precision=bf16``: autocast on CPU too), ``ragged`` (``dpo``: pairs of random lengths; rows of other
+  runners are of fixed-length pairs: compare ragged rows with each other) and ``profile`` (``HFRAY_STEP_PROFILE``:
+  ms per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase, so read its throughput
+  as profiled, not steady), joined with ``-`` to compose
   (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
@@ -271,7 +272,7 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["trl"] = {"format": "text", "packing": True}
         job["peft"] = dict(LORA)
     elif workload == "dpo":  # fixed-length preference pairs (bench/throughput_dpo.py), the same LoRA
-        job.update(throughput_dpo.hfray_sections(spec, LORA))
+        job.update(throughput_dpo.hfray_sections(spec, LORA, ragged="ragged" in variant.split("-")))
     else:
         job["data"] = {"train": spec["data"]["train"], "validation": spec["data"]["validation"], "max_eval_samples": 16}
         job["lm"] = {"block_size": spec["seq"], "tokenize_num_cpus": 1 if gpu else 0.25}

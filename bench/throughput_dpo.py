@@ -69,8 +69,13 @@ def write_preferences(work: Path, tokenizer_path: str, seq: int, rows: int, seed
     prompt, completion = lengths(seq)
     rng = random.Random(seed)
 
-    def text(n: int) -> str:
-        return "".join(" " + rng.choice(words) for _ in range(n))
+    def text(n: int, stream: random.Random = rng) -> str:
+        return "".join(" " + stream.choice(words) for _ in range(n))
+
+    uneven_rng = random.Random(seed + 1)  # its own stream: the fixed-length pairs stay those of earlier results
+
+    def ragged(n: int) -> int:  # a quarter to all of n tokens
+        return uneven_rng.randint(max(1, n // 4), n)
 
     out = {}
     for split, n in (("dpo_train", rows), ("dpo_validation", 16)):
@@ -79,17 +84,29 @@ def write_preferences(work: Path, tokenizer_path: str, seq: int, rows: int, seed
         ]
         ids = tokenizer(pairs[0]["prompt"] + pairs[0]["chosen"], add_special_tokens=False)["input_ids"]
         assert len(ids) == seq - 1, f"dpo data: {len(ids)} tokens, expected {seq - 1}"
-        path = work / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-        out[split] = str(path)
+        # The ragged variant: prompt and completions each of a random length (real preference data's batches)
+        uneven = [
+            {
+                "prompt": text(ragged(prompt), uneven_rng),
+                "chosen": text(ragged(completion - 1), uneven_rng),
+                "rejected": text(ragged(completion - 1), uneven_rng),
+            }
+            for _ in range(n)
+        ]
+        for name, rows_ in ((split, pairs), (split.replace("dpo_", "dpo_ragged_"), uneven)):
+            path = work / f"{name}.jsonl"
+            path.write_text("".join(json.dumps(p) + "\n" for p in rows_))
+            out[name] = str(path)
     return out
 
 
-def hfray_sections(spec: dict[str, Any], lora: dict[str, Any]) -> dict[str, Any]:
-    """The ``data``, ``trl`` and ``peft`` sections of the hfray job (the bench builds the rest)."""
+def hfray_sections(spec: dict[str, Any], lora: dict[str, Any], ragged: bool = False) -> dict[str, Any]:
+    """The ``data``, ``trl`` and ``peft`` sections of the hfray job (the bench builds the rest). ``ragged``: pairs of
+    random lengths (prompt and each completion a quarter to all of its fixed length), padded by TRL per batch."""
+    prefix = "dpo_ragged_" if ragged else "dpo_"
     data = {
-        "train": spec["data"]["dpo_train"],
-        "validation": spec["data"]["dpo_validation"],
+        "train": spec["data"][prefix + "train"],
+        "validation": spec["data"][prefix + "validation"],
         "max_length": spec["seq"],
         "max_eval_samples": 16,
     }

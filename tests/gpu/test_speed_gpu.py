@@ -11,6 +11,7 @@ GPU machine (liger-kernel installed: ``pip install 'hfray[gpu]'``, or the device
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,50 @@ def _train(tmp_path: Path, liger: bool | None, job: JobConfig | None = None) -> 
     return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer
 
 
-def test_liger_is_the_uncompiled_gpu_causal_lm_default_and_keeps_the_loss(tmp_path: Path) -> None:
+def test_causal_lm_default_compile_replays_cuda_graphs_and_keeps_the_loss(tmp_path: Path) -> None:
+    """Causal-LM's GPU default (``hfray.train.recipes.language_model.defaults``): each decoder layer compiled, replayed
+    as CUDA graphs (none skipped, no graph break), the Trainer's mode reduce-overhead; the loss curve of the eager
+    run without Liger, step by step. Before the Liger test: Liger patches transformers' Llama module process-wide (the
+    fixture there puts it back); after it, in one process, this failed on an H100 (graph breaks at Liger's dispatch).
+    """
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import torch._dynamo as dynamo
+
+    from hfray.train.recipes.language_model.defaults import default_compile
+
+    eager, _ = _train(tmp_path, False, _causal_lm_job({"liger_kernel": False, "torch_compile": False}))
+    job = default_compile(_causal_lm_job({}), True, "llama")
+    dynamo.utils.counters.clear()
+    graphs, trainer = _train(tmp_path, None, job)
+    assert trainer.args.torch_compile and trainer.args.torch_compile_mode == "reduce-overhead"
+    assert not trainer.args.use_liger_kernel
+    assert dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert not dynamo.utils.counters["inductor"]["cudagraph_skips"], dict(dynamo.utils.counters["inductor"])
+    assert len(graphs) == 12 and graphs[-1] < graphs[0]
+    assert graphs == pytest.approx(eager, rel=0.03)
+
+
+@pytest.fixture
+def llama_module_restored() -> Iterator[None]:
+    """Liger patches transformers' Llama module for every model built after it (``LlamaRMSNorm``, ``LlamaMLP``,
+    rotary, the causal-LM forward): put back afterwards, so later tests build stock models (a compiled one would
+    otherwise trace Liger's Triton kernels and break its graph at their dispatch)."""
+    from transformers.models.llama import modeling_llama
+
+    saved = dict(vars(modeling_llama))
+    forwards = {c: c.__dict__["forward"] for c in saved.values() if isinstance(c, type) and "forward" in c.__dict__}
+    yield
+    for name, value in saved.items():
+        setattr(modeling_llama, name, value)
+    for cls, forward in forwards.items():
+        cls.forward = forward
+
+
+def test_liger_is_the_uncompiled_gpu_causal_lm_default_and_keeps_the_loss(
+    tmp_path: Path, llama_module_restored: None
+) -> None:
     """Liger is ``build_kwargs``' default for GPU causal-LM that is not compiled (``torch_compile: false``: the
     recipe compiles by default, ``language_model.defaults``), and keeps the loss."""
     if not torch.cuda.is_available() or not liger_available():
@@ -108,29 +152,6 @@ def test_liger_is_the_uncompiled_gpu_causal_lm_default_and_keeps_the_loss(tmp_pa
     assert with_liger[-1] < with_liger[0]
     # bf16 kernels differ in rounding, not in what they compute: the curves agree step by step
     assert with_liger == pytest.approx(without, rel=0.03)
-
-
-def test_causal_lm_default_compile_replays_cuda_graphs_and_keeps_the_loss(tmp_path: Path) -> None:
-    """Causal-LM's GPU default (``hfray.train.recipes.language_model.defaults``): each decoder layer compiled, replayed
-    as CUDA graphs (none skipped, no graph break), the Trainer's mode reduce-overhead; the loss curve of the eager
-    run without Liger, step by step."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    import torch._dynamo as dynamo
-
-    from hfray.train.recipes.language_model.defaults import default_compile
-
-    eager, _ = _train(tmp_path, False, _causal_lm_job({"liger_kernel": False, "torch_compile": False}))
-    job = default_compile(_causal_lm_job({}), use_gpu=True)
-    dynamo.utils.counters.clear()
-    graphs, trainer = _train(tmp_path, None, job)
-    assert trainer.args.torch_compile and trainer.args.torch_compile_mode == "reduce-overhead"
-    assert not trainer.args.use_liger_kernel
-    assert dynamo.utils.counters["stats"]["unique_graphs"] > 0
-    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
-    assert not dynamo.utils.counters["inductor"]["cudagraph_skips"], dict(dynamo.utils.counters["inductor"])
-    assert len(graphs) == 12 and graphs[-1] < graphs[0]
-    assert graphs == pytest.approx(eager, rel=0.03)
 
 
 def test_flex_attention_keeps_a_flattened_packed_batchs_loss_and_gradients(tmp_path: Path) -> None:

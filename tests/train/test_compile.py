@@ -4,6 +4,8 @@ trains with eager's losses."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from test_trl import chat_tokenizer, dpo_rows, sft_rows, sft_trainer, trl_job, write_jsonl  # noqa: F401 (a fixture)
 
@@ -46,20 +48,27 @@ def test_cuda_graph_modes_mark_each_training_step() -> None:
     CudaGraphStepCallback().on_step_begin(None, SimpleNamespace(global_step=0), None)  # a no-op off CUDA
 
 
-def test_compiled_lora_dpo_trains_with_the_eager_losses(tmp_path, chat_tokenizer):  # noqa: F811
+def test_compiled_lora_dpo_trains_with_the_eager_losses(tmp_path, chat_tokenizer, monkeypatch):  # noqa: F811
     """``training.torch_compile`` on LoRA DPO (each decoder layer a region; the policy's forward with the adapter, the
-    reference's with it disabled: TRL's ``use_adapter``): the losses of the eager run step by step, the layers compiled
-    and no graph break. The step's device time on one H100 is mostly the eager elementwise passes compiling fuses
-    (``bench/results/gpu_dec06_pm_h100.md`` part 3); its speed there is not measured yet."""
+    reference's with it disabled: TRL's ``use_adapter``), its batches padded to a multiple of 64 tokens (8 here, so
+    that these short pairs come in several lengths: the step compiled again with a dynamic length): the losses of the
+    eager run (padded to each batch's longest) step by step, the layers compiled and no graph break. On GPUs it is
+    LoRA DPO's default (``hfray.train.recipes.trl.preference``)."""
     import torch._dynamo as dynamo
     from transformers import set_seed
 
     from hfray.config import JobConfig
+    from hfray.train.recipes.trl import preference
+
+    monkeypatch.setattr(preference, "PAD_MULTIPLE", 8)
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
     from hfray.train.worker import compile_settings
 
-    train = write_jsonl(tmp_path / "dpo_train.jsonl", dpo_rows(32, 1))
+    rows = dpo_rows(32, 1)
+    for i, row in enumerate(rows):  # prompts of 0-15 more words before them: batches of several lengths
+        row["question"] = "user " * (i * 7 % 16) + row["question"]
+    train = write_jsonl(tmp_path / "dpo_train.jsonl", rows)
     val = write_jsonl(tmp_path / "dpo_val.jsonl", dpo_rows(8, 2))
     columns = {"prompt_column": "question", "chosen_column": "good", "rejected_column": "bad"}
     losses = {}
@@ -76,10 +85,62 @@ def test_compiled_lora_dpo_trains_with_the_eager_losses(tmp_path, chat_tokenizer
         model, _ = peft.apply_peft(build_causal_lm(job, tokenizer), job)
         args = trl_arguments(job, str(tmp_path / f"hf{compiled}"), use_gpu=False)
         trainer = build_trainer(job, model, tokenizer, args, load_trl_splits(job), [])
+        collate, lengths = trainer.data_collator, []
+
+        def recording(examples, collate=collate, lengths=lengths):  # the batch lengths the step sees
+            batch = collate(examples)
+            lengths.append(batch["input_ids"].shape[1])
+            return batch
+
+        trainer.data_collator = recording
         dynamo.utils.counters.clear()
         trainer.train()
         losses[compiled] = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        # Compiled: a multiple of 8 (a few shapes, not one per batch); eager: each batch's longest
+        assert all(n % 8 == 0 for n in lengths) or not compiled, lengths
+        assert len(set(lengths)) > 1 and (compiled or any(n % 8 for n in lengths)), lengths
         assert (dynamo.utils.counters["stats"]["unique_graphs"] > 0) is compiled
         assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
-    assert len(losses[True]) == 4 and losses[True][-1] < losses[True][0], losses
+    # Step 1's loss is ln 2 (LoRA's B starts at zero: the policy is the reference); after it the adapter has moved
+    assert len(losses[True]) == 4 and all(abs(x - math.log(2)) > 1e-5 for x in losses[True][1:]), losses
     assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
+
+
+def test_lora_dpo_on_gpus_compiles_by_default_unless_the_job_says_otherwise() -> None:
+    """LoRA DPO on a GPU worker (``hfray.train.recipes.trl.preference``): compiled, without CUDA graphs unless the job
+    asks, each way out kept; full-parameter DPO, QLoRA, SFT, CPU, Liger, DeepSpeed untouched.
+    A compiled DPO job pads to multiples of 64 tokens (an eager one to each batch's longest)."""
+    from hfray.config import JobConfig
+    from hfray.train.recipes.trl.preference import default_compile, padding
+
+    def dpo(peft: dict | None = None, workers: int = 1, task: str = "dpo", **training: object) -> JobConfig:
+        raw = {
+            "name": "d",
+            "task": task,
+            "model": {"name_or_path": "m"},
+            "data": {"train": "x.jsonl"},
+            "trl": {},
+            "training": training,
+            "resources": {"num_workers": workers, "gpus_per_worker": 1},
+        }
+        return JobConfig.from_dict(raw | ({"peft": peft} if peft else {}))
+
+    lora = {"method": "lora"}
+    pairs = [
+        (dpo(lora), (True, None)),
+        (dpo(lora, cuda_graphs=True), (True, True)),
+        (dpo(lora, workers=2), (True, None)),
+        (dpo(lora, cuda_graphs=False), (True, False)),
+        (dpo(lora, gradient_checkpointing=True), (True, None)),
+        (dpo(lora, torch_compile=False), (False, None)),
+        (dpo(lora, liger_kernel=True), (None, None)),
+        (dpo(lora, strategy="zero2"), (None, None)),
+        (dpo(), (None, None)),
+        (dpo({"method": "qlora"}), (None, None)),
+        (dpo(lora, task="sft"), (None, None)),
+    ]
+    resolved = [default_compile(job, True).training for job, _ in pairs]
+    assert [(t.torch_compile, t.cuda_graphs) for t in resolved] == [want for _, want in pairs]
+    assert default_compile(dpo(lora), False).training.torch_compile is None  # CPU
+    assert padding(default_compile(dpo(lora), True)) == {"pad_to_multiple_of": 64}
+    assert padding(dpo(lora, torch_compile=True)) == {"pad_to_multiple_of": 64} and padding(dpo(lora)) == {}

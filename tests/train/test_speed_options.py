@@ -249,7 +249,7 @@ def test_causal_lm_on_gpus_compiles_with_cuda_graphs_by_default_unless_the_job_s
     def one(**training: Any) -> JobConfig:  # one training process: where the graphs were measured
         return JobConfig.from_dict(_job(**training).to_dict() | {"resources": {"num_workers": 1}})
 
-    resolved = default_compile(one(), use_gpu=True)
+    resolved = default_compile(one(), True, "llama")
     assert (resolved.training.torch_compile, resolved.training.cuda_graphs) == (True, True)
     assert use_liger(resolved, use_gpu=True) is False
     assert build_kwargs(resolved, "/tmp/o", use_gpu=True)["torch_compile_mode"] == "reduce-overhead"
@@ -259,21 +259,48 @@ def test_causal_lm_on_gpus_compiles_with_cuda_graphs_by_default_unless_the_job_s
         {"extra_args": {"torch_compile_mode": "max-autotune-no-cudagraphs"}},
         {"liger_kernel": False},
     ]
-    got = [default_compile(one(**s), use_gpu=True).training for s in said]
-    got.append(default_compile(_job(), use_gpu=True).training)  # 2 workers (DDP): compiled, graphs not measured
-    got.append(default_compile(one(torch_compile=True), use_gpu=True).training)  # the job's own compile: graphs too
+    got = [default_compile(one(**s), True, "llama").training for s in said]
+    got.append(default_compile(_job(), True, "llama").training)  # 2 workers (DDP): compiled, graphs not measured
+    got.append(default_compile(one(torch_compile=True), True, "llama").training)  # the job's own compile: graphs too
     expected = [(True, False), (True, None), (True, None), (True, True), (True, None), (True, True)]
     assert [(t.torch_compile, t.cuda_graphs) for t in got] == expected
     kept = [
-        default_compile(one(), use_gpu=False),
-        default_compile(one(torch_compile=False), use_gpu=True),
-        default_compile(one(liger_kernel=True), use_gpu=True),
-        default_compile(one(strategy="zero3"), use_gpu=True),
-        default_compile(_job("masked-lm"), use_gpu=True),
+        default_compile(one(), False, "llama"),
+        default_compile(one(torch_compile=False), True, "llama"),
+        default_compile(one(liger_kernel=True), True, "llama"),
+        default_compile(one(strategy="zero3"), True, "llama"),
     ]
     assert [(j.training.torch_compile, j.training.cuda_graphs) for j in kept] == [(None, None), (False, None)] + [
         (None, None)
-    ] * 3
+    ] * 2
+
+
+def test_masked_lm_on_gpus_compiles_its_encoder_without_graphs_by_default() -> None:
+    """Masked-LM on a GPU worker, a BERT-family encoder with the masked-positions head: compiled, no CUDA graphs (the
+    eager head's masked count changes every step), one process or DDP, the Trainer's flag then off (the recipe
+    compiles the encoder); ModernBERT, the full head, CPU, ``torch_compile: false``, DeepSpeed untouched."""
+    from hfray.train.recipes.language_model.defaults import default_compile
+    from hfray.train.recipes.language_model.worker import training_args
+
+    def mlm(lm: dict[str, Any] | None = None, workers: int = 1, **training: Any) -> JobConfig:
+        raw = _job("masked-lm", **training).to_dict()
+        return JobConfig.from_dict(raw | {"resources": {"num_workers": workers}, "lm": raw["lm"] | (lm or {})})
+
+    for job in (mlm(), mlm(workers=2), mlm(torch_compile=True)):
+        for model_type in ("bert", "roberta"):
+            t = default_compile(job, True, model_type).training
+            assert (t.torch_compile, t.cuda_graphs) == (True, None)
+    resolved = default_compile(mlm(), True, "bert")
+    assert training_args(resolved, "/tmp/o", encoder_compiled=True).torch_compile is False
+    assert build_kwargs(resolved, "/tmp/o", use_gpu=True).get("torch_compile_mode") is None
+    kept = [
+        default_compile(mlm(), True, "modernbert"),
+        default_compile(mlm({"mlm_loss_on_masked_only": False}), True, "bert"),
+        default_compile(mlm(), False, "bert"),
+        default_compile(mlm(torch_compile=False), True, "bert"),
+        default_compile(mlm(strategy="zero2"), True, "bert"),
+    ]
+    assert [j.training.torch_compile for j in kept] == [None, None, None, False, None]
 
 
 def test_compiled_causal_lm_regions_keep_the_eager_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,13 +175,13 @@ def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: s
     return bool(compiled) and (bool(cuda_graphs) or mode in RECORDING_COMPILE_MODES)
 
 
-def default_compile(job: JobConfig) -> JobConfig:
+def default_compile(job: JobConfig, graphs: bool = True) -> JobConfig:
     """A job a recipe compiles by default (the recipe's own conditions met; ``training.torch_compile`` unset or true):
-    compiled, and replaying CUDA graphs where that was measured. Nothing under DeepSpeed or FSDP (their parameter
-    hooks and sharded gathers around a compiled region: not measured). Graphs only for one training process (one
-    H100: causal-LM pre-training and packed LoRA SFT, same loss; with DDP the reducer's gradient buckets meet the
-    graphs' memory pool: not measured here, and reported to crash evaluations between training steps,
-    pytorch/pytorch#128218; ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
+    compiled, and replaying CUDA graphs where that was measured to pay (``graphs``: the recipe's say). Nothing under
+    DeepSpeed or FSDP (their parameter hooks and sharded gathers around a compiled region: not measured). Graphs only
+    for one training process (one H100: causal-LM pre-training and packed LoRA SFT, same loss; with DDP the reducer's
+    gradient buckets meet the graphs' memory pool: not measured here, and reported to crash evaluations between training
+    steps, pytorch/pytorch#128218; ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
     backward runs a region's forward again inside the step), nor where the job's ``extra_args`` name a compile mode
     (theirs wins) or the job says ``cuda_graphs`` itself."""
     t = job.training
@@ -190,7 +190,8 @@ def default_compile(job: JobConfig) -> JobConfig:
     update: dict[str, bool] = {"torch_compile": True}
     one_process = job.resources.num_workers == 1
     if (
-        t.cuda_graphs is None
+        graphs
+        and t.cuda_graphs is None
         and "torch_compile_mode" not in t.extra_args
         and not t.gradient_checkpointing
         and one_process

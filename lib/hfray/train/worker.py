@@ -333,10 +333,18 @@ def trl_tokens_trained(trainer: Any) -> float | None:
 
 
 def manifest(
-    run: WorkerRun, attempt: Attempt, trainer: Any, final: dict[str, Any], *, task: str, **fields: Any
+    run: WorkerRun,
+    attempt: Attempt,
+    trainer: Any,
+    final: dict[str, Any],
+    *,
+    task: str,
+    resolved: JobConfig | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """The artifact's manifest (:mod:`hfray.artifacts.manifest`): the Trainer's state plus the recipe's ``fields``
-    (``task``: the ``transformers.pipeline`` name, from the recipe's ``artifact_fields``)."""
+    (``task``: the ``transformers.pipeline`` name, from the recipe's ``artifact_fields``). ``job``: as submitted;
+    ``model``: the speed settings the worker ran (``resolved``: the job with the recipe's defaults, where it has)."""
     state = trainer.state
     model = trainer.accelerator.unwrap_model(trainer.model)
     return build_manifest(
@@ -348,7 +356,7 @@ def manifest(
         global_step=state.global_step,
         resumed_from_step=attempt.resumed_step,
         train_seconds_this_attempt=round(attempt.seconds, 2),
-        model=model_record(model, trainer.args, run.job),
+        model=model_record(model, trainer.args, resolved or run.job),
         timeline=timeline.phases(run.loop_config.get("timeline", []) + timeline.run_marks()),
         **fields,
     )

@@ -90,9 +90,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     timeline.mark_process_start()
     timeline.mark("worker_fn_start")
     run = worker.start(loop_config)
-    job = defaults.default_compile(run.job, run.use_gpu)
-    if job is not run.job:
-        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+    job = run.job  # its speed defaults are resolved once the model exists (defaults.default_compile)
     lm, t = job.lm, job.training
     assert lm is not None
     # Before the heavy imports: Ray Data's tasks start while this worker imports torch and builds the model.
@@ -117,6 +115,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     set_seed(t.seed)  # before the model exists: it is randomly initialised
     model = language_model.build_language_model(job.model, job.task, tokenizer, lm.block_size)
     timeline.mark("worker_model")
+    job = defaults.default_compile(run.job, run.use_gpu, model.config.model_type)
+    if job is not run.job:
+        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+    t = job.training
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.
     speed = throughput.callback_for_model(model, lm.block_size, lm.block_size, lm.mlm_probability if masked else 1.0)
@@ -155,5 +157,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         *(run, attempt, trainer, tokenizer, final),
         **artifact_fields(job),
         throughput=worker.throughput(run, attempt, trainer, speed, tokens),
+        resolved=job,
         data={"pipeline": lm.pipeline, "block_size": lm.block_size, "eval_blocks": len(evaluation)},
     )

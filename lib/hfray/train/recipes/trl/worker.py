@@ -19,7 +19,7 @@ from hfray.config import JobConfig
 from hfray.model import peft
 from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
-from hfray.train.recipes.trl import deferred, flat, rows
+from hfray.train.recipes.trl import deferred, flat, preference, rows
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 
@@ -38,7 +38,7 @@ def trl_arguments(job: JobConfig, output_dir: str, use_gpu: bool) -> Any:
     kwargs.setdefault("fp16", False)
     kwargs["max_length"] = job.data.max_length
     if job.task == "dpo":
-        return DPOConfig(**kwargs, beta=trl.beta, loss_type=[trl.loss_type])
+        return DPOConfig(**kwargs, **preference.padding(job), beta=trl.beta, loss_type=[trl.loss_type])
     return SFTConfig(
         **kwargs,
         packing=trl.packing,
@@ -110,6 +110,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run = worker.start(loop_config)
     worker.limit_threads(run)
     job = flat.default_compile(rows.default_attention(run.job, run.use_gpu))
+    job = preference.default_compile(job, run.use_gpu)
     worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
     assert job.trl is not None
     tokenizer = load_chat_tokenizer(job)
@@ -135,4 +136,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         throughput=worker.throughput(run, attempt, trainer, speed, tokens=worker.trl_tokens_trained(trainer)),
         data={"sizes": {k: len(v) for k, v in splits.items()}},
         versions=library_versions(["trl"]),
+        resolved=job,
     )
