@@ -58,9 +58,9 @@ def test_compiled_lora_dpo_trains_with_the_eager_losses(tmp_path, chat_tokenizer
     from transformers import set_seed
 
     from hfray.config import JobConfig
-    from hfray.train.recipes.trl import preference
+    from hfray.train import arguments
 
-    monkeypatch.setattr(preference, "PAD_MULTIPLE", 8)
+    monkeypatch.setattr(arguments, "COMPILED_PAD_MULTIPLE", 8)
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
     from hfray.train.worker import compile_settings

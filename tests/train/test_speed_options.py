@@ -347,3 +347,42 @@ class _Blocks(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss() -> None:
+    """A compiled classification job's batches (``training.torch_compile``) are padded to a multiple of 64 tokens
+    (``hfray.train.arguments.pad_multiple``: a few shapes, not one per batch), an eager job's to the longest row; the
+    masked padding leaves the loss as it was: a tiny BERT compiled (aot_eager) on the padded batches trains with the
+    eager losses of the unpadded ones, step by step."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hfray.model.builtin import resolve_model
+    from hfray.train.arguments import pad_multiple
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:all-MiniLM-L6-v2"))
+    texts = [" ".join(["markets rallied today"] * (1 + i % 5)) for i in range(12)]
+    rows = [dict(tokenizer(t), labels=int(i % 5 >= 2)) for i, t in enumerate(texts)]  # long texts: label 1
+    losses: dict[bool, list[float]] = {}
+    for compiled in (False, True):
+        multiple = pad_multiple(_job("text-classification", torch_compile=compiled))
+        assert multiple == (64 if compiled else None)
+        collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+        batches = [collate(rows[i : i + 4]) for i in range(0, 12, 4)]
+        lengths = [b["input_ids"].shape[1] for b in batches]
+        assert lengths == [64] * 3 if compiled else (len(set(lengths)) > 1 and max(lengths) < 64), lengths
+        torch.manual_seed(0)
+        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # compiled RNG streams differ
+        model = BertForSequenceClassification(
+            BertConfig(num_labels=2, **(BERT | {"vocab_size": tokenizer.vocab_size}), **no_dropout)
+        )
+        forward = torch.compile(model, backend="aot_eager") if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses[compiled] = []
+        for batch in batches * 2:
+            loss = forward(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[compiled].append(loss.item())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    assert losses[True][-1] < losses[True][0]

@@ -94,14 +94,15 @@ class TrainingConfig(Section):
         None,
         description="torch.compile the model (HF Trainer's integration; masked-lm compiles the encoder, its head on "
         "masked positions runs eager; packed SFT batches get one shape: rows padded to data.max_length, or the varlen "
-        "kernel's flat row padded to batch x data.max_length). Default: on GPUs, on for causal-lm pre-training (Liger "
-        "not asked for; with cuda_graphs: on an H100 0.92 of the bare compiled step against Liger eager's 0.40, same "
-        "loss, peak memory 19.1 against 12.6 GiB) and packed LoRA SFT on the varlen kernel (with cuda_graphs: "
-        "0.88-0.92 of the bare compiled step, same loss), masked-lm with a BERT-family encoder (0.95 of the bare step "
-        "against eager's 0.79) and LoRA dpo (0.97 against eager's 0.47; batches padded to a multiple of 64 tokens); "
-        "off elsewhere and under DeepSpeed/FSDP; false opts out (causal-lm: Liger again). "
-        "The compile cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep "
-        "trials of a local storage path reuse it.",
+        "kernel's flat row padded to batch x data.max_length; padded batches of the other tasks, dpo included, are "
+        "padded to a multiple of 64 tokens: a few shapes, not one per batch). Default: on GPUs, on for causal-lm "
+        "pre-training (Liger not asked for; with cuda_graphs: on an H100 0.92 of the bare compiled step against Liger"
+        " eager's 0.40, same loss, peak memory 19.1 against 12.6 GiB) and packed LoRA SFT on the varlen kernel (with "
+        "cuda_graphs: 0.88-0.92 of the bare compiled step, same loss), masked-lm with a BERT-family encoder (0.95 of "
+        "the bare step against eager's 0.79) and LoRA dpo (0.97 against eager's 0.47; batches padded to a multiple of"
+        " 64 tokens); off elsewhere and under DeepSpeed/FSDP; false opts out (causal-lm: Liger again). The compile "
+        "cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials of a "
+        "local storage path reuse it.",
     )
     compile_regions: bool = Field(
         True,

@@ -78,6 +78,7 @@ LIGER_DEFAULT_TASKS = ("causal-lm", "sft")
 LIGER_PIN = "liger-kernel==0.8.5"  # the gpu extra of pyproject.toml
 CUDA_GRAPHS_MODE = "reduce-overhead"  # the torch.compile mode of training.cuda_graphs
 RECORDING_COMPILE_MODES = (CUDA_GRAPHS_MODE, "max-autotune")  # the torch.compile modes that record CUDA graphs
+COMPILED_PAD_MULTIPLE = 64  # a compiled job's padded batches: lengths in steps of this many tokens (pad_multiple)
 
 
 def liger_available() -> bool:
@@ -167,6 +168,15 @@ def compile_mode(job: JobConfig) -> dict[str, str]:
     graph (Inductor's CUDA-graph trees). Nothing where the job's ``extra_args`` name a mode (they win)."""
     t = job.training
     return {"torch_compile_mode": CUDA_GRAPHS_MODE} if t.torch_compile and t.cuda_graphs else {}
+
+
+def pad_multiple(job: JobConfig) -> int | None:
+    """The ``pad_to_multiple_of`` of a compiled job's padding collator (classification, token classification, QA,
+    seq2seq, DPO): batches padded to the longest row would give the compiled step a new shape nearly every batch
+    (Dynamo compiles it again, then with a dynamic length; CUDA graphs record each shape). In steps of
+    :data:`COMPILED_PAD_MULTIPLE` tokens there are at most ``data.max_length / 64`` shapes. The padding is masked:
+    the loss is the unpadded batch's (``tests/train/test_speed_options.py``). None (the longest row) when eager."""
+    return COMPILED_PAD_MULTIPLE if job.training.torch_compile else None
 
 
 def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:

@@ -48,7 +48,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     timeline.mark("worker_fn_start")
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-    from hfray.train.arguments import training_arguments  # the Trainer stack: imported where it is used
+    from hfray.train.arguments import pad_multiple, training_arguments  # the Trainer stack: imported where used
     from hfray.train.callbacks import throughput
     from hfray.train.recipes.classification.metrics import classification_metrics_fn
 
@@ -86,7 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_dataset=encoded["train"],
         eval_dataset=validation,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(job)),
         compute_metrics=classification_metrics_fn(job.evaluation.metrics),
         compute_loss_func=weighted_loss(weights) if weights else None,
         callbacks=[*worker.callbacks(run, attempt), speed],

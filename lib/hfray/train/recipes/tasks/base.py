@@ -19,6 +19,7 @@ import datasets
 from hfray.config import JobConfig, ModelConfig
 from hfray.errors import ModelError
 from hfray.model import loading
+from hfray.train.arguments import pad_multiple
 
 
 @dataclass
@@ -78,7 +79,7 @@ class TaskSpec:
     def collator(self, tokenizer: Any, model: Any, job: JobConfig) -> Any:
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(job))
 
     def training_args(self, kwargs: dict[str, Any], job: JobConfig) -> Any:
         from transformers import TrainingArguments

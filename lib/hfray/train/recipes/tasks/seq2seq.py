@@ -20,6 +20,7 @@ import numpy as np
 from hfray.config import JobConfig
 from hfray.errors import ModelError
 from hfray.model import loading
+from hfray.train.arguments import pad_multiple
 from hfray.train.recipes.tasks.base import Encoded, TaskSpec, check_vocab, map_split, tokenizer_key
 from hfray.train.recipes.tasks.data import row_error
 
@@ -163,7 +164,8 @@ class Seq2SeqTask(TaskSpec):
     def collator(self, tokenizer: Any, model: Any, job: JobConfig) -> Any:
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+        multiple = pad_multiple(job)
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=multiple)
 
     def training_args(self, kwargs: dict[str, Any], job: JobConfig) -> Any:
         from transformers import Seq2SeqTrainingArguments

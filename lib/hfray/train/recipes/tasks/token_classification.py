@@ -16,6 +16,7 @@ import numpy as np
 from hfray.config import JobConfig
 from hfray.errors import DataError
 from hfray.model import loading
+from hfray.train.arguments import pad_multiple
 from hfray.train.recipes.tasks.base import Encoded, TaskSpec, check_fast_tokenizer, map_split, tokenizer_key
 from hfray.train.recipes.tasks.data import row_error
 
@@ -121,7 +122,7 @@ class TokenClassificationTask(TaskSpec):
     def collator(self, tokenizer: Any, model: Any, job: JobConfig) -> Any:
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(tokenizer)
+        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_multiple(job))
 
     def pipeline_task(self, job: JobConfig) -> str:
         return "token-classification"

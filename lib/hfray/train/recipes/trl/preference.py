@@ -6,9 +6,10 @@ on one H100, SmolLM2-135M's shape, 16 pairs of 1,024 tokens, device busy 349 of 
 elementwise (``bench/results/gpu_dec06_pm_h100.md``). Compiled, Inductor fuses them.
 
 Why padded to a multiple: TRL pads each batch to its longest pair, so real preference data (pairs of every length)
-would give a compiled step a new shape almost every batch. Padded to :data:`PAD_MULTIPLE` tokens there are at most
-``data.max_length / 64`` shapes, and Dynamo compiles the step twice (the second time with a dynamic length), not
-once per batch. The padding is masked out: the loss is that of the unpadded batch (``tests/train/test_compile.py``).
+would give a compiled step a new shape almost every batch. Padded to a multiple of 64 tokens
+(:func:`hfray.train.arguments.pad_multiple`) there are at most ``data.max_length / 64`` shapes, and Dynamo compiles
+the step twice (the second time with a dynamic length), not once per batch. The padding is masked out: the loss is
+that of the unpadded batch (``tests/train/test_compile.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from typing import Any
 
 from hfray.config import JobConfig
 from hfray.train import arguments
-
-PAD_MULTIPLE = 64
 
 
 def default_compile(job: JobConfig, use_gpu: bool) -> JobConfig:
@@ -29,7 +28,7 @@ def default_compile(job: JobConfig, use_gpu: bool) -> JobConfig:
     0.47 of a bare 145.4k, in an earlier lease) (``bench/results/gpu_dec06_eve_h100.md``).
 
     CUDA graphs are not defaulted here (``training.cuda_graphs: true`` asks): measured on fixed-length pairs only;
-    real pairs give a few shapes (:data:`PAD_MULTIPLE`), each recording graphs of its own, not measured. Not measured,
+    real pairs give a few shapes (:func:`padding`), each recording graphs of its own, not measured. Not measured,
     so not defaulted either: full-parameter DPO, QLoRA and other adapters; the rest (strategies):
     :func:`hfray.train.arguments.default_compile`."""
     peft = job.peft
@@ -40,7 +39,7 @@ def default_compile(job: JobConfig, use_gpu: bool) -> JobConfig:
 
 def padding(job: JobConfig) -> dict[str, Any]:
     """``DPOConfig`` arguments of a compiled DPO job (by default or the job's ``torch_compile: true``): batches padded
-    to a multiple of :data:`PAD_MULTIPLE` tokens. Eager jobs pad to each batch's longest, as TRL does."""
-    if job.task != "dpo" or not job.training.torch_compile:
-        return {}
-    return {"pad_to_multiple_of": PAD_MULTIPLE}
+    to a multiple of 64 tokens (:func:`hfray.train.arguments.pad_multiple`). Eager jobs pad to each batch's longest,
+    as TRL does."""
+    multiple = arguments.pad_multiple(job)
+    return {"pad_to_multiple_of": multiple} if job.task == "dpo" and multiple else {}
