@@ -119,7 +119,7 @@ class TrainingConfig(Section):
         "by default, for one training process (resources.num_workers 1: with DDP not measured) without "
         "gradient_checkpointing (GPU causal-lm pre-training: on one H100 1.37x the compiled step "
         "without graphs; packed LoRA SFT on the varlen kernel: 1.31-1.42x; the same loss and peak memory), not for "
-        "masked-lm (0.73 of the bare step against 0.95 without: its eager head leaves the graphs every step) nor dpo "
+        "masked-lm (0.73 of the bare step against 0.95 without; not profiled) nor dpo "
         "(1.05 against 0.97 on pairs of one length; pairs of many lengths not measured), off elsewhere; false opts "
         "out; true turns torch_compile on where it is unset. Each new batch shape records a "
         "graph (evaluation too) in memory kept for the run.",

@@ -29,7 +29,7 @@ def default_compile(job: JobConfig, use_gpu: bool, model_type: str) -> JobConfig
     Masked-LM (:data:`COMPILED_ENCODERS`, ``lm.mlm_loss_on_masked_only`` on): the encoder compiled, without CUDA
     graphs. One H100, BERT-base, 256 x 128 blocks, same warm machine: eager 3,379 samples/s (0.79 of the bare
     compiled step's 4,254), compiled 4,039 (0.95), compiled + graphs 3,095 (0.73: the eager head's masked count
-    differs every step, so each step leaves the graphs); eval loss 7.000 / 6.934 / 7.052
+    differs every step, so each step leaves the graphs, we think: not profiled); eval loss 7.000 / 6.934 / 7.052
     (``bench/results/gpu_dec06_eve_h100.md``).
 
     The rest (strategies, one process for the graphs, ...): :func:`hfray.train.arguments.default_compile`."""
