@@ -366,11 +366,10 @@ def test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss() -> None:
     for compiled in (False, True):
         multiple = pad_multiple(_job("text-classification", torch_compile=compiled))
         assert multiple == (64 if compiled else None)
-        short = JobConfig.from_dict(
-            _job("text-classification", torch_compile=compiled).to_dict()
-            | {"data": {"train": "x.csv", "max_length": 32}}
-        )
-        assert pad_multiple(short) == (32 if compiled else None)  # never past data.max_length
+        for max_length, step in ((32, 32), (100, 50), (1024, 64)):  # never past data.max_length
+            raw = _job("text-classification", torch_compile=compiled).to_dict()
+            sized = JobConfig.from_dict(raw | {"data": {"train": "x.csv", "max_length": max_length}})
+            assert pad_multiple(sized) == (step if compiled else None)
         collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
         batches = [collate(rows[i : i + 4]) for i in range(0, 12, 4)]
         lengths = [b["input_ids"].shape[1] for b in batches]

@@ -174,10 +174,14 @@ def pad_multiple(job: JobConfig) -> int | None:
     """The ``pad_to_multiple_of`` of a compiled job's padding collator (classification, token classification, QA,
     seq2seq, DPO): batches padded to the longest row would give the compiled step a new shape nearly every batch
     (Dynamo compiles it again, then with a dynamic length; CUDA graphs record each shape). In steps of
-    :data:`COMPILED_PAD_MULTIPLE` tokens there are at most ``data.max_length / 64`` shapes; ``data.max_length`` itself
-    where it is shorter (one shape, no row padded past it). The padding is masked: the loss is the unpadded batch's
-    (``tests/train/test_speed_options.py``). None (the longest row) when eager."""
-    return min(COMPILED_PAD_MULTIPLE, job.data.max_length) if job.training.torch_compile else None
+    :data:`COMPILED_PAD_MULTIPLE` tokens there are at most ``data.max_length / 64`` shapes. The step is the largest
+    divisor of ``data.max_length`` up to 64 (50 for 100, ``max_length`` itself under 64): rows are cut at
+    ``max_length``, so no batch is padded past it (nor past a model's positions sized to it). The padding is masked:
+    the loss is the unpadded batch's (``tests/train/test_speed_options.py``). None (the longest row) when eager."""
+    if not job.training.torch_compile:
+        return None
+    n = job.data.max_length
+    return next(m for m in range(min(COMPILED_PAD_MULTIPLE, n), 0, -1) if n % m == 0)
 
 
 def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:
