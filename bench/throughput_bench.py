@@ -20,10 +20,10 @@ and GPU count N (``--gpus``):
   ``compile`` (``training.torch_compile=true``), ``exact`` (``lm.masking=exact``), ``nodrop`` (dropout 0 in the
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
   ``flex`` / ``varlen`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
-  (``training.precision=bf16``: autocast on CPU too), ``ragged`` (``dpo``: pairs of random lengths; rows of other
-  runners are of fixed-length pairs: compare ragged rows with each other) and ``profile`` (``HFRAY_STEP_PROFILE``:
-  ms per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase, so read its throughput
-  as profiled, not steady), joined with ``-`` to compose
+  (``training.precision=bf16``: autocast on CPU too), ``cudnn`` / ``nocudnn`` (``training.cudnn_attention``),
+  ``ragged`` (``dpo``: pairs of random lengths; rows of other runners are of fixed-length pairs: compare ragged rows
+  with each other) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the
+  GPU is synchronised at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
   (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
@@ -289,6 +289,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["cuda_graphs"] = False
     if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)
         job["training"]["torch_compile"] = False
+    if "cudnn" in parts or "nocudnn" in parts:  # sdpa's cuDNN attention asked for / refused (default: compiled only)
+        job["training"]["cudnn_attention"] = "cudnn" in parts
     if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes
         job["lm"]["masking"] = "exact"
     if "nodrop" in parts:  # no dropout: what pre-training recipes such as ModernBERT's use

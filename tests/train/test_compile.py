@@ -144,3 +144,41 @@ def test_lora_dpo_on_gpus_compiles_by_default_unless_the_job_says_otherwise() ->
     assert default_compile(dpo(lora), False).training.torch_compile is None  # CPU
     assert padding(default_compile(dpo(lora), True)) == {"pad_to_multiple_of": 64}
     assert padding(dpo(lora, torch_compile=True)) == {"pad_to_multiple_of": 64} and padding(dpo(lora)) == {}
+
+
+def test_sdpa_may_pick_cudnn_attention_only_in_compiled_jobs_unless_the_job_says(monkeypatch) -> None:
+    """``training.cudnn_attention``: the process switch a worker sets (``hfray.train.worker.compile_settings``)
+    follows the resolved job, set each time (a reused trial process may have run a job with another value), and the
+    manifest records it. That the kernel then runs or not: ``tests/gpu/test_speed_gpu.py``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from hfray.config import JobConfig
+    from hfray.train.worker import REGIONAL_ENV, compile_settings, model_record
+
+    for key in (REGIONAL_ENV, "TORCHINDUCTOR_CACHE_DIR"):  # compile_settings sets them: undone after the test
+        monkeypatch.delenv(key, raising=False)
+
+    def job(task: str, **training: object) -> JobConfig:
+        mlm = task == "masked-lm"
+        model = {"architecture": {"model_type": "bert"}, "tokenizer": "t"} if mlm else {"name_or_path": "m"}
+        raw = {"name": "c", "task": task, "model": model, "data": {"train": "x.csv"}, "training": training}
+        return JobConfig.from_dict({**raw, "lm": {"pipeline": "datasets"}} if mlm else raw)
+
+    cases = [
+        (job("text-classification"), False),  # eager: cuDNN would plan each padded length anew
+        (job("text-classification", torch_compile=True), True),
+        (job("text-classification", cudnn_attention=True), True),
+        (job("masked-lm", torch_compile=True, cudnn_attention=False), False),
+        (job("masked-lm", torch_compile=True), True),
+    ]
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    model = SimpleNamespace(parameters=lambda: [], config=SimpleNamespace(_attn_implementation="sdpa"))
+    try:
+        for case, expected in cases:
+            compile_settings(case)
+            assert torch.backends.cuda.cudnn_sdp_enabled() is expected, case.training
+            assert model_record(model, None, case)["cudnn_attention"] is expected
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

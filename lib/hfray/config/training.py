@@ -100,8 +100,9 @@ class TrainingConfig(Section):
         "pre-training (Liger not asked for; with cuda_graphs: on an H100 0.92 of the bare compiled step against Liger"
         " eager's 0.40, same loss, peak memory 19.1 against 12.6 GiB) and packed LoRA SFT on the varlen kernel (with "
         "cuda_graphs: 0.88-0.92 of the bare compiled step, same loss), masked-lm with a BERT-family encoder (0.95 of "
-        "the bare step against eager's 0.79) and LoRA dpo (0.97 against eager's 0.47; batches padded to a multiple of"
-        " 64 tokens); off elsewhere and under DeepSpeed/FSDP; false opts out (causal-lm: Liger again). The compile "
+        "the bare step against eager's 0.79; a later run of the default 0.84, not explained) and LoRA dpo (0.97-0.99 "
+        "against eager's 0.47; batches padded to a multiple of 64 tokens; on pairs of many lengths 2.2x eager); off "
+        "elsewhere and under DeepSpeed/FSDP; false opts out (causal-lm: Liger again). The compile "
         "cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials of a "
         "local storage path reuse it.",
     )
@@ -132,6 +133,15 @@ class TrainingConfig(Section):
         "GPU full-parameter sft jobs, and causal-lm ones with torch_compile: false (compiled by default), when "
         "liger-kernel is installed (pip install 'hfray[gpu]'); less memory (no logits tensor); not "
         "for sft with a peft adapter (measured slower); dpo: set true (TRL's Liger DPO loss). Not with torch_compile.",
+    )
+    cudnn_attention: bool | None = Field(
+        None,
+        description="Let PyTorch's sdpa pick cuDNN's fused attention on GPUs (it is first choice on H100s). Default: "
+        "on for compiled jobs (their batches take a few shapes; masked-lm and dpo were measured with it), off for "
+        "the rest: cuDNN builds a plan for each new batch shape, ~110 ms of host time each on an H100, so an eager "
+        "BERT-base step of batch 64 on rows padded to their longest ran 137 ms with it against 33 ms without "
+        "(flash or memory-efficient kernels instead), 29.3 against 25.4 ms once every length had been seen "
+        "(bench/sdpa_backend_probe.py). true / false: the job's choice.",
     )
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More transformers.TrainingArguments, passed through verbatim."

@@ -184,6 +184,17 @@ def pad_multiple(job: JobConfig) -> int | None:
     return next(m for m in range(min(COMPILED_PAD_MULTIPLE, n), 0, -1) if n % m == 0)
 
 
+def cudnn_attention(job: JobConfig) -> bool:
+    """Whether sdpa may pick cuDNN's attention (``training.cudnn_attention``): the job's word, else only when compiled.
+
+    cuDNN plans each new batch shape (~110 ms of host time on an H100, then cached): an eager job's batches padded to
+    their longest take a new length nearly every step at first. Compiled jobs pad to a few lengths
+    (:func:`pad_multiple`) or train fixed blocks, and were measured with cuDNN on (masked-LM: its fused masked
+    attention)."""
+    t = job.training
+    return bool(t.torch_compile) if t.cudnn_attention is None else t.cudnn_attention
+
+
 def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:
     """Whether a compiled model's regions replay CUDA graphs: ``training.cuda_graphs``, or a compile ``mode`` that
     records them (the job's ``extra_args`` or the Trainer's resolved one)."""

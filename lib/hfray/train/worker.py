@@ -36,7 +36,7 @@ from hfray.artifacts.manifest import build_manifest
 from hfray.config import JobConfig
 from hfray.errors import HfrayError
 from hfray.train import session
-from hfray.train.arguments import replays_cuda_graphs
+from hfray.train.arguments import cudnn_attention, replays_cuda_graphs
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,12 @@ REGIONAL_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
 
 def compile_settings(job: JobConfig) -> None:
     """``training.torch_compile``'s process settings: the compile cache of a local storage path
-    (:func:`compile_cache_dir`), ``training.compile_regions`` and none of Dynamo's graphs from before. Set, not
-    defaulted: a reused trial process may have run a job with other settings."""
+    (:func:`compile_cache_dir`), ``training.compile_regions``, none of Dynamo's graphs from before, and whether sdpa
+    may pick cuDNN's attention (``training.cudnn_attention``: by default only compiled). Set, not defaulted: a reused
+    trial process may have run a job with other settings."""
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_attention(job))  # a process-wide switch; no-op off CUDA
     cache = compile_cache_dir(job)
     if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
@@ -376,6 +380,7 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": compiled,
         "cuda_graphs": replays_cuda_graphs(compiled, job.training.cuda_graphs, mode),
+        "cudnn_attention": cudnn_attention(job),
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
 

@@ -1,0 +1,137 @@
+"""Where does an eager BERT-base classification step go between a bare loop and the HF Trainer? One process, one GPU.
+
+    python3 bench/cls_step_probe.py            # BERT-base, batch 64 x 128, bf16 autocast; prints ms per step per case
+    python3 bench/cls_step_probe.py --tiny     # a CPU smoke of every case (numbers meaningless)
+
+Dec 6 (one H100, ``gpu_dec06_night_h100.md``): the bench's ``cls`` rows ran 47-62 ms a step for the plain Trainer
+and for hfray alike, a bare eager loop of the same model and batch 24-26 ms (``bench/sdpa_backend_probe.py``), the
+GPU busy ~20 ms of each step. Cases (each times its steady steps, the device synchronised at both ends):
+``loop``: the bare step on batches already on the device, no mask; ``loop-mask``: the same with the all-ones
+attention mask and token types a tokenizer gives; ``loader``: those batches from a DataLoader (pinned, copied
+non-blocking); ``trainer``: the HF Trainer on the same rows (bf16, no eval, no saves), then one change at a time:
+``-workers2`` (2 DataLoader workers), ``-noclip`` (max_grad_norm 0), ``-nocudnn`` (sdpa off cuDNN's attention).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+TINY = "--tiny" in sys.argv
+DEVICE = "cpu" if TINY else "cuda"
+BATCH, SEQ, WARM, STEPS = (4, 16, 2, 6) if TINY else (64, 128, 20, 100)
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _model() -> Any:
+    torch.manual_seed(0)
+    size = (
+        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64} if TINY else {}
+    )
+    return BertForSequenceClassification(BertConfig(num_labels=2, **size)).to(DEVICE)
+
+
+def _rows(n: int) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (n, SEQ), generator=gen)
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    ones, zeros = torch.ones(SEQ, dtype=torch.long), torch.zeros(SEQ, dtype=torch.long)
+    return [
+        {"input_ids": ids[i], "attention_mask": ones, "token_type_ids": zeros, "labels": labels[i]} for i in range(n)
+    ]
+
+
+def _loop(batches: Any, mask: bool) -> float:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=DEVICE == "cuda")
+    for i, batch in enumerate(batches):
+        if i == WARM:
+            _sync()
+            start = time.perf_counter()
+        batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
+        if not mask:
+            batch = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync()
+    return (time.perf_counter() - start) * 1e3 / (len(batches) - WARM)
+
+
+class _Clock(TrainerCallback):
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == WARM:
+            _sync()
+            self.start = time.perf_counter()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        _sync()
+        self.ms = (time.perf_counter() - self.start) * 1e3 / (state.global_step - WARM)
+
+
+def _hfray_arguments(out: str) -> TrainingArguments:
+    """The TrainingArguments hfray builds for a GPU classification job (its GPU defaults: 2 DataLoader workers,
+    length-grouped batches, no NaN filter, pinned non-blocking copies), without evaluation or saves."""
+    from hfray.config import JobConfig
+    from hfray.train.arguments import build_kwargs
+
+    raw = {"name": "probe", "task": "text-classification", "model": {"name_or_path": "m"}, "data": {"train": "x.csv"}}
+    training = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "learning_rate": 1e-5}
+    training.update({"dataloader_num_workers": 2, "group_by_length": True} if not TINY else {})
+    kwargs = build_kwargs(JobConfig.from_dict({**raw, "training": training}), out, use_gpu=not TINY)
+    kwargs.update(eval_strategy="no", save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
+    return TrainingArguments(**kwargs)
+
+
+def _trainer(rows: list[dict[str, torch.Tensor]], out: str, hfray: bool = False, **changes: Any) -> float:
+    args = _hfray_arguments(out) if hfray else TrainingArguments(
+        output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-5, bf16=not TINY,
+        use_cpu=TINY, save_strategy="no", eval_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
+        **changes,
+    )  # fmt: skip
+    clock = _Clock()
+    Trainer(model=_model(), args=args, train_dataset=rows, callbacks=[clock]).train()
+    return clock.ms
+
+
+def main() -> None:
+    rows = _rows(BATCH * STEPS)
+    stacked = [
+        {k: torch.stack([r[k] for r in rows[i : i + BATCH]]) for k in rows[0]} for i in range(0, len(rows), BATCH)
+    ]
+    on_device = [{k: v.to(DEVICE) for k, v in b.items()} for b in stacked]
+    loader = torch.utils.data.DataLoader(rows, batch_size=BATCH, pin_memory=DEVICE == "cuda")
+    cases: dict[str, Any] = {
+        "loop": lambda: _loop(on_device, mask=False),
+        "loop-mask": lambda: _loop(on_device, mask=True),
+        "loader": lambda: _loop(loader, mask=True),
+        "trainer": lambda: _trainer(rows, "/tmp/cls_probe"),
+        "trainer-workers2": lambda: _trainer(rows, "/tmp/cls_probe", dataloader_num_workers=2),
+        "trainer-noclip": lambda: _trainer(rows, "/tmp/cls_probe", max_grad_norm=0.0),
+        "trainer-nonanfilter": lambda: _trainer(rows, "/tmp/cls_probe", logging_nan_inf_filter=False),
+        "trainer-hfray-args": lambda: _trainer(rows, "/tmp/cls_probe", hfray=True),
+    }
+    for name, case in cases.items():
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        print(json.dumps({"case": name, "ms_per_step": round(case(), 2)}), flush=True)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    print(json.dumps({"case": "trainer-nocudnn", "ms_per_step": round(_trainer(rows, "/tmp/cls_probe"), 2)}))
+    print(
+        json.dumps({"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__})
+    )
+
+
+if __name__ == "__main__":
+    main()
