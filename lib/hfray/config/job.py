@@ -53,6 +53,7 @@ _SPEED_ONLY = (
     ("training", "compile_regions"),  # the same compiled model, traced layer by layer or whole
     ("trl", "deferred_metrics"),  # the same metrics, read from the device per log instead of per step
     ("training", "cuda_graphs"),  # the same compiled kernels, launched as one CUDA graph per region
+    ("training", "cudnn_attention"),  # the same attention, cuDNN's kernel or another
 )
 
 # Keys whose default became "unset" (None: hfray decides per run) hash as their old default: run names stay.
