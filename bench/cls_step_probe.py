@@ -9,7 +9,9 @@ GPU busy ~20 ms of each step. Cases (each times its steady steps, the device syn
 ``loop``: the bare step on batches already on the device, no mask; ``loop-mask``: the same with the all-ones
 attention mask and token types a tokenizer gives; ``loader``: those batches from a DataLoader (pinned, copied
 non-blocking); ``trainer``: the HF Trainer on the same rows (bf16, no eval, no saves), then one change at a time:
-``-workers2`` (2 DataLoader workers), ``-noclip`` (max_grad_norm 0), ``-nocudnn`` (sdpa off cuDNN's attention).
+``-workers2`` (2 DataLoader workers), ``-noclip`` (max_grad_norm 0), ``-nocudnn`` (sdpa off cuDNN's attention);
+``trainer-hfray-args``: the TrainingArguments hfray builds for a GPU classification job, then without cuDNN's
+attention (hfray's default since Dec 6), without DataLoader workers, without pinned memory.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class _Clock(TrainerCallback):
         self.ms = (time.perf_counter() - self.start) * 1e3 / (state.global_step - WARM)
 
 
-def _hfray_arguments(out: str) -> TrainingArguments:
+def _hfray_arguments(out: str, **changes: Any) -> TrainingArguments:
     """The TrainingArguments hfray builds for a GPU classification job (its GPU defaults: 2 DataLoader workers,
     length-grouped batches, no NaN filter, pinned non-blocking copies), without evaluation or saves."""
     from hfray.config import JobConfig
@@ -92,11 +94,11 @@ def _hfray_arguments(out: str) -> TrainingArguments:
     training.update({"dataloader_num_workers": 2, "group_by_length": True} if not TINY else {})
     kwargs = build_kwargs(JobConfig.from_dict({**raw, "training": training}), out, use_gpu=not TINY)
     kwargs.update(eval_strategy="no", save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
-    return TrainingArguments(**kwargs)
+    return TrainingArguments(**{**kwargs, **changes})
 
 
 def _trainer(rows: list[dict[str, torch.Tensor]], out: str, hfray: bool = False, **changes: Any) -> float:
-    args = _hfray_arguments(out) if hfray else TrainingArguments(
+    args = _hfray_arguments(out, **changes) if hfray else TrainingArguments(
         output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-5, bf16=not TINY,
         use_cpu=TINY, save_strategy="no", eval_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
         **changes,
@@ -113,21 +115,24 @@ def main() -> None:
     ]
     on_device = [{k: v.to(DEVICE) for k, v in b.items()} for b in stacked]
     loader = torch.utils.data.DataLoader(rows, batch_size=BATCH, pin_memory=DEVICE == "cuda")
-    cases: dict[str, Any] = {
-        "loop": lambda: _loop(on_device, mask=False),
-        "loop-mask": lambda: _loop(on_device, mask=True),
-        "loader": lambda: _loop(loader, mask=True),
-        "trainer": lambda: _trainer(rows, "/tmp/cls_probe"),
-        "trainer-workers2": lambda: _trainer(rows, "/tmp/cls_probe", dataloader_num_workers=2),
-        "trainer-noclip": lambda: _trainer(rows, "/tmp/cls_probe", max_grad_norm=0.0),
-        "trainer-nonanfilter": lambda: _trainer(rows, "/tmp/cls_probe", logging_nan_inf_filter=False),
-        "trainer-hfray-args": lambda: _trainer(rows, "/tmp/cls_probe", hfray=True),
+    out = "/tmp/cls_probe"
+    cases: dict[str, Any] = {  # name -> (the case, whether sdpa may pick cuDNN's attention)
+        "loop": (lambda: _loop(on_device, mask=False), True),
+        "loop-mask": (lambda: _loop(on_device, mask=True), True),
+        "loader": (lambda: _loop(loader, mask=True), True),
+        "trainer": (lambda: _trainer(rows, out), True),
+        "trainer-workers2": (lambda: _trainer(rows, out, dataloader_num_workers=2), True),
+        "trainer-noclip": (lambda: _trainer(rows, out, max_grad_norm=0.0), True),
+        "trainer-nonanfilter": (lambda: _trainer(rows, out, logging_nan_inf_filter=False), True),
+        "trainer-nocudnn": (lambda: _trainer(rows, out), False),
+        "trainer-hfray-args": (lambda: _trainer(rows, out, hfray=True), True),
+        "trainer-hfray-args-nocudnn": (lambda: _trainer(rows, out, hfray=True), False),  # hfray's default now
+        "trainer-hfray-args-workers0": (lambda: _trainer(rows, out, hfray=True, dataloader_num_workers=0), False),
+        "trainer-hfray-args-nopin": (lambda: _trainer(rows, out, hfray=True, dataloader_pin_memory=False), False),
     }
-    for name, case in cases.items():
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        print(json.dumps({"case": name, "ms_per_step": round(case(), 2)}), flush=True)
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    print(json.dumps({"case": "trainer-nocudnn", "ms_per_step": round(_trainer(rows, "/tmp/cls_probe"), 2)}))
+    for name, (case, cudnn) in cases.items():
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        print(json.dumps({"case": name, "cudnn_sdp": cudnn, "ms_per_step": round(case(), 2)}), flush=True)
     print(
         json.dumps({"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__})
     )
