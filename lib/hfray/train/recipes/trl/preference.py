@@ -39,7 +39,7 @@ def default_compile(job: JobConfig, use_gpu: bool) -> JobConfig:
 
 def padding(job: JobConfig) -> dict[str, Any]:
     """``DPOConfig`` arguments of a compiled DPO job (by default or the job's ``torch_compile: true``): batches padded
-    to a multiple of 64 tokens (:func:`hfray.train.arguments.pad_multiple`). Eager jobs pad to each batch's longest,
-    as TRL does."""
+    to a multiple of 64 tokens (:func:`hfray.train.arguments.pad_multiple`). Eager jobs get no key, so TRL's own
+    default (``"auto"``, not None) stays."""
     multiple = arguments.pad_multiple(job)
-    return {"pad_to_multiple_of": multiple} if job.task == "dpo" and multiple else {}
+    return {"pad_to_multiple_of": multiple} if multiple else {}
