@@ -2,6 +2,7 @@
 
     python3 bench/cls_step_probe.py            # BERT-base, batch 64 x 128, bf16 autocast; prints ms per step per case
     python3 bench/cls_step_probe.py --tiny     # a CPU smoke of every case (numbers meaningless)
+    python3 bench/cls_step_probe.py --cprofile # then cProfile the plain Trainer's and hfray's steady steps (host time)
 
 Dec 6 (one H100, ``gpu_dec06_night_h100.md``): the bench's ``cls`` rows ran 47-62 ms a step for the plain Trainer
 and for hfray alike, a bare eager loop of the same model and batch 24-26 ms (``bench/sdpa_backend_probe.py``), the
@@ -29,9 +30,20 @@ DEVICE = "cpu" if TINY else "cuda"
 BATCH, SEQ, WARM, STEPS = (4, 16, 2, 6) if TINY else (64, 128, 20, 100)
 
 
+PROFILE: list[Any] = []  # a cProfile.Profile while ``--cprofile`` profiles one case's steady steps
+
+
 def _sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def _steady(start: bool) -> float:
+    """Synchronise, then start or stop the clock (and the host profile, when one runs)."""
+    _sync()
+    if PROFILE:
+        PROFILE[0].enable() if start else PROFILE[0].disable()
+    return time.perf_counter()
 
 
 def _model() -> Any:
@@ -57,8 +69,7 @@ def _loop(batches: Any, mask: bool) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=DEVICE == "cuda")
     for i, batch in enumerate(batches):
         if i == WARM:
-            _sync()
-            start = time.perf_counter()
+            start = _steady(True)
         batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
         if not mask:
             batch = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
@@ -68,19 +79,30 @@ def _loop(batches: Any, mask: bool) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    _sync()
-    return (time.perf_counter() - start) * 1e3 / (len(batches) - WARM)
+    return (_steady(False) - start) * 1e3 / (len(batches) - WARM)
 
 
 class _Clock(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == WARM:
-            _sync()
-            self.start = time.perf_counter()
+            self.start = _steady(True)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _sync()
-        self.ms = (time.perf_counter() - self.start) * 1e3 / (state.global_step - WARM)
+        self.ms = (_steady(False) - self.start) * 1e3 / (state.global_step - WARM)
+
+
+def _cprofiled(case: Any, title: str) -> None:
+    """Host time by function over one case's steady steps: the calls that wait on the device (a sync, a blocking
+    copy) show up as time spent in them, so a per-step sync is named, not guessed."""
+    import cProfile
+    import pstats
+
+    PROFILE[:] = [cProfile.Profile()]
+    ms = case()
+    print(f"--- cProfile {title} ({ms:.1f} ms a step profiled): by own time, then cumulative", flush=True)
+    stats = pstats.Stats(PROFILE.pop()).strip_dirs()
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(35)
 
 
 def _hfray_arguments(out: str, **changes: Any) -> TrainingArguments:
@@ -133,6 +155,11 @@ def main() -> None:
     for name, (case, cudnn) in cases.items():
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         print(json.dumps({"case": name, "cudnn_sdp": cudnn, "ms_per_step": round(case(), 2)}), flush=True)
+    if "--cprofile" in sys.argv:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        _cprofiled(lambda: _loop(on_device, mask=True), "loop-mask")
+        _cprofiled(lambda: _trainer(rows, out), "trainer")
+        _cprofiled(lambda: _trainer(rows, out, hfray=True), "trainer-hfray-args-nocudnn")
     print(
         json.dumps({"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__})
     )
