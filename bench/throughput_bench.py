@@ -21,10 +21,10 @@ and GPU count N (``--gpus``):
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
   ``flex`` / ``varlen`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
   (``training.precision=bf16``: autocast on CPU too), ``cudnn`` / ``nocudnn`` (``training.cudnn_attention``),
-  ``ragged`` (``dpo``: pairs of random lengths; rows of other runners are of fixed-length pairs: compare ragged rows
-  with each other) and ``profile`` (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the
-  GPU is synchronised at each phase, so read its throughput as profiled, not steady), joined with ``-`` to compose
-  (``compile-exact-nodrop``).
+  ``ragged`` (``dpo``: pairs of random lengths; rows of other runners are of fixed-length pairs; ``cls``: rows of
+  10-140 words, the others' 143: compare ragged rows with each other) and ``profile`` (``HFRAY_STEP_PROFILE``: ms
+  per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase, so read its throughput as
+  profiled, not steady), joined with ``-`` to compose (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -166,11 +166,15 @@ def write_corpus(work: Path, docs: int, seed: int = 0) -> dict[str, str]:
     for split, n in (("train", docs), ("validation", max(8, docs // 50))):
         paths[split].write_text("\n".join(" ".join(doc(rng.randint(80, 400))) for _ in range(n)) + "\n")
     groups = {"pos": lexicon[-40:-20], "neg": lexicon[-20:]}
-    for split, n in (("train_csv", docs), ("validation_csv", max(16, docs // 20))):
+    splits = [("train_csv", docs, 140), ("validation_csv", max(16, docs // 20), 140)]
+    # Rows of 10-140 words (``cls`` variant ``ragged``): batches then pad to many lengths. Written after the others,
+    # so those stay what they were for a seed.
+    splits += [("train_ragged_csv", docs, 0), ("validation_ragged_csv", max(16, docs // 20), 0)]
+    for split, n, length in splits:
         rows = []
         for _ in range(n):
             label = rng.choice(["pos", "neg"])
-            words = doc(140) + rng.sample(groups[label], 3)
+            words = doc(length or rng.randint(10, 140)) + rng.sample(groups[label], 3)
             rng.shuffle(words)
             rows.append(f"{' '.join(words)},{label}")
         paths[split] = work / f"{split}.csv"
@@ -256,9 +260,10 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     if spec.get("model"):
         job["model"] = {"name_or_path": spec["model"]}
     if workload == "cls":
+        ragged = "_ragged" if "ragged" in variant.split("-") else ""  # rows of many lengths: compare with each other
         job["data"] = {
-            "train": spec["data"]["train_csv"],
-            "validation": spec["data"]["validation_csv"],
+            "train": spec["data"][f"train{ragged}_csv"],
+            "validation": spec["data"][f"validation{ragged}_csv"],
             "max_length": spec["seq"],
         }
         job["evaluation"] = {"metrics": ["accuracy"], "metric_for_best_model": "accuracy"}

@@ -12,6 +12,7 @@ from hfray.data import cache
 from hfray.data import classification as data
 from hfray.model import loading, peft
 from hfray.train import worker
+from hfray.train.recipes.classification import defaults
 
 
 def weighted_loss(weights: list[float]) -> Any:
@@ -73,6 +74,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with worker.rank_zero_first(run.rank, run.world_size, enabled=cached):  # the others read rank 0's entry
         encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
     timeline.mark("worker_tokenized")
+    steps = defaults.planned_steps(job, len(encoded["train"]), run.world_size)
+    job = defaults.default_compile(run.job, run.use_gpu, steps)
+    if job is not run.job:
+        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+        if run.rank == 0 and run.job.training.torch_compile is None:  # the pause before the first step, explained
+            print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
     args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
     mean_len = data.mean_token_length(encoded["train"])
@@ -89,7 +96,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(job)),
         compute_metrics=classification_metrics_fn(job.evaluation.metrics),
         compute_loss_func=weighted_loss(weights) if weights else None,
-        callbacks=[*worker.callbacks(run, attempt), speed],
+        callbacks=[*worker.callbacks(run, attempt, job), speed],
     )
     attempt = worker.train(trainer, attempt)
     final = worker.final_eval_metrics(trainer, validation)
@@ -101,5 +108,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         labels=labels,
         peft=peft_info,  # method, trainable/all parameter counts; None without a peft section
         throughput=worker.throughput(run, attempt, trainer, speed),
+        resolved=job,
         data={"fingerprint": prepared.fingerprint, "sizes": prepared.sizes},
     )

@@ -1,0 +1,50 @@
+"""Text classification's speed default, resolved on each worker once the tokenized data exists (the worker knows
+whether it trains on a GPU, and how many optimizer steps the run plans).
+
+A classifier's eager step is host-bound on a GPU: one H100, BERT-base, 64 x 128 tokens, the plain Trainer and hfray
+alike ran 46-49 ms a step with the GPU busy ~20 ms (Python launching each kernel; ``bench/cls_step_probe.py``).
+Compiled with CUDA graphs the step replays instead of launching: 1,869 samples/s against eager's 1,305 (1.43x; 0.80
+of the bare compiled step, 1.48x the plain Trainer), eval loss 0.6845 / 0.6852. Compiled without graphs it was
+slower than eager (1,017 against 1,153), so graphs or nothing. The compile costs once: the same 200-step run took
+55.3 s against eager's 32.9 s on a cold compile cache, about 25 s, which the ~15 ms a step saved pays back after
+~1,700 steps (``bench/results/gpu_dec06_late_h100.md``). Hence a threshold on the run's planned steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hfray.config import JobConfig
+from hfray.train import arguments
+
+GRAPHS_MIN_STEPS = 2_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
+
+
+def planned_steps(job: JobConfig, train_rows: int, world_size: int) -> int:
+    """The optimizer steps the run plans: ``training.max_steps``, else the epochs' (as the Trainer counts them)."""
+    t = job.training
+    if t.max_steps > 0:
+        return t.max_steps
+    batches = math.ceil(train_rows / (t.per_device_train_batch_size * world_size))  # each worker's, per epoch
+    per_epoch = max(1, math.ceil(batches / t.gradient_accumulation_steps))  # a short last window is a step too
+    return math.ceil(per_epoch * t.num_train_epochs)
+
+
+def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
+    """Compiled, replaying CUDA graphs, for a full fine-tune on one GPU that plans at least :data:`GRAPHS_MIN_STEPS`
+    steps and leaves ``training.torch_compile`` unset (and ``training.cuda_graphs`` not false). Batches are then
+    padded to multiples of 64 tokens (:func:`hfray.train.arguments.pad_multiple`: a few shapes, each recorded once).
+
+    Not measured, so left eager: several workers (graphs are for one process; compiled alone was slower), adapters
+    (PEFT), gradient checkpointing, DeepSpeed or FSDP, a compile mode in ``training.extra_args``.
+    ``training.torch_compile: false`` (or ``cuda_graphs: false``) opts out; ``torch_compile: true`` or
+    ``cuda_graphs: true`` compile whatever the steps (with graphs unless the job says ``cuda_graphs: false``)."""
+    t = job.training
+    if not use_gpu or job.peft is not None or job.resources.num_workers != 1 or t.torch_compile is False:
+        return job
+    asked = t.torch_compile or t.cuda_graphs  # the job's own word: compiled whatever the steps
+    if not asked and (steps < GRAPHS_MIN_STEPS or t.cuda_graphs is False or t.gradient_checkpointing):
+        return job
+    if not asked and "torch_compile_mode" in t.extra_args:
+        return job
+    return arguments.default_compile(job)

@@ -1,0 +1,95 @@
+"""Text classification's GPU speed default (``hfray.train.recipes.classification.defaults``): compiled with CUDA
+graphs where the run plans enough steps to pay the compile back; the step count is the Trainer's own.
+
+The compiled, padded step keeps the eager loss: ``tests/train/test_speed_options.py::
+test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss``. The graphs themselves need a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+from hfray.config import JobConfig
+from hfray.train.arguments import build_kwargs, cudnn_attention, pad_multiple
+from hfray.train.recipes.classification.defaults import GRAPHS_MIN_STEPS, default_compile, planned_steps
+
+LONG = GRAPHS_MIN_STEPS
+
+
+def _job(workers: int = 1, peft: bool = False, **training: Any) -> JobConfig:
+    raw: dict[str, Any] = {
+        "name": "cls",
+        "task": "text-classification",
+        "model": {"name_or_path": "m"},
+        "data": {"train": "x.csv", "max_length": 128},
+        "training": training,
+        "resources": {"num_workers": workers},
+    }
+    if peft:
+        raw["peft"] = {"method": "lora"}
+    return JobConfig.from_dict(raw)
+
+
+def _said(job: JobConfig) -> tuple[bool | None, bool | None]:
+    return job.training.torch_compile, job.training.cuda_graphs
+
+
+def test_one_gpu_compiles_with_cuda_graphs_only_when_the_run_is_long_enough_and_the_job_leaves_it_open() -> None:
+    resolved = default_compile(_job(), True, LONG)
+    assert _said(resolved) == (True, True)
+    assert build_kwargs(resolved, "/tmp/o", use_gpu=True)["torch_compile_mode"] == "reduce-overhead"
+    assert pad_multiple(resolved) == 64 and cudnn_attention(resolved) is True  # a few shapes; as measured
+    kept = {
+        "short run": default_compile(_job(), True, LONG - 1),
+        "cpu": default_compile(_job(), False, 10 * LONG),
+        "two workers": default_compile(_job(workers=2), True, 10 * LONG),
+        "lora": default_compile(_job(peft=True), True, 10 * LONG),
+        "opted out": default_compile(_job(torch_compile=False), True, 10 * LONG),
+        "checkpointing": default_compile(_job(gradient_checkpointing=True), True, 10 * LONG),
+        "their mode": default_compile(_job(extra_args={"torch_compile_mode": "max-autotune"}), True, 10 * LONG),
+        "zero2": default_compile(_job(strategy="zero2"), True, 10 * LONG),
+    }
+    assert {k: _said(j) for k, j in kept.items() if _said(j) != (None, None)} == {"opted out": (False, None)}
+    assert all(pad_multiple(j) is None and cudnn_attention(j) is False for j in kept.values())  # eager as before
+    # The job's own word: compiled whatever the steps, graphs unless it says not.
+    assert _said(default_compile(_job(torch_compile=True), True, 10)) == (True, True)
+    assert _said(default_compile(_job(torch_compile=True, cuda_graphs=False), True, 10)) == (True, False)
+    assert _said(default_compile(_job(cuda_graphs=False), True, 10 * LONG)) == (None, False)  # no graphs: eager
+    assert _said(default_compile(_job(cuda_graphs=True), True, 10)) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "accumulation", "epochs", "max_steps"),
+    [(10, 4, 1, 2.0, -1), (10, 4, 2, 2.5, -1), (9, 2, 4, 1.0, -1), (6, 4, 1, 0.5, -1), (10, 4, 1, 3.0, 5)],
+)
+def test_planned_steps_are_the_steps_the_trainer_then_takes(
+    tmp_path: Any, rows: int, batch: int, accumulation: int, epochs: float, max_steps: int
+) -> None:
+    job = _job(
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+    )
+    ids = torch.randint(5, 90, (rows, 8), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": ids[i], "labels": int(ids[i, 0] > 50)} for i in range(rows)]
+    tiny = {"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    model = BertForSequenceClassification(BertConfig(num_labels=2, intermediate_size=32, **tiny))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    assert trainer.state.global_step == trainer.state.max_steps == planned_steps(job, rows, world_size=1)
