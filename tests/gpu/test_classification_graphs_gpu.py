@@ -1,6 +1,7 @@
 """Text classification's GPU default for long runs (``hfray.train.recipes.classification.defaults``): compiled with
 CUDA graphs, batches padded to multiples of 64 tokens. On rows of many lengths (two padded shapes) every step replays
-a graph (none skipped, no graph break) and the loss curve is eager's, step by step.
+a graph (none skipped, no graph break), the loss curve is eager's, step by step, and evaluations between training
+steps (metrics on the logits) score as eager's.
 
 No Ray: hfray's ``build_kwargs`` and collator padding drive a plain HF Trainer on a small BERT built from a config
 (dropout off: compiled RNG streams differ), bf16.
@@ -39,9 +40,9 @@ def _job(**training: Any) -> JobConfig:
     return JobConfig.from_dict(raw)
 
 
-def _rows(n: int) -> list[dict[str, Any]]:
+def _rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Rows of 20-120 tokens (two padded shapes: 64 and 128), the label a rule the model can learn."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(20, 121, (n,), generator=gen).tolist()
     rows = []
     for length in lengths:
@@ -65,7 +66,8 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
 
     compile_settings(job)  # as the worker does for its resolved job
     kwargs = build_kwargs(job, str(tmp_path / f"out-{job.training.torch_compile}"), use_gpu=True)
-    kwargs.update(save_strategy="no", eval_strategy="no")
+    kwargs.update(save_strategy="no", eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8)
+    kwargs.update(load_best_model_at_end=False, metric_for_best_model=None)
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(995)]))
     collator = DataCollatorWithPadding(BertTokenizerFast(vocab_file=str(vocab)), pad_to_multiple_of=pad_multiple(job))
@@ -76,10 +78,20 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
         [cudagraphs.CudaGraphStepCallback()] if cudagraphs.wanted(t.extra_args, t.torch_compile, t.cuda_graphs) else []
     )
     trainer = Trainer(
-        model=model, args=TrainingArguments(**kwargs), train_dataset=_rows(128), data_collator=collator, callbacks=marks
+        model=model,
+        args=TrainingArguments(**kwargs),
+        train_dataset=_rows(128),
+        eval_dataset=_rows(20, seed=1),  # 8 + 8 + 4 rows: evaluations between training steps, on logits
+        data_collator=collator,
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+        callbacks=marks,
     )
     trainer.train()
     return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer
+
+
+def _evaluations(trainer: Any) -> list[tuple[float, float]]:
+    return [(e["eval_loss"], e["eval_accuracy"]) for e in trainer.state.log_history if "eval_loss" in e]
 
 
 def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eager_loss(tmp_path: Path) -> None:
@@ -89,7 +101,7 @@ def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eag
 
     from hfray.train.recipes.classification.defaults import GRAPHS_MIN_STEPS, default_compile
 
-    eager, _ = _train(tmp_path, _job(torch_compile=False))
+    eager, eager_trainer = _train(tmp_path, _job(torch_compile=False))
     job = default_compile(_job(), True, GRAPHS_MIN_STEPS)
     assert pad_multiple(job) == 64
     dynamo.utils.counters.clear()
@@ -100,3 +112,6 @@ def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eag
     assert not dynamo.utils.counters["inductor"]["cudagraph_skips"], dict(dynamo.utils.counters["inductor"])
     assert len(graphs) == 16 and graphs[-1] < graphs[0]
     assert graphs == pytest.approx(eager, rel=0.03)
+    evaluations = _evaluations(trainer)  # evaluated mid-run (step 8) and at the end, then trained on
+    assert len(evaluations) == 2
+    assert evaluations == pytest.approx(_evaluations(eager_trainer), rel=0.03, abs=0.06)  # 20 rows: one row is 0.05
