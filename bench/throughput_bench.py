@@ -21,6 +21,7 @@ and GPU count N (``--gpus``):
   architecture), ``datasets`` (``lm.pipeline=datasets``), ``noliger`` (``training.liger_kernel=false``),
   ``flex`` / ``varlen`` / ``eager`` (``model.attn_implementation``), ``flat`` (``trl.packed_layout``), ``bf16``
   (``training.precision=bf16``: autocast on CPU too), ``cudnn`` / ``nocudnn`` (``training.cudnn_attention``),
+  ``keepmask`` (``training.drop_unpadded_masks=false``),
   ``ragged`` (``dpo``: pairs of random lengths; rows of other runners are of fixed-length pairs; ``cls``: rows of
   10-140 words, the others' 143: compare ragged rows with each other) and ``profile`` (``HFRAY_STEP_PROFILE``: ms
   per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase, so read its throughput as
@@ -294,6 +295,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"]["cuda_graphs"] = False
     if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)
         job["training"]["torch_compile"] = False
+    if "keepmask" in parts:  # every batch keeps its attention mask (default: eager cls drops an all-ones one)
+        job["training"]["drop_unpadded_masks"] = False
     if "cudnn" in parts or "nocudnn" in parts:  # sdpa's cuDNN attention asked for / refused (default: compiled only)
         job["training"]["cudnn_attention"] = "cudnn" in parts
     if "exact" in parts and workload in ("mlm", "mbert"):  # a fixed masked count: static shapes

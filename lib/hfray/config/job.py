@@ -51,6 +51,7 @@ _SPEED_ONLY = (
     ("model", "attn_implementation"),  # the same attention, another kernel
     ("trl", "packed_layout"),  # the same packed documents, as rows or one flattened row
     ("training", "compile_regions"),  # the same compiled model, traced layer by layer or whole
+    ("training", "drop_unpadded_masks"),  # an all-ones mask or none: the same attention
     ("trl", "deferred_metrics"),  # the same metrics, read from the device per log instead of per step
     ("training", "cuda_graphs"),  # the same compiled kernels, launched as one CUDA graph per region
     ("training", "cudnn_attention"),  # the same attention, cuDNN's kernel or another

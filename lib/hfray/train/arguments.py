@@ -195,6 +195,13 @@ def cudnn_attention(job: JobConfig) -> bool:
     return bool(t.torch_compile) if t.cudnn_attention is None else t.cudnn_attention
 
 
+def drop_unpadded_masks(job: JobConfig) -> bool:
+    """Whether a classification batch without padding goes without its attention mask (``training.
+    drop_unpadded_masks``): the job's word, else only when eager (a compiled graph keeps one input signature)."""
+    t = job.training
+    return not t.torch_compile if t.drop_unpadded_masks is None else t.drop_unpadded_masks
+
+
 def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:
     """Whether a compiled model's regions replay CUDA graphs: ``training.cuda_graphs``, or a compile ``mode`` that
     records them (the job's ``extra_args`` or the Trainer's resolved one)."""

@@ -13,9 +13,11 @@ slower than eager (1,017 against 1,153), so graphs or nothing. The compile costs
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from hfray.config import JobConfig
-from hfray.train import arguments
+from hfray.data import classification as data
+from hfray.train import arguments, worker
 
 GRAPHS_MIN_STEPS = 2_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
 
@@ -48,3 +50,23 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
     if not asked and "torch_compile_mode" in t.extra_args:
         return job
     return arguments.default_compile(job)
+
+
+def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
+    """The job with its speed default resolved for this worker's run, the process set for it (compile settings)."""
+    steps = planned_steps(run.job, train_rows, run.world_size)
+    job = default_compile(run.job, run.use_gpu, steps)
+    if job is not run.job:
+        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+        if run.rank == 0 and run.job.training.torch_compile is None:  # the pause before the first step, explained
+            print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
+    return job
+
+
+def padding_collator(job: JobConfig, tokenizer: Any) -> Any:
+    """Batches padded to their longest row (compiled: to a multiple of 64 tokens, :func:`arguments.pad_multiple`);
+    those without padding lose their all-ones mask where ``training.drop_unpadded_masks`` resolves true."""
+    from transformers import DataCollatorWithPadding
+
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=arguments.pad_multiple(job))
+    return data.UnpaddedMaskDropped(collator) if arguments.drop_unpadded_masks(job) else collator

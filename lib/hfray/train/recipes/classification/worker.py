@@ -47,9 +47,9 @@ def artifact_fields(job: JobConfig) -> dict[str, Any]:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     timeline.mark_process_start()
     timeline.mark("worker_fn_start")
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
-    from hfray.train.arguments import pad_multiple, training_arguments  # the Trainer stack: imported where used
+    from hfray.train.arguments import training_arguments  # the Trainer stack: imported where used
     from hfray.train.callbacks import throughput
     from hfray.train.recipes.classification.metrics import classification_metrics_fn
 
@@ -74,12 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with worker.rank_zero_first(run.rank, run.world_size, enabled=cached):  # the others read rank 0's entry
         encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
     timeline.mark("worker_tokenized")
-    steps = defaults.planned_steps(job, len(encoded["train"]), run.world_size)
-    job = defaults.default_compile(run.job, run.use_gpu, steps)
-    if job is not run.job:
-        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
-        if run.rank == 0 and run.job.training.torch_compile is None:  # the pause before the first step, explained
-            print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
+    job = defaults.resolve_on_worker(run, len(encoded["train"]))  # compiled with CUDA graphs for long GPU runs
     args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
     mean_len = data.mean_token_length(encoded["train"])
@@ -93,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_dataset=encoded["train"],
         eval_dataset=validation,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(job)),
+        data_collator=defaults.padding_collator(job, tokenizer),
         compute_metrics=classification_metrics_fn(job.evaluation.metrics),
         compute_loss_func=weighted_loss(weights) if weights else None,
         callbacks=[*worker.callbacks(run, attempt, job), speed],

@@ -1,5 +1,6 @@
-"""Text classification's GPU speed default (``hfray.train.recipes.classification.defaults``): compiled with CUDA
-graphs where the run plans enough steps to pay the compile back; the step count is the Trainer's own.
+"""Text classification's speed defaults (``hfray.train.recipes.classification.defaults``): on one GPU, compiled with
+CUDA graphs where the run plans enough steps to pay the compile back (the step count is the Trainer's own); batches
+without padding go without their all-ones attention mask, and train as with it.
 
 The compiled, padded step keeps the eager loss: ``tests/train/test_speed_options.py::
 test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss``. The graphs themselves need a GPU.
@@ -14,8 +15,14 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from hfray.config import JobConfig
+from hfray.data.classification import UnpaddedMaskDropped
 from hfray.train.arguments import build_kwargs, cudnn_attention, pad_multiple
-from hfray.train.recipes.classification.defaults import GRAPHS_MIN_STEPS, default_compile, planned_steps
+from hfray.train.recipes.classification.defaults import (
+    GRAPHS_MIN_STEPS,
+    default_compile,
+    padding_collator,
+    planned_steps,
+)
 
 LONG = GRAPHS_MIN_STEPS
 
@@ -93,3 +100,36 @@ def test_planned_steps_are_the_steps_the_trainer_then_takes(
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert trainer.state.global_step == trainer.state.max_steps == planned_steps(job, rows, world_size=1)
+
+
+def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() -> None:
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hfray.model.builtin import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:all-MiniLM-L6-v2"))
+    texts = ["markets rallied today", "stocks fell hard"] * 2  # 5 tokens each: a batch without padding
+    texts += [" ".join(["rates rose"] * (1 + i)) + (" sharply" if i % 2 else "") for i in range(4)]  # 4-11 tokens
+    rows = [dict(tokenizer(t), labels=int("fell" in t or "sharply" in t)) for t in texts]
+    collate = padding_collator(_job(), tokenizer)  # eager: the default drops unpadded masks
+    batches = [collate(rows[:4]), collate(rows[4:])]
+    assert "attention_mask" not in batches[0] and batches[1]["attention_mask"].min() == 0
+    kept = [padding_collator(j, tokenizer) for j in (_job(drop_unpadded_masks=False), _job(torch_compile=True))]
+    assert all(type(c) is DataCollatorWithPadding for c in kept)  # compiled: one input signature for the graph
+    asked = padding_collator(_job(torch_compile=True, drop_unpadded_masks=True), tokenizer)
+    assert type(asked) is UnpaddedMaskDropped  # the job's word
+    losses = {}
+    for name, collator in (("dropped", collate), ("kept", kept[0])):
+        torch.manual_seed(0)
+        tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+        model = BertForSequenceClassification(BertConfig(num_labels=2, vocab_size=tokenizer.vocab_size, **tiny))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        losses[name] = []
+        for batch in [collator(rows[:4]), collator(rows[4:])] * 4:
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[name].append(loss.item())
+    assert losses["dropped"] == pytest.approx(losses["kept"], rel=1e-6, abs=1e-7)
+    assert sum(losses["dropped"][-2:]) < sum(losses["dropped"][:2])  # it learns
