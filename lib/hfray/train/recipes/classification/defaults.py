@@ -1,8 +1,10 @@
-"""Text classification's speed default, resolved on each worker once the tokenized data exists (the worker knows
-whether it trains on a GPU, and how many optimizer steps the run plans).
+"""Text classification's speed defaults, resolved on each worker once the tokenized data exists (the worker knows
+whether it trains on a GPU, and how many optimizer steps the run plans): CUDA graphs for long runs on one GPU, and
+batches without padding sent without their all-ones mask (:func:`padding_collator`).
 
 A classifier's eager step is host-bound on a GPU: one H100, BERT-base, 64 x 128 tokens, the plain Trainer and hfray
-alike ran 46-49 ms a step with the GPU busy ~20 ms (Python launching each kernel; ``bench/cls_step_probe.py``).
+alike ran 44-49 ms a step, a bare loop of the same model 42 ms (Python launching each kernel, the backward's ~20 ms
+most of it; ``bench/cls_step_probe.py --cprofile``).
 Compiled with CUDA graphs the step replays instead of launching: 1,869 samples/s against eager's 1,305 (1.43x; 0.80
 of the bare compiled step, 1.48x the plain Trainer), eval loss 0.6845 / 0.6852. Compiled without graphs it was
 slower than eager (1,017 against 1,153), so graphs or nothing. The compile costs once: the same 200-step run took
