@@ -16,6 +16,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 
 from hfray.config import JobConfig
 from hfray.data.classification import UnpaddedMaskDropped
+from hfray.errors import ConfigError
 from hfray.train.arguments import build_kwargs, cudnn_attention, pad_multiple
 from hfray.train.recipes.classification.defaults import (
     GRAPHS_MIN_STEPS,
@@ -118,6 +119,9 @@ def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() ->
     assert all(type(c) is DataCollatorWithPadding for c in kept)  # compiled: one input signature for the graph
     asked = padding_collator(_job(torch_compile=True, drop_unpadded_masks=True), tokenizer)
     assert type(asked) is UnpaddedMaskDropped  # the job's word
+    lm = {"name": "lm", "task": "causal-lm", "model": {"name_or_path": "m"}, "data": {"train": "x.txt"}}
+    with pytest.raises(ConfigError, match=r"training.drop_unpadded_masks: only for text-classification, not causal"):
+        JobConfig.from_dict(lm | {"training": {"drop_unpadded_masks": True}})  # it would do nothing there
     losses = {}
     for name, collator in (("dropped", collate), ("kept", kept[0])):
         torch.manual_seed(0)

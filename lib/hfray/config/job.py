@@ -318,6 +318,8 @@ def task_problems(raw: JobConfig) -> list[tuple[str, str]]:
             problems.append((key, f"only for task {task!r}; this job's task is {raw.task!r}"))
     if raw.model.architecture is not None and raw.model.tokenizer is None and raw.task != "image-classification":
         problems.append(("model.tokenizer", "model.architecture needs model.tokenizer (a tokenizer dir or hub id)"))
+    if raw.training.drop_unpadded_masks is not None and raw.task != "text-classification":
+        problems.append(("training.drop_unpadded_masks", f"only for text-classification, not {raw.task}"))
     if raw.task not in FINETUNE_TASKS:
         return problems
     key = SECTION_OF[raw.task]
