@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import BertConfig, BertForSequenceClassification
 
 from hfray.config import JobConfig
 from hfray.data.classification import UnpaddedMaskDropped
@@ -22,7 +22,6 @@ from hfray.train.recipes.classification.defaults import (
     GRAPHS_MIN_STEPS,
     default_compile,
     padding_collator,
-    planned_steps,
 )
 
 LONG = GRAPHS_MIN_STEPS
@@ -68,39 +67,6 @@ def test_one_gpu_compiles_with_cuda_graphs_only_when_the_run_is_long_enough_and_
     assert _said(default_compile(_job(torch_compile=True, cuda_graphs=False), True, 10)) == (True, False)
     assert _said(default_compile(_job(cuda_graphs=False), True, 10 * LONG)) == (None, False)  # no graphs: eager
     assert _said(default_compile(_job(cuda_graphs=True), True, 10)) == (True, True)
-
-
-@pytest.mark.parametrize(
-    ("rows", "batch", "accumulation", "epochs", "max_steps"),
-    [(10, 4, 1, 2.0, -1), (10, 4, 2, 2.5, -1), (9, 2, 4, 1.0, -1), (6, 4, 1, 0.5, -1), (10, 4, 1, 3.0, 5)],
-)
-def test_planned_steps_are_the_steps_the_trainer_then_takes(
-    tmp_path: Any, rows: int, batch: int, accumulation: int, epochs: float, max_steps: int
-) -> None:
-    job = _job(
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-    )
-    ids = torch.randint(5, 90, (rows, 8), generator=torch.Generator().manual_seed(0))
-    data = [{"input_ids": ids[i], "labels": int(ids[i, 0] > 50)} for i in range(rows)]
-    tiny = {"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
-    model = BertForSequenceClassification(BertConfig(num_labels=2, intermediate_size=32, **tiny))
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        use_cpu=True,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=data)
-    trainer.train()
-    assert trainer.state.global_step == trainer.state.max_steps == planned_steps(job, rows, world_size=1)
 
 
 def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() -> None:

@@ -154,3 +154,13 @@ def test_asha_never_stops_a_trial_before_its_warmup_ends(tmp_path, data_files):
     assert short["stop_reason"] == "completed" and reached[(bad, 12)] == 12, short
     assert Path(summary.sweep_dir, "trials", short["runs"][-1], "artifact", "hfray_manifest.json").exists()
     assert "no trial judged before step 12" in Path(summary.sweep_dir, "sweep_report.md").read_text()
+
+
+def test_a_short_accumulation_window_is_a_step_in_the_sweeps_plan(tmp_path, data_files):
+    """256 rows in batches of 32: 8 batches an epoch, in windows of 3 (3, 3, 2): 3 optimizer steps an epoch, as the
+    Trainer takes them (tests/config/test_steps.py), not 2; evaluations at each epoch's end."""
+    from hfray.tune.driver import prepare_sweep
+
+    training = {"max_steps": -1, "num_train_epochs": 2, "gradient_accumulation_steps": 3, "eval_strategy": "epoch"}
+    _, plan = prepare_sweep(_job(tmp_path, data_files, training, {}))
+    assert plan.eval_interval == 3 and plan.max_steps == 6 and plan.max_t == 6

@@ -15,6 +15,7 @@ from hfray.config.model import ModelConfig
 from hfray.config.peft import PeftSection
 from hfray.config.resources import ClusterConfig, ResourcesConfig
 from hfray.config.section import Section
+from hfray.config.steps import steps_per_epoch, total_steps
 from hfray.config.storage import StorageConfig
 from hfray.config.sweep import SweepConfig
 from hfray.config.tasks import FINETUNE_TASKS
@@ -48,4 +49,6 @@ __all__ = [
     "load_job",
     "parse_overrides",
     "read_yaml",
+    "steps_per_epoch",
+    "total_steps",
 ]

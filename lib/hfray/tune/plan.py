@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfray.config import CLASSIFICATION_METRICS, JobConfig
+from hfray.config import CLASSIFICATION_METRICS, JobConfig, steps_per_epoch, total_steps
 from hfray.data.splits import PreparedData
 from hfray.errors import ConfigError, Problem
 from hfray.storage import fs, layout
@@ -68,18 +68,6 @@ def data_facts(info: Any) -> dict[str, Any]:
     if isinstance(info, dict):
         return {"sizes": info.get("rows", {})}
     return dict(getattr(info, "facts", {}))
-
-
-def steps_per_epoch(job: JobConfig, n_train: int) -> int:
-    t = job.training
-    batches = math.ceil(n_train / (t.per_device_train_batch_size * job.resources.num_workers))
-    return max(1, batches // t.gradient_accumulation_steps)
-
-
-def total_steps(job: JobConfig, n_train: int) -> int:
-    if job.training.max_steps > 0:
-        return job.training.max_steps
-    return math.ceil(job.training.num_train_epochs * steps_per_epoch(job, n_train))
 
 
 def eval_interval_steps(job: JobConfig, n_train: int) -> int:

@@ -44,11 +44,11 @@ from typing import Any
 
 import datasets
 
-from hfray.config import JobConfig
+from hfray.config import JobConfig, total_steps
 from hfray.errors import HfrayError
 from hfray.storage import fs, layout
 from hfray.train.run import run_training
-from hfray.tune.plan import SweepPlan, total_steps
+from hfray.tune.plan import SweepPlan
 from hfray.tune.space import trial_job_dict
 
 REFIT_RUN, REFIT_DATA = "refit", "refit_data"

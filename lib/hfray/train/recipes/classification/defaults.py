@@ -14,24 +14,13 @@ slower than eager (1,017 against 1,153), so graphs or nothing. The compile costs
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from hfray.config import JobConfig
+from hfray.config import JobConfig, total_steps
 from hfray.data import classification as data
 from hfray.train import arguments, worker
 
 GRAPHS_MIN_STEPS = 2_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
-
-
-def planned_steps(job: JobConfig, train_rows: int, world_size: int) -> int:
-    """The optimizer steps the run plans: ``training.max_steps``, else the epochs' (as the Trainer counts them)."""
-    t = job.training
-    if t.max_steps > 0:
-        return t.max_steps
-    batches = math.ceil(train_rows / (t.per_device_train_batch_size * world_size))  # each worker's, per epoch
-    per_epoch = max(1, math.ceil(batches / t.gradient_accumulation_steps))  # a short last window is a step too
-    return math.ceil(per_epoch * t.num_train_epochs)
 
 
 def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
@@ -47,16 +36,15 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
     if not use_gpu or job.peft is not None or job.resources.num_workers != 1 or t.torch_compile is False:
         return job
     asked = t.torch_compile or t.cuda_graphs  # the job's own word: compiled whatever the steps
-    if not asked and (steps < GRAPHS_MIN_STEPS or t.cuda_graphs is False or t.gradient_checkpointing):
-        return job
-    if not asked and "torch_compile_mode" in t.extra_args:
+    declined = t.cuda_graphs is False or t.gradient_checkpointing or "torch_compile_mode" in t.extra_args
+    if not asked and (steps < GRAPHS_MIN_STEPS or declined):
         return job
     return arguments.default_compile(job)
 
 
 def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
     """The job with its speed default resolved for this worker's run, the process set for it (compile settings)."""
-    steps = planned_steps(run.job, train_rows, run.world_size)
+    steps = total_steps(run.job, train_rows, run.world_size)  # as the Trainer will count them
     job = default_compile(run.job, run.use_gpu, steps)
     if job is not run.job:
         worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
