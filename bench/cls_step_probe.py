@@ -3,6 +3,7 @@
     python3 bench/cls_step_probe.py            # BERT-base, batch 64 x 128, bf16 autocast; prints ms per step per case
     python3 bench/cls_step_probe.py --tiny     # a CPU smoke of every case (numbers meaningless)
     python3 bench/cls_step_probe.py --cprofile # then cProfile the plain Trainer's and hfray's steady steps (host time)
+    python3 bench/cls_step_probe.py --compiled # compiled cases only (then cProfile hfray's compiled step): see below
 
 Dec 6 (one H100, ``gpu_dec06_night_h100.md``): the bench's ``cls`` rows ran 47-62 ms a step for the plain Trainer
 and for hfray alike, a bare eager loop of the same model and batch 24-26 ms (``bench/sdpa_backend_probe.py``), the
@@ -13,6 +14,13 @@ non-blocking); ``trainer``: the HF Trainer on the same rows (bf16, no eval, no s
 ``-workers2`` (2 DataLoader workers), ``-noclip`` (max_grad_norm 0), ``-nocudnn`` (sdpa off cuDNN's attention);
 ``trainer-hfray-args``: the TrainingArguments hfray builds for a GPU classification job, then without cuDNN's
 attention (hfray's default since Dec 6), without DataLoader workers, without pinned memory.
+
+``--compiled``: why hfray's ``torch_compile: true`` step (no graphs) ran 1,017 samples/s, slower than eager (1,153),
+while the bare compiled step of the bench ran 2,133 (``gpu_dec06_night_h100.md``): ``loop-compiled`` (the whole
+model ``.compile()``d, no mask), ``loop-mask-compiled`` (with the mask and token types), ``loop-mask-regions`` (each
+encoder layer compiled alone, as accelerate's regional compilation, hfray's ``compile_regions`` default);
+``trainer-hfray-compiled`` (hfray's arguments and process settings for a compiled job, regional), ``-whole``
+(``compile_regions: false``), ``-graphs`` (``cuda_graphs: true``: reduce-overhead, hfray's step-begin mark).
 """
 
 from __future__ import annotations
@@ -64,8 +72,14 @@ def _rows(n: int) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _loop(batches: Any, mask: bool) -> float:
+def _loop(batches: Any, mask: bool, compiled: str = "") -> float:
+    """``compiled``: "" eager, "whole" (``model.compile()``), "regions" (each encoder layer compiled alone)."""
+    torch._dynamo.reset()
     model = _model()
+    if compiled == "whole":
+        model.compile()
+    for layer in model.bert.encoder.layer if compiled == "regions" else []:
+        layer.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=DEVICE == "cuda")
     for i, batch in enumerate(batches):
         if i == WARM:
@@ -105,29 +119,58 @@ def _cprofiled(case: Any, title: str) -> None:
     stats.sort_stats("cumulative").print_stats(35)
 
 
-def _hfray_arguments(out: str, **changes: Any) -> TrainingArguments:
+def _hfray_arguments(out: str, compiled: dict[str, Any] | None = None, **changes: Any) -> TrainingArguments:
     """The TrainingArguments hfray builds for a GPU classification job (its GPU defaults: 2 DataLoader workers,
-    length-grouped batches, no NaN filter, pinned non-blocking copies), without evaluation or saves."""
+    length-grouped batches, no NaN filter, pinned non-blocking copies), without evaluation or saves. ``compiled``:
+    training keys of a compiled job (``torch_compile`` ...), whose process settings are then set as a worker sets
+    them (regional compilation's switch, cuDNN attention, Dynamo's graphs reset)."""
     from hfray.config import JobConfig
     from hfray.train.arguments import build_kwargs
+    from hfray.train.worker import compile_settings
 
     raw = {"name": "probe", "task": "text-classification", "model": {"name_or_path": "m"}, "data": {"train": "x.csv"}}
-    training = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "learning_rate": 1e-5}
+    training = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "learning_rate": 1e-5, **(compiled or {})}
     training.update({"dataloader_num_workers": 2, "group_by_length": True} if not TINY else {})
-    kwargs = build_kwargs(JobConfig.from_dict({**raw, "training": training}), out, use_gpu=not TINY)
+    job = JobConfig.from_dict({**raw, "training": training})
+    compile_settings(job)
+    kwargs = build_kwargs(job, out, use_gpu=not TINY)
     kwargs.update(eval_strategy="no", save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
     return TrainingArguments(**{**kwargs, **changes})
 
 
-def _trainer(rows: list[dict[str, torch.Tensor]], out: str, hfray: bool = False, **changes: Any) -> float:
-    args = _hfray_arguments(out, **changes) if hfray else TrainingArguments(
+def _trainer(
+    rows: list[dict[str, torch.Tensor]],
+    out: str,
+    hfray: bool = False,
+    compiled: dict[str, Any] | None = None,
+    **changes: Any,
+) -> float:
+    args = _hfray_arguments(out, compiled, **changes) if hfray else TrainingArguments(
         output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-5, bf16=not TINY,
         use_cpu=TINY, save_strategy="no", eval_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
         **changes,
     )  # fmt: skip
-    clock = _Clock()
-    Trainer(model=_model(), args=args, train_dataset=rows, callbacks=[clock]).train()
-    return clock.ms
+    callbacks: list[Any] = [_Clock()]
+    if compiled and compiled.get("cuda_graphs"):
+        from hfray.train.callbacks.cudagraphs import CudaGraphStepCallback
+
+        callbacks.append(CudaGraphStepCallback())
+    Trainer(model=_model(), args=args, train_dataset=rows, callbacks=callbacks).train()
+    return callbacks[0].ms
+
+
+def _compiled_cases(rows: Any, on_device: Any, out: str) -> dict[str, Any]:
+    regional = {"torch_compile": True, "cuda_graphs": False}
+    whole = {**regional, "compile_regions": False}
+    graphs = {"torch_compile": True, "cuda_graphs": True}
+    return {  # compiled cases: cuDNN attention allowed, as hfray's compiled jobs
+        "loop-compiled": (lambda: _loop(on_device, mask=False, compiled="whole"), True),
+        "loop-mask-compiled": (lambda: _loop(on_device, mask=True, compiled="whole"), True),
+        "loop-mask-regions": (lambda: _loop(on_device, mask=True, compiled="regions"), True),
+        "trainer-hfray-compiled": (lambda: _trainer(rows, out, hfray=True, compiled=regional), True),
+        "trainer-hfray-compiled-whole": (lambda: _trainer(rows, out, hfray=True, compiled=whole), True),
+        "trainer-hfray-compiled-graphs": (lambda: _trainer(rows, out, hfray=True, compiled=graphs), True),
+    }
 
 
 def main() -> None:
@@ -138,7 +181,8 @@ def main() -> None:
     on_device = [{k: v.to(DEVICE) for k, v in b.items()} for b in stacked]
     loader = torch.utils.data.DataLoader(rows, batch_size=BATCH, pin_memory=DEVICE == "cuda")
     out = "/tmp/cls_probe"
-    cases: dict[str, Any] = {  # name -> (the case, whether sdpa may pick cuDNN's attention)
+    cases: dict[str, Any] = _compiled_cases(rows, on_device, out) if "--compiled" in sys.argv else {
+        # name -> (the case, whether sdpa may pick cuDNN's attention)
         "loop": (lambda: _loop(on_device, mask=False), True),
         "loop-mask": (lambda: _loop(on_device, mask=True), True),
         "loader": (lambda: _loop(loader, mask=True), True),
@@ -151,11 +195,15 @@ def main() -> None:
         "trainer-hfray-args-nocudnn": (lambda: _trainer(rows, out, hfray=True), False),  # hfray's default now
         "trainer-hfray-args-workers0": (lambda: _trainer(rows, out, hfray=True, dataloader_num_workers=0), False),
         "trainer-hfray-args-nopin": (lambda: _trainer(rows, out, hfray=True, dataloader_pin_memory=False), False),
-    }
+    }  # fmt: skip
     for name, (case, cudnn) in cases.items():
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         print(json.dumps({"case": name, "cudnn_sdp": cudnn, "ms_per_step": round(case(), 2)}), flush=True)
-    if "--cprofile" in sys.argv:
+    if "--compiled" in sys.argv and "--cprofile" in sys.argv:
+        regional = {"torch_compile": True, "cuda_graphs": False}
+        _cprofiled(lambda: _loop(on_device, mask=True, compiled="regions"), "loop-mask-regions")
+        _cprofiled(lambda: _trainer(rows, out, hfray=True, compiled=regional), "trainer-hfray-compiled")
+    elif "--cprofile" in sys.argv:
         torch.backends.cuda.enable_cudnn_sdp(False)
         _cprofiled(lambda: _loop(on_device, mask=True), "loop-mask")
         _cprofiled(lambda: _trainer(rows, out), "trainer")
