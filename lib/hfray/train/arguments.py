@@ -197,9 +197,10 @@ def cudnn_attention(job: JobConfig) -> bool:
 
 def drop_unpadded_masks(job: JobConfig) -> bool:
     """Whether a classification batch without padding goes without its attention mask (``training.
-    drop_unpadded_masks``): the job's word, else only when eager (a compiled graph keeps one input signature)."""
+    drop_unpadded_masks``): the job's word, else yes, eager or compiled (a compiled region then holds a graph with the
+    mask and one without: at most twice the shapes, each recorded once)."""
     t = job.training
-    return not t.torch_compile if t.drop_unpadded_masks is None else t.drop_unpadded_masks
+    return True if t.drop_unpadded_masks is None else t.drop_unpadded_masks
 
 
 def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: str | None) -> bool:
