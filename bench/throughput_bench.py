@@ -438,6 +438,8 @@ def _row(t: dict[str, Any], raw: dict[str, Any], submitted: float, ended: float)
         "wall_s": round(ended - submitted, 1),
         "overhead_s": round(ended - submitted - steady, 1),
         "steady_steps": t.get("steady_steps"),
+        "median_step_s": t.get("steady_step_seconds_median"),  # against the mean's rate: a one-off in the window?
+        "slowest_steps": t.get("slowest_steps"),
         "device": t.get("device"),
         "parameters": raw.get("parameters") or (raw.get("model") or {}).get("parameters"),
         "flops_per_token": t.get("flops_per_token"),

@@ -110,6 +110,9 @@ def test_throughput_callback_times_a_plain_trainer_and_leaves_out_evaluations(tm
     # 14 steps, 2 warm-up, the intervals after the evaluations at steps 5 and 10 left out: 10 steady intervals.
     assert s["steps"] == 14 and s["steady_steps"] == 10
     assert s["samples_per_second"] == pytest.approx(2 / s["steady_step_seconds"])
+    slowest = s["slowest_steps"]  # [step, seconds], slowest first, steady steps only
+    assert len(slowest) == 3 and all(3 <= step <= 14 and step not in (6, 11) for step, _ in slowest)
+    assert slowest[0][1] >= slowest[2][1] >= s["steady_step_seconds_median"] > 0
     assert s["tokens_per_second"] == pytest.approx(16 * s["samples_per_second"])
     assert "mfu" not in s and s["peak_memory_bytes_per_rank"] == []  # CPU: no peak to divide by
     assert (tmp_path / "t.json").stat().st_size > 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from typing import Any
 
@@ -149,6 +150,7 @@ class ThroughputCallback(TrainerCallback):
         self.train_begin_at: float | None = None
         self.last_end: float | None = None
         self.intervals: list[float] = []
+        self.interval_steps: list[int] = []  # the step each steady interval ended
         self.disturbed = False
         self.steps = 0
         self.summary: dict[str, Any] = {}
@@ -174,6 +176,7 @@ class ThroughputCallback(TrainerCallback):
             timeline.mark("first_step_end")
         if self.steps > self.warmup_steps and not self.disturbed and self.last_end is not None:
             self.intervals.append(now - self.last_end)
+            self.interval_steps.append(getattr(state, "global_step", self.steps))  # bench/'s bare loop: no state
         self.last_end, self.disturbed = now, False
 
     def _disturb(self, *a: Any, **kw: Any) -> None:
@@ -201,6 +204,13 @@ class ThroughputCallback(TrainerCallback):
             "steps": self.steps,
             "steady_steps": len(self.intervals),
             "steady_step_seconds": step_s,
+            # A one-off inside the window (a recompile, a graph recorded late) moves the mean, not the median: the
+            # two apart, and the slowest steps, say whether a short run's rate is its steady one.
+            "steady_step_seconds_median": statistics.median(self.intervals) if self.intervals else None,
+            "slowest_steps": [
+                [step, round(seconds, 4)]
+                for seconds, step in sorted(zip(self.intervals, self.interval_steps, strict=True), reverse=True)[:3]
+            ],
             "train_begin_at": self.train_begin_at,
             "first_step_at": self.first_step_at,
             "train_end_at": time.time(),
