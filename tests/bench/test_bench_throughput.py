@@ -111,3 +111,28 @@ def test_cpu_mode_runs_pretrained_minilm_with_the_cores_shared_out_and_the_same_
         assert job["training"]["per_device_train_batch_size"] * n == 32
     smoke = bench.spec_for("cls", argparse.Namespace(smoke=True, steps=12, batch=4, seq=32), data, {"bert": "tok"})
     assert bench.hfray_job(smoke, 2, False, tmp_path, "default")["resources"]["cpus_per_worker"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("workload", "variant", "training"),
+    [
+        ("cls", "cudagraphs", {"torch_compile": True, "cuda_graphs": True}),
+        ("cls", "cudagraphs-whole", {"torch_compile": True, "cuda_graphs": True, "compile_regions": False}),
+        ("cls", "cudagraphs-keepmask", {"torch_compile": True, "cuda_graphs": True, "drop_unpadded_masks": False}),
+        ("cls", "nocompile", {"torch_compile": False}),
+        ("mbert", "compile", {"torch_compile": True}),
+        ("mlm", "compile-exact", {"torch_compile": True}),
+    ],
+)
+def test_variant_names_give_valid_jobs_with_their_keys(tmp_path: Path, workload: str, variant: str, training: dict):
+    """A GPU call costs minutes: a variant name the bench maps wrong, or to a job hfray refuses, fails here first."""
+    from hfray.config import JobConfig
+
+    bench = _bench_module()
+    data = {k: str(tmp_path / f"{k}.csv") for k in ("train_csv", "validation_csv")}
+    data |= {"train_ragged_csv": data["train_csv"], "validation_ragged_csv": data["validation_csv"]}
+    data |= {"train": str(tmp_path / "t.txt"), "validation": str(tmp_path / "v.txt")}
+    spec = {"workload": workload, "architecture": dict(bench.BASE[workload]), "data": data, "steps": 10}
+    spec |= {"batch": 8, "seq": 32, "tokenizer": "builtin:all-MiniLM-L6-v2"}
+    job = JobConfig.from_dict(bench.hfray_job(spec, 1, True, tmp_path / "runs", variant))
+    assert {k: getattr(job.training, k) for k in training} == training
