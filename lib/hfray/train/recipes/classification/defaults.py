@@ -6,10 +6,14 @@ A classifier's eager step is host-bound on a GPU: one H100, BERT-base, 64 x 128 
 alike ran 44-49 ms a step, a bare loop of the same model 42 ms (Python launching each kernel, the backward's ~20 ms
 most of it; ``bench/cls_step_probe.py --cprofile``).
 Compiled with CUDA graphs the step replays instead of launching: 1,869 samples/s against eager's 1,305 (1.43x; 0.80
-of the bare compiled step, 1.48x the plain Trainer), eval loss 0.6845 / 0.6852. Compiled without graphs it was
-slower than eager (1,017 against 1,153), so graphs or nothing. The compile costs once: the same 200-step run took
-55.3 s against eager's 32.9 s on a cold compile cache, about 25 s, which the ~15 ms a step saved pays back after
-~1,700 steps (``bench/results/gpu_dec06_late_h100.md``). Hence a threshold on the run's planned steps.
+of the bare compiled step, 1.48x the plain Trainer), eval loss 0.6845 / 0.6852; the Trainer alone on hfray's
+arguments, graphs, 30.6 ms a step against the bare compiled loop's 27.9 (0.91). Compiled without graphs it was
+slower than eager (1,017 against 1,153; 58.7 ms a step in the probe): Inductor's Python wrappers launch each Triton
+kernel (~460 a step), so graphs or nothing (``bench/results/gpu_dec06_s6_h100.md``). The compile costs once: the
+same 200-step run took 55.3 s against eager's 32.9 s on a cold compile cache, about 25 s, which the ~15 ms a step
+saved pays back after ~1,700 steps (``bench/results/gpu_dec06_late_h100.md``). Hence a threshold on the run's
+planned steps. Open: another H100 lease ran the graphs setting at 1,163 samples/s (0.34 of its bare step; eager not
+run there), not explained.
 """
 
 from __future__ import annotations
