@@ -128,7 +128,7 @@ def _hfray_arguments(out: str, compiled: dict[str, Any] | None = None, **changes
     them (regional compilation's switch, cuDNN attention, Dynamo's graphs reset)."""
     from hfray.config import JobConfig
     from hfray.train.arguments import build_kwargs
-    from hfray.train.worker import compile_settings
+    from hfray.train.process import compile_settings
 
     raw = {"name": "probe", "task": "text-classification", "model": {"name_or_path": "m"}, "data": {"train": "x.csv"}}
     training = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "learning_rate": 1e-5, **(compiled or {})}

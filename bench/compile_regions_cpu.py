@@ -31,9 +31,9 @@ def case(regions: bool, layers: int) -> dict[str, Any]:
 
     from hfray.config import JobConfig
     from hfray.model import peft
+    from hfray.train.process import compile_settings
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, trl_arguments
-    from hfray.train.worker import compile_settings
 
     work = Path(tempfile.mkdtemp())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # cold

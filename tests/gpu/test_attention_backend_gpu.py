@@ -2,7 +2,7 @@
 new batch shape, ~110 ms of host time on an H100: ``bench/sdpa_backend_probe.py``), a compiled job's lets PyTorch
 choose it, and the losses agree either way.
 
-No Ray: ``hfray.train.worker.compile_settings`` (what a worker runs before its model trains) then a BERT classifier's
+No Ray: ``hfray.train.process.compile_settings`` (what a worker runs before its model trains) then a BERT classifier's
 steps on batches of several padded lengths, bf16 autocast.
 ``python -m pytest -m gpu tests/gpu/test_attention_backend_gpu.py``
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hfray.config import JobConfig
-from hfray.train.worker import REGIONAL_ENV, compile_settings
+from hfray.train.process import REGIONAL_ENV, compile_settings
 
 pytestmark = pytest.mark.gpu
 

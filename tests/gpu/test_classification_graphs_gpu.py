@@ -62,7 +62,7 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
     )
 
     from hfray.train.callbacks import cudagraphs
-    from hfray.train.worker import compile_settings
+    from hfray.train.process import compile_settings
 
     compile_settings(job)  # as the worker does for its resolved job
     kwargs = build_kwargs(job, str(tmp_path / f"out-{job.training.torch_compile}"), use_gpu=True)

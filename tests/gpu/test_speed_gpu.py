@@ -74,7 +74,7 @@ def _train(tmp_path: Path, liger: bool | None, job: JobConfig | None = None) -> 
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from hfray.train.callbacks import cudagraphs
-    from hfray.train.worker import compile_settings
+    from hfray.train.process import compile_settings
 
     job = job or _causal_lm_job({} if liger is None else {"liger_kernel": liger})
     compile_settings(job)  # as a worker does: regional compilation, Dynamo's graphs from before dropped

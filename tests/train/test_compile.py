@@ -1,5 +1,5 @@
 """Compiled TRL jobs: in a reused process (an in-process sweep trial runs where the trial before it ran) each job
-compiles its own shapes, however many jobs came before (``hfray.train.worker.compile_settings``); LoRA DPO compiled
+compiles its own shapes, however many jobs came before (``hfray.train.process.compile_settings``); LoRA DPO compiled
 trains with eager's losses."""
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def test_compiled_lora_dpo_trains_with_the_eager_losses(tmp_path, chat_tokenizer
     from hfray.train import arguments
 
     monkeypatch.setattr(arguments, "COMPILED_PAD_MULTIPLE", 8)
+    from hfray.train.process import compile_settings
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
-    from hfray.train.worker import compile_settings
 
     rows = dpo_rows(32, 1)
     for i, row in enumerate(rows):  # prompts of 0-15 more words before them: batches of several lengths
@@ -147,7 +147,7 @@ def test_lora_dpo_on_gpus_compiles_by_default_unless_the_job_says_otherwise() ->
 
 
 def test_sdpa_may_pick_cudnn_attention_only_in_compiled_jobs_unless_the_job_says(monkeypatch) -> None:
-    """``training.cudnn_attention``: the process switch a worker sets (``hfray.train.worker.compile_settings``)
+    """``training.cudnn_attention``: the process switch a worker sets (``hfray.train.process.compile_settings``)
     follows the resolved job, set each time (a reused trial process may have run a job with another value), and the
     manifest records it. That the kernel then runs or not: ``tests/gpu/test_speed_gpu.py``."""
     from types import SimpleNamespace
@@ -155,7 +155,8 @@ def test_sdpa_may_pick_cudnn_attention_only_in_compiled_jobs_unless_the_job_says
     import torch
 
     from hfray.config import JobConfig
-    from hfray.train.worker import REGIONAL_ENV, compile_settings, model_record
+    from hfray.train.process import REGIONAL_ENV, compile_settings
+    from hfray.train.worker import model_record
 
     for key in (REGIONAL_ENV, "TORCHINDUCTOR_CACHE_DIR"):  # compile_settings sets them: undone after the test
         monkeypatch.delenv(key, raising=False)

@@ -25,7 +25,7 @@ from hfray.train.arguments import (
     liger_by_default,
     use_liger,
 )
-from hfray.train.worker import compile_cache_dir
+from hfray.train.process import compile_cache_dir
 
 BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -310,7 +310,7 @@ def test_compiled_causal_lm_regions_keep_the_eager_loss(tmp_path: Path, monkeypa
     import torch._dynamo as dynamo
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hfray.train.worker import REGIONAL_ENV, compile_settings
+    from hfray.train.process import REGIONAL_ENV, compile_settings
 
     monkeypatch.delenv(REGIONAL_ENV, raising=False)
     config = LlamaConfig(

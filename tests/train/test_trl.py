@@ -95,9 +95,9 @@ def sft_trainer(tmp_path: Path, raw: dict, out: str) -> tuple[JobConfig, Any, An
     model (with the job's adapter, if any) -> arguments -> trainer. Returns the job, tokenizer, model and trainer."""
     from transformers import set_seed
 
+    from hfray.train.process import compile_settings
     from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
     from hfray.train.recipes.trl.worker import build_causal_lm, build_trainer, peft, trl_arguments
-    from hfray.train.worker import compile_settings
 
     job = JobConfig.from_dict(raw)
     compile_settings(job)  # as each worker does before it builds the Trainer

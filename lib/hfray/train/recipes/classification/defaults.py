@@ -49,11 +49,9 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
 def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
     """The job with its speed default resolved for this worker's run, the process set for it (compile settings)."""
     steps = total_steps(run.job, train_rows, run.world_size)  # as the Trainer will count them
-    job = default_compile(run.job, run.use_gpu, steps)
-    if job is not run.job:
-        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
-        if run.rank == 0 and run.job.training.torch_compile is None:  # the pause before the first step, explained
-            print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
+    job = worker.adopt(run, default_compile(run.job, run.use_gpu, steps))
+    if job != run.job and run.rank == 0 and run.job.training.torch_compile is None:  # the pause before step 1
+        print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
     return job
 
 

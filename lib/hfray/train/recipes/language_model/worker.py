@@ -115,9 +115,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     set_seed(t.seed)  # before the model exists: it is randomly initialised
     model = language_model.build_language_model(job.model, job.task, tokenizer, lm.block_size)
     timeline.mark("worker_model")
-    job = defaults.default_compile(run.job, run.use_gpu, model.config.model_type)
-    if job is not run.job:
-        worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+    job = worker.adopt(run, defaults.default_compile(run.job, run.use_gpu, model.config.model_type))
     t = job.training
     masked = job.task == "masked-lm"
     # An MLM loss needs the head at masked positions only: MFU counts those FLOPs whichever head runs.

@@ -111,7 +111,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     worker.limit_threads(run)
     job = flat.default_compile(rows.default_attention(run.job, run.use_gpu))
     job = preference.default_compile(job, run.use_gpu)
-    worker.compile_settings(job)  # the resolved job's (worker.start set the job file's)
+    job = worker.adopt(run, job)
     assert job.trl is not None
     tokenizer = load_chat_tokenizer(job)
     splits = load_trl_splits(job)
