@@ -50,6 +50,8 @@ def _check_row(row: dict, seq: int = 32) -> None:
         assert row["tokens_per_second"] == pytest.approx(row["samples_per_second"] * per_sample, rel=1e-4)  # rounded
     assert 0 < row["submit_to_first_step_s"] < row["wall_s"]
     assert row["flops_per_token"] > 0 and row["mfu"] is None  # no GPU peak to divide by on CPU
+    # every runner's row (hfray's from its manifest) says whether a one-off moved the mean
+    assert 0 < row["median_step_s"] <= max(seconds for _, seconds in row["slowest_steps"])
 
 
 def test_smoke_bench_times_plain_trainer_and_hfray_on_the_same_mlm_work(ray_cluster, tmp_path: Path) -> None:

@@ -266,6 +266,8 @@ def manifest_entry(callback: ThroughputCallback) -> dict[str, Any]:
     out: dict[str, Any] = {k: round(s[k], 4 if k == "mfu" else 2) for k in keys if s.get(k) is not None}
     out.update(
         steady_steps=s.get("steady_steps"),
+        steady_step_seconds_median=round(s["steady_step_seconds_median"], 5) if s.get("steady_steps") else None,
+        slowest_steps=s.get("slowest_steps"),
         device=s.get("device"),
         peak_memory_bytes_per_rank=s.get("peak_memory_bytes_per_rank"),
         first_step_at=s.get("first_step_at"),
