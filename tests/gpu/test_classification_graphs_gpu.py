@@ -1,5 +1,6 @@
 """Text classification's GPU default for long runs (``hfray.train.recipes.classification.defaults``): compiled with
-CUDA graphs, batches padded to multiples of 64 tokens. On rows of many lengths (two padded shapes) every step replays
+CUDA graphs (the whole model by default; layer by layer with ``compile_regions: true``), batches padded to multiples
+of 64 tokens. On rows of many lengths (two padded shapes) every step replays
 a graph (none skipped, no graph break), the loss curve is eager's, step by step, and evaluations between training
 steps (metrics on the logits) score as eager's.
 
@@ -95,7 +96,10 @@ def _evaluations(trainer: Any) -> list[float]:
     return [e[k] for e in trainer.state.log_history if "eval_loss" in e for k in ("eval_loss", "eval_accuracy")]
 
 
-def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eager_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("regions", [None, True], ids=["whole-default", "regional"])
+def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eager_loss(
+    tmp_path: Path, regions: bool | None
+) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     import torch._dynamo as dynamo
@@ -103,8 +107,8 @@ def test_long_classification_runs_replay_cuda_graphs_on_ragged_rows_with_the_eag
     from hfray.train.recipes.classification.defaults import GRAPHS_MIN_STEPS, default_compile
 
     eager, eager_trainer = _train(tmp_path, _job(torch_compile=False))
-    job = default_compile(_job(), True, GRAPHS_MIN_STEPS)
-    assert pad_multiple(job) == 64
+    job = default_compile(_job(**({} if regions is None else {"compile_regions": regions})), True, GRAPHS_MIN_STEPS)
+    assert pad_multiple(job) == 64 and job.training.compile_regions is bool(regions)  # default: the whole model
     dynamo.utils.counters.clear()
     graphs, trainer = _train(tmp_path, job)
     assert trainer.args.torch_compile and trainer.args.torch_compile_mode == "reduce-overhead"

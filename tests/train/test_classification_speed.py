@@ -48,6 +48,9 @@ def _said(job: JobConfig) -> tuple[bool | None, bool | None]:
 def test_one_gpu_compiles_with_cuda_graphs_only_when_the_run_is_long_enough_and_the_job_leaves_it_open() -> None:
     resolved = default_compile(_job(), True, LONG)
     assert _said(resolved) == (True, True)
+    assert resolved.training.compile_regions is False  # the whole model one graph: fewer replays a step (measured)
+    assert default_compile(_job(compile_regions=True), True, LONG).training.compile_regions is True  # the job's word
+    assert default_compile(_job(torch_compile=True), True, 10).training.compile_regions is False
     assert build_kwargs(resolved, "/tmp/o", use_gpu=True)["torch_compile_mode"] == "reduce-overhead"
     assert pad_multiple(resolved) == 64 and cudnn_attention(resolved) is True  # a few shapes; as measured
     kept = {

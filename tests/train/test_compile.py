@@ -183,3 +183,12 @@ def test_sdpa_may_pick_cudnn_attention_only_in_compiled_jobs_unless_the_job_says
             assert model_record(model, None, case)["cudnn_attention"] is expected
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+    trainer_compiles = SimpleNamespace(torch_compile=True)  # the manifest says how the model was traced
+    regions = [
+        model_record(model, trainer_compiles, job("text-classification", torch_compile=True))["compile_regions"],
+        model_record(model, trainer_compiles, job("text-classification", compile_regions=False))["compile_regions"],
+        model_record(model, SimpleNamespace(torch_compile=False), job("masked-lm", torch_compile=True))[
+            "compile_regions"
+        ],
+    ]
+    assert regions == [True, False, False]

@@ -144,6 +144,44 @@ def test_compiled_encoder_keeps_the_masked_lm_loss() -> None:
     assert "_orig_mod" not in "".join(compiled.state_dict())  # in place: checkpoints keep their keys
 
 
+def test_compiled_modernbert_encoder_is_one_graph_and_keeps_the_masked_lm_loss() -> None:
+    """ModernBERT's masked-LM GPU default (``COMPILED_ENCODERS``): its encoder compiled in place as the worker does
+    (``model.base_model.compile``), its own sparse head eager on the masked positions. On CPU with aot_eager: one
+    graph, no graph break, eager's losses step by step, and it trained."""
+    import torch._dynamo as dynamo
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    config = {**BERT, "pad_token_id": 0, "global_attn_every_n_layers": 2, "local_attention": 8}
+    config |= {"embedding_dropout": 0.0, "attention_dropout": 0.0, "mlp_dropout": 0.0}  # compiled RNG streams differ
+    torch.manual_seed(0)
+    eager = ModernBertForMaskedLM(ModernBertConfig(**config))
+    compiled = ModernBertForMaskedLM(ModernBertConfig(**config))
+    compiled.load_state_dict(eager.state_dict())
+    assert mlm_loss_on_masked_only(eager) and mlm_loss_on_masked_only(compiled, full_mask=True)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compiled.base_model.compile(backend="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(5, 100, (4, 16), generator=g)
+        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.2, ids, -100)
+        batches.append({"input_ids": ids, "labels": labels})  # packed blocks: no mask
+    losses: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for batch in batches * 2:
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[name].append(loss.item())
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert losses["compiled"][-1] < losses["compiled"][0]
+    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 def test_liger_default_is_off_without_a_gpu_and_refused_with_compile_or_on_cpu() -> None:
     assert use_liger(_job(), use_gpu=False) is False
     # the default's rule (before "is liger-kernel installed"): causal-LM and full SFT yes; LoRA SFT, compiled, dpo no
@@ -278,7 +316,8 @@ def test_causal_lm_on_gpus_compiles_with_cuda_graphs_by_default_unless_the_job_s
 def test_masked_lm_on_gpus_compiles_its_encoder_without_graphs_by_default() -> None:
     """Masked-LM on a GPU worker, a BERT-family encoder with the masked-positions head: compiled, no CUDA graphs (the
     eager head's masked count changes every step), one process or DDP, the Trainer's flag then off (the recipe
-    compiles the encoder); ModernBERT, the full head, CPU, ``torch_compile: false``, DeepSpeed untouched."""
+    compiles the encoder); ModernBERT alike; another encoder, the full head, CPU, ``torch_compile: false``, DeepSpeed
+    untouched."""
     from hfray.train.recipes.language_model.defaults import default_compile
     from hfray.train.recipes.language_model.worker import training_args
 
@@ -287,14 +326,14 @@ def test_masked_lm_on_gpus_compiles_its_encoder_without_graphs_by_default() -> N
         return JobConfig.from_dict(raw | {"resources": {"num_workers": workers}, "lm": raw["lm"] | (lm or {})})
 
     for job in (mlm(), mlm(workers=2), mlm(torch_compile=True)):
-        for model_type in ("bert", "roberta"):
+        for model_type in ("bert", "roberta", "modernbert"):
             t = default_compile(job, True, model_type).training
             assert (t.torch_compile, t.cuda_graphs) == (True, None)
     resolved = default_compile(mlm(), True, "bert")
     assert training_args(resolved, "/tmp/o", encoder_compiled=True).torch_compile is False
     assert build_kwargs(resolved, "/tmp/o", use_gpu=True).get("torch_compile_mode") is None
     kept = [
-        default_compile(mlm(), True, "modernbert"),
+        default_compile(mlm(), True, "distilbert"),
         default_compile(mlm({"mlm_loss_on_masked_only": False}), True, "bert"),
         default_compile(mlm(), False, "bert"),
         default_compile(mlm(torch_compile=False), True, "bert"),

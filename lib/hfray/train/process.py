@@ -27,7 +27,7 @@ def compile_settings(job: JobConfig) -> None:
     cache = compile_cache_dir(job)
     if cache:  # Inductor's FX-graph and Triton caches: re-runs, resumed runs and trials skip the compile
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
-    if job.training.torch_compile and job.training.compile_regions:
+    if job.training.torch_compile and job.training.compile_regions is not False:  # unset: regional
         os.environ[REGIONAL_ENV] = "1"
     else:
         os.environ.pop(REGIONAL_ENV, None)

@@ -4,16 +4,18 @@ batches without padding sent without their all-ones mask (:func:`padding_collato
 
 A classifier's eager step is host-bound on a GPU: one H100, BERT-base, 64 x 128 tokens, the plain Trainer and hfray
 alike ran 44-49 ms a step, a bare loop of the same model 42 ms (Python launching each kernel, the backward's ~20 ms
-most of it; ``bench/cls_step_probe.py --cprofile``).
-Compiled with CUDA graphs the step replays instead of launching: 1,869 samples/s against eager's 1,305 (1.43x; 0.80
-of the bare compiled step, 1.48x the plain Trainer), eval loss 0.6845 / 0.6852; the Trainer alone on hfray's
-arguments, graphs, 30.6 ms a step against the bare compiled loop's 27.9 (0.91). Compiled without graphs it was
-slower than eager (1,017 against 1,153; 58.7 ms a step in the probe): Inductor's Python wrappers launch each Triton
-kernel (~460 a step), so graphs or nothing (``bench/results/gpu_dec06_s6_h100.md``). The compile costs once: the
-same 200-step run took 55.3 s against eager's 32.9 s on a cold compile cache, about 25 s, which the ~15 ms a step
-saved pays back after ~1,700 steps (``bench/results/gpu_dec06_late_h100.md``). Hence a threshold on the run's
-planned steps. Open: another H100 lease ran the graphs setting at 1,163 samples/s (0.34 of its bare step; eager not
-run there), not explained.
+most of it; ``bench/cls_step_probe.py --cprofile``). Compiled without graphs it is host-bound too (Inductor's Python
+wrappers launch ~460 Triton kernels a step). So: the whole model compiled as one graph (``compile_regions``: not the
+12 layers' regions, each replay paying guards and wrappers), replaying CUDA graphs. One H100, same machine
+(``bench/results/gpu_dec06_s7_h100.md``): eager 1,435 samples/s, regional graphs 1,907, **whole graphs 2,800 and
+2,962** (two runs) against the plain Trainer's 1,294 (2.16x) and the bare compiled loop's 2,609 and 3,702 (that loop
+is launch-bound itself and varied 17-25 ms a step between runs: 0.80-1.07 of it); eval loss 0.6844 / 0.6859 / 0.6855.
+The Trainer alone on hfray's arguments: 17.5 ms a step whole, 18.8 regional, the bare loop 18.5-20.8.
+
+The compile costs once: on a cold compile cache the 400-step run took ~50 s more wall time than eager while saving
+~22 ms a step, ~60-65 s of compile all told (regional: ~25-30 s), so it pays back after ~3,000 steps. Hence a threshold
+on the run's planned steps; a re-run or resumed run of the same storage path finds Inductor's cache (the same run
+39.2 s against 98.1 s cold).
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from hfray.config import JobConfig, total_steps
 from hfray.data import classification as data
 from hfray.train import arguments, worker
 
-GRAPHS_MIN_STEPS = 2_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
+GRAPHS_MIN_STEPS = 3_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
 
 
 def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
-    """Compiled, replaying CUDA graphs, for a full fine-tune on one GPU that plans at least :data:`GRAPHS_MIN_STEPS`
-    steps and leaves ``training.torch_compile`` unset (and ``training.cuda_graphs`` not false). Batches are then
+    """Compiled whole, replaying CUDA graphs, for a full fine-tune on one GPU that plans at least
+    :data:`GRAPHS_MIN_STEPS` steps and leaves ``training.torch_compile`` unset (and ``training.cuda_graphs`` not false);
+    compiled jobs trace the whole model unless ``training.compile_regions`` says otherwise. Batches are then
     padded to multiples of 64 tokens (:func:`hfray.train.arguments.pad_multiple`: a few shapes, each recorded once).
 
     Not measured, so left eager: several workers (graphs are for one process; compiled alone was slower), adapters
@@ -43,7 +46,10 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
     declined = t.cuda_graphs is False or t.gradient_checkpointing or "torch_compile_mode" in t.extra_args
     if not asked and (steps < GRAPHS_MIN_STEPS or declined):
         return job
-    return arguments.default_compile(job)
+    compiled = arguments.default_compile(job)
+    if compiled.training.compile_regions is not None:
+        return compiled
+    return compiled.model_copy(update={"training": compiled.training.model_copy(update={"compile_regions": False})})
 
 
 def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
