@@ -15,7 +15,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from hfray.config import JobConfig
-from hfray.data.classification import UnpaddedMaskDropped
+from hfray.data.classification import FullBatches, UnpaddedMaskDropped
 from hfray.errors import ConfigError
 from hfray.train.arguments import build_kwargs, cudnn_attention, pad_multiple
 from hfray.train.recipes.classification.defaults import (
@@ -85,7 +85,8 @@ def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() ->
     batches = [collate(rows[:4]), collate(rows[4:])]
     assert "attention_mask" not in batches[0] and batches[1]["attention_mask"].min() == 0
     kept = [padding_collator(j, tokenizer) for j in (_job(drop_unpadded_masks=False), _job(torch_compile=True))]
-    assert all(type(c) is DataCollatorWithPadding for c in kept)  # compiled: kept (measured slower without it)
+    assert type(kept[0]) is DataCollatorWithPadding
+    assert type(kept[1]) is FullBatches and type(kept[1].collator) is DataCollatorWithPadding  # compiled: mask kept
     asked = padding_collator(_job(torch_compile=True, drop_unpadded_masks=True), tokenizer)
     assert type(asked) is UnpaddedMaskDropped  # the job's word
     lm = {"name": "lm", "task": "causal-lm", "model": {"name_or_path": "m"}, "data": {"train": "x.txt"}}
@@ -106,3 +107,95 @@ def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() ->
             losses[name].append(loss.item())
     assert losses["dropped"] == pytest.approx(losses["kept"], rel=1e-6, abs=1e-7)
     assert sum(losses["dropped"][-2:]) < sum(losses["dropped"][:2])  # it learns
+
+
+@pytest.mark.parametrize("problem_type_set", [True, False], ids=["hfray-config", "without-problem-type"])
+def test_a_compiled_classifier_is_traced_once_for_one_batch_shape(problem_type_set: bool) -> None:
+    """hfray's classifier config carries ``problem_type`` (``hfray.model.loading.classification_overrides``): the
+    compiled whole model (text-classification's GPU default) is traced once for one batch shape. Without it, the
+    forward sets the field on its first labelled batch and Dynamo, guarding on it, traces the whole model again at the
+    second step (on a GPU a second full compile)."""
+    import torch._dynamo as dynamo
+
+    from hfray.model.loading import classification_overrides
+
+    overrides = classification_overrides(["neg", "pos"], type("Tok", (), {"pad_token_id": 0})())
+    if not problem_type_set:
+        overrides.pop("problem_type")
+    tiny = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(intermediate_size=64, **tiny, **overrides))
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        ids = torch.randint(5, 100, (4, 16), generator=g)
+        loss = compiled(input_ids=ids, attention_mask=torch.ones_like(ids), labels=(ids[:, 0] > 50).long()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert model.config.problem_type == "single_label_classification"
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == (1 if problem_type_set else 2)
+
+
+def test_a_compiled_run_fills_short_batches_with_ignored_rows_and_trains_and_scores_as_eager(tmp_path) -> None:
+    """A compiled job's collator (``padding_collator``: rows to a multiple of 64 tokens, each epoch's short last
+    batch filled with copies labelled -100, :class:`FullBatches`) through the HF Trainer on hfray's arguments (whole
+    model, aot_eager on CPU): one graph for the whole run (no compile of the short batch's size, nor of the second
+    step), the loss of every step as eager's on unfilled batches, and the same evaluation (loss, accuracy: the
+    filling rows score nothing)."""
+    import torch._dynamo as dynamo
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hfray.model.builtin import resolve_model
+    from hfray.model.loading import classification_overrides
+    from hfray.train.process import compile_settings
+    from hfray.train.recipes.classification.metrics import classification_metrics_fn
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:all-MiniLM-L6-v2"))
+    words = ["markets", "rallied", "stocks", "fell", "rates", "rose", "sharply", "today"]
+    texts = [" ".join(words[(i * 3 + k) % 8] for k in range(3 + i % 9)) for i in range(30)]
+    rows = [dict(tokenizer(t), labels=int("fell" in t)) for t in texts]
+    filled = FullBatches(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=64), 8)(rows[:3])
+    assert filled["input_ids"].shape == (8, 64) and filled["labels"][3:].tolist() == [-100] * 5
+    assert torch.equal(filled["input_ids"][3:6], filled["input_ids"][:3])  # its own rows again
+    runs = {}
+    for compiled in (False, True):
+        extra = {"torch_compile": True, "compile_regions": False, "extra_args": {"torch_compile_backend": "aot_eager"}}
+        job = _job(per_device_train_batch_size=8, **(extra if compiled else {"drop_unpadded_masks": False}))
+        compile_settings(job)
+        kwargs = build_kwargs(job, str(tmp_path / f"out-{compiled}"), use_gpu=False)
+        kwargs.update(num_train_epochs=2, max_steps=-1, logging_steps=1, save_strategy="no", eval_strategy="epoch")
+        kwargs.update(per_device_eval_batch_size=8, load_best_model_at_end=False, metric_for_best_model=None)
+        kwargs.update(report_to=[], learning_rate=5e-3)
+        tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # compiled RNG streams differ
+        overrides = classification_overrides(["other", "fell"], tokenizer)
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(
+            BertConfig(vocab_size=tokenizer.vocab_size, **tiny, **no_dropout, **overrides)
+        )
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**kwargs),
+            train_dataset=rows[:20],  # 8 + 8 + 4 rows an epoch
+            eval_dataset=rows[20:],  # 8 + 2
+            data_collator=padding_collator(job, tokenizer),
+            compute_metrics=classification_metrics_fn(["accuracy"]),
+        )
+        trainer.train()
+        history = trainer.state.log_history
+        runs[compiled] = (
+            [e["loss"] for e in history if "loss" in e],
+            [(e["eval_loss"], e["eval_accuracy"]) for e in history if "eval_loss" in e],
+            dynamo.utils.counters["stats"]["unique_graphs"],
+        )
+    (eager, eager_evals, _), (losses, evals, graphs) = runs[False], runs[True]
+    assert graphs == 1
+    assert len(losses) == 6 and losses == pytest.approx(eager, rel=1e-4, abs=1e-6)
+    assert losses[-1] < losses[0]
+    assert [x for e in evals for x in e] == pytest.approx([x for e in eager_evals for x in e], rel=1e-4, abs=1e-6)

@@ -87,7 +87,11 @@ def load_config(cfg: ModelConfig, **overrides: Any) -> Any:
 
 
 def classification_overrides(labels: list[str], tokenizer: Any) -> dict[str, Any]:
+    """The config of a classifier over ``labels`` (one class index a row or token). ``problem_type`` is what a
+    sequence or image classifier's forward would set on its first labelled batch; set before training, Dynamo does not
+    trace a compiled whole model again at the second step (it guards on the field: one full compile saved)."""
     return {
+        "problem_type": "single_label_classification",
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from hfray.data.classification import IGNORED_LABEL
+
 # evaluate and scikit-learn load when the first evaluation computes its metrics, not before the first training step
 # (about 1 s of imports on a Ray worker at start-up, bench/results/overhead_cpu.md).
 
@@ -82,6 +84,8 @@ def classification_metrics_fn(names: list[str]) -> Callable[[Any], dict[str, flo
         if isinstance(logits, tuple):
             logits = logits[0]
         predictions = np.asarray(logits).argmax(axis=-1)
+        real = np.asarray(references) != IGNORED_LABEL  # rows that filled a short batch (FullBatches) score nothing
+        predictions, references = predictions[real], np.asarray(references)[real]
         results = {}
         for name in names:
             base, kwargs = _split_name(name)

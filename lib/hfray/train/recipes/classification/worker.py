@@ -24,7 +24,8 @@ def weighted_loss(weights: list[float]) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         w = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), weight=w, reduction="sum")
-        return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+        # filling rows of a short batch (data.FullBatches) are ignored by cross-entropy and not counted
+        return loss / (num_items_in_batch if num_items_in_batch is not None else (labels != data.IGNORED_LABEL).sum())
 
     return compute_loss
 

@@ -113,6 +113,7 @@ class ImageClassificationTask(TaskSpec):
 
     def config_overrides(self, job: JobConfig, tokenizer: Any, labels: list[str]) -> dict[str, Any]:
         return {
+            "problem_type": "single_label_classification",  # as text classification's: no second trace when compiled
             "num_labels": len(labels),
             "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)},
