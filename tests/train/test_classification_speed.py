@@ -87,6 +87,8 @@ def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() ->
     kept = [padding_collator(j, tokenizer) for j in (_job(drop_unpadded_masks=False), _job(torch_compile=True))]
     assert type(kept[0]) is DataCollatorWithPadding
     assert type(kept[1]) is FullBatches and type(kept[1].collator) is DataCollatorWithPadding  # compiled: mask kept
+    ddp = padding_collator(_job(workers=2, torch_compile=True), tokenizer)
+    assert type(ddp) is DataCollatorWithPadding  # several processes: no filling (accelerate's gather would cut it)
     asked = padding_collator(_job(torch_compile=True, drop_unpadded_masks=True), tokenizer)
     assert type(asked) is UnpaddedMaskDropped  # the job's word
     lm = {"name": "lm", "task": "causal-lm", "model": {"name_or_path": "m"}, "data": {"train": "x.txt"}}

@@ -179,16 +179,16 @@ IGNORED_LABEL = -100  # the label index cross-entropy ignores (transformers' and
 
 
 class FullBatches:
-    """A padding collator whose short batches (an epoch's last) are filled up to ``rows`` rows with copies of their
-    own rows, labelled :data:`IGNORED_LABEL`: the loss ignores them (the mean is over the real rows, so it is the
-    short batch's loss) and the metrics drop them (:func:`hfray.train.recipes.classification.metrics`).
+    """A padding collator whose short batches (an epoch's last) are filled up to ``rows`` rows with copies of their own
+    rows, labelled :data:`IGNORED_LABEL`: the loss ignores them (the mean is over the real rows, so it is the short
+    batch's loss) and the metrics drop them (:func:`hfray.train.recipes.classification.metrics`).
 
     For compiled models: every training batch then has one of a few shapes (rows x padded length), where a short
     batch is a new shape that Dynamo compiles the whole model for again, dynamic in the batch size, as long as the
-    first compile: a 4-layer BERT classifier, Inductor on one CPU thread, a cold cache: first step 30-53 s, the short
-    last batch 28-40 s, every other step 0.05 s. Copies, not empty rows: a row with no attended token makes NaN
-    attention in some kernels, and NaN times a zero gradient is NaN. Not for models with batch norm (copies would
-    count in its statistics): text encoders have none."""
+    first compile: a 4-layer BERT classifier, Inductor on one CPU thread, a cold cache: first step 24.8-25.0 s, the
+    short last batch 21.7-24.1 s, every other step 0.05 s (``bench/compile_traces_cpu.py``). Copies, not empty rows:
+    a row with no attended token makes NaN attention in some kernels, and NaN times a zero gradient is NaN. Not for
+    models with batch norm (copies would count in its statistics): text encoders have none."""
 
     def __init__(self, collator: Any, rows: int) -> None:
         self.collator, self.rows = collator, rows

@@ -66,14 +66,16 @@ def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
 
 
 def padding_collator(job: JobConfig, tokenizer: Any) -> Any:
-    """Batches padded to their longest row (compiled: to a multiple of 64 tokens, :func:`arguments.pad_multiple`,
-    and short batches filled up to the batch size with ignored rows, :class:`hfray.data.classification.FullBatches`:
-    no compile of a new batch size at each epoch's end); those without padding lose their all-ones mask where
-    ``training.drop_unpadded_masks`` resolves true."""
+    """Batches padded to their longest row (compiled: to a multiple of 64 tokens, :func:`arguments.pad_multiple`, and in
+    one training process short batches filled up to the batch size with ignored rows,
+    :class:`hfray.data.classification.FullBatches`: no compile of a new batch size at each epoch's end); those without
+    padding lose their all-ones mask where ``training.drop_unpadded_masks`` resolves true."""
     from transformers import DataCollatorWithPadding
 
     multiple = arguments.pad_multiple(job)
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-    if multiple is not None:
+    # One process only: with several, accelerate cuts the gathered evaluation batches at the dataset's remainder,
+    # which would keep a rank's filling and drop another rank's real rows.
+    if multiple is not None and job.resources.num_workers == 1:
         collator = data.FullBatches(collator, job.training.per_device_train_batch_size)
     return data.UnpaddedMaskDropped(collator) if arguments.drop_unpadded_masks(job) else collator
