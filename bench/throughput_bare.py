@@ -9,7 +9,11 @@ causal LM; LoRA DPO runs ``bench/throughput_dpo.py``'s step (reference and polic
 Timed with the same ``ThroughputCallback`` as the other runners (its hooks called by hand), so the warm-up rule,
 MFU formula and peak memory are the same. One process, one device:
 
-    python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager] [--torch-profile DIR]
+    python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager | --graphs] [--torch-profile DIR]
+
+``--graphs``: the compiled step replays CUDA graphs (``reduce-overhead``): a compiled step without them can be
+launch-bound itself (BERT-base classification 64 x 128 on one H100: 17.0-25.2 ms a step between two runs of one
+machine, ``bench/results/gpu_dec06_s7_h100.md``), so this is the steadier ceiling for small steps.
 
 ``--torch-profile DIR``: steps 12-16 recorded with ``torch.profiler`` (``hfray.train.callbacks.torch_profile``: the
 same summary hfray's ``HFRAY_TORCH_PROFILE`` writes, so the two steps compare kernel by kernel).
@@ -94,18 +98,20 @@ def make_batches(spec: dict[str, Any], vocab: int, device: str, n: int = 4) -> l
     return out
 
 
-def make_step(model: Any, device: str, compiled: bool, lr: float = 1e-4) -> Any:
+def make_step(model: Any, device: str, compiled: bool, lr: float = 1e-4, graphs: bool = False) -> Any:
+    """``graphs``: compiled with CUDA graphs (mode reduce-overhead; the optimizer step stays outside them)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, fused=device == "cuda")
     if compiled:  # the MLM head on masked positions has a data-dependent shape: compile the encoder only
         target = model.base_model if model.config.model_type == "bert" and hasattr(model, "cls") else model
-        target.compile()
+        target.compile(mode="reduce-overhead" if graphs else None)
     return adamw_step(model, opt, device, autocast=device == "cuda")
 
 
-def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) -> dict[str, Any]:
+def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None, graphs: bool = False) -> dict[str, Any]:
+    """``graphs``: the compiled step replays CUDA graphs (not for dpo), a ceiling that is not launch-bound."""
     import torch
 
     from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
@@ -120,7 +126,8 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) ->
     else:
         speed = ThroughputCallback(spec["seq"], flops_per_token(base, spec["seq"], head_fraction))
         batches = make_batches(spec, model.config.vocab_size, device)
-        step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4))
+        graphs = graphs and compiled and device == "cuda"
+        step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4), graphs)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     args = SimpleNamespace(world_size=1, per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1)
     state = SimpleNamespace(max_steps=spec["steps"], is_world_process_zero=True)
@@ -137,9 +144,11 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) ->
         if window is not None and i == 17:
             window.stop()
         speed.on_step_begin(args, state, None)
+        if graphs and spec["workload"] != "dpo":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' outputs of the last may be reused
         loss = step(batches[i % len(batches)])
         if i % 10 == 0 or i == spec["steps"] - 1:
-            losses.append(loss.detach())  # read at the end: no host sync inside the loop
+            losses.append(loss.detach().clone())  # read at the end (no host sync); a graph's output is overwritten
         if i == spec["steps"] - 1:
             sync()  # the steady intervals are back to back: their sum is the GPU's time for those steps
         speed.on_step_end(args, state, None)
@@ -149,6 +158,7 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None) ->
     return {
         **speed.summary,
         "compiled": compiled and device == "cuda",
+        "cuda_graphs": bool(graphs and compiled and device == "cuda" and spec["workload"] != "dpo"),
         "losses_every_10": [round(float(x), 4) for x in losses],
         "parameters": sum(p.numel() for p in base.parameters()),
         "process_started_at": STARTED,
@@ -162,10 +172,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--eager", action="store_true", help="no torch.compile (on CPU it is always eager)")
     parser.add_argument("--torch-profile", default=None, help="folder for a torch.profiler record of steps 12-16")
+    parser.add_argument("--graphs", action="store_true", help="compiled with CUDA graphs (GPU; not dpo)")
     cli = parser.parse_args()
     with open(cli.spec) as f:
         spec = json.load(f)
-    result = run(spec, compiled=not cli.eager, profile_dir=cli.torch_profile)
+    result = run(spec, compiled=not cli.eager, profile_dir=cli.torch_profile, graphs=cli.graphs)
     with open(cli.out, "w") as f:
         json.dump(result, f, indent=2)
 

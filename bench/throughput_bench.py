@@ -372,6 +372,7 @@ def run_bare(spec: dict[str, Any], out: Path, variant: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "throughput_bare.py"), "--spec", str(spec_file), "--out", str(result_file)]
     parts = set(variant.split("-"))
     cmd += ["--eager"] if "eager" in parts else []
+    cmd += ["--graphs"] if "graphs" in parts else []
     cmd += ["--torch-profile", str(out / "torch_profile")] if "tprofile" in parts else []
     row = _timed(cmd, out, lambda: result_file, {"CUDA_VISIBLE_DEVICES": "0"})
     return _with_torch_profile(row, out / "torch_profile")
@@ -526,7 +527,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="bare,plain,hfray")
-    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager (no torch.compile), tprofile")
+    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager, graphs (CUDA graphs), tprofile")
     parser.add_argument(
         "--hfray-variants",
         default="",

@@ -38,8 +38,8 @@ def test_bare_runner_trains_and_yields_a_bench_row(workload: str) -> None:
     bare, bench = _module("throughput_bare"), _module("throughput_bench")
     spec = {"workload": workload, "architecture": TINY[workload], "steps": 10, "batch": 4, "seq": 16}
     spec["learning_rate"] = 1e-2
-    result = bare.run(spec, compiled=True)  # compiled only on a GPU: eager here
-    assert result["compiled"] is False and result["device"] == "cpu"
+    result = bare.run(spec, compiled=True, graphs=True)  # compiled (and graphs) only on a GPU: eager here
+    assert result["compiled"] is False and result["cuda_graphs"] is False and result["device"] == "cpu"
     assert result["steps"] == 10 and result["steady_steps"] == 9  # the callback's warm-up: a tenth of the steps
     assert result["samples_per_second"] > 0 and result["tokens_per_second"] == pytest.approx(
         result["samples_per_second"] * 16
