@@ -57,13 +57,13 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
         BertConfig,
         BertForSequenceClassification,
         BertTokenizerFast,
-        DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
     )
 
     from hfray.train.callbacks import cudagraphs
     from hfray.train.process import compile_settings
+    from hfray.train.recipes.classification.defaults import padding_collator
 
     compile_settings(job)  # as the worker does for its resolved job
     kwargs = build_kwargs(job, str(tmp_path / f"out-{job.training.torch_compile}"), use_gpu=True)
@@ -71,7 +71,7 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
     kwargs.update(load_best_model_at_end=False, metric_for_best_model=None)
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(995)]))
-    collator = DataCollatorWithPadding(BertTokenizerFast(vocab_file=str(vocab)), pad_to_multiple_of=pad_multiple(job))
+    collator = padding_collator(job, BertTokenizerFast(vocab_file=str(vocab)))  # compiled: short batches filled
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**BERT))
     t = job.training
@@ -81,7 +81,7 @@ def _train(tmp_path: Path, job: JobConfig) -> tuple[list[float], Any]:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**kwargs),
-        train_dataset=_rows(128),
+        train_dataset=_rows(124),  # 15 batches of 8 and one of 4 (filled when compiled): 16 steps, one epoch
         eval_dataset=_rows(20, seed=1),  # 8 + 8 + 4 rows: evaluations between training steps, on logits
         data_collator=collator,
         compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
