@@ -167,15 +167,10 @@ def test_compiled_modernbert_encoder_is_one_graph_and_keeps_the_masked_lm_loss()
         ids = torch.randint(5, 100, (4, 16), generator=g)
         labels = torch.where(torch.rand(ids.shape, generator=g) < 0.2, ids, -100)
         batches.append({"input_ids": ids, "labels": labels})  # packed blocks: no mask
-    losses: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for name, model in (("eager", eager), ("compiled", compiled)):
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for batch in batches * 2:
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses[name].append(loss.item())
+    losses = {
+        name: _step_losses(model, model, batches * 2, 3e-3)
+        for name, model in (("eager", eager), ("compiled", compiled))
+    }
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert losses["compiled"][-1] < losses["compiled"][0]
     assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
@@ -375,6 +370,19 @@ def test_compiled_causal_lm_regions_keep_the_eager_loss(tmp_path: Path, monkeypa
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
+def _step_losses(forward: Any, model: Any, batches: list[dict[str, Any]], lr: float) -> list[float]:
+    """Each batch's loss from ``forward`` (the model, or it compiled), one AdamW step of ``model`` after each."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for batch in batches:
+        loss = forward(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 class _Blocks(torch.utils.data.Dataset):
     """Fixed-length causal-LM blocks (packed pre-training's one batch shape)."""
 
@@ -419,13 +427,6 @@ def test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss() -> None:
             BertConfig(num_labels=2, **(BERT | {"vocab_size": tokenizer.vocab_size}), **no_dropout)
         )
         forward = torch.compile(model, backend="aot_eager") if compiled else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        losses[compiled] = []
-        for batch in batches * 2:
-            loss = forward(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses[compiled].append(loss.item())
+        losses[compiled] = _step_losses(forward, model, batches * 2, 1e-3)
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
     assert losses[True][-1] < losses[True][0]
