@@ -149,8 +149,7 @@ class ThroughputCallback(TrainerCallback):
         self.first_step_at: float | None = None
         self.train_begin_at: float | None = None
         self.last_end: float | None = None
-        self.intervals: list[float] = []
-        self.interval_steps: list[int] = []  # the step each steady interval ended
+        self.steady: list[tuple[int, float]] = []  # (the step it ended, seconds) of each steady interval
         self.disturbed = False
         self.steps = 0
         self.summary: dict[str, Any] = {}
@@ -175,14 +174,19 @@ class ThroughputCallback(TrainerCallback):
         if self.steps == 1:
             timeline.mark("first_step_end")
         if self.steps > self.warmup_steps and not self.disturbed and self.last_end is not None:
-            self.intervals.append(now - self.last_end)
-            self.interval_steps.append(getattr(state, "global_step", self.steps))  # bench/'s bare loop: no state
+            step = getattr(state, "global_step", self.steps)  # bench/'s bare loop: no state
+            self.steady.append((step, now - self.last_end))
         self.last_end, self.disturbed = now, False
 
     def _disturb(self, *a: Any, **kw: Any) -> None:
         self.disturbed = True  # the next interval includes an evaluation, a save or a report: not steady state
 
     on_evaluate = on_save = _disturb
+
+    @property
+    def intervals(self) -> list[float]:
+        """The steady intervals' seconds, in order."""
+        return [seconds for _, seconds in self.steady]
 
     def on_train_end(self, args, state, control, **kw: Any) -> None:
         self.summary = self.summarize(args)
@@ -196,20 +200,20 @@ class ThroughputCallback(TrainerCallback):
 
         world = max(1, args.world_size)
         samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-        step_s = sum(self.intervals) / len(self.intervals) if self.intervals else None
+        intervals = self.intervals
+        step_s = sum(intervals) / len(intervals) if intervals else None
         out: dict[str, Any] = {
             "world_size": world,
             "samples_per_step": samples_per_step,
             "tokens_per_sample": self.tokens_per_sample,
             "steps": self.steps,
-            "steady_steps": len(self.intervals),
+            "steady_steps": len(intervals),
             "steady_step_seconds": step_s,
             # A one-off inside the window (a recompile, a graph recorded late) moves the mean, not the median: the
             # two apart, and the slowest steps, say whether a short run's rate is its steady one.
-            "steady_step_seconds_median": statistics.median(self.intervals) if self.intervals else None,
+            "steady_step_seconds_median": statistics.median(intervals) if intervals else None,
             "slowest_steps": [
-                [step, round(seconds, 4)]
-                for seconds, step in sorted(zip(self.intervals, self.interval_steps, strict=True), reverse=True)[:3]
+                [step, round(seconds, 4)] for step, seconds in sorted(self.steady, key=lambda s: s[1], reverse=True)[:3]
             ],
             "train_begin_at": self.train_begin_at,
             "first_step_at": self.first_step_at,
