@@ -65,6 +65,7 @@ def test_one_gpu_compiles_with_cuda_graphs_only_when_the_run_is_long_enough_and_
     }
     assert {k: _said(j) for k, j in kept.items() if _said(j) != (None, None)} == {"opted out": (False, None)}
     assert all(pad_multiple(j) is None and cudnn_attention(j) is False for j in kept.values())  # eager as before
+    assert all(j.training.compile_regions is None for j in kept.values())  # not compiled: nothing resolved
     # The job's own word: compiled whatever the steps, graphs unless it says not.
     assert _said(default_compile(_job(torch_compile=True), True, 10)) == (True, True)
     assert _said(default_compile(_job(torch_compile=True, cuda_graphs=False), True, 10)) == (True, False)

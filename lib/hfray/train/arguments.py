@@ -210,7 +210,7 @@ def replays_cuda_graphs(compiled: bool | None, cuda_graphs: bool | None, mode: s
     return bool(compiled) and (bool(cuda_graphs) or mode in RECORDING_COMPILE_MODES)
 
 
-def default_compile(job: JobConfig, graphs: bool = True) -> JobConfig:
+def default_compile(job: JobConfig, graphs: bool = True, regions: bool = True) -> JobConfig:
     """A job a recipe compiles by default (the recipe's own conditions met; ``training.torch_compile`` unset or true):
     compiled, and replaying CUDA graphs where that was measured to pay (``graphs``: the recipe's say). Nothing under
     DeepSpeed or FSDP (their parameter hooks and sharded gathers around a compiled region: not measured). Graphs only
@@ -218,7 +218,8 @@ def default_compile(job: JobConfig, graphs: bool = True) -> JobConfig:
     gradient buckets meet the graphs' memory pool: not measured here, and reported to crash evaluations between training
     steps, pytorch/pytorch#128218; ``cuda_graphs: true`` asks), not with ``training.gradient_checkpointing`` (its
     backward runs a region's forward again inside the step), nor where the job's ``extra_args`` name a compile mode
-    (theirs wins) or the job says ``cuda_graphs`` itself."""
+    (theirs wins) or the job says ``cuda_graphs`` itself. ``regions`` false: the whole model one graph where the job
+    leaves ``training.compile_regions`` unset (the recipe's say)."""
     t = job.training
     if t.torch_compile is False or t.strategy != "ddp":
         return job
@@ -232,6 +233,8 @@ def default_compile(job: JobConfig, graphs: bool = True) -> JobConfig:
         and one_process
     ):
         update["cuda_graphs"] = True
+    if not regions and t.compile_regions is None:
+        update["compile_regions"] = False
     return job.model_copy(update={"training": t.model_copy(update=update)})
 
 

@@ -50,10 +50,7 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
     declined = t.cuda_graphs is False or t.gradient_checkpointing or "torch_compile_mode" in t.extra_args
     if not asked and (steps < GRAPHS_MIN_STEPS or declined):
         return job
-    compiled = arguments.default_compile(job)
-    if compiled.training.compile_regions is not None:
-        return compiled
-    return compiled.model_copy(update={"training": compiled.training.model_copy(update={"compile_regions": False})})
+    return arguments.default_compile(job, regions=False)
 
 
 def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:

@@ -83,9 +83,9 @@ def classification_metrics_fn(names: list[str]) -> Callable[[Any], dict[str, flo
         logits, references = eval_pred.predictions, eval_pred.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
-        predictions = np.asarray(logits).argmax(axis=-1)
-        real = np.asarray(references) != IGNORED_LABEL  # rows that filled a short batch (FullBatches) score nothing
-        predictions, references = predictions[real], np.asarray(references)[real]
+        references = np.asarray(references)
+        real = references != IGNORED_LABEL  # rows that filled a short batch (FullBatches) score nothing
+        predictions, references = np.asarray(logits).argmax(axis=-1)[real], references[real]
         results = {}
         for name in names:
             base, kwargs = _split_name(name)
