@@ -21,8 +21,9 @@ model ``.compile()``d, no mask), ``loop-mask-compiled`` (with the mask and token
 encoder layer compiled alone, as accelerate's regional compilation, hfray's ``compile_regions`` default);
 ``trainer-hfray-compiled`` (hfray's arguments and process settings for a compiled job, regional), ``-whole``
 (``compile_regions: false``), ``-graphs`` (``cuda_graphs: true``: reduce-overhead, hfray's step-begin mark),
-``-whole-graphs`` (both). One H100, Dec 6: 27.9, 31.2, 35.2, 58.7, 45.7, 30.6 ms (whole + graphs not yet run;
-``bench/results/gpu_dec06_s6_h100.md``).
+``-whole-graphs`` (both). One H100, Dec 6: 27.9, 31.2, 35.2, 58.7, 45.7, 30.6 ms (whole + graphs not run;
+``bench/results/gpu_dec06_s6_h100.md``); another lease: 20.83, 18.52, 32.90, 32.52, 27.48, 18.75, 17.48
+(``gpu_dec06_s7_h100.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 TINY = "--tiny" in sys.argv
 DEVICE = "cpu" if TINY else "cuda"
 BATCH, SEQ, WARM, STEPS = (4, 16, 2, 6) if TINY else (64, 128, 20, 100)
+REGIONAL = {"torch_compile": True, "cuda_graphs": False}  # the compiled Trainer cases' training keys
+GRAPHS = {"torch_compile": True, "cuda_graphs": True}
 
 
 PROFILE: list[Any] = []  # a cProfile.Profile while ``--cprofile`` profiles one case's steady steps
@@ -162,19 +165,19 @@ def _trainer(
 
 
 def _compiled_cases(rows: Any, on_device: Any, out: str) -> dict[str, Any]:
-    regional = {"torch_compile": True, "cuda_graphs": False}
-    whole = {**regional, "compile_regions": False}
-    graphs = {"torch_compile": True, "cuda_graphs": True}
     return {  # compiled cases: cuDNN attention allowed, as hfray's compiled jobs
         "loop-compiled": (lambda: _loop(on_device, mask=False, compiled="whole"), True),
         "loop-mask-compiled": (lambda: _loop(on_device, mask=True, compiled="whole"), True),
         "loop-mask-regions": (lambda: _loop(on_device, mask=True, compiled="regions"), True),
-        "trainer-hfray-compiled": (lambda: _trainer(rows, out, hfray=True, compiled=regional), True),
-        "trainer-hfray-compiled-whole": (lambda: _trainer(rows, out, hfray=True, compiled=whole), True),
-        "trainer-hfray-compiled-graphs": (lambda: _trainer(rows, out, hfray=True, compiled=graphs), True),
+        "trainer-hfray-compiled": (lambda: _trainer(rows, out, hfray=True, compiled=REGIONAL), True),
+        "trainer-hfray-compiled-whole": (
+            lambda: _trainer(rows, out, hfray=True, compiled={**REGIONAL, "compile_regions": False}),
+            True,
+        ),
+        "trainer-hfray-compiled-graphs": (lambda: _trainer(rows, out, hfray=True, compiled=GRAPHS), True),
         # One graph each way instead of 12 regions' replays, wrappers and guards: less host work a step.
         "trainer-hfray-compiled-whole-graphs": (
-            lambda: _trainer(rows, out, hfray=True, compiled={**graphs, "compile_regions": False}),
+            lambda: _trainer(rows, out, hfray=True, compiled={**GRAPHS, "compile_regions": False}),
             True,
         ),
     }
@@ -207,9 +210,8 @@ def main() -> None:
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         print(json.dumps({"case": name, "cudnn_sdp": cudnn, "ms_per_step": round(case(), 2)}), flush=True)
     if "--compiled" in sys.argv and "--cprofile" in sys.argv:
-        regional = {"torch_compile": True, "cuda_graphs": False}
         _cprofiled(lambda: _loop(on_device, mask=True, compiled="regions"), "loop-mask-regions")
-        _cprofiled(lambda: _trainer(rows, out, hfray=True, compiled=regional), "trainer-hfray-compiled")
+        _cprofiled(lambda: _trainer(rows, out, hfray=True, compiled=REGIONAL), "trainer-hfray-compiled")
     elif "--cprofile" in sys.argv:
         torch.backends.cuda.enable_cudnn_sdp(False)
         _cprofiled(lambda: _loop(on_device, mask=True), "loop-mask")

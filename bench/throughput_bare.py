@@ -117,6 +117,7 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None, gr
     from hfray.train.callbacks.throughput import ThroughputCallback, flops_per_token
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    graphs = graphs and compiled and device == "cuda" and spec["workload"] != "dpo"
     torch.manual_seed(0)
     model, head_fraction = build_model(spec)
     model.to(device).train()
@@ -126,7 +127,6 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None, gr
     else:
         speed = ThroughputCallback(spec["seq"], flops_per_token(base, spec["seq"], head_fraction))
         batches = make_batches(spec, model.config.vocab_size, device)
-        graphs = graphs and compiled and device == "cuda"
         step = make_step(model, device, compiled and device == "cuda", spec.get("learning_rate", 1e-4), graphs)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     args = SimpleNamespace(world_size=1, per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1)
@@ -144,7 +144,7 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None, gr
         if window is not None and i == 17:
             window.stop()
         speed.on_step_begin(args, state, None)
-        if graphs and spec["workload"] != "dpo":
+        if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' outputs of the last may be reused
         loss = step(batches[i % len(batches)])
         if i % 10 == 0 or i == spec["steps"] - 1:
@@ -158,7 +158,7 @@ def run(spec: dict[str, Any], compiled: bool, profile_dir: str | None = None, gr
     return {
         **speed.summary,
         "compiled": compiled and device == "cuda",
-        "cuda_graphs": bool(graphs and compiled and device == "cuda" and spec["workload"] != "dpo"),
+        "cuda_graphs": graphs,
         "losses_every_10": [round(float(x), 4) for x in losses],
         "parameters": sum(p.numel() for p in base.parameters()),
         "process_started_at": STARTED,
