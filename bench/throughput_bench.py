@@ -282,11 +282,11 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
     else:
         job["data"] = {"train": spec["data"]["train"], "validation": spec["data"]["validation"], "max_eval_samples": 16}
         job["lm"] = {"block_size": spec["seq"], "tokenize_num_cpus": 1 if gpu else 0.25}
-    if variant == "hf":  # the plain script's settings: what is left is Ray Train's own cost
+    parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
+    if "hf" in parts:  # the plain script's settings: what is left is Ray Train's own cost
         job["training"].update(dataloader_num_workers=0, group_by_length=False)
         if workload not in ("cls", "sft", "dpo"):
             job["lm"].update(pipeline="datasets", mlm_loss_on_masked_only=False)
-    parts = set(variant.split("-"))  # variants compose: "compile-exact-nodrop"
     if "compile" in parts:
         job["training"]["torch_compile"] = True
     if "cudagraphs" in parts:  # compiled, each region's kernels replayed as CUDA graphs (packed LoRA SFT's default)
