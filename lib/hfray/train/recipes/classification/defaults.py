@@ -11,15 +11,19 @@ wrappers launch ~460 Triton kernels a step). So: the whole model compiled as one
 2,962** (two runs) against the plain Trainer's 1,294 (2.16x) and the bare compiled loop's 2,609 and 3,702 (that loop
 is launch-bound itself and varied 17-25 ms a step between runs: 0.80-1.07 of it); eval loss 0.6844 / 0.6859 / 0.6855.
 The Trainer alone on hfray's arguments: 17.5 ms a step whole, 18.8 regional, the bare loop 18.5-20.8.
+Another H100, a faster host (``gpu_dec06_s8_h100.md``): whole graphs 3,723 samples/s, 0.99 of the bare compiled
+loop (3,775) and 0.95 of that loop replaying CUDA graphs (3,901), 1.91x the plain Trainer (1,948; eager hfray 2,110).
 
-The compile costs once: on a cold compile cache the 400-step run took ~50 s more wall time than eager while saving
-~22 ms a step, ~60-65 s of compile all told (regional: ~25-30 s), so it pays back after ~3,000 steps. Hence a threshold
-on the run's planned steps; a re-run or resumed run of the same storage path finds Inductor's cache (the same run
-39.2 s against 98.1 s cold). Two of that cold run's traces are gone since: the second step's (the model's forward set
-``config.problem_type`` on the first batch, and Dynamo guards on it: now set when the model is built,
-:func:`hfray.model.loading.classification_overrides`) and the epoch's short last batch's, a new batch size compiled
-again as long as the first compile on CPU (now filled with ignored rows, :func:`padding_collator`). How much of the
-~60 s that saves on a GPU is not measured yet; the threshold stays until it is.
+The compile costs once. Before two of its three traces of the whole model were removed (the second step's: the
+model's forward set ``config.problem_type`` on the first batch and Dynamo guards on it, now set when the model is
+built, :func:`hfray.model.loading.classification_overrides`; the epoch's short last batch's, a new batch size compiled
+again, as long as the first compile on CPU, now filled with ignored rows, :func:`padding_collator`), a cold 400-step
+run took 102.9 s against eager's 53.1 (~60 s of compiling). After, the faster host (``gpu_dec06_s8_h100.md``): 50.0 s
+against 34.2, i.e. ~21 s of compiling and recording once the 400 steps' saving (13.1 ms a step: 17.2 against 30.3) is
+counted, so it pays back after ~1,600 steps on that host (the slower host above saved ~22 ms a step: sooner). Of
+the 53 s less start-up (94.9 -> 42.0 s besides the steady steps), ~12-15 s is the host (the bare and eager rows'
+start-up fell that much too): the two traces were ~40 s. Hence a threshold on the run's planned steps; a re-run or
+resumed run of the same storage path finds Inductor's cache (39.2 s against 98.1 s cold, before the fix).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from hfray.config import JobConfig, total_steps
 from hfray.data import classification as data
 from hfray.train import arguments, worker
 
-GRAPHS_MIN_STEPS = 3_000  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
+GRAPHS_MIN_STEPS = 1_600  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
 
 
 def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
