@@ -293,6 +293,8 @@ def hfray_job(spec: dict[str, Any], n: int, gpu: bool, storage: Path, variant: s
         job["training"].update(torch_compile=True, cuda_graphs=True)
     if "whole" in parts:  # training.compile_regions: false: one graph of the whole model (fewer wrappers a step)
         job["training"]["compile_regions"] = False
+    if "regions" in parts:  # training.compile_regions: true: each layer once (masked-LM's encoder: whole by default)
+        job["training"]["compile_regions"] = True
     if "nographs" in parts:  # training.cuda_graphs' opt-out: compiled, kernel by kernel
         job["training"]["cuda_graphs"] = False
     if "nocompile" in parts:  # the opt-out (packed LoRA SFT on varlen compiles by default)

@@ -122,8 +122,13 @@ def test_cpu_mode_runs_pretrained_minilm_with_the_cores_shared_out_and_the_same_
         ("cls", "cudagraphs-whole", {"torch_compile": True, "cuda_graphs": True, "compile_regions": False}),
         ("cls", "cudagraphs-keepmask", {"torch_compile": True, "cuda_graphs": True, "drop_unpadded_masks": False}),
         ("cls", "nocompile", {"torch_compile": False}),
-        ("cls", "cudagraphs-whole-hf", {"compile_regions": False, "dataloader_num_workers": 0, "group_by_length": False}),
+        (
+            "cls",
+            "cudagraphs-whole-hf",
+            {"compile_regions": False, "dataloader_num_workers": 0, "group_by_length": False},
+        ),
         ("mbert", "compile", {"torch_compile": True}),
+        ("mbert", "compile-regions", {"torch_compile": True, "compile_regions": True}),
         ("mlm", "compile-exact", {"torch_compile": True}),
     ],
 )

@@ -187,8 +187,9 @@ def test_sdpa_may_pick_cudnn_attention_only_in_compiled_jobs_unless_the_job_says
     regions = [
         model_record(model, trainer_compiles, job("text-classification", torch_compile=True))["compile_regions"],
         model_record(model, trainer_compiles, job("text-classification", compile_regions=False))["compile_regions"],
-        model_record(model, SimpleNamespace(torch_compile=False), job("masked-lm", torch_compile=True))[
-            "compile_regions"
-        ],
     ]
-    assert regions == [True, False, False]
+    encoder_compiled = SimpleNamespace(torch_compile=False)  # masked-LM: the recipe compiles the encoder itself
+    for said in (None, True, False):
+        mlm = job("masked-lm", torch_compile=True, compile_regions=said)
+        regions.append(model_record(model, encoder_compiled, mlm)["compile_regions"])
+    assert regions == [True, False, False, True, False]

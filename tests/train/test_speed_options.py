@@ -177,6 +177,33 @@ def test_compiled_modernbert_encoder_is_one_graph_and_keeps_the_masked_lm_loss()
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_an_encoder_compiled_by_layer_traces_each_kind_of_layer_once_and_keeps_the_masked_lm_loss() -> None:
+    """``training.compile_regions: true`` on masked-LM: the worker's :func:`compile_encoder` compiles each encoder layer
+    in place (the state-dict keys stay). ModernBERT's six layers are three kinds (the first, without its attention
+    norm; global; local): three graphs, not six, and eager's losses step by step (aot_eager on CPU)."""
+    import torch._dynamo as dynamo
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    from hfray.train.recipes.language_model.worker import compile_encoder
+
+    config = {**BERT, "num_hidden_layers": 6, "pad_token_id": 0, "global_attn_every_n_layers": 2, "local_attention": 8}
+    config |= {"embedding_dropout": 0.0, "attention_dropout": 0.0, "mlp_dropout": 0.0}
+    torch.manual_seed(0)
+    eager = ModernBertForMaskedLM(ModernBertConfig(**config))
+    compiled = ModernBertForMaskedLM(ModernBertConfig(**config))
+    compiled.load_state_dict(eager.state_dict())
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compile_encoder(compiled.base_model, regions=True, graphs=False, backend="aot_eager")
+    assert set(compiled.state_dict()) == set(eager.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": (ids := torch.randint(5, 100, (4, 16), generator=g)), "labels": ids} for _ in range(3)]
+    losses = [_step_losses(model, model, batches, 3e-3) for model in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4) and losses[1][-1] < losses[1][0]
+    assert not dynamo.utils.counters["graph_break"], dict(dynamo.utils.counters["graph_break"])
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 3
+
+
 def test_liger_default_is_off_without_a_gpu_and_refused_with_compile_or_on_cpu() -> None:
     assert use_liger(_job(), use_gpu=False) is False
     # the default's rule (before "is liger-kernel installed"): causal-LM and full SFT yes; LoRA SFT, compiled, dpo no

@@ -341,9 +341,12 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
     speed defaults the run resolved (packed SFT on GPUs picks varlen and LoRA SFT no Liger without the job saying).
     ``torch_compile``: the Trainer's flag (packed SFT on varlen turns it on by default) or the job's (masked-LM
     compiles its encoder itself, with the Trainer's flag off); ``cuda_graphs``: compiled, and the job's key or the
-    Trainer's compile mode says so (packed LoRA SFT's default sets the mode); ``compile_regions``: the Trainer compiled
-    layer by layer (text-classification's default: whole)."""
-    compiled = bool(job.training.torch_compile or getattr(args, "torch_compile", False))
+    Trainer's compile mode says so (packed LoRA SFT's default sets the mode); ``compile_regions``: compiled layer by
+    layer (by the Trainer unless the job says false, text-classification's default; masked-LM's encoder only where
+    the job says true)."""
+    by_trainer = bool(getattr(args, "torch_compile", False))
+    compiled = bool(job.training.torch_compile or by_trainer)
+    regions = job.training.compile_regions
     mode = getattr(args, "torch_compile_mode", None)  # the Trainer's: packed LoRA SFT's default sets it
     return {
         "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
@@ -351,8 +354,8 @@ def model_record(model: Any, args: Any, job: JobConfig) -> dict[str, Any]:
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "torch_compile": compiled,
         "cuda_graphs": replays_cuda_graphs(compiled, job.training.cuda_graphs, mode),
-        # each repeated layer a region (the Trainer compiles); else one graph (masked-LM's encoder: the recipe's own)
-        "compile_regions": bool(getattr(args, "torch_compile", False)) and job.training.compile_regions is not False,
+        # each repeated layer a region; else one graph (masked-LM's encoder, compiled by its recipe: whole by default)
+        "compile_regions": (regions is not False) if by_trainer else (compiled and regions is True),
         "cudnn_attention": cudnn_attention(job),
         "precision": "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32",
     }
