@@ -102,7 +102,7 @@ class TrainingConfig(Section):
         "cuda_graphs: 0.88-0.92 of the bare compiled step, same loss), masked-lm with a BERT-family encoder (0.95 of "
         "the bare step against eager's 0.79; the default itself 0.84 in one run, 0.94 over 300 steps) or ModernBERT "
         "(0.93 against eager's 0.55) and LoRA dpo "
-        "(0.97-0.99 against eager's 0.47; batches padded to a multiple of 64 tokens; on pairs of many lengths 2.2x "
+        "(0.87-0.99 against eager's 0.47; batches padded to a multiple of 64 tokens; on pairs of many lengths 2.2x "
         "eager), text-classification full fine-tunes on one GPU whose run plans >= 1,600 steps (whole model, with "
         "cuda_graphs: 1.76-2.06x eager, 1.91-2.16x the plain Trainer and 0.99 of the bare compiled loop on an H100; "
         "a cold compile of ~21 s pays back after ~1,600 steps, so shorter runs stay eager); off "
