@@ -8,6 +8,7 @@ test_compiled_jobs_pad_batches_to_a_multiple_and_keep_the_loss``. The graphs the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +19,13 @@ from hfray.config import JobConfig
 from hfray.data.classification import FullBatches, UnpaddedMaskDropped
 from hfray.errors import ConfigError
 from hfray.train.arguments import build_kwargs, cudnn_attention, pad_multiple
+from hfray.train.process import COMPILED_SETUPS
 from hfray.train.recipes.classification.defaults import (
     GRAPHS_MIN_STEPS,
     default_compile,
     padding_collator,
+    remember_compiled,
+    resolve_on_worker,
 )
 
 LONG = GRAPHS_MIN_STEPS
@@ -71,6 +75,33 @@ def test_one_gpu_compiles_with_cuda_graphs_only_when_the_run_is_long_enough_and_
     assert _said(default_compile(_job(torch_compile=True, cuda_graphs=False), True, 10)) == (True, False)
     assert _said(default_compile(_job(cuda_graphs=False), True, 10 * LONG)) == (None, False)  # no graphs: eager
     assert _said(default_compile(_job(cuda_graphs=True), True, 10)) == (True, True)
+
+
+def test_a_short_run_compiles_where_the_compile_cache_holds_its_graphs(tmp_path: Path) -> None:
+    """A run under :data:`GRAPHS_MIN_STEPS` stays eager on a cold compile cache and compiles once a compiled run of the
+    same setup trained into the storage path's cache (re-runs, resumed runs, a sweep's later trials); another setup
+    (label count, batch size) or the job's ``torch_compile: false`` does not."""
+    from hfray.train.worker import WorkerRun
+
+    def run(labels: int = 4, **training: Any) -> tuple[WorkerRun, JobConfig]:
+        raw = _job(**training).to_dict()
+        raw |= {"resources": {"num_workers": 1, "gpus_per_worker": 1}, "storage": {"path": str(tmp_path)}}
+        worker_run = WorkerRun(JobConfig.from_dict(raw), {"local_root": str(tmp_path / "local")}, 0, 0, 1)
+        return worker_run, resolve_on_worker(worker_run, 800, labels)  # batches of 16, 3 epochs: 150 steps
+
+    short, resolved = run()
+    assert _said(resolved) == (None, None)  # cold: eager
+    long_run = default_compile(short.job, True, LONG)
+    remember_compiled(short, short.job, 4)  # an eager run records nothing
+    assert _said(run()[1]) == (None, None)
+    remember_compiled(short, long_run, 4)  # a compiled run of this setup trained here
+    assert (tmp_path / ".hfray_cache" / "compile" / COMPILED_SETUPS).is_file()
+    warm = run()[1]
+    assert warm == long_run and _said(warm) == (True, True) and warm.training.compile_regions is False
+    assert _said(default_compile(short.job, True, 10, warm=True)) == (True, True)
+    others = [run(labels=5)[1], run(per_device_train_batch_size=32)[1], run(torch_compile=False)[1]]
+    assert [_said(j) for j in others] == [(None, None), (None, None), (False, None)]
+    assert _said(default_compile(short.job, False, 10, warm=True)) == (None, None)  # CPU: never
 
 
 def test_batches_without_padding_go_without_their_mask_and_train_as_with_it() -> None:

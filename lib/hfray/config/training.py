@@ -105,7 +105,8 @@ class TrainingConfig(Section):
         "(0.87-0.99 against eager's 0.47; batches padded to a multiple of 64 tokens; on pairs of many lengths 2.2x "
         "eager), text-classification full fine-tunes on one GPU whose run plans >= 1,600 steps (whole model, with "
         "cuda_graphs: 1.76-2.06x eager, 1.91-2.16x the plain Trainer and 0.99 of the bare compiled loop on an H100; "
-        "a cold compile of ~21 s pays back after ~1,600 steps, so shorter runs stay eager); off "
+        "a cold compile of ~21 s pays back after ~1,600 steps, so shorter runs stay eager unless a compiled run of "
+        "the same setup trained into the storage path's compile cache before); off "
         "elsewhere and under DeepSpeed/FSDP; false opts out (causal-lm: Liger again). The compile "
         "cache is kept under <storage.path>/.hfray_cache/compile, so re-runs, resumed runs and sweep trials of a "
         "local storage path reuse it.",

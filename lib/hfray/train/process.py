@@ -6,10 +6,17 @@ Runs on Ray Train workers (``hfray.train.worker.limit_threads`` / ``adopt``) and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
+from typing import Any
 
 from hfray.config import JobConfig
 from hfray.train.arguments import cudnn_attention
+
+# In the compile cache: the compiled setups whose graphs a run traced into it (:func:`remember_compiled`)
+COMPILED_SETUPS = "hfray_compiled_setups.json"
 
 # accelerate's switch for regional compilation (TrainingArguments has no field for it); read when the Trainer
 # builds its Accelerator, so it is set in the worker before that
@@ -47,3 +54,52 @@ def compile_cache_dir(job: JobConfig) -> str | None:
     if not job.training.torch_compile or "://" in path:
         return None
     return os.path.join(os.path.abspath(os.path.expanduser(path)), ".hfray_cache", "compile")
+
+
+def compiled_setup(job: JobConfig, **shape: Any) -> str:
+    """A key for the graphs a compiled run traces: the model, the task, the training keys that shape the graphs, the
+    recipe's ``shape`` (a classifier's label count, ...), torch's version and the device. Runs of one key (a re-run, a
+    resumed run, sweep trials that differ in learning rate) trace the same graphs: Inductor's cache holds them."""
+    import torch
+
+    t = job.training
+    record = {
+        "model": job.model.model_dump(mode="json"),
+        "task": job.task,
+        "batch": t.per_device_train_batch_size,
+        "max_length": job.data.max_length,
+        "training": [t.precision, t.torch_compile, t.compile_regions, t.cuda_graphs, t.gradient_checkpointing],
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        **shape,
+    }
+    return hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_holds(job: JobConfig, setup: str) -> bool:
+    """Whether a run of the compiled ``job``'s setup (:func:`compiled_setup`) trained into its compile cache before."""
+    cache = compile_cache_dir(job)
+    return cache is not None and setup in _setups(cache)
+
+
+def remember_compiled(job: JobConfig, setup: str) -> None:
+    """Records ``setup`` in the compiled ``job``'s compile cache once its run trained (rank 0); replaced whole, so a
+    reader never sees half a record."""
+    cache = compile_cache_dir(job)
+    if cache is None:
+        return
+    setups = {**_setups(cache), setup: time.time()}
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, COMPILED_SETUPS)
+    staged = f"{path}.{os.getpid()}"
+    with open(staged, "w") as f:
+        json.dump(setups, f)
+    os.replace(staged, path)
+
+
+def _setups(cache: str) -> dict[str, float]:
+    try:
+        with open(os.path.join(cache, COMPILED_SETUPS)) as f:
+            return dict(json.load(f))
+    except (OSError, ValueError, TypeError):  # none yet, or not a record: a cold cache, as far as hfray knows
+        return {}

@@ -22,8 +22,10 @@ run took 102.9 s against eager's 53.1 (~60 s of compiling). After, the faster ho
 against 34.2, i.e. ~21 s of compiling and recording once the 400 steps' saving (13.1 ms a step: 17.2 against 30.3) is
 counted, so it pays back after ~1,600 steps on that host (the slower host above saved ~22 ms a step: sooner). Of
 the 53 s less start-up (94.9 -> 42.0 s besides the steady steps), ~12-15 s is the host (the bare and eager rows'
-start-up fell that much too): the two traces were ~40 s. Hence a threshold on the run's planned steps; a re-run or
-resumed run of the same storage path finds Inductor's cache (39.2 s against 98.1 s cold, before the fix).
+start-up fell that much too): the two traces were ~40 s. Hence a threshold on the run's planned steps. A run whose
+graphs are in the compile cache already (a re-run or resumed run of the same storage path, a sweep's later trials:
+:func:`hfray.train.process.cache_holds`) pays next to nothing: 39.2 s against 98.1 s cold and eager's 53.1 for the
+400 steps on the slower host (before the fix; not measured on the faster one), so it compiles whatever its steps.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from typing import Any
 
 from hfray.config import JobConfig, total_steps
 from hfray.data import classification as data
-from hfray.train import arguments, worker
+from hfray.train import arguments, process, worker
 
 GRAPHS_MIN_STEPS = 1_600  # planned optimizer steps from which compiling with CUDA graphs pays (see above)
 
 
-def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
+def default_compile(job: JobConfig, use_gpu: bool, steps: int, warm: bool = False) -> JobConfig:
     """Compiled whole, replaying CUDA graphs, for a full fine-tune on one GPU that plans at least
-    :data:`GRAPHS_MIN_STEPS` steps and leaves ``training.torch_compile`` unset (and ``training.cuda_graphs`` not false);
+    :data:`GRAPHS_MIN_STEPS` steps (or any number, ``warm``: its graphs in the compile cache already) and leaves
+    ``training.torch_compile`` unset (and ``training.cuda_graphs`` not false);
     compiled jobs trace the whole model unless ``training.compile_regions`` says otherwise. Batches are then
     padded to multiples of 64 tokens (:func:`hfray.train.arguments.pad_multiple`: a few shapes, each recorded once).
 
@@ -52,18 +55,32 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int) -> JobConfig:
         return job
     asked = t.torch_compile or t.cuda_graphs  # the job's own word: compiled whatever the steps
     declined = t.cuda_graphs is False or t.gradient_checkpointing or "torch_compile_mode" in t.extra_args
-    if not asked and (steps < GRAPHS_MIN_STEPS or declined):
+    if not asked and (declined or (steps < GRAPHS_MIN_STEPS and not warm)):
         return job
     return arguments.default_compile(job, regions=False)
 
 
-def resolve_on_worker(run: worker.WorkerRun, train_rows: int) -> JobConfig:
+def resolve_on_worker(run: worker.WorkerRun, train_rows: int, labels: int) -> JobConfig:
     """The job with its speed default resolved for this worker's run, the process set for it (compile settings)."""
     steps = total_steps(run.job, train_rows, run.world_size)  # as the Trainer will count them
-    job = worker.adopt(run, default_compile(run.job, run.use_gpu, steps))
+    long_run = default_compile(run.job, run.use_gpu, GRAPHS_MIN_STEPS)  # what the job compiles to, if it does
+    warm = long_run != run.job and process.cache_holds(long_run, compiled_setup(long_run, labels))
+    job = worker.adopt(run, default_compile(run.job, run.use_gpu, steps, warm))
     if job != run.job and run.rank == 0 and run.job.training.torch_compile is None:  # the pause before step 1
-        print(f"[hfray] {steps:,} planned steps: compiling with CUDA graphs (training.torch_compile=false: eager)")
+        why = "its graphs in the compile cache" if steps < GRAPHS_MIN_STEPS else f"{steps:,} planned steps"
+        print(f"[hfray] {why}: compiling with CUDA graphs (training.torch_compile=false: eager)")
     return job
+
+
+def compiled_setup(job: JobConfig, labels: int) -> str:
+    """The compiled classifier's setup (:func:`hfray.train.process.compiled_setup`): its label count shapes the head."""
+    return process.compiled_setup(job, labels=labels)
+
+
+def remember_compiled(run: worker.WorkerRun, job: JobConfig, labels: int) -> None:
+    """After a compiled run trained (rank 0): its setup recorded in the compile cache, for the runs after it."""
+    if job.training.torch_compile and run.rank == 0:
+        process.remember_compiled(job, compiled_setup(job, labels))
 
 
 def padding_collator(job: JobConfig, tokenizer: Any) -> Any:

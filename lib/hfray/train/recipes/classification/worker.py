@@ -75,7 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with worker.rank_zero_first(run.rank, run.world_size, enabled=cached):  # the others read rank 0's entry
         encoded = data.tokenize_cached(prepared, tokenizer, job.data, labels, job.storage.path)
     timeline.mark("worker_tokenized")
-    job = defaults.resolve_on_worker(run, len(encoded["train"]))  # compiled with CUDA graphs for long GPU runs
+    job = defaults.resolve_on_worker(run, len(encoded["train"]), len(labels))  # long GPU runs: CUDA graphs
     args = training_arguments(job, os.path.join(run.local_root, "hf"), use_gpu=run.use_gpu)
     attempt = worker.resume(run)
     mean_len = data.mean_token_length(encoded["train"])
@@ -95,6 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         callbacks=[*worker.callbacks(run, attempt, job), speed],
     )
     attempt = worker.train(trainer, attempt)
+    defaults.remember_compiled(run, job, len(labels))  # its graphs are in the compile cache: re-runs compile too
     final = worker.final_eval_metrics(trainer, validation)
     if "test" in encoded:
         final.update(trainer.evaluate(shortest_first(encoded["test"]), metric_key_prefix="test"))
