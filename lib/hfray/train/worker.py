@@ -245,7 +245,8 @@ def train(trainer: Any, attempt: Attempt) -> Attempt:
     timeline.mark("worker_trainer_built")
     started = time.time()
     try:
-        trainer.train(resume_from_checkpoint=attempt.resume_from)
+        with process.frozen_setup():  # no full garbage collection over the setup's objects mid-step
+            trainer.train(resume_from_checkpoint=attempt.resume_from)
     except StepBudgetReached:  # resumed from the checkpoint at max_steps
         finish_without_steps(trainer)
     return dataclasses.replace(attempt, seconds=time.time() - started)
