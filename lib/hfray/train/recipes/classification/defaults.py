@@ -63,8 +63,10 @@ def default_compile(job: JobConfig, use_gpu: bool, steps: int, warm: bool = Fals
 def resolve_on_worker(run: worker.WorkerRun, train_rows: int, labels: int) -> JobConfig:
     """The job with its speed default resolved for this worker's run, the process set for it (compile settings)."""
     steps = total_steps(run.job, train_rows, run.world_size)  # as the Trainer will count them
-    long_run = default_compile(run.job, run.use_gpu, GRAPHS_MIN_STEPS)  # what the job compiles to, if it does
-    warm = long_run != run.job and process.cache_holds(long_run, compiled_setup(long_run, labels))
+    warm = False
+    if steps < GRAPHS_MIN_STEPS:  # short: compiled only where the cache holds its graphs (a long run: whatever)
+        long_run = default_compile(run.job, run.use_gpu, GRAPHS_MIN_STEPS)  # what the job compiles to, if it does
+        warm = long_run != run.job and process.cache_holds(long_run, compiled_setup(long_run, labels))
     job = worker.adopt(run, default_compile(run.job, run.use_gpu, steps, warm))
     if job != run.job and run.rank == 0 and run.job.training.torch_compile is None:  # the pause before step 1
         why = "its graphs in the compile cache" if steps < GRAPHS_MIN_STEPS else f"{steps:,} planned steps"

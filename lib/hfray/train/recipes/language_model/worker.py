@@ -53,14 +53,11 @@ def compile_encoder(encoder: Any, regions: bool, graphs: bool, backend: str = "i
 
 
 def repeated_layers(module: Any) -> Any:
-    """The first ``ModuleList`` under ``module`` of more than one module, all of one class (an encoder's layers);
-    None if it has none."""
-    import torch
+    """The first of ``module``'s repeated blocks (accelerate's test for regional compilation: a ``ModuleList`` of one
+    class) with more than one module: an encoder's layers; None if it has none."""
+    from accelerate.utils.other import is_repeated_blocks
 
-    for child in module.modules():
-        if isinstance(child, torch.nn.ModuleList) and len(child) > 1 and len({type(m) for m in child}) == 1:
-            return child
-    return None
+    return next((child for child in module.modules() if is_repeated_blocks(child) and len(child) > 1), None)
 
 
 def in_memory_sets(job: JobConfig, tokenizer: Any) -> tuple[Any, Any]:
