@@ -4,13 +4,19 @@
 - :func:`adamw_step`: the bare PyTorch training step the runners are compared with (``bench/throughput_bare.py``,
   ``bench/step_profile.py``);
 - :func:`trl_model_and_tokenizer`, :func:`trl_arguments`: what the TRL baselines (``SFTTrainer``, ``DPOTrainer``) of
-  ``bench/throughput_plain.py`` / ``bench/throughput_dpo.py`` share.
+  ``bench/throughput_plain.py`` / ``bench/throughput_dpo.py`` share;
+- :func:`in_fresh_process`: one case of a CPU probe in a new process with a cold compile cache
+  (``bench/compile_traces_cpu.py``, ``bench/compile_encoder_cpu.py``, ``bench/gc_pause_cpu.py``).
 
 Not a test: pytest does not collect it.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -73,3 +79,14 @@ def trl_arguments(spec: dict[str, Any], gpu: bool, out_dir: str) -> dict[str, An
         "report_to": "none",
         "disable_tqdm": True,
     }
+
+
+def in_fresh_process(script: str, *args: str) -> str:
+    """``python script *args`` in a new process (a fresh heap, an Inductor cache of its own: a cold compile); its last
+    line of output. A failed case raises with its error output's tail."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)}: exit {out.returncode}\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]

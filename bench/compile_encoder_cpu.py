@@ -1,10 +1,10 @@
 """Cold compile of a masked LM's encoder on CPU: whole (hfray's masked-LM default) against each layer compiled
 (``training.compile_regions: true``), through the worker's own ``compile_encoder``.
 
-Each case in a fresh process with a fresh Inductor cache (cold), one thread: a ModernBERT of ``--layers`` layers
-(hidden 128, global attention every 3rd layer as ModernBERT-base, sliding window 64) built from a config, the MLM head
-on every 7th position, batch 8 x 128, AdamW, 6 steps. Prints per case: each step's seconds (the first: the compile),
-the losses, Dynamo's graph count and graph breaks.
+Each case in a fresh process with an Inductor cache of its own (cold; ``bench_common.in_fresh_process``), one
+thread: a ModernBERT of ``--layers`` layers (hidden 128, global attention every 3rd layer as ModernBERT-base, sliding
+window 64) built from a config, the MLM head on every 7th position, batch 8 x 128, AdamW, 6 steps. Prints per case:
+each step's seconds (the first: the compile), the losses, Dynamo's graph count and graph breaks.
 
     python bench/compile_encoder_cpu.py              # ~2 min on 2 cores; 22 layers as ModernBERT-base
 
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
+
+from bench_common import in_fresh_process  # a sibling module: the script's folder is on sys.path
 
 
 def case(mode: str, layers: int) -> dict[str, object]:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold
     import torch
     from torch._dynamo.utils import counters
     from transformers import ModernBertConfig, ModernBertForMaskedLM
@@ -70,9 +67,7 @@ def main() -> None:
         print(json.dumps(case(args.case, args.layers)), flush=True)
         return
     for mode in ("eager", "whole", "layers"):
-        cmd = [sys.executable, __file__, "--case", mode, "--layers", str(args.layers)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        print(out.strip().splitlines()[-1], flush=True)
+        print(in_fresh_process(__file__, "--case", mode, "--layers", str(args.layers)), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ labelled batch, and Dynamo (guarding on it) traces again at the second step. hfr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
+
+from bench_common import in_fresh_process  # a sibling module: the script's folder is on sys.path
 
 BATCHES = [8, 8, 8, 8, 5, 8, 8, 5, 8]  # the 5s: an epoch's short last batch
 
@@ -55,10 +54,7 @@ def main() -> None:
         print(json.dumps(one_run(None if sys.argv[1] == "none" else sys.argv[1])))
         return
     for problem_type in ("none", "single_label_classification"):
-        with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-            out = subprocess.run([sys.executable, __file__, problem_type], env=env, capture_output=True, text=True)
-            print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-2000:])
+        print(in_fresh_process(__file__, problem_type), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
-import sys
 import time
 from typing import Any
+
+from bench_common import in_fresh_process  # a sibling module: the script's folder is on sys.path
 
 
 def case(frozen: bool, steps: int) -> dict[str, Any]:
@@ -92,9 +92,7 @@ def main() -> None:
         print(json.dumps(case(args.case == "frozen", args.steps)), flush=True)
         return
     for name in ("unfrozen", "frozen"):
-        cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        print(out.strip().splitlines()[-1], flush=True)
+        print(in_fresh_process(__file__, "--case", name, "--steps", str(args.steps)), flush=True)
 
 
 if __name__ == "__main__":
