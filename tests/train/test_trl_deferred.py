@@ -73,3 +73,60 @@ def test_the_fused_head_scores_every_position_during_a_deferred_step_only() -> N
     loss = deferred.loss(model, {"input_ids": torch.zeros(1, 2), "position_ids": torch.zeros(1, 2)})
     assert seen == [False] and trl_utils._use_triton is original and float(loss) == 1.0
     assert deferred.tokens_host == 2 and len(deferred.pending) == 1
+
+
+DPO_KEYS = (
+    "loss",
+    "grad_norm",
+    "entropy",
+    "num_tokens",
+    "logits/chosen",
+    "logits/rejected",
+    "mean_token_accuracy",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def _train_dpo(tmp_path, chat_tokenizer, peft: dict | None, deferred: bool):  # noqa: F811
+    from test_trl import dpo_rows
+
+    columns = {"prompt_column": "question", "chosen_column": "good", "rejected_column": "bad"}
+    train = write_jsonl(tmp_path / "dpo_train.jsonl", dpo_rows(48, 1))
+    val = write_jsonl(tmp_path / "dpo_val.jsonl", dpo_rows(8, 2))
+    training = {"max_steps": 8, "logging_steps": 4, "eval_steps": 8, "per_device_train_batch_size": 4}
+    raw = trl_job(tmp_path, chat_tokenizer, "dpo", train, val, trl={**columns, "deferred_metrics": deferred},
+                  training=training, **({"peft": peft} if peft else {}))  # fmt: skip
+    _, _, _, trainer = sft_trainer(tmp_path, raw, f"hf-dpo-{bool(peft)}-{deferred}")
+    out = tmp_path / f"profile-dpo-{bool(peft)}-{deferred}"
+    trainer.add_callback(TorchProfileCallback(out, first=1, steps=2))  # steps 2-3: no log inside
+    trainer.train()
+    syncs = json.loads((out / "summary.json").read_text())["syncs_per_step"]
+    return trainer.state.log_history, sum(syncs.values())
+
+
+@pytest.mark.parametrize("peft", [{"method": "lora", "r": 8, "dropout": 0.0}, None], ids=["lora", "full"])
+def test_deferred_dpo_metrics_log_trls_numbers_without_its_host_syncs(tmp_path, chat_tokenizer, peft):  # noqa: F811
+    """LoRA DPO (the reference: the adapter disabled) and full DPO (a frozen copy): TRL's eleven step metrics, the loss
+    and the grad norm at both logs are the numbers TRL's own ``compute_loss`` logs; evaluation runs TRL's code."""
+    logs, syncs = {}, {}
+    for deferred in (False, True):
+        logs[deferred], syncs[deferred] = _train_dpo(tmp_path, chat_tokenizer, peft, deferred)
+
+    def train_logs(history: list[dict]) -> list[dict]:
+        return [e for e in history if "loss" in e and "eval_loss" not in e and "train_runtime" not in e]
+
+    theirs, ours = train_logs(logs[False]), train_logs(logs[True])
+    assert len(theirs) == len(ours) == 2
+    for key in DPO_KEYS:  # every train log: steps 4 and 8
+        assert [e[key] for e in ours] == pytest.approx([e[key] for e in theirs], rel=1e-5, abs=1e-6), key
+    assert ours[-1]["rewards/margins"] != 0 and ours[-1]["num_tokens"] > 0  # the adapter moved; tokens counted
+    evals = [[e for e in logs[d] if "eval_loss" in e][-1] for d in (False, True)]
+    assert evals[1]["eval_rewards/margins"] == pytest.approx(evals[0]["eval_rewards/margins"], rel=1e-5)
+    # TRL's metrics on CPU: 15 reads of a value and 2 boolean-mask indexings a step (29 syncs -> 12: the rest are
+    # transformers' all-ones mask check, the Trainer's NaN filter and the CPU optimizer's reads, deferred or not)
+    assert syncs[False] - syncs[True] >= 17, syncs

@@ -47,7 +47,9 @@ class TrlSection(Section):
         True,
         description="sft: TRL's step metrics (entropy, token accuracy, num_tokens) read from the device once per "
         "log instead of every step, and, with packing, the fused LM head scoring every position: no host sync "
-        "inside a training step (hfray.train.recipes.trl.deferred); the same numbers. false: TRL's own compute_loss.",
+        "inside a training step (hfray.train.recipes.trl.deferred); dpo with the sigmoid loss: its rewards, "
+        "log-probs, logits, entropy, accuracy and num_tokens likewise, 17 host syncs a step fewer "
+        "(hfray.train.recipes.trl.deferred_preference). The same numbers. false: TRL's own compute_loss.",
     )
     completion_only_loss: bool | None = Field(
         None, description="sft: loss on completions only (default: yes for prompt-completion data)."

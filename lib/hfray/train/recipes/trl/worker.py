@@ -19,7 +19,7 @@ from hfray.config import JobConfig
 from hfray.model import peft
 from hfray.model.causal_lm import build_causal_lm
 from hfray.train import worker
-from hfray.train.recipes.trl import deferred, flat, preference, rows
+from hfray.train.recipes.trl import deferred, deferred_preference, flat, preference, rows
 from hfray.train.recipes.trl.data import load_chat_tokenizer, load_trl_splits
 
 
@@ -74,6 +74,8 @@ def build_trainer(job: JobConfig, model: Any, tokenizer: Any, args: Any, splits:
     ref = None if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
     trainer = DPOTrainer(model=model, ref_model=ref, **common)
     drop_identity_reference(trainer.model, job)
+    if job.trl.deferred_metrics:  # no host sync per metric inside a step
+        deferred_preference.defer_metrics(trainer)
     return trainer
 
 
