@@ -10,6 +10,7 @@ Timed with the same ``ThroughputCallback`` as the other runners (its hooks calle
 MFU formula and peak memory are the same. One process, one device:
 
     python bench/throughput_bare.py --spec SPEC.json --out RESULT.json [--eager | --graphs] [--torch-profile DIR]
+                                    [--trl-head]  # dpo: TRL's chunked fused head instead of logits + cross-entropy
 
 ``--graphs``: the compiled step replays CUDA graphs (``reduce-overhead``): a compiled step without them can be
 launch-bound itself (BERT-base classification 64 x 128 on one H100: 17.0-25.2 ms a step between two runs of one
@@ -173,9 +174,11 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="no torch.compile (on CPU it is always eager)")
     parser.add_argument("--torch-profile", default=None, help="folder for a torch.profiler record of steps 12-16")
     parser.add_argument("--graphs", action="store_true", help="compiled with CUDA graphs (GPU; not dpo)")
+    parser.add_argument("--trl-head", action="store_true", help="dpo: log-probs through TRL's chunked fused head")
     cli = parser.parse_args()
     with open(cli.spec) as f:
         spec = json.load(f)
+    spec["trl_head"] = cli.trl_head
     result = run(spec, compiled=not cli.eager, profile_dir=cli.torch_profile, graphs=cli.graphs)
     with open(cli.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -23,9 +23,11 @@ and GPU count N (``--gpus``):
   (``training.precision=bf16``: autocast on CPU too), ``cudnn`` / ``nocudnn`` (``training.cudnn_attention``),
   ``keepmask`` (``training.drop_unpadded_masks=false``),
   ``ragged`` (``dpo``: pairs of random lengths; rows of other runners are of fixed-length pairs; ``cls``: rows of
-  10-140 words, the others' 143: compare ragged rows with each other) and ``profile`` (``HFRAY_STEP_PROFILE``: ms
-  per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase, so read its throughput as
-  profiled, not steady), joined with ``-`` to compose (``compile-exact-nodrop``).
+  10-140 words, the others' 143: compare ragged rows with each other), ``shared`` (the bench's "shared" cases run on
+  one storage path in turn: a later one starts on the compile cache an earlier one left, e.g.
+  ``cudagraphs-whole-shared,shared``: a short classification run after a compiled one) and ``profile``
+  (``HFRAY_STEP_PROFILE``: ms per step by phase in the row's ``step_profile``; the GPU is synchronised at each phase,
+  so read its throughput as profiled, not steady), joined with ``-`` to compose (``compile-exact-nodrop``).
 
 Measured the same way everywhere (``hfray.train.callbacks.throughput.ThroughputCallback``): steady-state samples/s and
 tokens/s (after a tenth of the steps, at most 30; evaluation/save intervals left out), MFU (formula in that
@@ -375,6 +377,7 @@ def run_bare(spec: dict[str, Any], out: Path, variant: str) -> dict[str, Any]:
     parts = set(variant.split("-"))
     cmd += ["--eager"] if "eager" in parts else []
     cmd += ["--graphs"] if "graphs" in parts else []
+    cmd += ["--trl-head"] if "trlhead" in parts else []
     cmd += ["--torch-profile", str(out / "torch_profile")] if "tprofile" in parts else []
     row = _timed(cmd, out, lambda: result_file, {"CUDA_VISIBLE_DEVICES": "0"})
     return _with_torch_profile(row, out / "torch_profile")
@@ -392,13 +395,16 @@ def _with_torch_profile(row: dict[str, Any], folder: Path) -> dict[str, Any]:
 def run_hfray(spec: dict[str, Any], n: int, gpu: bool, address: str, out: Path, variant: str) -> dict[str, Any]:
     # A run left by an earlier, interrupted bench in the same folder would be read as this one's result.
     shutil.rmtree(out / "runs", ignore_errors=True)
-    job = hfray_job(spec, n, gpu, out / "runs", variant)
+    # "shared": one storage path for every "shared" case of the bench (cases/shared-store): a case runs on the compile
+    # cache the earlier ones left there (a re-run's or a sweep's later trial's start), the rest start cold
+    storage = out.parent / "shared-store" if "shared" in variant.split("-") else out / "runs"
+    job = hfray_job(spec, n, gpu, storage, variant)
     job_file = out / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     cmd = [sys.executable, "-m", "hfray", "train", str(job_file), f"cluster.address={address}", "--fresh"]
 
     def manifest() -> Path:
-        return next((out / "runs").glob("*/artifact/hfray_manifest.json"))
+        return next(storage.glob(f"{job['name']}-*/artifact/hfray_manifest.json"))
 
     profile = out / "step_profile.jsonl"
     profile.unlink(missing_ok=True)
@@ -529,7 +535,11 @@ def main() -> None:
     parser.add_argument("--workloads", default="mlm,clm,cls")
     parser.add_argument("--gpus", default=None, help="GPU (or, with --smoke, CPU worker) counts; default 1,2")
     parser.add_argument("--runners", default="bare,plain,hfray")
-    parser.add_argument("--bare-variants", default="", help="extra bare runs: eager, graphs (CUDA graphs), tprofile")
+    parser.add_argument(
+        "--bare-variants",
+        default="",
+        help="extra bare runs: eager, graphs (CUDA graphs), tprofile, trlhead (dpo: TRL's fused head)",
+    )
     parser.add_argument(
         "--hfray-variants",
         default="",

@@ -131,20 +131,33 @@ def random_pairs(batch: int, seq: int, vocab: int, device: str, n: int = 4) -> l
     return out
 
 
-def completion_logps(model: Any, ids: Any, prompt: int) -> Any:
-    """Sum of log-probs of each row's completion (positions ``prompt`` on); the head on those positions only."""
+def completion_logps(model: Any, ids: Any, prompt: int, trl_head: bool = False) -> Any:
+    """Sum of log-probs of each row's completion (positions ``prompt`` on); the head on those positions only.
+    ``trl_head``: through TRL's chunked fused head (``trl.kernels.ChunkedLogProbFunction``, the outputs its
+    ``DPOTrainer`` asks for: log-probs, entropy, mean logits, top-1) instead of the full logits and cross-entropy."""
     import torch.nn.functional as F
 
     base = model.get_base_model()
     hidden = base.model(input_ids=ids).last_hidden_state[:, prompt - 1 : -1]
-    logits = base.lm_head(hidden).float()
     target = ids[:, prompt:]
+    if trl_head:
+        from trl.kernels import ChunkedLogProbFunction
+
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+        weight = base.lm_head.weight
+        flat = hidden.reshape(-1, hidden.size(-1))
+        log_probs = ChunkedLogProbFunction.apply(flat, weight, None, target.flatten(), 1.0, 32768, None, 1.0, outputs)[
+            0
+        ]
+        return log_probs.view(target.shape).sum(-1)
+    logits = base.lm_head(hidden).float()
     per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
     return -per_token.view(target.shape).sum(-1)
 
 
-def dpo_step(model: Any, prompt: int, device: str, compiled: bool, lr: float = 1e-4) -> Any:
-    """One DPO step: reference (adapter off) and policy log-probs, sigmoid loss, backward, AdamW. Returns the loss."""
+def dpo_step(model: Any, prompt: int, device: str, compiled: bool, lr: float = 1e-4, trl_head: bool = False) -> Any:
+    """One DPO step: reference (adapter off) and policy log-probs, sigmoid loss, backward, AdamW. Returns the loss.
+    ``trl_head``: the log-probs through TRL's fused head (:func:`completion_logps`)."""
     import torch
     import torch.nn.functional as F
 
@@ -158,8 +171,8 @@ def dpo_step(model: Any, prompt: int, device: str, compiled: bool, lr: float = 1
         ids = batch["input_ids"]
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
             with torch.no_grad(), model.disable_adapter():
-                ref_chosen, ref_rejected = completion_logps(model, ids, prompt).chunk(2)
-            chosen, rejected = completion_logps(model, ids, prompt).chunk(2)
+                ref_chosen, ref_rejected = completion_logps(model, ids, prompt, trl_head).chunk(2)
+            chosen, rejected = completion_logps(model, ids, prompt, trl_head).chunk(2)
         margin = (chosen - ref_chosen) - (rejected - ref_rejected)
         loss = -F.logsigmoid(BETA * margin).mean()
         loss.backward()
@@ -178,7 +191,7 @@ def run_bare(spec: dict[str, Any], model: Any, device: str, compiled: bool) -> t
     prompt, completion = lengths(seq)
     base = model.get_base_model()
     tokens, fpt = preference_counts(base, [prompt] * batch, [completion] * batch, [completion] * batch)
-    step = dpo_step(model, prompt, device, compiled, spec.get("learning_rate", 1e-4))
+    step = dpo_step(model, prompt, device, compiled, spec.get("learning_rate", 1e-4), spec.get("trl_head", False))
     batches = random_pairs(batch, seq, model.config.vocab_size, device)
     return step, ThroughputCallback(tokens, fpt), batches
 
