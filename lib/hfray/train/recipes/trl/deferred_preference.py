@@ -63,7 +63,9 @@ class DeferredPreferenceMetrics:
             and not t.precompute_ref_logps
         )
 
-    def loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+    def loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         import torch.nn.functional as F
 
         if return_outputs or not model.training:
@@ -108,7 +110,9 @@ class DeferredPreferenceMetrics:
         return out.log_probs[:, -seq:].sum(dim=1)
 
     @staticmethod
-    def step_sums(outputs: Any, mask: Any, attention: Any, chosen: Any, rejected: Any, r_chosen: Any, r_rejected: Any):
+    def step_sums(
+        outputs: Any, mask: Any, attention: Any, chosen: Any, rejected: Any, r_chosen: Any, r_rejected: Any
+    ) -> Any:
         """The step's :data:`SUMS` as one float tensor on the device (no host sync)."""
         import torch
 
@@ -130,7 +134,7 @@ class DeferredPreferenceMetrics:
             (r_chosen > r_rejected).float().sum(),
             chosen.detach().sum(),
             rejected.detach().sum(),
-            torch.tensor(float(chosen.numel()), device=m.device),
+            m.new_full((), float(chosen.numel())),  # a fill on the device, no copy from the host
             attention.sum(),
         )
         return torch.stack([s.float() for s in sums])
