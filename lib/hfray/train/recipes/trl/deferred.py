@@ -29,13 +29,41 @@ from typing import Any
 FLUSH_EVERY = 1000  # steps between logs (logging_steps larger than this): flush anyway, the pending list stays small
 
 
-class DeferredMetrics:
-    """Replaces an SFT trainer's ``compute_loss`` and ``log`` (see the module's docstring)."""
+class PendingSteps:
+    """A TRL trainer's per-step metric sums kept on the device (``pending``: one tensor a step) and turned into its
+    ``_metrics`` at each log (:meth:`flush`, the subclass's); ``log`` replaces the trainer's."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.compute_loss, self.log_now = trainer.compute_loss, trainer.log
+        self.pending: list[Any] = []
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.pending:
+            self.flush()
+        return self.log_now(logs, start_time)
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def gathered(self) -> Any:
+        """The pending steps from every rank: (ranks, steps, sums), one gather; ``pending`` emptied."""
+        import torch
+
+        steps = torch.stack(self.pending)
+        self.pending = []
+        # gather, not gather_for_metrics: the latter trims to the dataloader's remainder at an epoch's last batch,
+        # which would cut ranks here (every rank holds the same steps)
+        return self.trainer.accelerator.gather(steps.unsqueeze(0))
+
+
+class DeferredMetrics(PendingSteps):
+    """Replaces an SFT trainer's ``compute_loss`` and ``log`` (see the module's docstring). ``pending``: (valid tokens,
+    entropy sum, top-1 hits) of each step."""
 
     def __init__(self, trainer: Any, every_position: bool = False) -> None:
-        self.trainer, self.every_position = trainer, every_position
-        self.compute_loss, self.log_now = trainer.compute_loss, trainer.log
-        self.pending: list[Any] = []  # (valid tokens, entropy sum, top-1 hits) of each step, on the device
+        super().__init__(trainer)
+        self.every_position = every_position
         self.tokens_host = 0
         self.tokens_device: Any = 0
 
@@ -85,21 +113,13 @@ class DeferredMetrics:
         finally:
             trl_utils._use_triton = compact
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.pending:
-            self.flush()
-        return self.log_now(logs, start_time)
-
     def flush(self) -> None:
         """The pending steps into TRL's ``_metrics["train"]``: one gather across ranks, one copy to the host."""
         import torch
 
         t = self.trainer
-        steps = torch.stack(self.pending)  # (steps, 3)
-        local = torch.as_tensor(self.tokens_device, device=steps.device, dtype=torch.float64) + self.tokens_host
-        # gather, not gather_for_metrics: the latter trims to the dataloader's remainder at an epoch's last batch,
-        # which would cut ranks here (every rank holds the same steps)
-        gathered = t.accelerator.gather(steps.unsqueeze(0))  # (ranks, steps, 3)
+        gathered = self.gathered()  # (ranks, steps, 3)
+        local = torch.as_tensor(self.tokens_device, device=gathered.device, dtype=torch.float64) + self.tokens_host
         tokens = t.accelerator.gather(local.reshape(1)).sum()
         summed = gathered.sum(0)
         valid = summed[:, 0].clamp(min=1)
@@ -109,7 +129,7 @@ class DeferredMetrics:
         metrics["mean_token_accuracy"].extend(values[1].tolist())
         t._total_train_tokens += int(tokens.item()) // t._tp_size
         metrics["num_tokens"] = [t._total_train_tokens]
-        self.pending, self.tokens_host, self.tokens_device = [], 0, 0
+        self.tokens_host, self.tokens_device = 0, 0
 
 
 def defer_metrics(trainer: Any, packed: bool) -> bool:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hfray.train.recipes.trl.deferred import FLUSH_EVERY, PendingSteps
+
 NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # the batch's keys TRL keeps to itself
-FLUSH_EVERY = 1000  # steps between logs (logging_steps larger than this): flush anyway, the pending list stays small
 # One step's sums, in this order (each gathered across the ranks and summed before TRL's ratios are taken)
 SUMS = (
     "entropy",  # per-token entropy over the completion positions (chosen and rejected)
@@ -44,13 +45,9 @@ SUMS = (
 )
 
 
-class DeferredPreferenceMetrics:
-    """Replaces a ``DPOTrainer``'s ``compute_loss`` and ``log`` (see the module's docstring)."""
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.compute_loss, self.log_now = trainer.compute_loss, trainer.log
-        self.pending: list[Any] = []  # one (len(SUMS),) tensor a step, on the device
+class DeferredPreferenceMetrics(PendingSteps):
+    """Replaces a ``DPOTrainer``'s ``compute_loss`` and ``log`` (see the module's docstring). ``pending``: one
+    (len(SUMS),) tensor a step."""
 
     def applies(self) -> bool:
         t = self.trainer
@@ -139,20 +136,12 @@ class DeferredPreferenceMetrics:
         )
         return torch.stack([s.float() for s in sums])
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.pending:
-            self.flush()
-        return self.log_now(logs, start_time)
-
     def flush(self) -> None:
         """The pending steps into TRL's ``_metrics["train"]``: one gather across ranks, one copy to the host."""
         import torch
 
         t = self.trainer
-        steps = torch.stack(self.pending)  # (steps, len(SUMS))
-        self.pending = []
-        # gather, not gather_for_metrics: the latter trims to the dataloader's remainder at an epoch's last batch
-        s = t.accelerator.gather(steps.unsqueeze(0)).sum(0).double().cpu()  # (steps, len(SUMS)), summed over ranks
+        s = self.gathered().sum(0).double().cpu()  # (steps, len(SUMS)), summed over the ranks
         col = {name: s[:, i] for i, name in enumerate(SUMS)}
 
         def ratio(num: str, den: str) -> list[float]:  # TRL: 0.0 where the denominator is 0
