@@ -76,10 +76,10 @@ class DeferredPreferenceMetrics(PendingSteps):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         outputs = model(**kwargs, labels=labels, fused_lm_head=True)
         seq = mask.size(1)  # prompt-learning PEFT prepends virtual tokens: the real tokens' positions
-        logps = outputs.log_probs[:, -seq:].sum(dim=1)
-        ref_logps = self.reference_logps(kwargs, labels, seq)
-        chosen, rejected = logps.chunk(2, dim=0)
-        ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
+        chosen, rejected = outputs.log_probs[:, -seq:].sum(dim=1).chunk(2, dim=0)
+        # TRL's own reference pass (adapter disabled, its "ref" adapter, or the reference model; no grad)
+        reference = t.model if t.ref_model is None else t.ref_model
+        ref_chosen, ref_rejected = t.compute_ref_log_probs(reference, inputs)
         chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
         loss = -F.logsigmoid(t.beta * (chosen_ratio - rejected_ratio)).mean() * t.loss_weights[0]
         rewards = (t.beta * chosen_ratio.detach(), t.beta * rejected_ratio.detach())
@@ -87,24 +87,6 @@ class DeferredPreferenceMetrics(PendingSteps):
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
         return loss
-
-    def reference_logps(self, kwargs: dict[str, Any], labels: Any, seq: int) -> Any:
-        """The reference's completion log-probs, as TRL takes them: the adapter disabled (a fresh PEFT adapter), its
-        ``ref`` adapter, or the separate reference model; no grad, gradient checkpointing off for the pass."""
-        import torch
-        from accelerate.utils import is_peft_model
-        from trl.models.utils import disable_gradient_checkpointing
-        from trl.trainer.utils import use_adapter
-
-        t = self.trainer
-        with torch.no_grad(), disable_gradient_checkpointing(t.model, t.args.gradient_checkpointing_kwargs):
-            if is_peft_model(t.model) and t.ref_model is None:
-                unwrapped = t.accelerator.unwrap_model(t.model)
-                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    out = t.model(**kwargs, labels=labels, fused_lm_head=True)
-            else:
-                out = t.ref_model(**kwargs, labels=labels, fused_lm_head=True)
-        return out.log_probs[:, -seq:].sum(dim=1)
 
     @staticmethod
     def step_sums(
