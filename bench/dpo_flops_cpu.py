@@ -22,7 +22,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "lib")]
 
-import throughput_dpo  # noqa: E402  (a sibling module)
+import throughput_bare  # noqa: E402  (sibling modules)
+import throughput_dpo  # noqa: E402
 
 SMOLLM2 = {
     "hidden_size": 576,
@@ -36,13 +37,12 @@ SMOLLM2 = {
 
 
 def lora_model(layers: int) -> Any:
+    """The bare runner's LoRA model (``throughput_bare.build_model``) of the SmolLM2 shape with ``layers`` layers."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOLLM2, num_hidden_layers=layers))
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **throughput_dpo.LORA))
+    architecture = {"model_type": "llama", **SMOLLM2, "num_hidden_layers": layers}
+    return throughput_bare.build_model({"workload": "dpo", "architecture": architecture})[0]
 
 
 def counted(step: Any) -> tuple[float, dict[str, float]]:

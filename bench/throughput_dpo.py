@@ -144,11 +144,11 @@ def completion_logps(model: Any, ids: Any, prompt: int, trl_head: bool = False) 
         from trl.kernels import ChunkedLogProbFunction
 
         outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-        weight = base.lm_head.weight
-        flat = hidden.reshape(-1, hidden.size(-1))
-        log_probs = ChunkedLogProbFunction.apply(flat, weight, None, target.flatten(), 1.0, 32768, None, 1.0, outputs)[
-            0
-        ]
+        chunk = 32768  # TRL's vocabulary tile (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16)
+        flat, weight = hidden.reshape(-1, hidden.size(-1)), base.lm_head.weight
+        log_probs, *_ = ChunkedLogProbFunction.apply(
+            flat, weight, None, target.flatten(), 1.0, chunk, None, 1.0, outputs
+        )
         return log_probs.view(target.shape).sum(-1)
     logits = base.lm_head(hidden).float()
     per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
