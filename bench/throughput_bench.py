@@ -546,6 +546,7 @@ def main() -> None:
         help="extra 1-GPU hfray runs, e.g. hf,compile,exact,compile-exact-nodrop,full,liger,cudagraphs,nographs",
     )
     parser.add_argument("--no-hfray-default", action="store_true", help="the --hfray-variants runs only")
+    parser.add_argument("--no-bare-default", action="store_true", help="the --bare-variants runs only")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=128)
@@ -585,7 +586,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cases = []
             if "bare" in args.runners and n == 1:  # one device: the ceiling the other runners are held to
                 bare_variants = [v for v in getattr(args, "bare_variants", "").split(",") if v]
-                cases += [("bare", v) for v in ["default", *bare_variants]]
+                plain_bare = [] if getattr(args, "no_bare_default", False) else ["default"]
+                cases += [("bare", v) for v in [*plain_bare, *bare_variants]]
             cases += [("plain", "default")] if "plain" in args.runners else []
             if "hfray" in args.runners:
                 every_n = n == 1 or getattr(args, "cpu", False)  # --cpu: the variants for each layout
