@@ -82,9 +82,8 @@ def trl_step(model: Any, batch: dict[str, Any], seq: int, pairs: int) -> Any:
         max_length=seq,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
-    if (
-        "ref" in trainer.model.peft_config
-    ):  # hfray's LoRA reference: the adapter disabled (worker.drop_identity_reference)
+    # hfray's LoRA reference: the adapter disabled (hfray.train.recipes.trl.worker.drop_identity_reference)
+    if "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")
     ids = batch["input_ids"]
     completion = torch.zeros_like(ids)

@@ -142,9 +142,9 @@ def completion_logps(model: Any, ids: Any, prompt: int, trl_head: bool = False) 
     target = ids[:, prompt:]
     if trl_head:
         from trl.kernels import ChunkedLogProbFunction
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as chunk  # TRL's vocabulary tile, as its head uses
 
         outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-        chunk = 32768  # TRL's vocabulary tile (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16)
         flat, weight = hidden.reshape(-1, hidden.size(-1)), base.lm_head.weight
         log_probs, *_ = ChunkedLogProbFunction.apply(
             flat, weight, None, target.flatten(), 1.0, chunk, None, 1.0, outputs

@@ -38,6 +38,12 @@ class PendingSteps:
         self.compute_loss, self.log_now = trainer.compute_loss, trainer.log
         self.pending: list[Any] = []
 
+    def keep(self, step_sums: Any) -> None:
+        """One step's sums, on the device; flushed early if logs are further apart than :data:`FLUSH_EVERY` steps."""
+        self.pending.append(step_sums)
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.pending:
             self.flush()
@@ -91,14 +97,12 @@ class DeferredMetrics(PendingSteps):
         t = self.trainer
         if t.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL (and Trainer) scale it
             loss = loss * (t.accelerator.num_processes // t.get_tp_size())
-        sums = (outputs.label_mask.sum(), outputs.entropy.detach().sum(), outputs.is_top1.sum())
-        self.pending.append(torch.stack([s.float() for s in sums]))
         if "attention_mask" in inputs:
             self.tokens_device = self.tokens_device + inputs["attention_mask"].sum()
         else:  # padding-free (one row: its length) or rows (every position): the shape alone
             self.tokens_host += inputs["position_ids"].numel()
-        if len(self.pending) >= FLUSH_EVERY:
-            self.flush()
+        sums = (outputs.label_mask.sum(), outputs.entropy.detach().sum(), outputs.is_top1.sum())
+        self.keep(torch.stack([s.float() for s in sums]))
         return loss
 
     def forward(self, model: Any, inputs: dict[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hfray.train.recipes.trl.deferred import FLUSH_EVERY, PendingSteps
+from hfray.train.recipes.trl.deferred import PendingSteps
 
 NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # the batch's keys TRL keeps to itself
 # One step's sums, in this order (each gathered across the ranks and summed before TRL's ratios are taken)
@@ -83,9 +83,7 @@ class DeferredPreferenceMetrics(PendingSteps):
         chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
         loss = -F.logsigmoid(t.beta * (chosen_ratio - rejected_ratio)).mean() * t.loss_weights[0]
         rewards = (t.beta * chosen_ratio.detach(), t.beta * rejected_ratio.detach())
-        self.pending.append(self.step_sums(outputs, mask, inputs["attention_mask"], chosen, rejected, *rewards))
-        if len(self.pending) >= FLUSH_EVERY:
-            self.flush()
+        self.keep(self.step_sums(outputs, mask, inputs["attention_mask"], chosen, rejected, *rewards))
         return loss
 
     @staticmethod
